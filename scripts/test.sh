@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run every test against real PostgreSQL + TimescaleDB. The tests start throw-away
+# clusters under CLOUDLENS_TEST_DIR; whatever is still running there is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export CLOUDLENS_TEST_DIR=${CLOUDLENS_TEST_DIR:-/tmp/cloudlens-tests-$$}
+mkdir -p "$CLOUDLENS_TEST_DIR"
+chmod 755 "$CLOUDLENS_TEST_DIR"
+cleanup() {
+  for pid_file in "$CLOUDLENS_TEST_DIR"/*/pgdata/postmaster.pid; do
+    [ -f "$pid_file" ] || continue
+    pid=$(head -n1 "$pid_file")
+    kill -INT "$pid" 2>/dev/null || true
+  done
+  sleep 1
+  rm -rf "$CLOUDLENS_TEST_DIR"
+}
+trap cleanup EXIT
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace -- --test-threads "${CLOUDLENS_TEST_THREADS:-4}"

@@ -1,0 +1,184 @@
+//! Wiring: the local cluster (when `DATABASE_URL` is unset), migrations, the pool, the
+//! projector runners and the HTTP server, and their orderly shutdown.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::web;
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::budgets::projection::BudgetsProjection;
+use crate::config::Settings;
+use crate::db::{self, cluster::LocalCluster};
+use crate::eventstore::{signal::EventSignal, EventStore};
+use crate::http::{self, AppState};
+use crate::projections::{self, rebuild::Rebuild, Registry, RunnerConfig};
+
+/// Every projector the server runs.
+pub fn projections() -> Registry {
+    Arc::new(vec![Arc::new(BudgetsProjection)])
+}
+
+/// The database to use: `DATABASE_URL`, or the local cluster (started if needed).
+pub fn database(settings: &Settings) -> anyhow::Result<(String, Option<LocalCluster>)> {
+    match &settings.database_url {
+        Some(url) => Ok((url.clone(), None)),
+        None => {
+            let cluster = LocalCluster::new(&settings.data_dir, settings.pg_port)?;
+            cluster.ensure_running()?;
+            Ok((cluster.connection_string(), Some(cluster)))
+        }
+    }
+}
+
+/// Prepares the database (local cluster: creates the `cloudlens` database) and migrates.
+pub async fn prepare(conn: &str, cluster: Option<&LocalCluster>) -> anyhow::Result<()> {
+    if let Some(c) = cluster {
+        db::ensure_database(&c.connection_string_for("postgres"), db::cluster::DB_NAME).await?;
+    }
+    db::migrate(conn).await
+}
+
+/// A started server and its background tasks.
+pub struct Running {
+    pub port: u16,
+    pub server: actix_web::dev::Server,
+    pub state: web::Data<AppState>,
+    pub background: Background,
+}
+
+/// Projector runners and the NOTIFY/LISTEN tasks.
+pub struct Background {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Stops the projectors (each finishes its batch) and the NOTIFY/LISTEN tasks.
+    pub async fn stop_background(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts projectors and the HTTP server on `listener` against a migrated database.
+pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow::Result<Running> {
+    let port = listener.local_addr()?.port();
+    let pool = db::pool(&conn, settings.pool_size)?;
+    let signal = EventSignal::default();
+    let store = EventStore::new(pool.clone(), signal.clone());
+    let registry = projections();
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (progress, _) = watch::channel(0_u64);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(signal.clone().run_notifier(pool, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(signal.clone().run_listener(conn.clone(), shutdown_rx.clone())));
+    let owner = format!("{}:{}:{}", hostname(), std::process::id(), port);
+    for p in registry.iter() {
+        let cfg = RunnerConfig {
+            conn: conn.clone(),
+            batch_size: settings.projector_batch_size,
+            poll: settings.projector_poll,
+            owner: owner.clone(),
+            progress: progress.clone(),
+        };
+        tasks.push(tokio::spawn(projections::run(p.clone(), cfg, signal.subscribe(), shutdown_rx.clone())));
+    }
+    let state = web::Data::new(AppState { settings, store, projections: registry, conn, progress });
+    let server = http::server(listener, state.clone())?;
+    Ok(Running { port, server, state, background: Background { shutdown, tasks } })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// `cloudlens serve`: runs until SIGINT/SIGTERM, then drains requests, finishes projector
+/// batches and stops the local cluster.
+pub fn serve(settings: Settings) -> anyhow::Result<()> {
+    let (conn, cluster) = database(&settings)?;
+    let result = actix_web::rt::System::new().block_on(async {
+        prepare(&conn, cluster.as_ref()).await?;
+        let listener = TcpListener::bind(settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
+        tracing::info!(listen = %settings.listen, "cloudlens is serving");
+        let running = start(settings.clone(), conn.clone(), listener)?;
+        running.server.await?;
+        tracing::info!("HTTP server stopped; stopping projectors");
+        running.background.stop_background().await;
+        anyhow::Ok(())
+    });
+    if let Some(c) = cluster {
+        tracing::info!("stopping the local PostgreSQL cluster");
+        c.stop()?;
+    }
+    result
+}
+
+/// Runs `f` against the database of `settings`; a local cluster started only for this
+/// command is stopped again afterwards.
+fn with_database<F, Fut>(settings: &Settings, f: F) -> anyhow::Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let was_running = match &settings.database_url {
+        None => LocalCluster::new(&settings.data_dir, settings.pg_port)?.is_running()?,
+        Some(_) => true,
+    };
+    let (conn, cluster) = database(settings)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = rt.block_on(async {
+        prepare(&conn, cluster.as_ref()).await?;
+        f(conn).await
+    });
+    if let (Some(c), false) = (cluster, was_running) {
+        c.stop()?;
+    }
+    result
+}
+
+/// `cloudlens migrate`.
+pub fn migrate(settings: Settings) -> anyhow::Result<()> {
+    with_database(&settings, |_| async { Ok(()) })
+}
+
+/// `cloudlens projections status`: one line per projector.
+pub fn projections_status(settings: Settings) -> anyhow::Result<()> {
+    with_database(&settings, |conn| async move {
+        let client = db::connect(&conn).await?;
+        println!("{:<16} {:>12} {:>12} {:>12}  {:<10} rebuild", "NAME", "POSITION", "LAG_EVENTS", "LAG_SECONDS", "STATE");
+        for p in projections().iter() {
+            let s = projections::status::of(&client, &**p).await?;
+            let rebuild = s.rebuild.map(|r| r.state).unwrap_or_else(|| "-".into());
+            println!(
+                "{:<16} {:>12} {:>12} {:>12.3}  {:<10} {}",
+                s.name, s.position, s.lag_events, s.lag_seconds, s.state, rebuild
+            );
+        }
+        Ok(())
+    })
+}
+
+/// `cloudlens projections rebuild NAME`: runs the rebuild here and reports it.
+pub fn projections_rebuild(settings: Settings, name: String) -> anyhow::Result<()> {
+    let batch = settings.projector_batch_size;
+    with_database(&settings, |conn| async move {
+        let p = projections()
+            .iter()
+            .find(|p| p.name() == name)
+            .cloned()
+            .with_context(|| format!("no projection named {name:?}"))?;
+        let report = Rebuild::begin(&conn, p).await?.run(batch).await?;
+        println!(
+            "rebuilt {name}: {} events in {:.2} s ({:.0} events/s), position {}",
+            report.events,
+            report.seconds,
+            report.events as f64 / report.seconds.max(1e-9),
+            report.position
+        );
+        Ok(())
+    })
+}

@@ -1,0 +1,47 @@
+//! Commands of the budgets context and the drafts they carry (unvalidated input).
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::events::{BudgetType, Period};
+
+/// What a client sends to create or replace a budget. Validated by the aggregate.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetDraft {
+    pub name: String,
+    /// Decimal amount; a JSON string (`"1200.50"`) or number.
+    #[schema(value_type = String, example = "1200.50")]
+    pub amount: Decimal,
+    /// ISO 4217 code; CNY when omitted.
+    #[serde(default)]
+    pub currency: Option<String>,
+    pub period: Period,
+    #[serde(rename = "type")]
+    pub budget_type: BudgetType,
+    #[schema(value_type = String, format = Date, example = "2026-01-01")]
+    pub start_date: chrono::NaiveDate,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Date)]
+    pub end_date: Option<chrono::NaiveDate>,
+    /// Tags a cost line must carry to count, e.g. `{"team": "data"}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub tag_filter: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub service_filter: Option<Vec<String>>,
+    /// Percent of the amount at which to alert, 1..=1000 (above 100 % is allowed).
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<f64>>)]
+    pub alert_thresholds: Option<Vec<Decimal>>,
+    #[serde(default)]
+    pub account: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BudgetCommand {
+    CreateBudget(BudgetDraft),
+    UpdateBudget(BudgetDraft),
+    DeleteBudget,
+}

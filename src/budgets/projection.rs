@@ -1,0 +1,169 @@
+//! The `budgets` projector: keeps `budgets_view` (one JSONB-filterable row per live
+//! budget). A batch is folded in memory to the last state per budget and written with two
+//! set-based statements (upsert via `unnest`, delete by id), not row by row.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use super::aggregate::Budget;
+use super::events::{BudgetDetails, BudgetEvent};
+use crate::eventstore::{codec, RecordedEvent};
+use crate::pipeline::EventSourced;
+use crate::projections::Projection;
+
+pub const NAME: &str = "budgets";
+
+/// `version < EXCLUDED.version` keeps a replayed older event from undoing a newer one.
+const UPSERT_SQL: &str = "\
+INSERT INTO budgets_view (id, tenant_id, version, name, amount, currency, period, budget_type,
+                          start_date, end_date, tag_filter, service_filter, alert_thresholds,
+                          account, created_at, updated_at, last_position)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::numeric[], $6::text[],
+                     $7::text[], $8::text[], $9::date[], $10::date[], $11::jsonb[], $12::jsonb[],
+                     $13::jsonb[], $14::text[], $15::timestamptz[], $16::timestamptz[], $17::bigint[])
+ON CONFLICT (id) DO UPDATE SET
+    version = EXCLUDED.version, name = EXCLUDED.name, amount = EXCLUDED.amount,
+    currency = EXCLUDED.currency, period = EXCLUDED.period, budget_type = EXCLUDED.budget_type,
+    start_date = EXCLUDED.start_date, end_date = EXCLUDED.end_date,
+    tag_filter = EXCLUDED.tag_filter, service_filter = EXCLUDED.service_filter,
+    alert_thresholds = EXCLUDED.alert_thresholds, account = EXCLUDED.account,
+    updated_at = EXCLUDED.updated_at, last_position = EXCLUDED.last_position
+WHERE budgets_view.version < EXCLUDED.version";
+
+const DELETE_SQL: &str = "DELETE FROM budgets_view WHERE id = ANY($1)";
+
+pub struct BudgetsProjection;
+
+struct Upsert<'a> {
+    tenant: &'a str,
+    version: i64,
+    details: BudgetDetails,
+    at: DateTime<Utc>,
+    position: i64,
+}
+
+enum Change<'a> {
+    Upsert(Upsert<'a>),
+    Delete,
+}
+
+#[async_trait]
+impl Projection for BudgetsProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn stream_types(&self) -> &'static [&'static str] {
+        &[Budget::STREAM_TYPE]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["budgets_view"]
+    }
+
+    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let mut last: HashMap<Uuid, Change<'_>> = HashMap::with_capacity(events.len());
+        for e in events {
+            let event: BudgetEvent =
+                codec::decode(&e.event_type, e.schema_version, e.payload.clone(), Budget::upcasters())?;
+            let change = match event {
+                BudgetEvent::BudgetCreated(details) | BudgetEvent::BudgetUpdated(details) => Change::Upsert(Upsert {
+                    tenant: &e.tenant_id,
+                    version: e.stream_version,
+                    details,
+                    at: e.recorded_at,
+                    position: e.position,
+                }),
+                BudgetEvent::BudgetDeleted {} => Change::Delete,
+            };
+            last.insert(e.stream_id, change);
+        }
+        let mut deletes = Vec::new();
+        let mut cols = Columns::default();
+        for (id, change) in last {
+            match change {
+                Change::Upsert(u) => cols.push(id, u),
+                Change::Delete => deletes.push(id),
+            }
+        }
+        if !cols.id.is_empty() {
+            tx.execute(
+                UPSERT_SQL,
+                &[
+                    &cols.id,
+                    &cols.tenant,
+                    &cols.version,
+                    &cols.name,
+                    &cols.amount,
+                    &cols.currency,
+                    &cols.period,
+                    &cols.budget_type,
+                    &cols.start_date,
+                    &cols.end_date,
+                    &cols.tag_filter,
+                    &cols.service_filter,
+                    &cols.alert_thresholds,
+                    &cols.account,
+                    &cols.at,
+                    &cols.at,
+                    &cols.position,
+                ],
+            )
+            .await?;
+        }
+        if !deletes.is_empty() {
+            tx.execute(DELETE_SQL, &[&deletes]).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Column arrays for the `unnest` upsert.
+#[derive(Default)]
+struct Columns<'a> {
+    id: Vec<Uuid>,
+    tenant: Vec<&'a str>,
+    version: Vec<i64>,
+    name: Vec<String>,
+    amount: Vec<Decimal>,
+    currency: Vec<String>,
+    period: Vec<&'static str>,
+    budget_type: Vec<&'static str>,
+    start_date: Vec<NaiveDate>,
+    end_date: Vec<Option<NaiveDate>>,
+    tag_filter: Vec<Value>,
+    service_filter: Vec<Value>,
+    alert_thresholds: Vec<Value>,
+    account: Vec<Option<String>>,
+    at: Vec<DateTime<Utc>>,
+    position: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, id: Uuid, u: Upsert<'a>) {
+        let d = u.details;
+        self.id.push(id);
+        self.tenant.push(u.tenant);
+        self.version.push(u.version);
+        self.name.push(d.name);
+        self.amount.push(d.amount);
+        self.currency.push(d.currency);
+        self.period.push(d.period.as_str());
+        self.budget_type.push(d.budget_type.as_str());
+        self.start_date.push(d.start_date);
+        self.end_date.push(d.end_date);
+        self.tag_filter.push(Value::Object(d.tag_filter));
+        self.service_filter.push(Value::from(d.service_filter));
+        self.alert_thresholds
+            .push(Value::from(d.alert_thresholds.iter().map(|t| t.to_string()).collect::<Vec<_>>()));
+        self.account.push(d.account);
+        self.at.push(u.at);
+        self.position.push(u.position);
+    }
+}

@@ -1,0 +1,115 @@
+//! Reads of the budgets context; they touch only `budgets_view`.
+
+use base64::Engine;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tokio_postgres::{GenericClient, Row};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+const COLUMNS: &str = "id, version, name, amount, currency, period, budget_type, start_date, end_date, \
+                       tag_filter, service_filter, alert_thresholds, account, created_at, updated_at";
+
+/// A budget as clients read it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BudgetView {
+    pub id: Uuid,
+    pub version: i64,
+    pub name: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "1200.5")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub period: String,
+    #[serde(rename = "type")]
+    pub budget_type: String,
+    #[schema(value_type = String, format = Date)]
+    pub start_date: NaiveDate,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub end_date: Option<NaiveDate>,
+    #[schema(value_type = Object)]
+    pub tag_filter: serde_json::Value,
+    #[schema(value_type = Vec<String>)]
+    pub service_filter: serde_json::Value,
+    /// Percents as decimal strings.
+    #[schema(value_type = Vec<String>)]
+    pub alert_thresholds: serde_json::Value,
+    pub account: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BudgetPage {
+    pub items: Vec<BudgetView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters of the list query, already checked.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub account: Option<String>,
+    /// `{key: value}` that `tag_filter` must contain.
+    pub tag: Option<(String, String)>,
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
+
+pub fn encode_cursor(id: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+pub fn decode_cursor(cursor: &str) -> Option<Uuid> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    Uuid::from_slice(&bytes).ok()
+}
+
+fn view(row: &Row) -> Result<BudgetView, tokio_postgres::Error> {
+    Ok(BudgetView {
+        id: row.try_get(0)?,
+        version: row.try_get(1)?,
+        name: row.try_get(2)?,
+        amount: row.try_get(3)?,
+        currency: row.try_get(4)?,
+        period: row.try_get(5)?,
+        budget_type: row.try_get(6)?,
+        start_date: row.try_get(7)?,
+        end_date: row.try_get(8)?,
+        tag_filter: row.try_get(9)?,
+        service_filter: row.try_get(10)?,
+        alert_thresholds: row.try_get(11)?,
+        account: row.try_get(12)?,
+        created_at: row.try_get(13)?,
+        updated_at: row.try_get(14)?,
+    })
+}
+
+pub async fn get<C: GenericClient>(client: &C, tenant: &str, id: Uuid) -> Result<Option<BudgetView>, tokio_postgres::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM budgets_view WHERE tenant_id = $1 AND id = $2");
+    client.query_opt(&sql, &[&tenant, &id]).await?.as_ref().map(view).transpose()
+}
+
+/// Keyset pagination by id (UUIDv7, so roughly creation order).
+pub async fn list<C: GenericClient>(client: &C, tenant: &str, f: &ListFilter) -> Result<BudgetPage, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM budgets_view
+          WHERE tenant_id = $1
+            AND ($2::text IS NULL OR account = $2)
+            AND ($3::jsonb IS NULL OR tag_filter @> $3)
+            AND ($4::uuid IS NULL OR id > $4)
+          ORDER BY id
+          LIMIT $5"
+    );
+    let tag = f.tag.as_ref().map(|(k, v)| serde_json::json!({ k: v }));
+    let rows = client.query(&sql, &[&tenant, &f.account, &tag, &f.after, &(f.limit + 1)]).await?;
+    let mut items = rows.iter().map(view).collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() as i64 > f.limit {
+        items.truncate(f.limit as usize);
+        items.last().map(|b| encode_cursor(b.id))
+    } else {
+        None
+    };
+    Ok(BudgetPage { items, next_cursor })
+}

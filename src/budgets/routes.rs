@@ -1,0 +1,158 @@
+//! HTTP endpoints of the budgets context.
+
+use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::commands::{BudgetCommand, BudgetDraft};
+use super::queries::{self, BudgetPage, BudgetView, ListFilter};
+use super::{projection::BudgetsProjection, Budget};
+use crate::http::consistency::wait_for;
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{command_context, if_match, tenant, JsonBody};
+use crate::http::AppState;
+use crate::pipeline::{self, CommandResult, Expect};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(create).service(list).service(get_one).service(update).service(remove);
+}
+
+fn accepted(status: actix_web::http::StatusCode, r: CommandResult) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((actix_web::http::header::ETAG, format!("\"{}\"", r.version)))
+        .json(r)
+}
+
+fn budget_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("budget".into()))
+}
+
+/// Create a budget.
+#[utoipa::path(post, path = "/api/v1/budgets", request_body = BudgetDraft,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key")),
+    responses((status = 201, body = CommandResult), (status = 400, body = Problem), (status = 413, body = Problem),
+              (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+#[post("/api/v1/budgets")]
+pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: JsonBody) -> Result<HttpResponse, ApiError> {
+    let draft: BudgetDraft = body.parse()?;
+    let ctx = command_context(&req, &body.bytes, 201)?;
+    let id = Uuid::now_v7();
+    let (result, _) = pipeline::execute::<Budget>(
+        &state.store,
+        &ctx,
+        "CreateBudget",
+        id,
+        Expect::New,
+        BudgetCommand::CreateBudget(draft),
+        &(),
+    )
+    .await?;
+    let mut response = accepted(actix_web::http::StatusCode::CREATED, result);
+    if let Ok(location) = format!("/api/v1/budgets/{}", result.id).parse() {
+        response.headers_mut().insert(actix_web::http::header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Replace a budget. `If-Match: "<version>"` makes a stale write fail with 409.
+#[utoipa::path(put, path = "/api/v1/budgets/{id}", request_body = BudgetDraft,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\"")),
+    responses((status = 200, body = CommandResult), (status = 404, body = Problem), (status = 409, body = Problem),
+              (status = 422, body = Problem)))]
+#[put("/api/v1/budgets/{id}")]
+pub async fn update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let id = budget_id(&id)?;
+    let draft: BudgetDraft = body.parse()?;
+    let ctx = command_context(&req, &body.bytes, 200)?;
+    let expect = if_match(&req)?.map_or(Expect::Any, Expect::Version);
+    let (result, _) =
+        pipeline::execute::<Budget>(&state.store, &ctx, "UpdateBudget", id, expect, BudgetCommand::UpdateBudget(draft), &())
+            .await?;
+    Ok(accepted(actix_web::http::StatusCode::OK, result))
+}
+
+/// Delete a budget (its history stays in the event store).
+#[utoipa::path(delete, path = "/api/v1/budgets/{id}",
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = CommandResult), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[delete("/api/v1/budgets/{id}")]
+pub async fn remove(state: web::Data<AppState>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = budget_id(&id)?;
+    let ctx = command_context(&req, b"", 200)?;
+    let expect = if_match(&req)?.map_or(Expect::Any, Expect::Version);
+    let (result, _) =
+        pipeline::execute::<Budget>(&state.store, &ctx, "DeleteBudget", id, expect, BudgetCommand::DeleteBudget, &())
+            .await?;
+    Ok(accepted(actix_web::http::StatusCode::OK, result))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ReadParams {
+    /// Wait (up to about 5 s) until the read model reflects this global position.
+    pub min_position: Option<i64>,
+}
+
+/// One budget, with its version as ETag.
+#[utoipa::path(get, path = "/api/v1/budgets/{id}", params(("id" = Uuid, Path), ReadParams),
+    responses((status = 200, body = BudgetView), (status = 404, body = Problem), (status = 503, body = Problem)))]
+#[get("/api/v1/budgets/{id}")]
+pub async fn get_one(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let id = budget_id(&id)?;
+    let tenant = tenant(&req)?;
+    wait_for(&state, &BudgetsProjection, params.min_position).await?;
+    let client = state.store.pool().get().await?;
+    let budget = queries::get(&**client, &tenant, id).await?.ok_or_else(|| ApiError::NotFound("budget".into()))?;
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::ETAG, format!("\"{}\"", budget.version)))
+        .json(budget))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    pub account: Option<String>,
+    /// `KEY:VALUE`: budgets whose tag_filter contains this tag.
+    pub tag: Option<String>,
+    /// 1..=500, default 50.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+    pub min_position: Option<i64>,
+}
+
+/// Budgets, filtered, in pages (keyset pagination).
+#[utoipa::path(get, path = "/api/v1/budgets", params(ListParams),
+    responses((status = 200, body = BudgetPage), (status = 422, body = Problem), (status = 503, body = Problem)))]
+#[get("/api/v1/budgets")]
+pub async fn list(state: web::Data<AppState>, req: HttpRequest, params: web::Query<ListParams>) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let p = params.into_inner();
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be between 1 and 500"));
+    }
+    let tag = match p.tag {
+        None => None,
+        Some(t) => match t.split_once(':') {
+            Some((k, v)) if !k.is_empty() => Some((k.to_owned(), v.to_owned())),
+            _ => return Err(ApiError::validation("tag", "must be KEY:VALUE")),
+        },
+    };
+    let after = match p.cursor {
+        None => None,
+        Some(c) => Some(queries::decode_cursor(&c).ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))?),
+    };
+    wait_for(&state, &BudgetsProjection, p.min_position).await?;
+    let client = state.store.pool().get().await?;
+    let page = queries::list(&**client, &tenant, &ListFilter { account: p.account, tag, after, limit }).await?;
+    Ok(HttpResponse::Ok().json(page))
+}

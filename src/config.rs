@@ -1,0 +1,85 @@
+//! Settings, read once from the environment at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server can be configured with. See the table in README.md.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// When set, the server uses this database and manages no cluster of its own.
+    pub database_url: Option<String>,
+    /// Where the self-managed cluster keeps its data (`pgdata/`) and socket (`run/`).
+    pub data_dir: PathBuf,
+    /// Port of the self-managed cluster (it listens on its unix socket only).
+    pub pg_port: u16,
+    pub listen: SocketAddr,
+    pub pool_size: usize,
+    pub body_limit: usize,
+    /// How long a query with `min_position` waits for the read models before 503.
+    pub min_position_timeout: Duration,
+    pub projector_batch_size: i64,
+    /// Fallback poll interval of projectors when no notification arrives.
+    pub projector_poll: Duration,
+    pub log_json: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            data_dir: PathBuf::from("./var"),
+            pg_port: 54329,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            pool_size: 48,
+            body_limit: 2 * 1024 * 1024,
+            min_position_timeout: Duration::from_secs(5),
+            projector_batch_size: 5000,
+            projector_poll: Duration::from_millis(500),
+            log_json: false,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads `DATABASE_URL` and the `CLOUDLENS_*` variables; unset ones keep their defaults.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let mut s = Self::default();
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        s.database_url = var("DATABASE_URL");
+        if let Some(v) = var("CLOUDLENS_DATA_DIR") {
+            s.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("CLOUDLENS_PG_PORT") {
+            s.pg_port = parse("CLOUDLENS_PG_PORT", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_LISTEN") {
+            s.listen = parse("CLOUDLENS_LISTEN", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_POOL_SIZE") {
+            s.pool_size = parse("CLOUDLENS_POOL_SIZE", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_BODY_LIMIT") {
+            s.body_limit = parse("CLOUDLENS_BODY_LIMIT", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_MIN_POSITION_TIMEOUT_MS") {
+            s.min_position_timeout = Duration::from_millis(parse("CLOUDLENS_MIN_POSITION_TIMEOUT_MS", &v)?);
+        }
+        if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
+            s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_LOG_FORMAT") {
+            s.log_json = v == "json";
+        }
+        Ok(s)
+    }
+}
+
+fn parse<T: std::str::FromStr>(name: &str, value: &str) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{name}={value:?} is not valid: {e}"))
+}

@@ -1,0 +1,118 @@
+//! Database access: the connection pool, migrations (refinery, from `sql/`) and the
+//! self-managed local cluster.
+
+pub mod cluster;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("sql");
+}
+
+/// Advisory lock (two-key form) that serialises migrations of concurrently starting servers.
+const MIGRATION_LOCK_SQL: &str = "SELECT pg_advisory_lock(1668048000, 1)";
+const MIGRATION_UNLOCK_SQL: &str = "SELECT pg_advisory_unlock(1668048000, 1)";
+
+/// Builds a pool; connections are made lazily, so this succeeds while the database is down.
+pub fn pool(conn: &str, size: usize) -> anyhow::Result<Pool> {
+    let cfg: tokio_postgres::Config = conn.parse().context("invalid database connection string")?;
+    let mut cfg = cfg;
+    cfg.connect_timeout(Duration::from_secs(3));
+    let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(mgr)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(3)))
+        .recycle_timeout(Some(Duration::from_secs(3)))
+        .build()
+        .context("cannot build the connection pool")
+}
+
+/// Opens one connection outside the pool (projectors, LISTEN, leader locks), driving its
+/// connection future on the runtime.
+pub async fn connect(conn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut cfg: tokio_postgres::Config = conn.parse()?;
+    cfg.connect_timeout(Duration::from_secs(3));
+    let (client, connection) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "dedicated database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Fails with a clear message when the timescaledb extension cannot be created here.
+pub async fn check_timescaledb(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let row = client
+        .query_opt("SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'", &[])
+        .await?;
+    if row.is_none() {
+        anyhow::bail!(
+            "the timescaledb extension is not available on this PostgreSQL server; install \
+             TimescaleDB (scripts/setup.sh does it for the local cluster) and preload it with \
+             shared_preload_libraries = 'timescaledb'"
+        );
+    }
+    Ok(())
+}
+
+/// Applies pending migrations from `sql/`; safe when several servers start at once.
+pub async fn migrate(conn: &str) -> anyhow::Result<()> {
+    let mut client = connect(conn).await.context("cannot connect to the database")?;
+    check_timescaledb(&client).await?;
+    client.batch_execute(MIGRATION_LOCK_SQL).await?;
+    let result = embedded::migrations::runner().run_async(&mut client).await;
+    client.batch_execute(MIGRATION_UNLOCK_SQL).await?;
+    let report = result.context("migrations failed")?;
+    for m in report.applied_migrations() {
+        tracing::info!(migration = %m, "applied migration");
+    }
+    Ok(())
+}
+
+/// Number of migrations shipped with this binary (readiness compares it with the database).
+pub fn migration_count() -> usize {
+    embedded::migrations::runner().get_migrations().len()
+}
+
+/// Creates `dbname` inside a cluster if missing (the local cluster starts with `postgres` only).
+pub async fn ensure_database(maintenance_conn: &str, dbname: &str) -> anyhow::Result<()> {
+    let client = connect(maintenance_conn).await?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])
+        .await?
+        .is_some();
+    if !exists {
+        // Identifiers cannot be parameters; the name is ours (local cluster, tests), but it
+        // is still checked against a strict pattern before it reaches SQL.
+        anyhow::ensure!(
+            !dbname.is_empty() && dbname.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "invalid database name {dbname:?}"
+        );
+        client.batch_execute(&format!("CREATE DATABASE {dbname}")).await?;
+    }
+    Ok(())
+}
+
+/// True when the error means the database could not be reached or the session was lost,
+/// as opposed to an error in the statement itself.
+pub fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        Some(code) => {
+            let c = code.code();
+            // 08: connection exception, 57P01-57P03: admin shutdown / crash / cannot connect now,
+            // 53300: too many connections.
+            c.starts_with("08") || c.starts_with("57P") || c == "53300"
+        }
+        None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+    }
+}

@@ -1,0 +1,88 @@
+//! The gap-free read of the global log (ADR 0001).
+//!
+//! Positions come from an identity column, so they are handed out in *start* order while
+//! transactions *commit* in any order: reading `position > last` skips an event whose
+//! writer committed after a higher position was already read. Instead the log is read in
+//! `(transaction_id, position)` order and only below a **horizon**: the smallest
+//! transaction id that an event writer still in flight may hold.
+//!
+//! Event writers take the shared advisory lock `(1668048001, 1)` before their statement
+//! is given a transaction id (`APPEND_SQL`). The horizon statement takes
+//! `N = pg_snapshot_xmax(pg_current_snapshot())` (no transaction that starts after this
+//! has an id below `N`), then reads the lock table: every writer with an id below `N`
+//! already held the advisory lock, so if it is still running it shows up there and
+//! lowers the horizon. Transactions that hold no writer lock — a long report, an idle
+//! session in another database, vacuum — are ignored, so they cannot stall projectors.
+//! A writer that aborts or crashes releases its locks at once. The events are then read
+//! with a *new* snapshot (the next statement), taken after every writer below the horizon
+//! had finished, so all of them are visible.
+
+use tokio_postgres::GenericClient;
+
+use super::{recorded_event, RecordedEvent, StoreError};
+
+/// Smallest xid8 (as bigint) that an in-flight event writer may hold.
+const HORIZON_SQL: &str = "\
+WITH snap AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS nx),
+locks AS MATERIALIZED (
+    SELECT locktype, pid, classid, objid, objsubid, database,
+           transactionid::text::bigint AS x32
+      FROM pg_locks
+     WHERE granted AND locktype IN ('advisory', 'transactionid')),
+writers AS (
+    SELECT t.x32
+      FROM locks a
+      JOIN locks t ON t.pid = a.pid AND t.locktype = 'transactionid'
+     WHERE a.locktype = 'advisory' AND a.classid = 1668048001::oid AND a.objid = 1::oid
+       AND a.objsubid = 2
+       AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database())),
+dist AS (
+    SELECT s.nx, ((s.nx % 4294967296) - w.x32 + 4294967296) % 4294967296 AS d
+      FROM snap s LEFT JOIN writers w ON true)
+SELECT LEAST(min(nx), min(nx - d) FILTER (WHERE d BETWEEN 1 AND 2147483648)) FROM dist";
+
+/// Reads events after the cursor and below the horizon, in global order.
+const READ_SQL: &str = "\
+SELECT position, transaction_id::text::bigint, tenant_id, stream_type, stream_id, stream_version,
+       event_type, schema_version, payload, metadata, recorded_at
+  FROM events
+ WHERE (transaction_id, position) > ($1::bigint::text::xid8, $2::bigint)
+   AND transaction_id < $3::bigint::text::xid8
+   AND stream_type = ANY($4)
+ ORDER BY transaction_id, position
+ LIMIT $5";
+
+/// A place in the global order: the last event read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub transaction_id: i64,
+    pub position: i64,
+}
+
+impl From<&RecordedEvent> for Cursor {
+    fn from(e: &RecordedEvent) -> Self {
+        Self { transaction_id: e.transaction_id, position: e.position }
+    }
+}
+
+/// The horizon: every event writer with a smaller transaction id has finished.
+pub async fn horizon<C: GenericClient>(client: &C) -> Result<i64, StoreError> {
+    let row = client.query_one(HORIZON_SQL, &[]).await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Up to `limit` events of `stream_types` after `after`, none of which can ever be
+/// preceded by an event committed later.
+pub async fn read_batch<C: GenericClient>(
+    client: &C,
+    after: Cursor,
+    stream_types: &[&str],
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let horizon = horizon(client).await?;
+    let stmt = client.prepare(READ_SQL).await?;
+    let rows = client
+        .query(&stmt, &[&after.transaction_id, &after.position, &horizon, &stream_types, &limit])
+        .await?;
+    rows.iter().map(recorded_event).collect()
+}

@@ -1,0 +1,256 @@
+//! The event store: one append-only `events` table for every aggregate.
+//!
+//! - [`EventStore::append`] writes all events of one command in a single statement, with
+//!   optimistic concurrency per stream (unique `(stream_type, stream_id, stream_version)`)
+//!   and, when the command carries an `Idempotency-Key`, the stored response in the same
+//!   statement;
+//! - [`EventStore::load_stream`] reads one stream for an aggregate;
+//! - [`global`] is the gap-free read of the whole log used by projectors (ADR 0001);
+//! - [`codec`] turns typed events into rows and back, upcasting old schema versions;
+//! - [`signal`] wakes projectors when events are appended, here and in other processes.
+
+pub mod codec;
+pub mod global;
+pub mod signal;
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::telemetry::METRICS;
+
+/// An event as stored, with its place in the stream and in the global log.
+#[derive(Debug, Clone)]
+pub struct RecordedEvent {
+    pub position: i64,
+    /// Writer's top-level transaction id (`xid8`), the first key of the global order.
+    pub transaction_id: i64,
+    pub tenant_id: String,
+    pub stream_type: String,
+    pub stream_id: Uuid,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// One event to append; version numbers are assigned by [`EventStore::append`].
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: Value,
+}
+
+/// The response a command gave, kept for retries with the same `Idempotency-Key`.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub request_hash: Vec<u8>,
+    pub response_status: i32,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    pub request_hash: Vec<u8>,
+    pub status: i32,
+    pub body: Value,
+}
+
+pub struct AppendRequest<'a> {
+    pub tenant_id: &'a str,
+    pub stream_type: &'a str,
+    pub stream_id: Uuid,
+    /// Version the stream had when the command was decided; events get the next ones.
+    pub expected_version: i64,
+    pub events: Vec<NewEvent>,
+    pub metadata: Value,
+    pub idempotency: Option<&'a IdempotencyRecord>,
+}
+
+/// Result of a successful append: the stream's new version and the global position of
+/// the last event written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub version: i64,
+    pub position: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another command appended to the stream first; nothing was written.
+    #[error("stream version conflict")]
+    Conflict,
+    /// A concurrent request with the same idempotency key won; nothing was written.
+    #[error("idempotency key already used")]
+    IdempotencyKeyTaken,
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error")]
+    Database(#[source] tokio_postgres::Error),
+    #[error("corrupt event {position}: {reason}")]
+    Corrupt { position: i64, reason: String },
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if crate::db::is_unavailable(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Takes the shared "event writer" advisory lock before the statement gets a transaction
+/// id, then appends all events and the idempotency record atomically (one statement, one
+/// round trip). The lock is what lets readers tell event writers from unrelated
+/// transactions (ADR 0001); its keys are repeated in `global::HORIZON_SQL`.
+const APPEND_SQL: &str = "\
+WITH writer AS (SELECT pg_advisory_xact_lock_shared(1668048001, 1)),
+ins AS (
+    INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type,
+                        schema_version, payload, metadata)
+    SELECT $1, $2, $3, $4::bigint + u.ord, u.event_type, u.schema_version, u.payload, $8
+      FROM writer,
+           unnest($5::text[], $6::int[], $7::jsonb[]) WITH ORDINALITY
+               AS u(event_type, schema_version, payload, ord)
+     ORDER BY u.ord
+    RETURNING position, stream_version),
+summary AS (SELECT max(position) AS position, max(stream_version) AS version FROM ins),
+idem AS (
+    INSERT INTO idempotency_keys (tenant_id, key, request_hash, response_status, response_body)
+    SELECT $1, $9, $10, $11,
+           jsonb_build_object('id', $3::uuid, 'version', s.version, 'position', s.position)
+      FROM summary s
+     WHERE $9::text IS NOT NULL)
+SELECT position, version FROM summary";
+
+const LOAD_STREAM_SQL: &str = "\
+SELECT position, transaction_id::text::bigint, tenant_id, stream_type, stream_id, stream_version,
+       event_type, schema_version, payload, metadata, recorded_at
+  FROM events
+ WHERE stream_type = $1 AND stream_id = $2
+ ORDER BY stream_version";
+
+const FIND_IDEMPOTENT_SQL: &str = "\
+SELECT request_hash, response_status, response_body FROM idempotency_keys
+ WHERE tenant_id = $1 AND key = $2";
+
+#[derive(Clone)]
+pub struct EventStore {
+    pool: Pool,
+    signal: signal::EventSignal,
+}
+
+impl EventStore {
+    pub fn new(pool: Pool, signal: signal::EventSignal) -> Self {
+        Self { pool, signal }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Appends the events of one command atomically. Fails with [`StoreError::Conflict`]
+    /// when the stream moved past `expected_version`, writing nothing.
+    #[tracing::instrument(name = "store.append", skip_all, fields(stream_type = req.stream_type, stream_id = %req.stream_id, events = req.events.len()))]
+    pub async fn append(&self, req: AppendRequest<'_>) -> Result<Appended, StoreError> {
+        let started = Instant::now();
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(APPEND_SQL).await?;
+        let types: Vec<&str> = req.events.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<i32> = req.events.iter().map(|e| e.schema_version).collect();
+        let payloads: Vec<&Value> = req.events.iter().map(|e| &e.payload).collect();
+        let (key, hash, status) = match req.idempotency {
+            Some(r) => (Some(r.key.as_str()), Some(r.request_hash.as_slice()), Some(r.response_status)),
+            None => (None, None, None),
+        };
+        let result = client
+            .query_one(
+                &stmt,
+                &[
+                    &req.tenant_id,
+                    &req.stream_type,
+                    &req.stream_id,
+                    &req.expected_version,
+                    &types,
+                    &versions,
+                    &payloads,
+                    &req.metadata,
+                    &key,
+                    &hash,
+                    &status,
+                ],
+            )
+            .await;
+        let row = match result {
+            Ok(row) => row,
+            Err(e) => {
+                return Err(match e.as_db_error().and_then(|d| d.constraint()) {
+                    Some("events_stream_version_unique") => StoreError::Conflict,
+                    Some("idempotency_keys_pkey") => StoreError::IdempotencyKeyTaken,
+                    _ => e.into(),
+                })
+            }
+        };
+        METRICS.append_duration.observe(started.elapsed().as_secs_f64());
+        METRICS
+            .events_appended
+            .with_label_values(&[req.stream_type])
+            .inc_by(req.events.len() as u64);
+        self.signal.appended();
+        Ok(Appended { position: row.try_get(0)?, version: row.try_get(1)? })
+    }
+
+    /// All events of one stream, in version order.
+    #[tracing::instrument(name = "store.load_stream", skip(self))]
+    pub async fn load_stream(&self, stream_type: &str, stream_id: Uuid) -> Result<Vec<RecordedEvent>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(LOAD_STREAM_SQL).await?;
+        let rows = client.query(&stmt, &[&stream_type, &stream_id]).await?;
+        rows.iter().map(recorded_event).collect()
+    }
+
+    /// The stored response for an idempotency key, if a command with it succeeded before.
+    pub async fn find_idempotent(&self, tenant_id: &str, key: &str) -> Result<Option<StoredResponse>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(FIND_IDEMPOTENT_SQL).await?;
+        let row = client.query_opt(&stmt, &[&tenant_id, &key]).await?;
+        row.map(|r| {
+            Ok(StoredResponse { request_hash: r.try_get(0)?, status: r.try_get(1)?, body: r.try_get(2)? })
+        })
+        .transpose()
+    }
+}
+
+/// Maps a row selected with the column list of `LOAD_STREAM_SQL` / `global::READ_SQL`.
+pub(crate) fn recorded_event(row: &tokio_postgres::Row) -> Result<RecordedEvent, StoreError> {
+    Ok(RecordedEvent {
+        position: row.try_get(0)?,
+        transaction_id: row.try_get(1)?,
+        tenant_id: row.try_get(2)?,
+        stream_type: row.try_get(3)?,
+        stream_id: row.try_get(4)?,
+        stream_version: row.try_get(5)?,
+        event_type: row.try_get(6)?,
+        schema_version: row.try_get(7)?,
+        payload: row.try_get(8)?,
+        metadata: row.try_get(9)?,
+        recorded_at: row.try_get(10)?,
+    })
+}

@@ -1,0 +1,182 @@
+//! Operations endpoints: health, readiness, metrics, projections, the audit trail, OpenAPI.
+
+use actix_web::{get, post, web, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::error::{ApiError, Problem};
+use super::AppState;
+use crate::projections::rebuild::{Rebuild, RebuildError};
+use crate::projections::status::{self, ProjectorStatus};
+use crate::telemetry::{self, METRICS};
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub database: bool,
+    pub migrations: bool,
+    pub projectors: bool,
+}
+
+/// Readiness: database reachable, migrations applied, every projector running somewhere.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, body = Readiness), (status = 503, body = Readiness)))]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let mut r = Readiness { ready: false, database: false, migrations: false, projectors: false };
+    if let Ok(client) = state.store.pool().get().await {
+        if client.query_one("SELECT 1", &[]).await.is_ok() {
+            r.database = true;
+            let applied = client
+                .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+                .await
+                .and_then(|row| row.try_get::<_, i64>(0));
+            r.migrations = matches!(applied, Ok(n) if n as usize >= crate::db::migration_count());
+            let mut all = true;
+            for p in state.projections.iter() {
+                match status::of(&**client, &**p).await {
+                    Ok(s) if s.state != "stopped" => {}
+                    _ => all = false,
+                }
+            }
+            r.projectors = all;
+        }
+    }
+    r.ready = r.database && r.migrations && r.projectors;
+    let mut resp = if r.ready { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() };
+    if !r.ready {
+        resp.insert_header(("Retry-After", "1"));
+    }
+    resp.json(r)
+}
+
+/// Prometheus metrics (text format).
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let pool = state.store.pool().status();
+    METRICS.pool_size.set(pool.size as i64);
+    METRICS.pool_available.set(pool.available as i64);
+    METRICS.pool_waiting.set(pool.waiting as i64);
+    // Lag gauges are refreshed from the database; a scrape while it is down keeps the last values.
+    if let Ok(client) = state.store.pool().get().await {
+        for p in state.projections.iter() {
+            let _ = status::of(&**client, &**p).await;
+        }
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(telemetry::render())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProjectionsList {
+    pub projections: Vec<ProjectorStatus>,
+}
+
+/// Every projector: position, lag, state.
+#[utoipa::path(get, path = "/api/v1/admin/projections", responses(
+    (status = 200, body = ProjectionsList), (status = 503, body = Problem)))]
+#[get("/api/v1/admin/projections")]
+pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let client = state.store.pool().get().await?;
+    let mut out = Vec::new();
+    for p in state.projections.iter() {
+        out.push(status::of(&**client, &**p).await?);
+    }
+    Ok(HttpResponse::Ok().json(ProjectionsList { projections: out }))
+}
+
+/// Starts a rebuild of one projection into a shadow copy; swaps it in when caught up.
+#[utoipa::path(post, path = "/api/v1/admin/projections/{name}/rebuild",
+    params(("name" = String, Path, description = "projection name")),
+    responses((status = 202, description = "rebuild started"), (status = 404, body = Problem),
+              (status = 409, body = Problem)))]
+#[post("/api/v1/admin/projections/{name}/rebuild")]
+pub async fn rebuild(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let projection = state
+        .projections
+        .iter()
+        .find(|p| p.name() == name.as_str())
+        .cloned()
+        .ok_or_else(|| ApiError::NotFound(format!("projection {name}")))?;
+    let rebuild = Rebuild::begin(&state.conn, projection).await.map_err(|e| match e {
+        RebuildError::InProgress(n) => ApiError::RebuildInProgress(format!("a rebuild of {n} is already running")),
+        RebuildError::Projection(p) => ApiError::Unavailable(p.to_string()),
+    })?;
+    let batch = state.settings.projector_batch_size;
+    tokio::spawn(async move {
+        let _ = rebuild.run(batch).await;
+    });
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "projection": name.as_str(),
+        "state": "running",
+        "status": "/api/v1/admin/projections",
+    })))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StreamEvent {
+    pub position: i64,
+    pub version: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: i32,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StreamEvents {
+    pub events: Vec<StreamEvent>,
+}
+
+/// The audit trail of one stream, oldest first (events as stored, not upcast).
+#[utoipa::path(get, path = "/api/v1/streams/{stream_type}/{id}/events",
+    params(("stream_type" = String, Path), ("id" = Uuid, Path)),
+    responses((status = 200, body = StreamEvents), (status = 404, body = Problem)))]
+#[get("/api/v1/streams/{stream_type}/{id}/events")]
+pub async fn stream_events(
+    state: web::Data<AppState>,
+    req: actix_web::HttpRequest,
+    path: web::Path<(String, Uuid)>,
+) -> Result<HttpResponse, ApiError> {
+    let (stream_type, id) = path.into_inner();
+    let tenant = super::extract::tenant(&req)?;
+    let events = state.store.load_stream(&stream_type, id).await?;
+    let events: Vec<StreamEvent> = events
+        .into_iter()
+        .filter(|e| e.tenant_id == tenant)
+        .map(|e| StreamEvent {
+            position: e.position,
+            version: e.stream_version,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            data: e.payload,
+            metadata: e.metadata,
+            recorded_at: e.recorded_at,
+        })
+        .collect();
+    if events.is_empty() {
+        return Err(ApiError::NotFound(format!("stream {stream_type}/{id}")));
+    }
+    Ok(HttpResponse::Ok().json(StreamEvents { events }))
+}
+
+/// This API's OpenAPI 3 document, generated from the handlers.
+#[get("/api/v1/openapi.json")]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(super::openapi::document())
+}
+

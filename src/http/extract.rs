@@ -1,0 +1,142 @@
+//! Request parsing shared by every route: JSON bodies with precise errors (415, 413,
+//! 400, 422 naming the field), the command context from headers, and `If-Match`.
+
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use futures::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::eventstore::IdempotencyRecord;
+use crate::pipeline::CommandContext;
+
+/// A JSON request body: content type checked, size limited, syntax checked.
+pub struct JsonBody {
+    pub bytes: web::Bytes,
+    value: serde_json::Value,
+}
+
+impl JsonBody {
+    /// Deserialises into `T`; a type or missing-field error names the field (422).
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        serde_path_to_error::deserialize(&self.value).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            let message = e.into_inner().to_string();
+            // serde names a missing field only in the message.
+            let field = if field.is_empty() {
+                message
+                    .strip_prefix("missing field `")
+                    .and_then(|rest| rest.split('`').next())
+                    .unwrap_or("body")
+                    .to_owned()
+            } else {
+                field
+            };
+            ApiError::validation(field, message)
+        })
+    }
+}
+
+impl FromRequest for JsonBody {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        let limit = req.app_data::<web::Data<AppState>>().map(|s| s.settings.body_limit).unwrap_or(1 << 20);
+        let bytes = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            if !is_json {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+            let bytes = bytes.await.map_err(|e| {
+                if let Some(actix_web::error::PayloadError::Overflow) = e.as_error::<actix_web::error::PayloadError>() {
+                    ApiError::PayloadTooLarge(limit)
+                } else {
+                    ApiError::MalformedJson(format!("cannot read the body: {e}"))
+                }
+            })?;
+            let value = serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
+            Ok(JsonBody { bytes, value })
+        })
+    }
+}
+
+const MAX_KEY: usize = 200;
+
+/// Headers that shape a command: tenant, actor, correlation id, idempotency key.
+pub fn command_context(req: &HttpRequest, body: &[u8], success_status: u16) -> Result<CommandContext, ApiError> {
+    let mut ctx = CommandContext::new(tenant(req)?);
+    if let Some(actor) = header_str(req, "x-actor")? {
+        ctx.actor = actor.chars().take(MAX_KEY).collect();
+    }
+    if let Some(c) = header_str(req, "x-correlation-id")? {
+        ctx.correlation_id = Uuid::parse_str(c).map_err(|_| ApiError::InvalidHeader {
+            header: "X-Correlation-Id",
+            message: "must be a UUID".into(),
+        })?;
+    }
+    if let Some(key) = header_str(req, "idempotency-key")? {
+        if key.is_empty() || key.len() > MAX_KEY {
+            return Err(ApiError::InvalidHeader { header: "Idempotency-Key", message: "must be 1 to 200 characters".into() });
+        }
+        // The key stands for this exact request: method, path and body.
+        let mut h = Sha256::new();
+        h.update(req.method().as_str().as_bytes());
+        h.update(b" ");
+        h.update(req.path().as_bytes());
+        h.update(b"\n");
+        h.update(body);
+        ctx.idempotency = Some(IdempotencyRecord {
+            key: key.to_owned(),
+            request_hash: h.finalize().to_vec(),
+            response_status: i32::from(success_status),
+        });
+    }
+    Ok(ctx)
+}
+
+/// The tenant from `X-Tenant-Id` (default `default`), checked against `[a-z0-9_-]{1,64}`.
+pub fn tenant(req: &HttpRequest) -> Result<String, ApiError> {
+    let Some(t) = header_str(req, "x-tenant-id")? else { return Ok("default".into()) };
+    let ok = !t.is_empty()
+        && t.len() <= 64
+        && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok {
+        return Err(ApiError::InvalidHeader { header: "X-Tenant-Id", message: "must match [a-z0-9_-]{1,64}".into() });
+    }
+    Ok(t.to_owned())
+}
+
+/// `If-Match: "3"` (weak `W/"3"` and bare `3` accepted) → Some(3).
+pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+    let Some(v) = header_str(req, "if-match")? else { return Ok(None) };
+    let v = v.trim().trim_start_matches("W/").trim_matches('"');
+    v.parse::<i64>().map(Some).map_err(|_| ApiError::InvalidHeader {
+        header: "If-Match",
+        message: "must be the budget version as an ETag, e.g. \"3\"".into(),
+    })
+}
+
+fn header_str<'a>(req: &'a HttpRequest, name: &'static str) -> Result<Option<&'a str>, ApiError> {
+    match req.headers().get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| ApiError::InvalidHeader { header: name, message: "must be visible ASCII".into() }),
+    }
+}

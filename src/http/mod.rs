@@ -1,0 +1,91 @@
+//! The HTTP side: app state, route table, request metrics, the server on a bound listener.
+
+pub mod admin;
+pub mod consistency;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+
+use std::net::TcpListener;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{middleware, web, App, HttpRequest, HttpServer};
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::eventstore::EventStore;
+use crate::projections::Registry;
+use crate::telemetry::METRICS;
+use error::ApiError;
+
+/// Shared by all workers.
+pub struct AppState {
+    pub settings: Settings,
+    pub store: EventStore,
+    pub projections: Registry,
+    /// Connection string for dedicated connections (rebuilds).
+    pub conn: String,
+    /// Bumped by local projector batches; wakes `min_position` waiters.
+    pub progress: watch::Sender<u64>,
+}
+
+/// Records every request by route pattern (not raw path: bounded label values) and status.
+async fn record(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let res = next.call(req).await?;
+    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let status = res.status().as_u16().to_string();
+    METRICS.http_requests.with_label_values(&[&method, &route, &status]).inc();
+    METRICS
+        .http_duration
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    tracing::debug!(%method, %route, %status, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "http request");
+    Ok(res)
+}
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("route {}", req.path())))
+}
+
+/// Route table: every endpoint the server has. Keep in step with `openapi::ApiDoc`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(admin::healthz)
+        .service(admin::readyz)
+        .service(admin::metrics)
+        .service(admin::openapi)
+        .service(admin::projections)
+        .service(admin::rebuild)
+        .service(admin::stream_events);
+    crate::budgets::routes::configure(cfg);
+}
+
+/// Builds the server on an already bound listener (port 0 in tests). Workers finish
+/// in-flight requests on SIGINT/SIGTERM before the returned future resolves.
+pub fn server(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let server = HttpServer::new(move || {
+        let query_cfg = web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::validation("query", e.to_string()).into());
+        let path_cfg = web::PathConfig::default().error_handler(|e, _| ApiError::NotFound(e.to_string()).into());
+        App::new()
+            .app_data(state.clone())
+            .app_data(query_cfg)
+            .app_data(path_cfg)
+            .app_data(web::PayloadConfig::new(state.settings.body_limit))
+            .wrap(middleware::from_fn(record))
+            .configure(routes)
+            .default_service(web::to(not_found))
+    })
+    .workers(workers)
+    .backlog(2048)
+    .shutdown_timeout(30)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+

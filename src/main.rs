@@ -1,0 +1,60 @@
+//! The `cloudlens` binary: parses the command line and hands over to the library.
+
+use clap::{Parser, Subcommand};
+use cloudlens::{app, config::Settings, telemetry};
+
+#[derive(Parser)]
+#[command(name = "cloudlens", version, about = "Event-sourced data server on PostgreSQL + TimescaleDB")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server, the projectors and (without DATABASE_URL) the local cluster.
+    Serve,
+    /// Apply migrations and exit.
+    Migrate,
+    /// Inspect or rebuild projections.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Name, position, lag and state of every projector.
+    Status,
+    /// Replay all events into a shadow copy of NAME's read model, then swap it in.
+    Rebuild { name: String },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cloudlens: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(settings.log_json);
+    let result = match cli.command {
+        Command::Serve => app::serve(settings),
+        Command::Migrate => app::migrate(settings),
+        Command::Projections { command: ProjectionsCommand::Status } => app::projections_status(settings),
+        Command::Projections { command: ProjectionsCommand::Rebuild { name } } => {
+            app::projections_rebuild(settings, name)
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "cloudlens failed");
+            eprintln!("cloudlens: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! The command pipeline around cqrs-es aggregates (ADR 0003).
+//!
+//! cqrs-es' `CqrsFramework` commits events without telling the caller their global
+//! positions and has no idempotency keys, both of which the API promises. So the
+//! aggregate's `handle`/`apply` come from cqrs-es, and this module does the rest:
+//! replay a stored response for a known idempotency key, load and fold the stream, check
+//! the expected version, let the aggregate decide, append with optimistic concurrency.
+
+use std::time::Instant;
+
+use cqrs_es::Aggregate;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::eventstore::codec::{self, Upcaster};
+use crate::eventstore::{AppendRequest, EventStore, IdempotencyRecord, StoreError};
+use crate::telemetry::METRICS;
+
+/// An aggregate stored in the event store.
+pub trait EventSourced: Aggregate {
+    /// `stream_type` of its events; stable forever.
+    const STREAM_TYPE: &'static str;
+
+    /// Upcasters for older schema versions of its events.
+    fn upcasters() -> &'static [Upcaster] {
+        &[]
+    }
+}
+
+/// Who sent a command and how to trace it; becomes the events' metadata.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    pub tenant_id: String,
+    pub actor: String,
+    pub command_id: Uuid,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+impl CommandContext {
+    pub fn new(tenant_id: impl Into<String>) -> Self {
+        let command_id = Uuid::now_v7();
+        Self {
+            tenant_id: tenant_id.into(),
+            actor: "anonymous".into(),
+            command_id,
+            correlation_id: command_id,
+            causation_id: None,
+            idempotency: None,
+        }
+    }
+}
+
+/// What the command expects of the stream before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// A new stream: nothing is loaded; a clash shows up as a conflict on append.
+    New,
+    /// Whatever version the stream has now (still checked on append).
+    Any,
+    /// Exactly this version (`If-Match`).
+    Version(i64),
+}
+
+/// The answer to a successful command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct CommandResult {
+    pub id: Uuid,
+    pub version: i64,
+    pub position: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error> {
+    /// The aggregate refused the command.
+    #[error(transparent)]
+    Domain(E),
+    /// The stream is not at the expected version (or moved while deciding).
+    #[error("stream is at version {actual:?}, expected {expected:?}")]
+    Conflict { expected: Option<i64>, actual: Option<i64> },
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key reused with a different request")]
+    IdempotencyMismatch,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot encode or decode an event: {0}")]
+    Codec(#[from] codec::CodecError),
+}
+
+impl<E: std::error::Error> CommandError<E> {
+    fn outcome(&self) -> &'static str {
+        match self {
+            CommandError::Domain(_) => "rejected",
+            CommandError::Conflict { .. } => "conflict",
+            CommandError::IdempotencyMismatch => "idempotency_mismatch",
+            CommandError::Store(StoreError::Unavailable(_)) => "unavailable",
+            CommandError::Store(_) | CommandError::Codec(_) => "error",
+        }
+    }
+}
+
+/// Loads an aggregate by folding its stream; returns it with its version and the
+/// global position of its last event.
+pub async fn load<A: EventSourced>(
+    store: &EventStore,
+    id: Uuid,
+) -> Result<(A, i64, i64), CommandError<A::Error>> {
+    let mut aggregate = A::default();
+    let mut version = 0;
+    let mut position = 0;
+    for e in store.load_stream(A::STREAM_TYPE, id).await? {
+        let event = codec::decode::<A::Event>(&e.event_type, e.schema_version, e.payload, A::upcasters())?;
+        aggregate.apply(event);
+        version = e.stream_version;
+        position = e.position;
+    }
+    Ok((aggregate, version, position))
+}
+
+/// Runs one command against stream `id` of aggregate `A`.
+#[tracing::instrument(name = "command", skip_all, fields(command = command_type, stream_id = %id))]
+pub async fn execute<A: EventSourced>(
+    store: &EventStore,
+    ctx: &CommandContext,
+    command_type: &'static str,
+    id: Uuid,
+    expect: Expect,
+    command: A::Command,
+    services: &A::Services,
+) -> Result<(CommandResult, bool), CommandError<A::Error>> {
+    let started = Instant::now();
+    let result = run::<A>(store, ctx, id, expect, command, services).await;
+    let outcome = match &result {
+        Ok((_, true)) => "replayed",
+        Ok((_, false)) => "ok",
+        Err(e) => e.outcome(),
+    };
+    METRICS.commands.with_label_values(&[command_type, outcome]).inc();
+    METRICS
+        .command_duration
+        .with_label_values(&[command_type])
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// The bool is true when the result is a stored response replayed for a retry.
+async fn run<A: EventSourced>(
+    store: &EventStore,
+    ctx: &CommandContext,
+    id: Uuid,
+    expect: Expect,
+    command: A::Command,
+    services: &A::Services,
+) -> Result<(CommandResult, bool), CommandError<A::Error>> {
+    if let Some(replayed) = replay(store, ctx).await? {
+        return Ok((replayed, true));
+    }
+    let (aggregate, version, position) = match expect {
+        Expect::New => (A::default(), 0, 0),
+        Expect::Any | Expect::Version(_) => load::<A>(store, id).await?,
+    };
+    if let Expect::Version(expected) = expect {
+        if expected != version {
+            return Err(CommandError::Conflict { expected: Some(expected), actual: Some(version) });
+        }
+    }
+    let events = aggregate.handle(command, services).await.map_err(CommandError::Domain)?;
+    if events.is_empty() {
+        return Ok((CommandResult { id, version, position }, false));
+    }
+    let events = events.iter().map(codec::encode).collect::<Result<Vec<_>, _>>()?;
+    let metadata = json!({
+        "command_id": ctx.command_id,
+        "correlation_id": ctx.correlation_id,
+        "causation_id": ctx.causation_id.unwrap_or(ctx.command_id),
+        "actor": ctx.actor,
+        "tenant_id": ctx.tenant_id,
+    });
+    let appended = store
+        .append(AppendRequest {
+            tenant_id: &ctx.tenant_id,
+            stream_type: A::STREAM_TYPE,
+            stream_id: id,
+            expected_version: version,
+            events,
+            metadata,
+            idempotency: ctx.idempotency.as_ref(),
+        })
+        .await;
+    match appended {
+        Ok(a) => Ok((CommandResult { id, version: a.version, position: a.position }, false)),
+        Err(StoreError::Conflict) => Err(CommandError::Conflict {
+            expected: match expect {
+                Expect::New => Some(0),
+                _ => Some(version),
+            },
+            actual: None,
+        }),
+        // A concurrent retry with the same key won the race: answer as it did.
+        Err(StoreError::IdempotencyKeyTaken) => match replay(store, ctx).await? {
+            Some(r) => Ok((r, true)),
+            None => Err(CommandError::Store(StoreError::IdempotencyKeyTaken)),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The stored result for the context's idempotency key, if any; a different request
+/// under the same key is refused.
+async fn replay<E: std::error::Error>(
+    store: &EventStore,
+    ctx: &CommandContext,
+) -> Result<Option<CommandResult>, CommandError<E>> {
+    let Some(idem) = &ctx.idempotency else { return Ok(None) };
+    let Some(stored) = store.find_idempotent(&ctx.tenant_id, &idem.key).await? else {
+        return Ok(None);
+    };
+    if stored.request_hash != idem.request_hash {
+        return Err(CommandError::IdempotencyMismatch);
+    }
+    serde_json::from_value(stored.body)
+        .map(Some)
+        .map_err(|e| CommandError::Store(StoreError::Corrupt { position: 0, reason: e.to_string() }))
+}

@@ -1,0 +1,152 @@
+//! Tracing set-up and the Prometheus metrics every part of the server reports to.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+use tracing_subscriber::EnvFilter;
+
+/// Structured logs to stderr; `RUST_LOG` filters (default `info`), JSON when asked.
+pub fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // try_init: tests start several apps in one process.
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Every metric the server exports. One process-wide set (a static), so handlers,
+/// the store and projectors record without threading a handle through every call.
+pub struct Metrics {
+    pub registry: Registry,
+    pub commands: IntCounterVec,
+    pub command_duration: HistogramVec,
+    pub events_appended: IntCounterVec,
+    pub append_duration: Histogram,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub projector_position: IntGaugeVec,
+    pub projector_lag_events: IntGaugeVec,
+    pub projector_lag_seconds: prometheus::GaugeVec,
+    pub projector_batch_duration: HistogramVec,
+    pub projector_events_applied: IntCounterVec,
+    pub projector_leader: IntGaugeVec,
+    pub projector_errors: IntCounterVec,
+    pub rebuild_position: IntGaugeVec,
+    pub min_position_wait: Histogram,
+    pub pool_size: IntGauge,
+    pub pool_available: IntGauge,
+    pub pool_waiting: IntGauge,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    // 0.25 ms .. ~8 s
+    exponential_buckets(0.000_25, 2.0, 16).unwrap_or_default()
+}
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let m = Metrics {
+        commands: IntCounterVec::new(
+            Opts::new("cloudlens_commands_total", "Commands handled, by type and outcome"),
+            &["command", "outcome"],
+        )?,
+        command_duration: HistogramVec::new(
+            HistogramOpts::new("cloudlens_command_duration_seconds", "Command handling latency")
+                .buckets(latency_buckets()),
+            &["command"],
+        )?,
+        events_appended: IntCounterVec::new(
+            Opts::new("cloudlens_events_appended_total", "Events appended to the store"),
+            &["stream_type"],
+        )?,
+        append_duration: Histogram::with_opts(
+            HistogramOpts::new("cloudlens_event_append_duration_seconds", "Latency of one append statement")
+                .buckets(latency_buckets()),
+        )?,
+        http_requests: IntCounterVec::new(
+            Opts::new("cloudlens_http_requests_total", "HTTP requests by route and status"),
+            &["method", "route", "status"],
+        )?,
+        http_duration: HistogramVec::new(
+            HistogramOpts::new("cloudlens_http_request_duration_seconds", "HTTP request latency")
+                .buckets(latency_buckets()),
+            &["method", "route"],
+        )?,
+        projector_position: IntGaugeVec::new(
+            Opts::new("cloudlens_projector_position", "Global position of the last event a projector applied"),
+            &["projector"],
+        )?,
+        projector_lag_events: IntGaugeVec::new(
+            Opts::new("cloudlens_projector_lag_events", "Events not yet applied by a projector"),
+            &["projector"],
+        )?,
+        projector_lag_seconds: prometheus::GaugeVec::new(
+            Opts::new("cloudlens_projector_lag_seconds", "Age of the oldest event a projector has not applied"),
+            &["projector"],
+        )?,
+        projector_batch_duration: HistogramVec::new(
+            HistogramOpts::new("cloudlens_projector_batch_duration_seconds", "Duration of one projector batch")
+                .buckets(latency_buckets()),
+            &["projector"],
+        )?,
+        projector_events_applied: IntCounterVec::new(
+            Opts::new("cloudlens_projector_events_applied_total", "Events applied by projectors in this process"),
+            &["projector"],
+        )?,
+        projector_leader: IntGaugeVec::new(
+            Opts::new("cloudlens_projector_leader", "1 when this process runs the projector"),
+            &["projector"],
+        )?,
+        projector_errors: IntCounterVec::new(
+            Opts::new("cloudlens_projector_errors_total", "Failed projector batches (retried)"),
+            &["projector"],
+        )?,
+        rebuild_position: IntGaugeVec::new(
+            Opts::new("cloudlens_projection_rebuild_position", "Position reached by a running rebuild"),
+            &["projector"],
+        )?,
+        min_position_wait: Histogram::with_opts(
+            HistogramOpts::new("cloudlens_min_position_wait_seconds", "Time queries waited for min_position")
+                .buckets(latency_buckets()),
+        )?,
+        pool_size: IntGauge::new("cloudlens_db_pool_size", "Connections in the pool")?,
+        pool_available: IntGauge::new("cloudlens_db_pool_available", "Idle connections in the pool")?,
+        pool_waiting: IntGauge::new("cloudlens_db_pool_waiting", "Requests waiting for a connection")?,
+        registry,
+    };
+    let r = &m.registry;
+    r.register(Box::new(m.commands.clone()))?;
+    r.register(Box::new(m.command_duration.clone()))?;
+    r.register(Box::new(m.events_appended.clone()))?;
+    r.register(Box::new(m.append_duration.clone()))?;
+    r.register(Box::new(m.http_requests.clone()))?;
+    r.register(Box::new(m.http_duration.clone()))?;
+    r.register(Box::new(m.projector_position.clone()))?;
+    r.register(Box::new(m.projector_lag_events.clone()))?;
+    r.register(Box::new(m.projector_lag_seconds.clone()))?;
+    r.register(Box::new(m.projector_batch_duration.clone()))?;
+    r.register(Box::new(m.projector_events_applied.clone()))?;
+    r.register(Box::new(m.projector_leader.clone()))?;
+    r.register(Box::new(m.projector_errors.clone()))?;
+    r.register(Box::new(m.rebuild_position.clone()))?;
+    r.register(Box::new(m.min_position_wait.clone()))?;
+    r.register(Box::new(m.pool_size.clone()))?;
+    r.register(Box::new(m.pool_available.clone()))?;
+    r.register(Box::new(m.pool_waiting.clone()))?;
+    Ok(m)
+}
+
+#[allow(clippy::expect_used)] // metric definitions are constants: a failure is a programming error
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| build().expect("metric definitions are valid"));
+
+/// Renders the registry in the Prometheus text format.
+pub fn render() -> String {
+    let mut out = String::new();
+    let encoder = prometheus::TextEncoder::new();
+    if let Err(e) = encoder.encode_utf8(&METRICS.registry.gather(), &mut out) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    out
+}
