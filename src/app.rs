@@ -74,8 +74,14 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (progress, _) = watch::channel(0_u64);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(signal.clone().run_notifier(pool, shutdown_rx.clone())));
-    tasks.push(tokio::spawn(signal.clone().run_listener(conn.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(
+        signal.clone().run_notifier(pool, shutdown_rx.clone()),
+    ));
+    tasks.push(tokio::spawn(
+        signal
+            .clone()
+            .run_listener(conn.clone(), shutdown_rx.clone()),
+    ));
     let owner = format!("{}:{}:{}", hostname(), std::process::id(), port);
     for p in registry.iter() {
         let cfg = RunnerConfig {
@@ -85,15 +91,33 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
             owner: owner.clone(),
             progress: progress.clone(),
         };
-        tasks.push(tokio::spawn(projections::run(p.clone(), cfg, signal.subscribe(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(projections::run(
+            p.clone(),
+            cfg,
+            signal.subscribe(),
+            shutdown_rx.clone(),
+        )));
     }
-    let state = web::Data::new(AppState { settings, store, projections: registry, conn, progress });
+    let state = web::Data::new(AppState {
+        settings,
+        store,
+        projections: registry,
+        conn,
+        progress,
+    });
     let server = http::server(listener, state.clone())?;
-    Ok(Running { port, server, state, background: Background { shutdown, tasks } })
+    Ok(Running {
+        port,
+        server,
+        state,
+        background: Background { shutdown, tasks },
+    })
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// `cloudlens serve`: runs until SIGINT/SIGTERM, then drains requests, finishes projector
@@ -102,7 +126,8 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
     let (conn, cluster) = database(&settings)?;
     let result = actix_web::rt::System::new().block_on(async {
         prepare(&conn, cluster.as_ref()).await?;
-        let listener = TcpListener::bind(settings.listen).with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
         tracing::info!(listen = %settings.listen, "cloudlens is serving");
         let running = start(settings.clone(), conn.clone(), listener)?;
         running.server.await?;
@@ -129,7 +154,9 @@ where
         Some(_) => true,
     };
     let (conn, cluster) = database(settings)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(async {
         prepare(&conn, cluster.as_ref()).await?;
         f(conn).await
@@ -149,7 +176,10 @@ pub fn migrate(settings: Settings) -> anyhow::Result<()> {
 pub fn projections_status(settings: Settings) -> anyhow::Result<()> {
     with_database(&settings, |conn| async move {
         let client = db::connect(&conn).await?;
-        println!("{:<16} {:>12} {:>12} {:>12}  {:<10} rebuild", "NAME", "POSITION", "LAG_EVENTS", "LAG_SECONDS", "STATE");
+        println!(
+            "{:<16} {:>12} {:>12} {:>12}  {:<10} rebuild",
+            "NAME", "POSITION", "LAG_EVENTS", "LAG_SECONDS", "STATE"
+        );
         for p in projections().iter() {
             let s = projections::status::of(&client, &**p).await?;
             let rebuild = s.rebuild.map(|r| r.state).unwrap_or_else(|| "-".into());

@@ -63,7 +63,8 @@ impl Settings {
             s.body_limit = parse("CLOUDLENS_BODY_LIMIT", &v)?;
         }
         if let Some(v) = var("CLOUDLENS_MIN_POSITION_TIMEOUT_MS") {
-            s.min_position_timeout = Duration::from_millis(parse("CLOUDLENS_MIN_POSITION_TIMEOUT_MS", &v)?);
+            s.min_position_timeout =
+                Duration::from_millis(parse("CLOUDLENS_MIN_POSITION_TIMEOUT_MS", &v)?);
         }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use cloudlens::{app, config::Settings, telemetry};
 
 #[derive(Parser)]
-#[command(name = "cloudlens", version, about = "Event-sourced data server on PostgreSQL + TimescaleDB")]
+#[command(
+    name = "cloudlens",
+    version,
+    about = "Event-sourced data server on PostgreSQL + TimescaleDB"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,10 +48,12 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve => app::serve(settings),
         Command::Migrate => app::migrate(settings),
-        Command::Projections { command: ProjectionsCommand::Status } => app::projections_status(settings),
-        Command::Projections { command: ProjectionsCommand::Rebuild { name } } => {
-            app::projections_rebuild(settings, name)
-        }
+        Command::Projections {
+            command: ProjectionsCommand::Status,
+        } => app::projections_status(settings),
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild { name },
+        } => app::projections_rebuild(settings, name),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

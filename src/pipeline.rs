@@ -64,7 +64,9 @@ pub enum Expect {
 }
 
 /// The answer to a successful command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct CommandResult {
     pub id: Uuid,
     pub version: i64,
@@ -78,7 +80,10 @@ pub enum CommandError<E: std::error::Error> {
     Domain(E),
     /// The stream is not at the expected version (or moved while deciding).
     #[error("stream is at version {actual:?}, expected {expected:?}")]
-    Conflict { expected: Option<i64>, actual: Option<i64> },
+    Conflict {
+        expected: Option<i64>,
+        actual: Option<i64>,
+    },
     /// The idempotency key was used before with a different request.
     #[error("idempotency key reused with a different request")]
     IdempotencyMismatch,
@@ -110,7 +115,8 @@ pub async fn load<A: EventSourced>(
     let mut version = 0;
     let mut position = 0;
     for e in store.load_stream(A::STREAM_TYPE, id).await? {
-        let event = codec::decode::<A::Event>(&e.event_type, e.schema_version, e.payload, A::upcasters())?;
+        let event =
+            codec::decode::<A::Event>(&e.event_type, e.schema_version, e.payload, A::upcasters())?;
         aggregate.apply(event);
         version = e.stream_version;
         position = e.position;
@@ -136,7 +142,10 @@ pub async fn execute<A: EventSourced>(
         Ok((_, false)) => "ok",
         Err(e) => e.outcome(),
     };
-    METRICS.commands.with_label_values(&[command_type, outcome]).inc();
+    METRICS
+        .commands
+        .with_label_values(&[command_type, outcome])
+        .inc();
     METRICS
         .command_duration
         .with_label_values(&[command_type])
@@ -162,14 +171,30 @@ async fn run<A: EventSourced>(
     };
     if let Expect::Version(expected) = expect {
         if expected != version {
-            return Err(CommandError::Conflict { expected: Some(expected), actual: Some(version) });
+            return Err(CommandError::Conflict {
+                expected: Some(expected),
+                actual: Some(version),
+            });
         }
     }
-    let events = aggregate.handle(command, services).await.map_err(CommandError::Domain)?;
+    let events = aggregate
+        .handle(command, services)
+        .await
+        .map_err(CommandError::Domain)?;
     if events.is_empty() {
-        return Ok((CommandResult { id, version, position }, false));
+        return Ok((
+            CommandResult {
+                id,
+                version,
+                position,
+            },
+            false,
+        ));
     }
-    let events = events.iter().map(codec::encode).collect::<Result<Vec<_>, _>>()?;
+    let events = events
+        .iter()
+        .map(codec::encode)
+        .collect::<Result<Vec<_>, _>>()?;
     let metadata = json!({
         "command_id": ctx.command_id,
         "correlation_id": ctx.correlation_id,
@@ -189,7 +214,14 @@ async fn run<A: EventSourced>(
         })
         .await;
     match appended {
-        Ok(a) => Ok((CommandResult { id, version: a.version, position: a.position }, false)),
+        Ok(a) => Ok((
+            CommandResult {
+                id,
+                version: a.version,
+                position: a.position,
+            },
+            false,
+        )),
         Err(StoreError::Conflict) => Err(CommandError::Conflict {
             expected: match expect {
                 Expect::New => Some(0),
@@ -212,14 +244,19 @@ async fn replay<E: std::error::Error>(
     store: &EventStore,
     ctx: &CommandContext,
 ) -> Result<Option<CommandResult>, CommandError<E>> {
-    let Some(idem) = &ctx.idempotency else { return Ok(None) };
+    let Some(idem) = &ctx.idempotency else {
+        return Ok(None);
+    };
     let Some(stored) = store.find_idempotent(&ctx.tenant_id, &idem.key).await? else {
         return Ok(None);
     };
     if stored.request_hash != idem.request_hash {
         return Err(CommandError::IdempotencyMismatch);
     }
-    serde_json::from_value(stored.body)
-        .map(Some)
-        .map_err(|e| CommandError::Store(StoreError::Corrupt { position: 0, reason: e.to_string() }))
+    serde_json::from_value(stored.body).map(Some).map_err(|e| {
+        CommandError::Store(StoreError::Corrupt {
+            position: 0,
+            reason: e.to_string(),
+        })
+    })
 }

@@ -3,17 +3,23 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 use tracing_subscriber::EnvFilter;
 
 /// Structured logs to stderr; `RUST_LOG` filters (default `info`), JSON when asked.
 pub fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // try_init: tests start several apps in one process.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Every metric the server exports. One process-wide set (a static), so handlers,
@@ -49,71 +55,122 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
     let m = Metrics {
         commands: IntCounterVec::new(
-            Opts::new("cloudlens_commands_total", "Commands handled, by type and outcome"),
+            Opts::new(
+                "cloudlens_commands_total",
+                "Commands handled, by type and outcome",
+            ),
             &["command", "outcome"],
         )?,
         command_duration: HistogramVec::new(
-            HistogramOpts::new("cloudlens_command_duration_seconds", "Command handling latency")
-                .buckets(latency_buckets()),
+            HistogramOpts::new(
+                "cloudlens_command_duration_seconds",
+                "Command handling latency",
+            )
+            .buckets(latency_buckets()),
             &["command"],
         )?,
         events_appended: IntCounterVec::new(
-            Opts::new("cloudlens_events_appended_total", "Events appended to the store"),
+            Opts::new(
+                "cloudlens_events_appended_total",
+                "Events appended to the store",
+            ),
             &["stream_type"],
         )?,
         append_duration: Histogram::with_opts(
-            HistogramOpts::new("cloudlens_event_append_duration_seconds", "Latency of one append statement")
-                .buckets(latency_buckets()),
+            HistogramOpts::new(
+                "cloudlens_event_append_duration_seconds",
+                "Latency of one append statement",
+            )
+            .buckets(latency_buckets()),
         )?,
         http_requests: IntCounterVec::new(
-            Opts::new("cloudlens_http_requests_total", "HTTP requests by route and status"),
+            Opts::new(
+                "cloudlens_http_requests_total",
+                "HTTP requests by route and status",
+            ),
             &["method", "route", "status"],
         )?,
         http_duration: HistogramVec::new(
-            HistogramOpts::new("cloudlens_http_request_duration_seconds", "HTTP request latency")
-                .buckets(latency_buckets()),
+            HistogramOpts::new(
+                "cloudlens_http_request_duration_seconds",
+                "HTTP request latency",
+            )
+            .buckets(latency_buckets()),
             &["method", "route"],
         )?,
         projector_position: IntGaugeVec::new(
-            Opts::new("cloudlens_projector_position", "Global position of the last event a projector applied"),
+            Opts::new(
+                "cloudlens_projector_position",
+                "Global position of the last event a projector applied",
+            ),
             &["projector"],
         )?,
         projector_lag_events: IntGaugeVec::new(
-            Opts::new("cloudlens_projector_lag_events", "Events not yet applied by a projector"),
+            Opts::new(
+                "cloudlens_projector_lag_events",
+                "Events not yet applied by a projector",
+            ),
             &["projector"],
         )?,
         projector_lag_seconds: prometheus::GaugeVec::new(
-            Opts::new("cloudlens_projector_lag_seconds", "Age of the oldest event a projector has not applied"),
+            Opts::new(
+                "cloudlens_projector_lag_seconds",
+                "Age of the oldest event a projector has not applied",
+            ),
             &["projector"],
         )?,
         projector_batch_duration: HistogramVec::new(
-            HistogramOpts::new("cloudlens_projector_batch_duration_seconds", "Duration of one projector batch")
-                .buckets(latency_buckets()),
+            HistogramOpts::new(
+                "cloudlens_projector_batch_duration_seconds",
+                "Duration of one projector batch",
+            )
+            .buckets(latency_buckets()),
             &["projector"],
         )?,
         projector_events_applied: IntCounterVec::new(
-            Opts::new("cloudlens_projector_events_applied_total", "Events applied by projectors in this process"),
+            Opts::new(
+                "cloudlens_projector_events_applied_total",
+                "Events applied by projectors in this process",
+            ),
             &["projector"],
         )?,
         projector_leader: IntGaugeVec::new(
-            Opts::new("cloudlens_projector_leader", "1 when this process runs the projector"),
+            Opts::new(
+                "cloudlens_projector_leader",
+                "1 when this process runs the projector",
+            ),
             &["projector"],
         )?,
         projector_errors: IntCounterVec::new(
-            Opts::new("cloudlens_projector_errors_total", "Failed projector batches (retried)"),
+            Opts::new(
+                "cloudlens_projector_errors_total",
+                "Failed projector batches (retried)",
+            ),
             &["projector"],
         )?,
         rebuild_position: IntGaugeVec::new(
-            Opts::new("cloudlens_projection_rebuild_position", "Position reached by a running rebuild"),
+            Opts::new(
+                "cloudlens_projection_rebuild_position",
+                "Position reached by a running rebuild",
+            ),
             &["projector"],
         )?,
         min_position_wait: Histogram::with_opts(
-            HistogramOpts::new("cloudlens_min_position_wait_seconds", "Time queries waited for min_position")
-                .buckets(latency_buckets()),
+            HistogramOpts::new(
+                "cloudlens_min_position_wait_seconds",
+                "Time queries waited for min_position",
+            )
+            .buckets(latency_buckets()),
         )?,
         pool_size: IntGauge::new("cloudlens_db_pool_size", "Connections in the pool")?,
-        pool_available: IntGauge::new("cloudlens_db_pool_available", "Idle connections in the pool")?,
-        pool_waiting: IntGauge::new("cloudlens_db_pool_waiting", "Requests waiting for a connection")?,
+        pool_available: IntGauge::new(
+            "cloudlens_db_pool_available",
+            "Idle connections in the pool",
+        )?,
+        pool_waiting: IntGauge::new(
+            "cloudlens_db_pool_waiting",
+            "Requests waiting for a connection",
+        )?,
         registry,
     };
     let r = &m.registry;
@@ -139,7 +196,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
 }
 
 #[allow(clippy::expect_used)] // metric definitions are constants: a failure is a programming error
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| build().expect("metric definitions are valid"));
+pub static METRICS: LazyLock<Metrics> =
+    LazyLock::new(|| build().expect("metric definitions are valid"));
 
 /// Renders the registry in the Prometheus text format.
 pub fn render() -> String {

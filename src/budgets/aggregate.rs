@@ -31,7 +31,10 @@ pub enum BudgetError {
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> BudgetError {
-    BudgetError::Invalid { field: field.to_owned(), message: message.into() }
+    BudgetError::Invalid {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
 const MAX_TEXT: usize = 200;
@@ -44,7 +47,10 @@ impl BudgetDetails {
             return Err(invalid("name", "must not be empty"));
         }
         if name.chars().count() > MAX_TEXT {
-            return Err(invalid("name", format!("must be at most {MAX_TEXT} characters")));
+            return Err(invalid(
+                "name",
+                format!("must be at most {MAX_TEXT} characters"),
+            ));
         }
         if draft.amount <= Decimal::ZERO {
             return Err(invalid("amount", "must be greater than 0"));
@@ -54,7 +60,10 @@ impl BudgetDetails {
         }
         let currency = draft.currency.unwrap_or_else(|| "CNY".to_owned());
         if currency.len() != 3 || !currency.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(invalid("currency", "must be a three-letter ISO 4217 code such as CNY"));
+            return Err(invalid(
+                "currency",
+                "must be a three-letter ISO 4217 code such as CNY",
+            ));
         }
         match draft.end_date {
             Some(end) if end <= draft.start_date => {
@@ -71,7 +80,10 @@ impl BudgetDetails {
                 return Err(invalid("tag_filter", "keys must be 1 to 200 characters"));
             }
             if !v.is_string() {
-                return Err(invalid("tag_filter", format!("value of {k:?} must be a string")));
+                return Err(invalid(
+                    "tag_filter",
+                    format!("value of {k:?} must be a string"),
+                ));
             }
         }
         let service_filter = draft.service_filter.unwrap_or_default();
@@ -81,7 +93,10 @@ impl BudgetDetails {
         let alert_thresholds = draft.alert_thresholds.unwrap_or_default();
         let (lo, hi) = (Decimal::ONE, Decimal::from(1000));
         if alert_thresholds.iter().any(|t| *t < lo || *t > hi) {
-            return Err(invalid("alert_thresholds", "each threshold must be between 1 and 1000 (percent)"));
+            return Err(invalid(
+                "alert_thresholds",
+                "each threshold must be between 1 and 1000 (percent)",
+            ));
         }
         let mut sorted = alert_thresholds.clone();
         sorted.sort();
@@ -96,7 +111,7 @@ impl BudgetDetails {
         }
         Ok(BudgetDetails {
             name,
-            amount: draft.amount.normalize(),
+            amount: draft.amount,
             currency,
             period: draft.period,
             budget_type: draft.budget_type,
@@ -121,14 +136,20 @@ impl Aggregate for Budget {
         Self::STREAM_TYPE.to_owned()
     }
 
-    async fn handle(&self, command: BudgetCommand, _: &()) -> Result<Vec<BudgetEvent>, BudgetError> {
+    async fn handle(
+        &self,
+        command: BudgetCommand,
+        _: &(),
+    ) -> Result<Vec<BudgetEvent>, BudgetError> {
         let exists = self.details.is_some() && !self.deleted;
         match command {
             BudgetCommand::CreateBudget(draft) => {
                 if self.details.is_some() {
                     return Err(BudgetError::AlreadyExists);
                 }
-                Ok(vec![BudgetEvent::BudgetCreated(BudgetDetails::validate(draft)?)])
+                Ok(vec![BudgetEvent::BudgetCreated(BudgetDetails::validate(
+                    draft,
+                )?)])
             }
             BudgetCommand::UpdateBudget(draft) => {
                 if !exists {
@@ -164,14 +185,23 @@ fn details_v1_to_v2(mut data: Value) -> Value {
         if let Some(t) = map.remove("thresholds") {
             map.insert("alert_thresholds".into(), t);
         }
-        map.entry("currency").or_insert_with(|| Value::String("CNY".into()));
+        map.entry("currency")
+            .or_insert_with(|| Value::String("CNY".into()));
     }
     data
 }
 
 static UPCASTERS: [Upcaster; 2] = [
-    Upcaster { event_type: "BudgetCreated", from_version: 1, upcast: details_v1_to_v2 },
-    Upcaster { event_type: "BudgetUpdated", from_version: 1, upcast: details_v1_to_v2 },
+    Upcaster {
+        event_type: "BudgetCreated",
+        from_version: 1,
+        upcast: details_v1_to_v2,
+    },
+    Upcaster {
+        event_type: "BudgetUpdated",
+        from_version: 1,
+        upcast: details_v1_to_v2,
+    },
 ];
 
 impl EventSourced for Budget {
@@ -209,7 +239,7 @@ mod tests {
     fn create_emits_created_with_defaults() {
         let d = details();
         assert_eq!(d.currency, "CNY");
-        assert_eq!(d.amount.to_string(), "1200.5");
+        assert_eq!(d.amount.to_string(), "1200.50");
         BudgetTest::with(())
             .given_no_previous_events()
             .when(BudgetCommand::CreateBudget(draft()))
@@ -271,7 +301,10 @@ mod tests {
             .when(BudgetCommand::UpdateBudget(draft()))
             .then_expect_error(BudgetError::NotFound);
         BudgetTest::with(())
-            .given(vec![BudgetEvent::BudgetCreated(details()), BudgetEvent::BudgetDeleted {}])
+            .given(vec![
+                BudgetEvent::BudgetCreated(details()),
+                BudgetEvent::BudgetDeleted {},
+            ])
             .when(BudgetCommand::UpdateBudget(draft()))
             .then_expect_error(BudgetError::NotFound);
     }
@@ -298,7 +331,10 @@ mod tests {
             .when(BudgetCommand::DeleteBudget)
             .then_expect_events(vec![BudgetEvent::BudgetDeleted {}]);
         BudgetTest::with(())
-            .given(vec![BudgetEvent::BudgetCreated(details()), BudgetEvent::BudgetDeleted {}])
+            .given(vec![
+                BudgetEvent::BudgetCreated(details()),
+                BudgetEvent::BudgetDeleted {},
+            ])
             .when(BudgetCommand::DeleteBudget)
             .then_expect_error(BudgetError::NotFound);
     }
@@ -311,17 +347,30 @@ mod tests {
             "thresholds": ["50", "90"], "account": null
         });
         let e: BudgetEvent = codec::decode("BudgetCreated", 1, v1, Budget::upcasters()).unwrap();
-        let BudgetEvent::BudgetCreated(d) = e else { panic!("wrong variant") };
+        let BudgetEvent::BudgetCreated(d) = e else {
+            panic!("wrong variant")
+        };
         assert_eq!(d.currency, "CNY");
-        assert_eq!(d.alert_thresholds, vec![Decimal::from(50), Decimal::from(90)]);
+        assert_eq!(
+            d.alert_thresholds,
+            vec![Decimal::from(50), Decimal::from(90)]
+        );
     }
 
     #[test]
     fn events_round_trip_through_the_codec() {
-        for e in [BudgetEvent::BudgetCreated(details()), BudgetEvent::BudgetDeleted {}] {
+        for e in [
+            BudgetEvent::BudgetCreated(details()),
+            BudgetEvent::BudgetDeleted {},
+        ] {
             let row = codec::encode(&e).unwrap();
-            let back: BudgetEvent =
-                codec::decode(&row.event_type, row.schema_version, row.payload, Budget::upcasters()).unwrap();
+            let back: BudgetEvent = codec::decode(
+                &row.event_type,
+                row.schema_version,
+                row.payload,
+                Budget::upcasters(),
+            )
+            .unwrap();
             assert_eq!(back, e);
         }
     }

@@ -44,12 +44,14 @@ struct Upsert<'a> {
     tenant: &'a str,
     version: i64,
     details: BudgetDetails,
-    at: DateTime<Utc>,
+    /// Only known when the batch saw the `BudgetCreated`; the upsert never overwrites it.
+    created_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
     position: i64,
 }
 
 enum Change<'a> {
-    Upsert(Upsert<'a>),
+    Upsert(Box<Upsert<'a>>),
     Delete,
 }
 
@@ -70,16 +72,28 @@ impl Projection for BudgetsProjection {
     async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let mut last: HashMap<Uuid, Change<'_>> = HashMap::with_capacity(events.len());
         for e in events {
-            let event: BudgetEvent =
-                codec::decode(&e.event_type, e.schema_version, e.payload.clone(), Budget::upcasters())?;
+            let event: BudgetEvent = codec::decode(
+                &e.event_type,
+                e.schema_version,
+                e.payload.clone(),
+                Budget::upcasters(),
+            )?;
+            let created_at = match (&event, last.get(&e.stream_id)) {
+                (BudgetEvent::BudgetCreated(_), _) => Some(e.recorded_at),
+                (_, Some(Change::Upsert(earlier))) => earlier.created_at,
+                _ => None,
+            };
             let change = match event {
-                BudgetEvent::BudgetCreated(details) | BudgetEvent::BudgetUpdated(details) => Change::Upsert(Upsert {
-                    tenant: &e.tenant_id,
-                    version: e.stream_version,
-                    details,
-                    at: e.recorded_at,
-                    position: e.position,
-                }),
+                BudgetEvent::BudgetCreated(details) | BudgetEvent::BudgetUpdated(details) => {
+                    Change::Upsert(Box::new(Upsert {
+                        tenant: &e.tenant_id,
+                        version: e.stream_version,
+                        details,
+                        created_at,
+                        updated_at: e.recorded_at,
+                        position: e.position,
+                    }))
+                }
                 BudgetEvent::BudgetDeleted {} => Change::Delete,
             };
             last.insert(e.stream_id, change);
@@ -88,7 +102,7 @@ impl Projection for BudgetsProjection {
         let mut cols = Columns::default();
         for (id, change) in last {
             match change {
-                Change::Upsert(u) => cols.push(id, u),
+                Change::Upsert(u) => cols.push(id, *u),
                 Change::Delete => deletes.push(id),
             }
         }
@@ -110,8 +124,8 @@ impl Projection for BudgetsProjection {
                     &cols.service_filter,
                     &cols.alert_thresholds,
                     &cols.account,
-                    &cols.at,
-                    &cols.at,
+                    &cols.created_at,
+                    &cols.updated_at,
                     &cols.position,
                 ],
             )
@@ -141,7 +155,8 @@ struct Columns<'a> {
     service_filter: Vec<Value>,
     alert_thresholds: Vec<Value>,
     account: Vec<Option<String>>,
-    at: Vec<DateTime<Utc>>,
+    created_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
     position: Vec<i64>,
 }
 
@@ -160,10 +175,15 @@ impl<'a> Columns<'a> {
         self.end_date.push(d.end_date);
         self.tag_filter.push(Value::Object(d.tag_filter));
         self.service_filter.push(Value::from(d.service_filter));
-        self.alert_thresholds
-            .push(Value::from(d.alert_thresholds.iter().map(|t| t.to_string()).collect::<Vec<_>>()));
+        self.alert_thresholds.push(Value::from(
+            d.alert_thresholds
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>(),
+        ));
         self.account.push(d.account);
-        self.at.push(u.at);
+        self.created_at.push(u.created_at.unwrap_or(u.updated_at));
+        self.updated_at.push(u.updated_at);
         self.position.push(u.position);
     }
 }

@@ -62,7 +62,9 @@ pub fn encode_cursor(id: Uuid) -> String {
 }
 
 pub fn decode_cursor(cursor: &str) -> Option<Uuid> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
     Uuid::from_slice(&bytes).ok()
 }
 
@@ -86,13 +88,26 @@ fn view(row: &Row) -> Result<BudgetView, tokio_postgres::Error> {
     })
 }
 
-pub async fn get<C: GenericClient>(client: &C, tenant: &str, id: Uuid) -> Result<Option<BudgetView>, tokio_postgres::Error> {
+pub async fn get<C: GenericClient>(
+    client: &C,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<BudgetView>, tokio_postgres::Error> {
     let sql = format!("SELECT {COLUMNS} FROM budgets_view WHERE tenant_id = $1 AND id = $2");
-    client.query_opt(&sql, &[&tenant, &id]).await?.as_ref().map(view).transpose()
+    client
+        .query_opt(&sql, &[&tenant, &id])
+        .await?
+        .as_ref()
+        .map(view)
+        .transpose()
 }
 
 /// Keyset pagination by id (UUIDv7, so roughly creation order).
-pub async fn list<C: GenericClient>(client: &C, tenant: &str, f: &ListFilter) -> Result<BudgetPage, tokio_postgres::Error> {
+pub async fn list<C: GenericClient>(
+    client: &C,
+    tenant: &str,
+    f: &ListFilter,
+) -> Result<BudgetPage, tokio_postgres::Error> {
     let sql = format!(
         "SELECT {COLUMNS} FROM budgets_view
           WHERE tenant_id = $1
@@ -103,7 +118,9 @@ pub async fn list<C: GenericClient>(client: &C, tenant: &str, f: &ListFilter) ->
           LIMIT $5"
     );
     let tag = f.tag.as_ref().map(|(k, v)| serde_json::json!({ k: v }));
-    let rows = client.query(&sql, &[&tenant, &f.account, &tag, &f.after, &(f.limit + 1)]).await?;
+    let rows = client
+        .query(&sql, &[&tenant, &f.account, &tag, &f.after, &(f.limit + 1)])
+        .await?;
     let mut items = rows.iter().map(view).collect::<Result<Vec<_>, _>>()?;
     let next_cursor = if items.len() as i64 > f.limit {
         items.truncate(f.limit as usize);

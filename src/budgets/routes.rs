@@ -15,7 +15,11 @@ use crate::http::AppState;
 use crate::pipeline::{self, CommandResult, Expect};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(create).service(list).service(get_one).service(update).service(remove);
+    cfg.service(create)
+        .service(list)
+        .service(get_one)
+        .service(update)
+        .service(remove);
 }
 
 fn accepted(status: actix_web::http::StatusCode, r: CommandResult) -> HttpResponse {
@@ -34,7 +38,11 @@ fn budget_id(raw: &str) -> Result<Uuid, ApiError> {
     responses((status = 201, body = CommandResult), (status = 400, body = Problem), (status = 413, body = Problem),
               (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/budgets")]
-pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: JsonBody) -> Result<HttpResponse, ApiError> {
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
     let draft: BudgetDraft = body.parse()?;
     let ctx = command_context(&req, &body.bytes, 201)?;
     let id = Uuid::now_v7();
@@ -50,7 +58,9 @@ pub async fn create(state: web::Data<AppState>, req: HttpRequest, body: JsonBody
     .await?;
     let mut response = accepted(actix_web::http::StatusCode::CREATED, result);
     if let Ok(location) = format!("/api/v1/budgets/{}", result.id).parse() {
-        response.headers_mut().insert(actix_web::http::header::LOCATION, location);
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::LOCATION, location);
     }
     Ok(response)
 }
@@ -71,9 +81,16 @@ pub async fn update(
     let draft: BudgetDraft = body.parse()?;
     let ctx = command_context(&req, &body.bytes, 200)?;
     let expect = if_match(&req)?.map_or(Expect::Any, Expect::Version);
-    let (result, _) =
-        pipeline::execute::<Budget>(&state.store, &ctx, "UpdateBudget", id, expect, BudgetCommand::UpdateBudget(draft), &())
-            .await?;
+    let (result, _) = pipeline::execute::<Budget>(
+        &state.store,
+        &ctx,
+        "UpdateBudget",
+        id,
+        expect,
+        BudgetCommand::UpdateBudget(draft),
+        &(),
+    )
+    .await?;
     Ok(accepted(actix_web::http::StatusCode::OK, result))
 }
 
@@ -82,13 +99,24 @@ pub async fn update(
     params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
     responses((status = 200, body = CommandResult), (status = 404, body = Problem), (status = 409, body = Problem)))]
 #[delete("/api/v1/budgets/{id}")]
-pub async fn remove(state: web::Data<AppState>, req: HttpRequest, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn remove(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = budget_id(&id)?;
     let ctx = command_context(&req, b"", 200)?;
     let expect = if_match(&req)?.map_or(Expect::Any, Expect::Version);
-    let (result, _) =
-        pipeline::execute::<Budget>(&state.store, &ctx, "DeleteBudget", id, expect, BudgetCommand::DeleteBudget, &())
-            .await?;
+    let (result, _) = pipeline::execute::<Budget>(
+        &state.store,
+        &ctx,
+        "DeleteBudget",
+        id,
+        expect,
+        BudgetCommand::DeleteBudget,
+        &(),
+    )
+    .await?;
     Ok(accepted(actix_web::http::StatusCode::OK, result))
 }
 
@@ -112,9 +140,14 @@ pub async fn get_one(
     let tenant = tenant(&req)?;
     wait_for(&state, &BudgetsProjection, params.min_position).await?;
     let client = state.store.pool().get().await?;
-    let budget = queries::get(&**client, &tenant, id).await?.ok_or_else(|| ApiError::NotFound("budget".into()))?;
+    let budget = queries::get(&**client, &tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("budget".into()))?;
     Ok(HttpResponse::Ok()
-        .insert_header((actix_web::http::header::ETAG, format!("\"{}\"", budget.version)))
+        .insert_header((
+            actix_web::http::header::ETAG,
+            format!("\"{}\"", budget.version),
+        ))
         .json(budget))
 }
 
@@ -133,7 +166,11 @@ pub struct ListParams {
 #[utoipa::path(get, path = "/api/v1/budgets", params(ListParams),
     responses((status = 200, body = BudgetPage), (status = 422, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/budgets")]
-pub async fn list(state: web::Data<AppState>, req: HttpRequest, params: web::Query<ListParams>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
     let p = params.into_inner();
     let limit = p.limit.unwrap_or(50);
@@ -149,10 +186,23 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest, params: web::Que
     };
     let after = match p.cursor {
         None => None,
-        Some(c) => Some(queries::decode_cursor(&c).ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))?),
+        Some(c) => Some(
+            queries::decode_cursor(&c)
+                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))?,
+        ),
     };
     wait_for(&state, &BudgetsProjection, p.min_position).await?;
     let client = state.store.pool().get().await?;
-    let page = queries::list(&**client, &tenant, &ListFilter { account: p.account, tag, after, limit }).await?;
+    let page = queries::list(
+        &**client,
+        &tenant,
+        &ListFilter {
+            account: p.account,
+            tag,
+            after,
+            limit,
+        },
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(page))
 }

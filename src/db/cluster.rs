@@ -49,7 +49,11 @@ impl LocalCluster {
         } else {
             None
         };
-        Ok(Self { base, port, os_user })
+        Ok(Self {
+            base,
+            port,
+            os_user,
+        })
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -81,7 +85,9 @@ impl LocalCluster {
     /// from a stale pid file or a cluster left running by a killed server.
     pub fn ensure_running(&self) -> anyhow::Result<()> {
         if !Path::new(PG_BIN).join("postgres").exists() {
-            bail!("PostgreSQL 15 is not installed ({PG_BIN}/postgres missing): run scripts/setup.sh");
+            bail!(
+                "PostgreSQL 15 is not installed ({PG_BIN}/postgres missing): run scripts/setup.sh"
+            );
         }
         for dir in [self.data_dir(), self.socket_dir(), self.base.join("log")] {
             fs::create_dir_all(&dir)?;
@@ -103,14 +109,28 @@ impl LocalCluster {
         let opts = format!("-k {} -p {}", self.socket_dir().display(), self.port);
         let status = self
             .pg_command("pg_ctl")
-            .args(["-D", path_str(&data)?, "-l", path_str(&log)?, "-w", "-t", "120", "-o", &opts, "start"])
+            .args([
+                "-D",
+                path_str(&data)?,
+                "-l",
+                path_str(&log)?,
+                "-w",
+                "-t",
+                "120",
+                "-o",
+                &opts,
+                "start",
+            ])
             .status()
             .context("cannot run pg_ctl start")?;
         if !status.success() {
             let tail = fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(15).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("the local PostgreSQL cluster did not start ({status}); log tail:\n{}", tail.join("\n"));
+            bail!(
+                "the local PostgreSQL cluster did not start ({status}); log tail:\n{}",
+                tail.join("\n")
+            );
         }
         Ok(())
     }
@@ -123,7 +143,16 @@ impl LocalCluster {
         let data = self.data_dir();
         let status = self
             .pg_command("pg_ctl")
-            .args(["-D", path_str(&data)?, "-m", "fast", "-w", "-t", "60", "stop"])
+            .args([
+                "-D",
+                path_str(&data)?,
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ])
             .status()
             .context("cannot run pg_ctl stop")?;
         if !status.success() {
@@ -143,7 +172,11 @@ impl LocalCluster {
         let Ok(text) = fs::read_to_string(&pid_file) else {
             return Ok(None);
         };
-        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else {
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<u32>().ok())
+        else {
             return Ok(None);
         };
         // A pid can be reused by an unrelated process after a crash: check it is postgres.
@@ -165,7 +198,16 @@ impl LocalCluster {
         let data = self.data_dir();
         let status = self
             .pg_command("initdb")
-            .args(["-D", path_str(&data)?, "-U", DB_USER, "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
+            .args([
+                "-D",
+                path_str(&data)?,
+                "-U",
+                DB_USER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
             .stdout(std::process::Stdio::null())
             .status()
             .context("cannot run initdb")?;
@@ -187,7 +229,9 @@ impl LocalCluster {
 
     /// The OS user must be able to reach the data directory through every parent.
     fn check_reachable(&self) -> anyhow::Result<()> {
-        let Some(user) = &self.os_user else { return Ok(()) };
+        let Some(user) = &self.os_user else {
+            return Ok(());
+        };
         let ok = Command::new("runuser")
             .args(["-u", user, "--", "test", "-w", path_str(&self.data_dir())?])
             .status()
@@ -204,10 +248,17 @@ impl LocalCluster {
     }
 
     fn give_to_os_user(&self, path: &Path) -> anyhow::Result<()> {
-        let Some(user) = &self.os_user else { return Ok(()) };
-        let status = Command::new("chown").args([&format!("{user}:"), path_str(path)?]).status()?;
+        let Some(user) = &self.os_user else {
+            return Ok(());
+        };
+        let status = Command::new("chown")
+            .args([&format!("{user}:"), path_str(path)?])
+            .status()?;
         if !status.success() {
-            bail!("cannot chown {} to {user} (does the OS user exist?)", path.display());
+            bail!(
+                "cannot chown {} to {user} (does the OS user exist?)",
+                path.display()
+            );
         }
         Ok(())
     }
@@ -238,5 +289,6 @@ fn is_root() -> bool {
 }
 
 fn path_str(p: &Path) -> anyhow::Result<&str> {
-    p.to_str().with_context(|| format!("path is not UTF-8: {}", p.display()))
+    p.to_str()
+        .with_context(|| format!("path is not UTF-8: {}", p.display()))
 }

@@ -22,7 +22,13 @@ pub fn pool(conn: &str, size: usize) -> anyhow::Result<Pool> {
     let cfg: tokio_postgres::Config = conn.parse().context("invalid database connection string")?;
     let mut cfg = cfg;
     cfg.connect_timeout(Duration::from_secs(3));
-    let mgr = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     Pool::builder(mgr)
         .max_size(size)
         .runtime(Runtime::Tokio1)
@@ -50,7 +56,10 @@ pub async fn connect(conn: &str) -> Result<tokio_postgres::Client, tokio_postgre
 /// Fails with a clear message when the timescaledb extension cannot be created here.
 pub async fn check_timescaledb(client: &tokio_postgres::Client) -> anyhow::Result<()> {
     let row = client
-        .query_opt("SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'", &[])
+        .query_opt(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'",
+            &[],
+        )
         .await?;
     if row.is_none() {
         anyhow::bail!(
@@ -64,7 +73,9 @@ pub async fn check_timescaledb(client: &tokio_postgres::Client) -> anyhow::Resul
 
 /// Applies pending migrations from `sql/`; safe when several servers start at once.
 pub async fn migrate(conn: &str) -> anyhow::Result<()> {
-    let mut client = connect(conn).await.context("cannot connect to the database")?;
+    let mut client = connect(conn)
+        .await
+        .context("cannot connect to the database")?;
     check_timescaledb(&client).await?;
     client.batch_execute(MIGRATION_LOCK_SQL).await?;
     let result = embedded::migrations::runner().run_async(&mut client).await;
@@ -92,10 +103,15 @@ pub async fn ensure_database(maintenance_conn: &str, dbname: &str) -> anyhow::Re
         // Identifiers cannot be parameters; the name is ours (local cluster, tests), but it
         // is still checked against a strict pattern before it reaches SQL.
         anyhow::ensure!(
-            !dbname.is_empty() && dbname.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            !dbname.is_empty()
+                && dbname
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
             "invalid database name {dbname:?}"
         );
-        client.batch_execute(&format!("CREATE DATABASE {dbname}")).await?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {dbname}"))
+            .await?;
     }
     Ok(())
 }

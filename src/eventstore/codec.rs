@@ -45,7 +45,11 @@ pub fn encode<E: DomainEvent>(event: &E) -> Result<NewEvent, CodecError> {
         return Err(CodecError::Shape("not an object".into()));
     };
     let payload = map.remove("data").unwrap_or_else(|| json!({}));
-    Ok(NewEvent { event_type: event.event_type(), schema_version, payload })
+    Ok(NewEvent {
+        event_type: event.event_type(),
+        schema_version,
+        payload,
+    })
 }
 
 /// Rebuilds a typed event from its row parts, upcasting older schema versions first.
@@ -57,13 +61,18 @@ pub fn decode<E: DomainEvent>(
 ) -> Result<E, CodecError> {
     let mut version = schema_version;
     let mut data = payload;
-    while let Some(u) = upcasters.iter().find(|u| u.event_type == event_type && u.from_version == version) {
+    while let Some(u) = upcasters
+        .iter()
+        .find(|u| u.event_type == event_type && u.from_version == version)
+    {
         data = (u.upcast)(data);
         version += 1;
     }
-    serde_json::from_value(json!({ "type": event_type, "data": data })).map_err(|source| CodecError::Decode {
-        event_type: event_type.to_owned(),
-        schema_version,
-        source,
+    serde_json::from_value(json!({ "type": event_type, "data": data })).map_err(|source| {
+        CodecError::Decode {
+            event_type: event_type.to_owned(),
+            schema_version,
+            source,
+        }
     })
 }

@@ -61,7 +61,10 @@ pub struct Cursor {
 
 impl From<&RecordedEvent> for Cursor {
     fn from(e: &RecordedEvent) -> Self {
-        Self { transaction_id: e.transaction_id, position: e.position }
+        Self {
+            transaction_id: e.transaction_id,
+            position: e.position,
+        }
     }
 }
 
@@ -82,7 +85,16 @@ pub async fn read_batch<C: GenericClient>(
     let horizon = horizon(client).await?;
     let stmt = client.prepare(READ_SQL).await?;
     let rows = client
-        .query(&stmt, &[&after.transaction_id, &after.position, &horizon, &stream_types, &limit])
+        .query(
+            &stmt,
+            &[
+                &after.transaction_id,
+                &after.position,
+                &horizon,
+                &stream_types,
+                &limit,
+            ],
+        )
         .await?;
     rows.iter().map(recorded_event).collect()
 }

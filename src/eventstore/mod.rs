@@ -177,7 +177,11 @@ impl EventStore {
         let versions: Vec<i32> = req.events.iter().map(|e| e.schema_version).collect();
         let payloads: Vec<&Value> = req.events.iter().map(|e| &e.payload).collect();
         let (key, hash, status) = match req.idempotency {
-            Some(r) => (Some(r.key.as_str()), Some(r.request_hash.as_slice()), Some(r.response_status)),
+            Some(r) => (
+                Some(r.key.as_str()),
+                Some(r.request_hash.as_slice()),
+                Some(r.response_status),
+            ),
             None => (None, None, None),
         };
         let result = client
@@ -208,18 +212,27 @@ impl EventStore {
                 })
             }
         };
-        METRICS.append_duration.observe(started.elapsed().as_secs_f64());
+        METRICS
+            .append_duration
+            .observe(started.elapsed().as_secs_f64());
         METRICS
             .events_appended
             .with_label_values(&[req.stream_type])
             .inc_by(req.events.len() as u64);
         self.signal.appended();
-        Ok(Appended { position: row.try_get(0)?, version: row.try_get(1)? })
+        Ok(Appended {
+            position: row.try_get(0)?,
+            version: row.try_get(1)?,
+        })
     }
 
     /// All events of one stream, in version order.
     #[tracing::instrument(name = "store.load_stream", skip(self))]
-    pub async fn load_stream(&self, stream_type: &str, stream_id: Uuid) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub async fn load_stream(
+        &self,
+        stream_type: &str,
+        stream_id: Uuid,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(LOAD_STREAM_SQL).await?;
         let rows = client.query(&stmt, &[&stream_type, &stream_id]).await?;
@@ -227,12 +240,20 @@ impl EventStore {
     }
 
     /// The stored response for an idempotency key, if a command with it succeeded before.
-    pub async fn find_idempotent(&self, tenant_id: &str, key: &str) -> Result<Option<StoredResponse>, StoreError> {
+    pub async fn find_idempotent(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(FIND_IDEMPOTENT_SQL).await?;
         let row = client.query_opt(&stmt, &[&tenant_id, &key]).await?;
         row.map(|r| {
-            Ok(StoredResponse { request_hash: r.try_get(0)?, status: r.try_get(1)?, body: r.try_get(2)? })
+            Ok(StoredResponse {
+                request_hash: r.try_get(0)?,
+                status: r.try_get(1)?,
+                body: r.try_get(2)?,
+            })
         })
         .transpose()
     }

@@ -24,7 +24,10 @@ pub struct EventSignal {
 
 impl Default for EventSignal {
     fn default() -> Self {
-        Self { local: watch::channel(0).0, wake: watch::channel(0).0 }
+        Self {
+            local: watch::channel(0).0,
+            wake: watch::channel(0).0,
+        }
     }
 }
 

@@ -31,7 +31,12 @@ pub struct Readiness {
     (status = 200, body = Readiness), (status = 503, body = Readiness)))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let mut r = Readiness { ready: false, database: false, migrations: false, projectors: false };
+    let mut r = Readiness {
+        ready: false,
+        database: false,
+        migrations: false,
+        projectors: false,
+    };
     if let Ok(client) = state.store.pool().get().await {
         if client.query_one("SELECT 1", &[]).await.is_ok() {
             r.database = true;
@@ -51,7 +56,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         }
     }
     r.ready = r.database && r.migrations && r.projectors;
-    let mut resp = if r.ready { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() };
+    let mut resp = if r.ready {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
     if !r.ready {
         resp.insert_header(("Retry-After", "1"));
     }
@@ -101,17 +110,24 @@ pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, Api
     responses((status = 202, description = "rebuild started"), (status = 404, body = Problem),
               (status = 409, body = Problem)))]
 #[post("/api/v1/admin/projections/{name}/rebuild")]
-pub async fn rebuild(state: web::Data<AppState>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn rebuild(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let projection = state
         .projections
         .iter()
         .find(|p| p.name() == name.as_str())
         .cloned()
         .ok_or_else(|| ApiError::NotFound(format!("projection {name}")))?;
-    let rebuild = Rebuild::begin(&state.conn, projection).await.map_err(|e| match e {
-        RebuildError::InProgress(n) => ApiError::RebuildInProgress(format!("a rebuild of {n} is already running")),
-        RebuildError::Projection(p) => ApiError::Unavailable(p.to_string()),
-    })?;
+    let rebuild = Rebuild::begin(&state.conn, projection)
+        .await
+        .map_err(|e| match e {
+            RebuildError::InProgress(n) => {
+                ApiError::RebuildInProgress(format!("a rebuild of {n} is already running"))
+            }
+            RebuildError::Projection(p) => ApiError::Unavailable(p.to_string()),
+        })?;
     let batch = state.settings.projector_batch_size;
     tokio::spawn(async move {
         let _ = rebuild.run(batch).await;
@@ -179,4 +195,3 @@ pub async fn stream_events(
 pub async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(super::openapi::document())
 }
-

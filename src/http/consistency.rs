@@ -21,8 +21,14 @@ SELECT EXISTS (SELECT 1 FROM events WHERE position = $1),
               AND (e.transaction_id, e.position) <= (p.transaction_id, p.position))";
 
 /// Waits until `projection` has applied everything up to `min_position`.
-pub async fn wait_for(state: &AppState, projection: &dyn Projection, min_position: Option<i64>) -> Result<(), ApiError> {
-    let Some(target) = min_position else { return Ok(()) };
+pub async fn wait_for(
+    state: &AppState,
+    projection: &dyn Projection,
+    min_position: Option<i64>,
+) -> Result<(), ApiError> {
+    let Some(target) = min_position else {
+        return Ok(());
+    };
     if target <= 0 {
         return Ok(());
     }
@@ -33,13 +39,19 @@ pub async fn wait_for(state: &AppState, projection: &dyn Projection, min_positio
         progress.mark_unchanged();
         let client = state.store.pool().get().await?;
         let row = client
-            .query_one(REACHED_SQL, &[&target, &projection.name(), &projection.stream_types()])
+            .query_one(
+                REACHED_SQL,
+                &[&target, &projection.name(), &projection.stream_types()],
+            )
             .await?;
         drop(client);
-        let (known, within_log, reached): (bool, bool, bool) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (known, within_log, reached): (bool, bool, bool) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         // A position inside the log with no event is a rolled-back gap: nothing to wait for.
         if (known && reached) || (!known && within_log) {
-            METRICS.min_position_wait.observe(started.elapsed().as_secs_f64());
+            METRICS
+                .min_position_wait
+                .observe(started.elapsed().as_secs_f64());
             return Ok(());
         }
         let now = Instant::now();

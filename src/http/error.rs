@@ -19,7 +19,10 @@ pub enum ApiError {
     MalformedJson(String),
     /// 400 `invalid_header`: a header such as If-Match or X-Tenant-Id is not valid.
     #[error("{header}: {message}")]
-    InvalidHeader { header: &'static str, message: String },
+    InvalidHeader {
+        header: &'static str,
+        message: String,
+    },
     /// 422 `validation_failed`: the request is well-formed but a field is invalid.
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
@@ -98,7 +101,10 @@ impl ApiError {
     }
 
     pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError::Validation { field: field.into(), message: message.into() }
+        ApiError::Validation {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -106,13 +112,17 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) | ApiError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Validation { .. } | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation { .. } | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) | ApiError::RebuildInProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable(_) | ApiError::ReadModelBehind(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::ReadModelBehind(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -145,7 +155,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(cause) => ApiError::Unavailable(cause),
-            StoreError::Conflict => ApiError::Conflict("the stream was changed by another command".into()),
+            StoreError::Conflict => {
+                ApiError::Conflict("the stream was changed by another command".into())
+            }
             other => ApiError::Internal(other.into()),
         }
     }
@@ -180,10 +192,14 @@ where
     fn from(e: CommandError<E>) -> Self {
         match e {
             CommandError::Domain(d) => d.into(),
-            CommandError::Conflict { expected, actual } => ApiError::Conflict(match (expected, actual) {
-                (Some(x), Some(a)) => format!("expected version {x}, but the stream is at version {a}"),
-                _ => "the stream was changed by another command; reload and retry".into(),
-            }),
+            CommandError::Conflict { expected, actual } => {
+                ApiError::Conflict(match (expected, actual) {
+                    (Some(x), Some(a)) => {
+                        format!("expected version {x}, but the stream is at version {a}")
+                    }
+                    _ => "the stream was changed by another command; reload and retry".into(),
+                })
+            }
             CommandError::IdempotencyMismatch => ApiError::IdempotencyKeyReused,
             CommandError::Store(s) => s.into(),
             CommandError::Codec(c) => ApiError::Internal(c.into()),

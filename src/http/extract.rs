@@ -56,20 +56,26 @@ impl FromRequest for JsonBody {
                 m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
             })
             .unwrap_or(false);
-        let limit = req.app_data::<web::Data<AppState>>().map(|s| s.settings.body_limit).unwrap_or(1 << 20);
+        let limit = req
+            .app_data::<web::Data<AppState>>()
+            .map(|s| s.settings.body_limit)
+            .unwrap_or(1 << 20);
         let bytes = web::Bytes::from_request(req, payload);
         Box::pin(async move {
             if !is_json {
                 return Err(ApiError::UnsupportedMediaType);
             }
             let bytes = bytes.await.map_err(|e| {
-                if let Some(actix_web::error::PayloadError::Overflow) = e.as_error::<actix_web::error::PayloadError>() {
+                if let Some(actix_web::error::PayloadError::Overflow) =
+                    e.as_error::<actix_web::error::PayloadError>()
+                {
                     ApiError::PayloadTooLarge(limit)
                 } else {
                     ApiError::MalformedJson(format!("cannot read the body: {e}"))
                 }
             })?;
-            let value = serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
+            let value = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
             Ok(JsonBody { bytes, value })
         })
     }
@@ -78,7 +84,11 @@ impl FromRequest for JsonBody {
 const MAX_KEY: usize = 200;
 
 /// Headers that shape a command: tenant, actor, correlation id, idempotency key.
-pub fn command_context(req: &HttpRequest, body: &[u8], success_status: u16) -> Result<CommandContext, ApiError> {
+pub fn command_context(
+    req: &HttpRequest,
+    body: &[u8],
+    success_status: u16,
+) -> Result<CommandContext, ApiError> {
     let mut ctx = CommandContext::new(tenant(req)?);
     if let Some(actor) = header_str(req, "x-actor")? {
         ctx.actor = actor.chars().take(MAX_KEY).collect();
@@ -91,7 +101,10 @@ pub fn command_context(req: &HttpRequest, body: &[u8], success_status: u16) -> R
     }
     if let Some(key) = header_str(req, "idempotency-key")? {
         if key.is_empty() || key.len() > MAX_KEY {
-            return Err(ApiError::InvalidHeader { header: "Idempotency-Key", message: "must be 1 to 200 characters".into() });
+            return Err(ApiError::InvalidHeader {
+                header: "Idempotency-Key",
+                message: "must be 1 to 200 characters".into(),
+            });
         }
         // The key stands for this exact request: method, path and body.
         let mut h = Sha256::new();
@@ -111,24 +124,34 @@ pub fn command_context(req: &HttpRequest, body: &[u8], success_status: u16) -> R
 
 /// The tenant from `X-Tenant-Id` (default `default`), checked against `[a-z0-9_-]{1,64}`.
 pub fn tenant(req: &HttpRequest) -> Result<String, ApiError> {
-    let Some(t) = header_str(req, "x-tenant-id")? else { return Ok("default".into()) };
+    let Some(t) = header_str(req, "x-tenant-id")? else {
+        return Ok("default".into());
+    };
     let ok = !t.is_empty()
         && t.len() <= 64
-        && t.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        && t.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if !ok {
-        return Err(ApiError::InvalidHeader { header: "X-Tenant-Id", message: "must match [a-z0-9_-]{1,64}".into() });
+        return Err(ApiError::InvalidHeader {
+            header: "X-Tenant-Id",
+            message: "must match [a-z0-9_-]{1,64}".into(),
+        });
     }
     Ok(t.to_owned())
 }
 
 /// `If-Match: "3"` (weak `W/"3"` and bare `3` accepted) → Some(3).
 pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
-    let Some(v) = header_str(req, "if-match")? else { return Ok(None) };
+    let Some(v) = header_str(req, "if-match")? else {
+        return Ok(None);
+    };
     let v = v.trim().trim_start_matches("W/").trim_matches('"');
-    v.parse::<i64>().map(Some).map_err(|_| ApiError::InvalidHeader {
-        header: "If-Match",
-        message: "must be the budget version as an ETag, e.g. \"3\"".into(),
-    })
+    v.parse::<i64>()
+        .map(Some)
+        .map_err(|_| ApiError::InvalidHeader {
+            header: "If-Match",
+            message: "must be the budget version as an ETag, e.g. \"3\"".into(),
+        })
 }
 
 fn header_str<'a>(req: &'a HttpRequest, name: &'static str) -> Result<Option<&'a str>, ApiError> {
@@ -137,6 +160,9 @@ fn header_str<'a>(req: &'a HttpRequest, name: &'static str) -> Result<Option<&'a
         Some(v) => v
             .to_str()
             .map(|s| Some(s.trim()))
-            .map_err(|_| ApiError::InvalidHeader { header: name, message: "must be visible ASCII".into() }),
+            .map_err(|_| ApiError::InvalidHeader {
+                header: name,
+                message: "must be visible ASCII".into(),
+            }),
     }
 }

@@ -33,13 +33,22 @@ pub struct AppState {
 }
 
 /// Records every request by route pattern (not raw path: bounded label values) and status.
-async fn record(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+async fn record(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().to_string();
     let res = next.call(req).await?;
-    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
     let status = res.status().as_u16().to_string();
-    METRICS.http_requests.with_label_values(&[&method, &route, &status]).inc();
+    METRICS
+        .http_requests
+        .with_label_values(&[&method, &route, &status])
+        .inc();
     METRICS
         .http_duration
         .with_label_values(&[&method, &route])
@@ -67,11 +76,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Builds the server on an already bound listener (port 0 in tests). Workers finish
 /// in-flight requests on SIGINT/SIGTERM before the returned future resolves.
 pub fn server(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let server = HttpServer::new(move || {
         let query_cfg = web::QueryConfig::default()
             .error_handler(|e, _| ApiError::validation("query", e.to_string()).into());
-        let path_cfg = web::PathConfig::default().error_handler(|e, _| ApiError::NotFound(e.to_string()).into());
+        let path_cfg = web::PathConfig::default()
+            .error_handler(|e, _| ApiError::NotFound(e.to_string()).into());
         App::new()
             .app_data(state.clone())
             .app_data(query_cfg)
@@ -88,4 +100,3 @@ pub fn server(listener: TcpListener, state: web::Data<AppState>) -> std::io::Res
     .run();
     Ok(server)
 }
-

@@ -9,16 +9,35 @@ use crate::projections::status;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "cloudlens", description = "Event-sourced data server on PostgreSQL + TimescaleDB"),
+    info(
+        title = "cloudlens",
+        description = "Event-sourced data server on PostgreSQL + TimescaleDB"
+    ),
     paths(
-        admin::healthz, admin::readyz, admin::metrics, admin::projections, admin::rebuild,
+        admin::healthz,
+        admin::readyz,
+        admin::metrics,
+        admin::projections,
+        admin::rebuild,
         admin::stream_events,
-        budgets::create, budgets::update, budgets::remove, budgets::get_one, budgets::list,
+        budgets::create,
+        budgets::update,
+        budgets::remove,
+        budgets::get_one,
+        budgets::list,
     ),
     components(schemas(
-        commands::BudgetDraft, queries::BudgetView, queries::BudgetPage, CommandResult, error::Problem,
-        status::ProjectorStatus, status::RebuildStatus, admin::ProjectionsList, admin::StreamEvents,
-        admin::StreamEvent, admin::Readiness,
+        commands::BudgetDraft,
+        queries::BudgetView,
+        queries::BudgetPage,
+        CommandResult,
+        error::Problem,
+        status::ProjectorStatus,
+        status::RebuildStatus,
+        admin::ProjectionsList,
+        admin::StreamEvents,
+        admin::StreamEvent,
+        admin::Readiness,
     ))
 )]
 pub struct ApiDoc;

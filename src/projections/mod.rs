@@ -47,7 +47,10 @@ pub enum ProjectionError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("projection {name} failed to apply a batch: {source:#}")]
-    Apply { name: &'static str, source: anyhow::Error },
+    Apply {
+        name: &'static str,
+        source: anyhow::Error,
+    },
 }
 
 impl From<tokio_postgres::Error> for ProjectionError {
@@ -62,7 +65,8 @@ impl ProjectionError {
     }
 }
 
-const ENSURE_CHECKPOINT_SQL: &str = "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING";
+const ENSURE_CHECKPOINT_SQL: &str =
+    "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING";
 const LOCK_CHECKPOINT_SQL: &str = "\
 SELECT last_xid::text::bigint, last_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE";
 const ADVANCE_SQL: &str = "\
@@ -70,7 +74,8 @@ UPDATE projection_checkpoints
    SET last_xid = $2::bigint::text::xid8, last_position = $3, events_applied = events_applied + $4,
        updated_at = now(), last_error = NULL
  WHERE name = $1";
-const HEARTBEAT_SQL: &str = "UPDATE projection_checkpoints SET heartbeat_at = now(), owner = $2 WHERE name = $1";
+const HEARTBEAT_SQL: &str =
+    "UPDATE projection_checkpoints SET heartbeat_at = now(), owner = $2 WHERE name = $1";
 const RECORD_ERROR_SQL: &str = "UPDATE projection_checkpoints SET last_error = $2 WHERE name = $1";
 /// Session lock that elects the one runner of a projector (two-key form: namespace, name).
 const TRY_LEAD_SQL: &str = "SELECT pg_try_advisory_lock(1668048002, hashtext($1))";
@@ -92,7 +97,10 @@ pub async fn apply_batch(
 ) -> Result<BatchOutcome, ProjectionError> {
     tx.execute(ENSURE_CHECKPOINT_SQL, &[&checkpoint]).await?;
     let row = tx.query_one(LOCK_CHECKPOINT_SQL, &[&checkpoint]).await?;
-    let after = Cursor { transaction_id: row.try_get(0)?, position: row.try_get(1)? };
+    let after = Cursor {
+        transaction_id: row.try_get(0)?,
+        position: row.try_get(1)?,
+    };
     let events = global::read_batch(tx, after, projection.stream_types(), batch_size).await?;
     let Some(last) = events.last() else {
         return Ok(BatchOutcome::default());
@@ -101,11 +109,20 @@ pub async fn apply_batch(
     projection
         .apply(tx, &events)
         .await
-        .map_err(|source| ProjectionError::Apply { name: projection.name(), source })?;
+        .map_err(|source| ProjectionError::Apply {
+            name: projection.name(),
+            source,
+        })?;
     let applied = events.len() as i64;
-    tx.execute(ADVANCE_SQL, &[&checkpoint, &last.transaction_id, &last.position, &applied])
-        .await?;
-    Ok(BatchOutcome { applied: events.len(), last_position: Some(last.position) })
+    tx.execute(
+        ADVANCE_SQL,
+        &[&checkpoint, &last.transaction_id, &last.position, &applied],
+    )
+    .await?;
+    Ok(BatchOutcome {
+        applied: events.len(),
+        last_position: Some(last.position),
+    })
 }
 
 /// One batch in its own transaction.
@@ -120,8 +137,14 @@ pub async fn run_batch(
     tx.commit().await?;
     if outcome.applied > 0 {
         let name = projection.name();
-        METRICS.projector_batch_duration.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
-        METRICS.projector_events_applied.with_label_values(&[name]).inc_by(outcome.applied as u64);
+        METRICS
+            .projector_batch_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        METRICS
+            .projector_events_applied
+            .with_label_values(&[name])
+            .inc_by(outcome.applied as u64);
         if let Some(p) = outcome.last_position {
             METRICS.projector_position.with_label_values(&[name]).set(p);
         }

@@ -75,9 +75,17 @@ pub struct Rebuild {
 
 impl Rebuild {
     /// Takes the rebuild lock on a dedicated connection, or reports one in progress.
-    pub async fn begin(conn: &str, projection: std::sync::Arc<dyn Projection>) -> Result<Self, RebuildError> {
-        let client = crate::db::connect(conn).await.map_err(ProjectionError::from)?;
-        let got: bool = client.query_one(TRY_REBUILD_LOCK_SQL, &[&projection.name()]).await?.try_get(0)?;
+    pub async fn begin(
+        conn: &str,
+        projection: std::sync::Arc<dyn Projection>,
+    ) -> Result<Self, RebuildError> {
+        let client = crate::db::connect(conn)
+            .await
+            .map_err(ProjectionError::from)?;
+        let got: bool = client
+            .query_one(TRY_REBUILD_LOCK_SQL, &[&projection.name()])
+            .await?
+            .try_get(0)?;
         if !got {
             return Err(RebuildError::InProgress(projection.name().to_owned()));
         }
@@ -90,7 +98,10 @@ impl Rebuild {
         let name = self.projection.name();
         if let Err(e) = &result {
             tracing::error!(projector = name, error = %e, "rebuild failed");
-            let _ = self.client.execute(MARK_SQL, &[&name, &"failed", &None::<i64>]).await;
+            let _ = self
+                .client
+                .execute(MARK_SQL, &[&name, &"failed", &None::<i64>])
+                .await;
         }
         METRICS.rebuild_position.with_label_values(&[name]).set(0);
         result
@@ -104,15 +115,25 @@ impl Rebuild {
         let shadow_checkpoint = format!("{name}#rebuild");
         let client = &mut self.client;
 
-        client.execute(super::ENSURE_CHECKPOINT_SQL, &[&name]).await?;
-        client.execute(MARK_SQL, &[&name, &"running", &0_i64]).await?;
+        client
+            .execute(super::ENSURE_CHECKPOINT_SQL, &[&name])
+            .await?;
+        client
+            .execute(MARK_SQL, &[&name, &"running", &0_i64])
+            .await?;
         // Names below come from the projection's own constants (`[a-z_]+`), never from users.
-        let mut ddl = format!("DROP SCHEMA IF EXISTS {shadow_schema} CASCADE; CREATE SCHEMA {shadow_schema};");
+        let mut ddl = format!(
+            "DROP SCHEMA IF EXISTS {shadow_schema} CASCADE; CREATE SCHEMA {shadow_schema};"
+        );
         for t in p.tables() {
-            ddl.push_str(&format!("CREATE TABLE {shadow_schema}.{t} (LIKE public.{t} INCLUDING ALL);"));
+            ddl.push_str(&format!(
+                "CREATE TABLE {shadow_schema}.{t} (LIKE public.{t} INCLUDING ALL);"
+            ));
         }
         client.batch_execute(&ddl).await?;
-        client.execute(RESET_SHADOW_CHECKPOINT_SQL, &[&shadow_checkpoint]).await?;
+        client
+            .execute(RESET_SHADOW_CHECKPOINT_SQL, &[&shadow_checkpoint])
+            .await?;
         tracing::info!(projector = name, "rebuild started");
 
         let search_path = format!("SET LOCAL search_path = {shadow_schema}, public");
@@ -147,30 +168,46 @@ impl Rebuild {
         for t in p.tables() {
             let live = tx.query(INDEXES_SQL, &[&"public", t]).await?;
             let copies = tx.query(INDEXES_SQL, &[&shadow_schema, t]).await?;
-            tx.batch_execute(&format!("DROP TABLE public.{t}; ALTER TABLE {shadow_schema}.{t} SET SCHEMA public;"))
-                .await?;
+            tx.batch_execute(&format!(
+                "DROP TABLE public.{t}; ALTER TABLE {shadow_schema}.{t} SET SCHEMA public;"
+            ))
+            .await?;
             for copy in &copies {
                 let (copy_name, shape): (String, String) = (copy.try_get(0)?, copy.try_get(1)?);
-                let original = live.iter().find(|l| l.try_get::<_, String>(1).ok().as_deref() == Some(&shape));
+                let original = live
+                    .iter()
+                    .find(|l| l.try_get::<_, String>(1).ok().as_deref() == Some(&shape));
                 if let Some(original) = original {
                     let original: String = original.try_get(0)?;
                     if original != copy_name {
-                        tx.batch_execute(&format!("ALTER INDEX public.{copy_name} RENAME TO {original}"))
-                            .await?;
+                        tx.batch_execute(&format!(
+                            "ALTER INDEX public.{copy_name} RENAME TO {original}"
+                        ))
+                        .await?;
                     }
                 }
             }
         }
-        tx.execute(MOVE_CHECKPOINT_SQL, &[&name, &shadow_checkpoint]).await?;
-        tx.execute(DELETE_CHECKPOINT_SQL, &[&shadow_checkpoint]).await?;
-        tx.batch_execute(&format!("DROP SCHEMA {shadow_schema} CASCADE")).await?;
+        tx.execute(MOVE_CHECKPOINT_SQL, &[&name, &shadow_checkpoint])
+            .await?;
+        tx.execute(DELETE_CHECKPOINT_SQL, &[&shadow_checkpoint])
+            .await?;
+        tx.batch_execute(&format!("DROP SCHEMA {shadow_schema} CASCADE"))
+            .await?;
         let position: i64 = tx
-            .query_one("SELECT last_position FROM projection_checkpoints WHERE name = $1", &[&name])
+            .query_one(
+                "SELECT last_position FROM projection_checkpoints WHERE name = $1",
+                &[&name],
+            )
             .await?
             .try_get(0)?;
         tx.commit().await?;
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(projector = name, events, seconds, "rebuild swapped in");
-        Ok(RebuildReport { events, seconds, position })
+        Ok(RebuildReport {
+            events,
+            seconds,
+            position,
+        })
     }
 }

@@ -50,9 +50,14 @@ SELECT c.last_position, c.events_applied, c.owner, c.last_error,
        c.rebuild_state, c.rebuild_position, c.rebuild_started_at, c.rebuild_finished_at
   FROM c";
 
-pub async fn of<C: GenericClient>(client: &C, p: &dyn Projection) -> Result<ProjectorStatus, StoreError> {
+pub async fn of<C: GenericClient>(
+    client: &C,
+    p: &dyn Projection,
+) -> Result<ProjectorStatus, StoreError> {
     let stale = HEARTBEAT_STALE.as_secs_f64();
-    let row = client.query_opt(STATUS_SQL, &[&p.name(), &p.stream_types(), &stale]).await?;
+    let row = client
+        .query_opt(STATUS_SQL, &[&p.name(), &p.stream_types(), &stale])
+        .await?;
     let Some(row) = row else {
         return Ok(ProjectorStatus {
             name: p.name().to_owned(),
@@ -93,8 +98,17 @@ pub async fn of<C: GenericClient>(client: &C, p: &dyn Projection) -> Result<Proj
             None => None,
         },
     };
-    METRICS.projector_lag_events.with_label_values(&[p.name()]).set(status.lag_events);
-    METRICS.projector_lag_seconds.with_label_values(&[p.name()]).set(status.lag_seconds);
-    METRICS.projector_position.with_label_values(&[p.name()]).set(status.position);
+    METRICS
+        .projector_lag_events
+        .with_label_values(&[p.name()])
+        .set(status.lag_events);
+    METRICS
+        .projector_lag_seconds
+        .with_label_values(&[p.name()])
+        .set(status.lag_seconds);
+    METRICS
+        .projector_position
+        .with_label_values(&[p.name()])
+        .set(status.position);
     Ok(status)
 }

@@ -1,0 +1,210 @@
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Test harness: clusters, fresh databases, the app on port 0, and a counting projection.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cloudlens::config::Settings;
+use cloudlens::db::{self, cluster::LocalCluster};
+use cloudlens::eventstore::{signal::EventSignal, EventStore, RecordedEvent};
+use cloudlens::projections::Projection;
+use serde_json::Value;
+use tokio_postgres::Transaction;
+
+pub fn test_root() -> PathBuf {
+    let root = std::env::var("CLOUDLENS_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("cloudlens-tests"));
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
+/// A cluster of its own under the test root (for tests that stop or kill it).
+pub fn own_cluster(name: &str) -> LocalCluster {
+    let dir = test_root().join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+    let c = LocalCluster::new(&dir, 5432).unwrap();
+    c.ensure_running().unwrap();
+    c
+}
+
+static SHARED: OnceLock<LocalCluster> = OnceLock::new();
+
+pub fn shared_cluster() -> &'static LocalCluster {
+    SHARED.get_or_init(|| {
+        let dir = test_root().join(format!("shared-{}", std::process::id()));
+        let c = LocalCluster::new(&dir, 5432).unwrap();
+        c.ensure_running().unwrap();
+        c
+    })
+}
+
+/// A new, migrated database in `cluster`; returns its connection string.
+pub async fn fresh_database_in(cluster: &LocalCluster) -> String {
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    db::ensure_database(&cluster.connection_string_for("postgres"), &name)
+        .await
+        .unwrap();
+    let conn = cluster.connection_string_for(&name);
+    db::migrate(&conn).await.unwrap();
+    conn
+}
+
+pub async fn fresh_database() -> String {
+    let cluster = tokio::task::spawn_blocking(shared_cluster).await.unwrap();
+    fresh_database_in(cluster).await
+}
+
+pub fn store(conn: &str, pool_size: usize) -> EventStore {
+    EventStore::new(db::pool(conn, pool_size).unwrap(), EventSignal::default())
+}
+
+pub fn test_settings() -> Settings {
+    Settings {
+        projector_poll: Duration::from_millis(100),
+        ..Settings::default()
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub conn: String,
+    pub handle: actix_web::dev::ServerHandle,
+    pub background: cloudlens::app::Background,
+    pub client: awc::Client,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+}
+
+/// The real server on a random port against `conn`.
+pub async fn spawn_app_on(conn: String, settings: Settings) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cloudlens::app::Running {
+        port,
+        server,
+        background,
+        ..
+    } = cloudlens::app::start(settings, conn.clone(), listener).unwrap();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        conn,
+        handle,
+        background,
+        client: awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish(),
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    let conn = fresh_database().await;
+    spawn_app_on(conn, test_settings()).await
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn budget_body(name: &str) -> Value {
+    serde_json::json!({
+        "name": name, "amount": "1200.50", "currency": "CNY", "period": "monthly", "type": "cost",
+        "start_date": "2026-01-01", "end_date": "2026-12-31", "tag_filter": {"team": "data"},
+        "service_filter": ["ecs", "oss"], "alert_thresholds": [80, 100, 120], "account": "aliyun-main"
+    })
+}
+
+/// Records every event it sees in `test_seen` (no unique key, so a duplicate would show).
+/// Can be told to stall once mid-batch, after writing, so a test can kill its session.
+pub struct CountingProjection {
+    pub stall_once: AtomicBool,
+    pub stalled: tokio::sync::Notify,
+}
+
+pub const COUNTING_TABLE_SQL: &str =
+    "CREATE TABLE IF NOT EXISTS test_seen (position bigint NOT NULL, stream_id uuid NOT NULL)";
+
+impl CountingProjection {
+    pub fn new(stall_once: bool) -> Arc<Self> {
+        Arc::new(Self {
+            stall_once: AtomicBool::new(stall_once),
+            stalled: tokio::sync::Notify::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Projection for CountingProjection {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    fn stream_types(&self) -> &'static [&'static str] {
+        &["counter"]
+    }
+    fn tables(&self) -> &'static [&'static str] {
+        &["test_seen"]
+    }
+    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
+        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.stream_id).collect();
+        tx.execute(
+            "INSERT INTO test_seen SELECT * FROM unnest($1::bigint[], $2::uuid[])",
+            &[&positions, &ids],
+        )
+        .await?;
+        if self.stall_once.swap(false, Ordering::SeqCst) {
+            self.stalled.notify_one();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Appends `n` events of stream type `counter` to stream `id`, one command each.
+pub async fn append_counter_events(store: &EventStore, id: uuid::Uuid, from_version: i64, n: i64) {
+    for v in from_version..from_version + n {
+        store
+            .append(cloudlens::eventstore::AppendRequest {
+                tenant_id: "default",
+                stream_type: "counter",
+                stream_id: id,
+                expected_version: v,
+                events: vec![cloudlens::eventstore::NewEvent {
+                    event_type: "Counted".into(),
+                    schema_version: 1,
+                    payload: serde_json::json!({"n": v}),
+                }],
+                metadata: serde_json::json!({}),
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+pub async fn count(conn: &str, sql: &str) -> i64 {
+    let c = db::connect(conn).await.unwrap();
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}

@@ -1,0 +1,465 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The HTTP API through the real server on a random port.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn problem(
+    res: &mut awc::ClientResponse<
+        impl futures::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+    >,
+) -> Value {
+    let ct = res
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body = res.body().await.unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[actix_web::test]
+async fn budget_lifecycle() {
+    let app = spawn_app().await;
+    let mut res = app
+        .client
+        .post(app.url("/api/v1/budgets"))
+        .send_json(&budget_body("Data team"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let created: Value = res.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["version"], 1);
+    let pos = created["position"].as_i64().unwrap();
+    assert!(pos > 0);
+
+    let mut res = app
+        .client
+        .get(app.url(&format!("/api/v1/budgets/{id}?min_position={pos}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get("etag").unwrap(), "\"1\"");
+    let b: Value = res.json().await.unwrap();
+    assert_eq!(b["amount"], "1200.50");
+    assert_eq!(b["currency"], "CNY");
+    assert_eq!(b["type"], "cost");
+    assert_eq!(b["tag_filter"], json!({"team": "data"}));
+
+    // Amount as a JSON number is accepted, returned as a string, exactly.
+    let mut body = budget_body("Data team");
+    body["amount"] = json!(2500.75);
+    let mut res = app
+        .client
+        .put(app.url(&format!("/api/v1/budgets/{id}")))
+        .insert_header(("If-Match", "\"1\""))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let updated: Value = res.json().await.unwrap();
+    assert_eq!(updated["version"], 2);
+    let pos = updated["position"].as_i64().unwrap();
+    let mut res = app
+        .client
+        .get(app.url(&format!("/api/v1/budgets/{id}?min_position={pos}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["amount"], "2500.75");
+
+    // Stale If-Match.
+    let mut res = app
+        .client
+        .put(app.url(&format!("/api/v1/budgets/{id}")))
+        .insert_header(("If-Match", "\"1\""))
+        .send_json(&budget_body("x"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(problem(&mut res).await["code"], "version_conflict");
+
+    let mut res = app
+        .client
+        .delete(app.url(&format!("/api/v1/budgets/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deleted: Value = res.json().await.unwrap();
+    assert_eq!(deleted["version"], 3);
+    let pos = deleted["position"].as_i64().unwrap();
+    let mut res = app
+        .client
+        .get(app.url(&format!("/api/v1/budgets/{id}?min_position={pos}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(problem(&mut res).await["code"], "not_found");
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/v1/budgets/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    // The audit trail keeps everything.
+    let mut res = app
+        .client
+        .get(app.url(&format!("/api/v1/streams/budget/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let trail: Value = res.json().await.unwrap();
+    let types: Vec<&str> = trail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["BudgetCreated", "BudgetUpdated", "BudgetDeleted"]);
+    let first = &trail["events"][0];
+    assert_eq!(first["version"], 1);
+    assert_eq!(first["schema_version"], 2);
+    assert!(first["metadata"]["command_id"].is_string());
+    assert!(first["metadata"]["correlation_id"].is_string());
+    assert_eq!(first["metadata"]["tenant_id"], "default");
+}
+
+#[actix_web::test]
+async fn bad_input_gets_problem_json_and_writes_nothing() {
+    let app = spawn_app().await;
+    let post = |body: Vec<u8>, ct: &'static str| {
+        app.client
+            .post(app.url("/api/v1/budgets"))
+            .insert_header(("content-type", ct))
+            .send_body(body)
+    };
+    let mut res = post(b"{not json".to_vec(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(problem(&mut res).await["code"], "malformed_json");
+
+    let mut res = post(b"{}".to_vec(), "text/plain").await.unwrap();
+    assert_eq!(res.status(), 415);
+    assert_eq!(problem(&mut res).await["code"], "unsupported_media_type");
+
+    let big = vec![b' '; 3 * 1024 * 1024];
+    let mut res = post(big, "application/json").await.unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(problem(&mut res).await["code"], "payload_too_large");
+
+    let cases = [
+        ("amount", json!({"amount": "0"})),
+        ("amount", json!({"amount": "abc"})),
+        ("amount", json!({"amount": true})),
+        ("end_date", json!({"end_date": "2025-01-01"})),
+        ("period", json!({"period": "weekly"})),
+        ("type", json!({"type": "money"})),
+        ("alert_thresholds", json!({"alert_thresholds": [0]})),
+        ("alert_thresholds", json!({"alert_thresholds": [1001]})),
+        ("start_date", json!({"start_date": "yesterday"})),
+    ];
+    for (field, patch) in cases {
+        let mut body = budget_body("bad");
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let mut res = app
+            .client
+            .post(app.url("/api/v1/budgets"))
+            .send_json(&body)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "{patch}");
+        let p = problem(&mut res).await;
+        assert_eq!(p["code"], "validation_failed", "{patch}");
+        assert_eq!(p["field"], field, "{patch}: {p}");
+    }
+    let mut body = budget_body("bad");
+    body.as_object_mut().unwrap().remove("name");
+    let mut res = app
+        .client
+        .post(app.url("/api/v1/budgets"))
+        .send_json(&body)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    assert_eq!(problem(&mut res).await["field"], "name");
+
+    let mut res = app
+        .client
+        .get(app.url("/api/v1/budgets/not-a-uuid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    problem(&mut res).await;
+    let res = app
+        .client
+        .get(app.url(&format!("/api/v1/budgets/{}", uuid::Uuid::now_v7())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = app
+        .client
+        .put(app.url(&format!("/api/v1/budgets/{}", uuid::Uuid::now_v7())))
+        .send_json(&budget_body("x"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let mut res = app
+        .client
+        .get(app.url("/api/v1/budgets?limit=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    assert_eq!(problem(&mut res).await["field"], "limit");
+    let mut res = app
+        .client
+        .get(app.url("/api/v1/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    problem(&mut res).await;
+
+    assert_eq!(count(&app.conn, "SELECT count(*) FROM events").await, 0);
+}
+
+#[actix_web::test]
+async fn idempotency_key_over_http() {
+    let app = spawn_app().await;
+    let send = |body: Value| {
+        app.client
+            .post(app.url("/api/v1/budgets"))
+            .insert_header(("Idempotency-Key", "create-data-budget"))
+            .send_json(&body)
+    };
+    let mut first = send(budget_body("A")).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let mut again = send(budget_body("A")).await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let mut other = send(budget_body("B")).await.unwrap();
+    assert_eq!(other.status(), 422);
+    assert_eq!(problem(&mut other).await["code"], "idempotency_key_reused");
+    assert_eq!(count(&app.conn, "SELECT count(*) FROM events").await, 1);
+}
+
+#[actix_web::test]
+async fn list_filters_and_keyset_pagination() {
+    let app = spawn_app().await;
+    let mut last = 0;
+    for i in 0..7 {
+        let mut body = budget_body(&format!("b{i}"));
+        body["account"] = json!(if i % 2 == 0 { "even" } else { "odd" });
+        body["tag_filter"] = json!({"team": if i < 3 { "data" } else { "web" }, "env": "prod"});
+        let mut res = app
+            .client
+            .post(app.url("/api/v1/budgets"))
+            .send_json(&body)
+            .await
+            .unwrap();
+        last = res.json::<Value>().await.unwrap()["position"]
+            .as_i64()
+            .unwrap();
+    }
+    let get = |q: String| {
+        let url = app.url(&format!("/api/v1/budgets?min_position={last}&{q}"));
+        let client = app.client.clone();
+        async move {
+            let mut res = client.get(url).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            res.json::<Value>().limit(10 << 20).await.unwrap()
+        }
+    };
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&get("account=even".into()).await),
+        ["b0", "b2", "b4", "b6"]
+    );
+    assert_eq!(
+        names(&get("tag=team:data".into()).await),
+        ["b0", "b1", "b2"]
+    );
+    assert_eq!(
+        names(&get("tag=team:web&account=odd".into()).await),
+        ["b3", "b5"]
+    );
+    // Pages of 3 cover everything once, in order.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("limit=3&cursor={c}"),
+            None => "limit=3".into(),
+        };
+        let page = get(q).await;
+        seen.extend(names(&page));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["b0", "b1", "b2", "b3", "b4", "b5", "b6"]);
+    // Tenants do not see each other.
+    let mut res = app
+        .client
+        .get(app.url("/api/v1/budgets"))
+        .insert_header(("X-Tenant-Id", "other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["items"], json!([]));
+}
+
+#[actix_web::test]
+async fn min_position_beyond_the_log_times_out_with_503() {
+    let conn = fresh_database().await;
+    let settings = cloudlens::config::Settings {
+        min_position_timeout: std::time::Duration::from_millis(300),
+        ..test_settings()
+    };
+    let app = spawn_app_on(conn, settings).await;
+    let mut res = app
+        .client
+        .get(app.url("/api/v1/budgets?min_position=999999"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers().get("retry-after").unwrap(), "1");
+    assert_eq!(problem(&mut res).await["code"], "read_model_behind");
+}
+
+#[actix_web::test]
+async fn operations_endpoints() {
+    let app = spawn_app().await;
+    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let ready = eventually(std::time::Duration::from_secs(10), || async {
+        let r = app.client.get(app.url("/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "never ready");
+    app.client
+        .post(app.url("/api/v1/budgets"))
+        .send_json(&budget_body("m"))
+        .await
+        .unwrap();
+    let mut res = app
+        .client
+        .get(app.url("/api/v1/admin/projections"))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    let p = &v["projections"][0];
+    assert_eq!(p["name"], "budgets");
+    for key in ["position", "lag_events", "lag_seconds", "state"] {
+        assert!(!p[key].is_null(), "missing {key}");
+    }
+    let mut res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    for name in [
+        "cloudlens_commands_total",
+        "cloudlens_command_duration_seconds_bucket",
+        "cloudlens_events_appended_total",
+        "cloudlens_event_append_duration_seconds_bucket",
+        "cloudlens_projector_position",
+        "cloudlens_projector_lag_events",
+        "cloudlens_projector_lag_seconds",
+        "cloudlens_db_pool_size",
+        "cloudlens_db_pool_available",
+        "cloudlens_db_pool_waiting",
+        "cloudlens_http_requests_total",
+        "cloudlens_http_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "metric {name} missing");
+    }
+    assert!(text.contains(r#"route="/api/v1/budgets""#));
+}
+
+#[actix_web::test]
+async fn openapi_describes_every_route() {
+    let app = spawn_app().await;
+    let mut res = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let doc: Value = res.json().limit(10 << 20).await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    // Every route the code registers (its actix route attributes) is documented.
+    let registered = route_attributes(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src")
+            .as_path(),
+    );
+    assert!(registered.len() >= 12, "{registered:?}");
+    for (method, path) in registered {
+        assert!(
+            documented.contains(&(method.clone(), path.clone())),
+            "{method} {path} is not in openapi.json"
+        );
+    }
+}
+
+/// `(METHOD, path)` of every `#[get("…")]`-style attribute under `dir`.
+fn route_attributes(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(route_attributes(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let line = line.trim();
+                for m in ["get", "post", "put", "delete", "patch"] {
+                    if let Some(rest) = line.strip_prefix(&format!("#[{m}(\"")) {
+                        let route = rest.split('"').next().unwrap();
+                        out.push((m.to_uppercase(), route.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}

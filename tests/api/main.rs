@@ -1,0 +1,10 @@
+//! Integration tests: one binary, real PostgreSQL + TimescaleDB. A shared throw-away
+//! cluster serves most tests (a fresh database each); tests that stop or kill a cluster
+//! start their own. Clusters live under CLOUDLENS_TEST_DIR (scripts/test.sh cleans up).
+
+mod helpers;
+
+mod cluster;
+mod http_api;
+mod projections;
+mod store;

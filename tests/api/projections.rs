@@ -1,0 +1,227 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Rebuilds and leader election of the projection runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudlens::budgets::projection::BudgetsProjection;
+use cloudlens::db;
+use cloudlens::projections::rebuild::{Rebuild, RebuildError};
+use cloudlens::projections::{self, Projection, RunnerConfig};
+use tokio::sync::watch;
+
+use crate::helpers::*;
+
+async fn view_snapshot(conn: &str) -> Vec<String> {
+    let c = db::connect(conn).await.unwrap();
+    c.query(
+        "SELECT to_jsonb(b)::text FROM budgets_view b ORDER BY id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+async fn index_names(conn: &str) -> Vec<String> {
+    let c = db::connect(conn).await.unwrap();
+    c.query(
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'budgets_view' ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[actix_web::test]
+async fn rebuild_yields_the_same_read_model_as_live_and_keeps_serving() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    let mut last = 0_i64;
+    for i in 0..40 {
+        let mut res = app
+            .client
+            .post(app.url("/api/v1/budgets"))
+            .send_json(&budget_body(&format!("b{i}")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let body: serde_json::Value = res.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+        last = body["position"].as_i64().unwrap();
+    }
+    for id in ids.iter().take(10) {
+        let mut b = budget_body("renamed");
+        b["amount"] = "7.25".into();
+        let res = app
+            .client
+            .put(app.url(&format!("/api/v1/budgets/{id}")))
+            .send_json(&b)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    for id in ids.iter().skip(30) {
+        let mut res = app
+            .client
+            .delete(app.url(&format!("/api/v1/budgets/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        last = res.json::<serde_json::Value>().await.unwrap()["position"]
+            .as_i64()
+            .unwrap();
+    }
+    let res = app
+        .client
+        .get(app.url(&format!("/api/v1/budgets?min_position={last}&limit=500")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let live = view_snapshot(&app.conn).await;
+    assert_eq!(live.len(), 30);
+    let indexes = index_names(&app.conn).await;
+
+    // Rebuild through the API while the server runs, then wait for the swap.
+    let res = app
+        .client
+        .post(app.url("/api/v1/admin/projections/budgets/rebuild"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let done = eventually(Duration::from_secs(60), || async {
+        let mut r = app
+            .client
+            .get(app.url("/api/v1/admin/projections"))
+            .send()
+            .await
+            .ok()?;
+        let v: serde_json::Value = r.json().await.ok()?;
+        (v["projections"][0]["rebuild"]["state"] == "done").then_some(v)
+    })
+    .await;
+    assert!(done.is_some(), "rebuild did not finish");
+    assert_eq!(
+        view_snapshot(&app.conn).await,
+        live,
+        "rebuilt read model differs from live"
+    );
+    assert_eq!(
+        index_names(&app.conn).await,
+        indexes,
+        "index names changed by the swap"
+    );
+    let shadow = count(
+        &app.conn,
+        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'cl_rebuild_%'",
+    )
+    .await;
+    assert_eq!(shadow, 0);
+
+    // The live projector carries on after the swap.
+    let mut res = app
+        .client
+        .post(app.url("/api/v1/budgets"))
+        .send_json(&budget_body("after"))
+        .await
+        .unwrap();
+    let pos = res.json::<serde_json::Value>().await.unwrap()["position"]
+        .as_i64()
+        .unwrap();
+    let res = app
+        .client
+        .get(app.url(&format!("/api/v1/budgets?min_position={pos}&limit=500")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(view_snapshot(&app.conn).await.len(), 31);
+}
+
+#[actix_web::test]
+async fn a_second_rebuild_while_one_runs_is_refused() {
+    let conn = fresh_database().await;
+    let p: Arc<dyn Projection> = Arc::new(BudgetsProjection);
+    let first = Rebuild::begin(&conn, p.clone()).await.unwrap();
+    let second = Rebuild::begin(&conn, p.clone()).await;
+    assert!(matches!(second, Err(RebuildError::InProgress(_))));
+    first.run(100).await.unwrap();
+    assert!(Rebuild::begin(&conn, p).await.is_ok());
+}
+
+#[actix_web::test]
+async fn another_runner_takes_over_when_the_leader_dies() {
+    let conn = fresh_database().await;
+    db::connect(&conn)
+        .await
+        .unwrap()
+        .batch_execute(COUNTING_TABLE_SQL)
+        .await
+        .unwrap();
+    let store = store(&conn, 4);
+    let cfg = |owner: &str| RunnerConfig {
+        conn: conn.clone(),
+        batch_size: 100,
+        poll: Duration::from_millis(50),
+        owner: owner.into(),
+        progress: watch::channel(0).0,
+    };
+    let wake = || cloudlens::eventstore::signal::EventSignal::default().subscribe();
+    let (stop, stop_rx) = watch::channel(false);
+    let a = tokio::spawn(projections::run(
+        CountingProjection::new(false),
+        cfg("a"),
+        wake(),
+        stop_rx.clone(),
+    ));
+    let owner = || async {
+        let c = db::connect(&conn).await.ok()?;
+        c.query_one(
+            "SELECT owner FROM projection_checkpoints WHERE name = 'counting'",
+            &[],
+        )
+        .await
+        .ok()?
+        .get::<_, Option<String>>(0)
+    };
+    assert_eq!(
+        eventually(Duration::from_secs(10), owner).await.as_deref(),
+        Some("a")
+    );
+    let b = tokio::spawn(projections::run(
+        CountingProjection::new(false),
+        cfg("b"),
+        wake(),
+        stop_rx.clone(),
+    ));
+    append_counter_events(&store, uuid::Uuid::now_v7(), 0, 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // "Kill" a: its task and its connection (and so its advisory lock) go away.
+    a.abort();
+    let _ = a.await;
+    let took_over = eventually(Duration::from_secs(10), || async {
+        (owner().await.as_deref() == Some("b")).then_some(())
+    })
+    .await;
+    assert!(took_over.is_some(), "runner b did not take over");
+    append_counter_events(&store, uuid::Uuid::now_v7(), 0, 20).await;
+    let done = eventually(Duration::from_secs(10), || async {
+        (count(&conn, "SELECT count(*) FROM test_seen").await == 40).then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    b.await.unwrap();
+    assert!(done.is_some());
+    assert_eq!(
+        count(&conn, "SELECT count(DISTINCT position) FROM test_seen").await,
+        40
+    );
+}

@@ -1,0 +1,513 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The event store and the gap-free global read, against real PostgreSQL.
+
+use std::time::Duration;
+
+use cloudlens::budgets::{Budget, BudgetCommand, BudgetDraft, BudgetError};
+use cloudlens::db;
+use cloudlens::eventstore::global::{self, Cursor};
+use cloudlens::eventstore::{AppendRequest, IdempotencyRecord, NewEvent, StoreError};
+use cloudlens::pipeline::{self, CommandContext, CommandError, Expect};
+use cloudlens::projections::{self, RunnerConfig};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+fn draft(name: &str) -> BudgetDraft {
+    serde_json::from_value(budget_body(name)).unwrap()
+}
+
+#[actix_web::test]
+async fn stale_version_conflicts_and_writes_nothing() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 4);
+    let ctx = CommandContext::new("default");
+    let id = Uuid::now_v7();
+    let (created, _) = pipeline::execute::<Budget>(
+        &store,
+        &ctx,
+        "CreateBudget",
+        id,
+        Expect::New,
+        BudgetCommand::CreateBudget(draft("a")),
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.version, 1);
+    let (updated, _) = pipeline::execute::<Budget>(
+        &store,
+        &ctx,
+        "UpdateBudget",
+        id,
+        Expect::Version(1),
+        BudgetCommand::UpdateBudget(draft("b")),
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(updated.version, 2);
+    assert!(updated.position > created.position);
+    // A writer that still believes the stream is at version 1:
+    let stale = pipeline::execute::<Budget>(
+        &store,
+        &ctx,
+        "UpdateBudget",
+        id,
+        Expect::Version(1),
+        BudgetCommand::UpdateBudget(draft("c")),
+        &(),
+    )
+    .await;
+    assert!(
+        matches!(
+            stale,
+            Err(CommandError::Conflict {
+                expected: Some(1),
+                actual: Some(2)
+            })
+        ),
+        "{stale:?}"
+    );
+    // The race that passes the version check is caught by the unique (stream, version).
+    let raced = store
+        .append(AppendRequest {
+            tenant_id: "default",
+            stream_type: "budget",
+            stream_id: id,
+            expected_version: 1,
+            events: vec![NewEvent {
+                event_type: "BudgetDeleted".into(),
+                schema_version: 1,
+                payload: serde_json::json!({}),
+            }],
+            metadata: serde_json::json!({}),
+            idempotency: None,
+        })
+        .await;
+    assert!(matches!(raced, Err(StoreError::Conflict)), "{raced:?}");
+    assert_eq!(
+        count(
+            &conn,
+            &format!("SELECT count(*) FROM events WHERE stream_id = '{id}'")
+        )
+        .await,
+        2
+    );
+}
+
+#[actix_web::test]
+async fn all_events_of_a_command_are_atomic() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 2);
+    let id = Uuid::now_v7();
+    append_counter_events(&store, id, 0, 1).await;
+    // Two events where the second clashes with nothing but the first clashes with v1:
+    let ev = |n: i64| NewEvent {
+        event_type: "Counted".into(),
+        schema_version: 1,
+        payload: serde_json::json!({"n": n}),
+    };
+    let r = store
+        .append(AppendRequest {
+            tenant_id: "default",
+            stream_type: "counter",
+            stream_id: id,
+            expected_version: 0,
+            events: vec![ev(1), ev(2), ev(3)],
+            metadata: serde_json::json!({}),
+            idempotency: None,
+        })
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict)));
+    assert_eq!(
+        count(
+            &conn,
+            &format!("SELECT count(*) FROM events WHERE stream_id = '{id}'")
+        )
+        .await,
+        1
+    );
+}
+
+#[actix_web::test]
+async fn idempotent_retry_returns_the_original_and_appends_nothing() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 4);
+    let mut ctx = CommandContext::new("default");
+    ctx.idempotency = Some(IdempotencyRecord {
+        key: "k-1".into(),
+        request_hash: vec![1, 2, 3],
+        response_status: 201,
+    });
+    let id = Uuid::now_v7();
+    let (first, replayed) = pipeline::execute::<Budget>(
+        &store,
+        &ctx,
+        "CreateBudget",
+        id,
+        Expect::New,
+        BudgetCommand::CreateBudget(draft("a")),
+        &(),
+    )
+    .await
+    .unwrap();
+    assert!(!replayed);
+    // The retry gets a new stream id (as a retried POST would) but the same key:
+    let (again, replayed) = pipeline::execute::<Budget>(
+        &store,
+        &ctx,
+        "CreateBudget",
+        Uuid::now_v7(),
+        Expect::New,
+        BudgetCommand::CreateBudget(draft("a")),
+        &(),
+    )
+    .await
+    .unwrap();
+    assert!(replayed);
+    assert_eq!(again, first);
+    assert_eq!(count(&conn, "SELECT count(*) FROM events").await, 1);
+    // Same key, different request:
+    ctx.idempotency.as_mut().unwrap().request_hash = vec![9];
+    let other = pipeline::execute::<Budget>(
+        &store,
+        &ctx,
+        "CreateBudget",
+        Uuid::now_v7(),
+        Expect::New,
+        BudgetCommand::CreateBudget(draft("b")),
+        &(),
+    )
+    .await;
+    assert!(
+        matches!(other, Err(CommandError::IdempotencyMismatch)),
+        "{other:?}"
+    );
+    assert_eq!(count(&conn, "SELECT count(*) FROM events").await, 1);
+}
+
+#[actix_web::test]
+async fn a_failed_command_writes_nothing() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 2);
+    let mut d = draft("bad");
+    d.amount = rust_decimal::Decimal::ZERO;
+    let r = pipeline::execute::<Budget>(
+        &store,
+        &CommandContext::new("default"),
+        "CreateBudget",
+        Uuid::now_v7(),
+        Expect::New,
+        BudgetCommand::CreateBudget(d),
+        &(),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(CommandError::Domain(BudgetError::Invalid { ref field, .. })) if field == "amount")
+    );
+    assert_eq!(count(&conn, "SELECT count(*) FROM events").await, 0);
+}
+
+#[actix_web::test]
+async fn events_cannot_be_updated_or_deleted() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 2);
+    append_counter_events(&store, Uuid::now_v7(), 0, 1).await;
+    let c = db::connect(&conn).await.unwrap();
+    assert!(c
+        .execute("UPDATE events SET payload = '{}'", &[])
+        .await
+        .is_err());
+    assert!(c.execute("DELETE FROM events", &[]).await.is_err());
+    assert!(c.batch_execute("TRUNCATE events").await.is_err());
+    assert_eq!(count(&conn, "SELECT count(*) FROM events").await, 1);
+}
+
+#[actix_web::test]
+async fn an_old_schema_version_event_is_upcast_when_loaded() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 2);
+    let id = Uuid::now_v7();
+    // Written the way version 1 of the code wrote it: `thresholds`, no currency.
+    let v1 = serde_json::json!({
+        "name": "Legacy", "amount": "99.90", "period": "yearly", "budget_type": "cost",
+        "start_date": "2024-01-01", "end_date": null, "tag_filter": {}, "service_filter": [],
+        "thresholds": ["50"], "account": null
+    });
+    store
+        .append(AppendRequest {
+            tenant_id: "default",
+            stream_type: "budget",
+            stream_id: id,
+            expected_version: 0,
+            events: vec![NewEvent {
+                event_type: "BudgetCreated".into(),
+                schema_version: 1,
+                payload: v1,
+            }],
+            metadata: serde_json::json!({}),
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    let (budget, version, _) = pipeline::load::<Budget>(&store, id).await.unwrap();
+    assert_eq!(version, 1);
+    let d = budget.details.unwrap();
+    assert_eq!(d.currency, "CNY");
+    assert_eq!(d.alert_thresholds, vec![rust_decimal::Decimal::from(50)]);
+}
+
+fn runner(conn: &str, progress: watch::Sender<u64>) -> RunnerConfig {
+    RunnerConfig {
+        conn: conn.to_owned(),
+        batch_size: 500,
+        poll: Duration::from_millis(50),
+        owner: "test".into(),
+        progress,
+    }
+}
+
+async fn seen(conn: &str) -> (i64, i64) {
+    let c = db::connect(conn).await.unwrap();
+    let r = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT position) FROM test_seen",
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+async fn assert_seen_matches_events(conn: &str) {
+    let c = db::connect(conn).await.unwrap();
+    let missing: i64 = c
+        .query_one(
+            "SELECT count(*) FROM events e WHERE e.stream_type = 'counter'
+               AND NOT EXISTS (SELECT 1 FROM test_seen s WHERE s.position = e.position)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let extra: i64 = c
+        .query_one(
+            "SELECT count(*) FROM test_seen s WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.position = s.position)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (rows, distinct) = seen(conn).await;
+    assert_eq!((missing, extra), (0, 0), "read model differs from the log");
+    assert_eq!(rows, distinct, "an event was applied twice");
+}
+
+#[actix_web::test]
+async fn concurrent_writers_while_projecting_lose_and_double_nothing() {
+    let conn = fresh_database().await;
+    db::connect(&conn)
+        .await
+        .unwrap()
+        .batch_execute(COUNTING_TABLE_SQL)
+        .await
+        .unwrap();
+    let store = store(&conn, 32);
+    let (stop, stop_rx) = watch::channel(false);
+    let projection = CountingProjection::new(false);
+    let wake = store_signal_receiver();
+    let task = tokio::spawn(projections::run(
+        projection,
+        runner(&conn, watch::channel(0).0),
+        wake,
+        stop_rx,
+    ));
+    // 32 writers, 625 single-event commands each, on streams of their own.
+    let mut writers = Vec::new();
+    for _ in 0..32 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                append_counter_events(&store, Uuid::now_v7(), 0, 125).await;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(count(&conn, "SELECT count(*) FROM events").await, 20_000);
+    let caught_up = eventually(Duration::from_secs(120), || async {
+        (seen(&conn).await.0 >= 20_000).then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert!(
+        caught_up.is_some(),
+        "projector did not catch up: {:?}",
+        seen(&conn).await
+    );
+    assert_seen_matches_events(&conn).await;
+}
+
+/// Projectors here poll (50 ms); a fresh receiver is enough.
+fn store_signal_receiver() -> watch::Receiver<u64> {
+    cloudlens::eventstore::signal::EventSignal::default().subscribe()
+}
+
+#[actix_web::test]
+async fn a_projector_killed_mid_batch_resumes_exactly_once() {
+    let conn = fresh_database().await;
+    db::connect(&conn)
+        .await
+        .unwrap()
+        .batch_execute(COUNTING_TABLE_SQL)
+        .await
+        .unwrap();
+    let store = store(&conn, 4);
+    append_counter_events(&store, Uuid::now_v7(), 0, 300).await;
+    let projection = CountingProjection::new(true);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(projections::run(
+        projection.clone(),
+        runner(&conn, watch::channel(0).0),
+        store_signal_receiver(),
+        stop_rx,
+    ));
+    // The first batch has written its rows and is stalled before committing: kill its session.
+    tokio::time::timeout(Duration::from_secs(30), projection.stalled.notified())
+        .await
+        .unwrap();
+    let admin = db::connect(&conn).await.unwrap();
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND state LIKE 'idle in transaction%'
+                AND pid <> pg_backend_pid()) k",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "expected to kill the projector's open batch");
+    append_counter_events(&store, Uuid::now_v7(), 0, 50).await;
+    let done = eventually(Duration::from_secs(60), || async {
+        (seen(&conn).await.0 >= 350).then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert!(
+        done.is_some(),
+        "projector did not resume: {:?}",
+        seen(&conn).await
+    );
+    assert_seen_matches_events(&conn).await;
+}
+
+#[actix_web::test]
+async fn an_unrelated_long_transaction_does_not_stall_projection() {
+    let conn = fresh_database().await;
+    let admin = db::connect(&conn).await.unwrap();
+    admin.batch_execute(COUNTING_TABLE_SQL).await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE unrelated (x int)")
+        .await
+        .unwrap();
+    // An open transaction that has written (so it holds a transaction id) and stays open.
+    let mut other = db::connect(&conn).await.unwrap();
+    let open = other.transaction().await.unwrap();
+    open.execute("INSERT INTO unrelated VALUES (1)", &[])
+        .await
+        .unwrap();
+
+    let store = store(&conn, 4);
+    append_counter_events(&store, Uuid::now_v7(), 0, 100).await;
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(projections::run(
+        CountingProjection::new(false),
+        runner(&conn, watch::channel(0).0),
+        store_signal_receiver(),
+        stop_rx,
+    ));
+    let done = eventually(Duration::from_secs(30), || async {
+        (seen(&conn).await.0 >= 100).then_some(())
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    open.rollback().await.unwrap();
+    assert!(
+        done.is_some(),
+        "projection stalled behind an unrelated transaction: {:?}",
+        seen(&conn).await
+    );
+    assert_seen_matches_events(&conn).await;
+}
+
+#[actix_web::test]
+async fn an_in_flight_writer_holds_the_horizon_so_nothing_is_skipped() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 4);
+    // Writer A takes the writer lock and a transaction id, then is slow to insert.
+    let mut a = db::connect(&conn).await.unwrap();
+    let tx = a.transaction().await.unwrap();
+    tx.execute("SELECT pg_advisory_xact_lock_shared(1668048001, 1)", &[])
+        .await
+        .unwrap();
+    tx.execute("SELECT pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+    // Writer B starts later (higher transaction id), takes a lower position, commits first.
+    append_counter_events(&store, Uuid::now_v7(), 0, 1).await;
+    let reader = db::connect(&conn).await.unwrap();
+    let before = global::read_batch(&reader, Cursor::default(), &["counter"], 100)
+        .await
+        .unwrap();
+    assert!(
+        before.is_empty(),
+        "B must not be read while A (lower xid) may still commit: {before:?}"
+    );
+    tx.execute(
+        "INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type, schema_version, payload)
+         VALUES ('default', 'counter', $1, 1, 'Counted', 1, '{}')",
+        &[&Uuid::now_v7()],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let after = global::read_batch(&reader, Cursor::default(), &["counter"], 100)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 2);
+    // A's event (higher position, lower transaction id) comes first.
+    assert!(after[0].transaction_id < after[1].transaction_id);
+    assert!(after[0].position > after[1].position);
+}
+
+#[actix_web::test]
+async fn an_aborted_writer_does_not_hold_the_horizon() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 4);
+    let mut a = db::connect(&conn).await.unwrap();
+    let tx = a.transaction().await.unwrap();
+    tx.execute("SELECT pg_advisory_xact_lock_shared(1668048001, 1)", &[])
+        .await
+        .unwrap();
+    tx.execute(
+        "INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type, schema_version, payload)
+         VALUES ('default', 'counter', $1, 1, 'Counted', 1, '{}')",
+        &[&Uuid::now_v7()],
+    )
+    .await
+    .unwrap();
+    append_counter_events(&store, Uuid::now_v7(), 0, 1).await;
+    tx.rollback().await.unwrap();
+    let reader = db::connect(&conn).await.unwrap();
+    let events = global::read_batch(&reader, Cursor::default(), &["counter"], 100)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+}
