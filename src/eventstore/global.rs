@@ -19,7 +19,7 @@
 
 use tokio_postgres::GenericClient;
 
-use super::{recorded_event, RecordedEvent, StoreError};
+use super::{recorded_event, RecordedEvent, StoreError, Xid8};
 
 /// Smallest xid8 (as bigint) that an in-flight event writer may hold.
 const HORIZON_SQL: &str = "\
@@ -39,15 +39,15 @@ writers AS (
 dist AS (
     SELECT s.nx, ((s.nx % 4294967296) - w.x32 + 4294967296) % 4294967296 AS d
       FROM snap s LEFT JOIN writers w ON true)
-SELECT LEAST(min(nx), min(nx - d) FILTER (WHERE d BETWEEN 1 AND 2147483648)) FROM dist";
+SELECT LEAST(min(nx), min(nx - d) FILTER (WHERE d BETWEEN 1 AND 2147483648))::text::xid8 FROM dist";
 
 /// Reads events after the cursor and below the horizon, in global order.
 const READ_SQL: &str = "\
-SELECT position, transaction_id::text::bigint, tenant_id, stream_type, stream_id, stream_version,
+SELECT position, transaction_id, tenant_id, stream_type, stream_id, stream_version,
        event_type, schema_version, payload, metadata, recorded_at
   FROM events
- WHERE (transaction_id, position) > ($1::bigint::text::xid8, $2::bigint)
-   AND transaction_id < $3::bigint::text::xid8
+ WHERE (transaction_id, position) > ($1, $2)
+   AND transaction_id < $3
    AND stream_type = ANY($4)
  ORDER BY transaction_id, position
  LIMIT $5";
@@ -55,7 +55,7 @@ SELECT position, transaction_id::text::bigint, tenant_id, stream_type, stream_id
 /// A place in the global order: the last event read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cursor {
-    pub transaction_id: i64,
+    pub transaction_id: Xid8,
     pub position: i64,
 }
 
@@ -69,7 +69,7 @@ impl From<&RecordedEvent> for Cursor {
 }
 
 /// The horizon: every event writer with a smaller transaction id has finished.
-pub async fn horizon<C: GenericClient>(client: &C) -> Result<i64, StoreError> {
+pub async fn horizon<C: GenericClient>(client: &C) -> Result<Xid8, StoreError> {
     let row = client.query_one(HORIZON_SQL, &[]).await?;
     Ok(row.try_get(0)?)
 }

@@ -12,6 +12,9 @@
 pub mod codec;
 pub mod global;
 pub mod signal;
+mod xid8;
+
+pub use xid8::Xid8;
 
 use std::time::Instant;
 
@@ -26,8 +29,8 @@ use crate::telemetry::METRICS;
 #[derive(Debug, Clone)]
 pub struct RecordedEvent {
     pub position: i64,
-    /// Writer's top-level transaction id (`xid8`), the first key of the global order.
-    pub transaction_id: i64,
+    /// Writer's top-level transaction id, the first key of the global order.
+    pub transaction_id: Xid8,
     pub tenant_id: String,
     pub stream_type: String,
     pub stream_id: Uuid,
@@ -141,7 +144,7 @@ idem AS (
 SELECT position, version FROM summary";
 
 const LOAD_STREAM_SQL: &str = "\
-SELECT position, transaction_id::text::bigint, tenant_id, stream_type, stream_id, stream_version,
+SELECT position, transaction_id, tenant_id, stream_type, stream_id, stream_version,
        event_type, schema_version, payload, metadata, recorded_at
   FROM events
  WHERE stream_type = $1 AND stream_id = $2

@@ -68,10 +68,10 @@ impl ProjectionError {
 const ENSURE_CHECKPOINT_SQL: &str =
     "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING";
 const LOCK_CHECKPOINT_SQL: &str = "\
-SELECT last_xid::text::bigint, last_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE";
+SELECT last_xid, last_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE";
 const ADVANCE_SQL: &str = "\
 UPDATE projection_checkpoints
-   SET last_xid = $2::bigint::text::xid8, last_position = $3, events_applied = events_applied + $4,
+   SET last_xid = $2, last_position = $3, events_applied = events_applied + $4,
        updated_at = now(), last_error = NULL
  WHERE name = $1";
 const HEARTBEAT_SQL: &str =
