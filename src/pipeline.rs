@@ -116,7 +116,7 @@ pub async fn load<A: EventSourced>(
     let mut position = 0;
     for e in store.load_stream(A::STREAM_TYPE, id).await? {
         let event =
-            codec::decode::<A::Event>(&e.event_type, e.schema_version, e.payload, A::upcasters())?;
+            codec::decode::<A::Event>(&e.event_type, e.schema_version, &e.payload, A::upcasters())?;
         aggregate.apply(event);
         version = e.stream_version;
         position = e.position;

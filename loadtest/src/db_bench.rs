@@ -57,7 +57,10 @@ async fn fresh_database(db: &Db) -> anyhow::Result<String> {
                 Ok(c)
             })
             .await??;
-            (cluster.connection_string_for("postgres"), cluster.connection_string_for(&name))
+            (
+                cluster.connection_string_for("postgres"),
+                cluster.connection_string_for(&name),
+            )
         }
     };
     db::ensure_database(&maintenance, &name).await?;
@@ -68,7 +71,9 @@ async fn fresh_database(db: &Db) -> anyhow::Result<String> {
 /// Key/value connection strings take a trailing `dbname=` override; URLs get it as a path.
 fn url_with_db(url: &str, name: &str) -> String {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+        let (base, query) = url
+            .split_once('?')
+            .map_or((url, None), |(b, q)| (b, Some(q)));
         let base = match base.rfind('/') {
             Some(i) if i > "postgresql://".len() => &base[..i],
             _ => base,
@@ -97,9 +102,11 @@ fn metadata() -> Value {
     json!({"command_id": id, "correlation_id": id, "causation_id": id, "actor": "bench", "tenant_id": "default"})
 }
 
-const RAW_ONE_SQL: &str = "INSERT INTO raw_events (tenant_id, stream_type, stream_id, stream_version, event_type, \
+const RAW_ONE_SQL: &str =
+    "INSERT INTO raw_events (tenant_id, stream_type, stream_id, stream_version, event_type, \
      schema_version, payload, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-const RAW_MANY_SQL: &str = "INSERT INTO raw_events (tenant_id, stream_type, stream_id, stream_version, event_type, \
+const RAW_MANY_SQL: &str =
+    "INSERT INTO raw_events (tenant_id, stream_type, stream_id, stream_version, event_type, \
      schema_version, payload, metadata) SELECT $1, $2, $3, u.v, $5, $6, u.p, $7 \
      FROM unnest($4::bigint[], $8::jsonb[]) AS u(v, p)";
 
@@ -120,11 +127,15 @@ where
 }
 
 pub fn store(args: StoreArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let conn = fresh_database(&args.db).await?;
         let admin = db::connect(&conn).await?;
-        admin.batch_execute("CREATE TABLE raw_events (LIKE events INCLUDING ALL)").await?;
+        admin
+            .batch_execute("CREATE TABLE raw_events (LIKE events INCLUDING ALL)")
+            .await?;
         let n = args.connections;
         let secs = args.seconds;
         println!("store benchmark: {n} connections, {secs} s per phase, same database, same run");
@@ -139,7 +150,16 @@ pub fn store(args: StoreArgs) -> anyhow::Result<()> {
                     let p = payload(i as u64 * 1_000_000 + rows);
                     c.execute(
                         &stmt,
-                        &[&"default", &"budget", &uuid::Uuid::now_v7(), &1_i64, &"BudgetCreated", &2_i32, &p, &metadata()],
+                        &[
+                            &"default",
+                            &"budget",
+                            &uuid::Uuid::now_v7(),
+                            &1_i64,
+                            &"BudgetCreated",
+                            &2_i32,
+                            &p,
+                            &metadata(),
+                        ],
                     )
                     .await?;
                     rows += 1;
@@ -156,8 +176,11 @@ pub fn store(args: StoreArgs) -> anyhow::Result<()> {
             async move {
                 let mut rows = 0u64;
                 while Instant::now() < until {
-                    let events =
-                        vec![NewEvent { event_type: "BudgetCreated".into(), schema_version: 2, payload: payload(i as u64 * 1_000_000 + rows) }];
+                    let events = vec![NewEvent {
+                        event_type: "BudgetCreated".into(),
+                        schema_version: 2,
+                        payload: payload(i as u64 * 1_000_000 + rows),
+                    }];
                     store
                         .append(AppendRequest {
                             tenant_id: "default",
@@ -188,10 +211,21 @@ pub fn store(args: StoreArgs) -> anyhow::Result<()> {
                 let versions: Vec<i64> = (1..=100).collect();
                 let mut rows = 0u64;
                 while Instant::now() < until {
-                    let payloads: Vec<Value> = (0..100).map(|k| payload(i as u64 * 1_000_000 + rows + k)).collect();
+                    let payloads: Vec<Value> = (0..100)
+                        .map(|k| payload(i as u64 * 1_000_000 + rows + k))
+                        .collect();
                     c.execute(
                         &stmt,
-                        &[&"default", &"budget", &uuid::Uuid::now_v7(), &versions, &"BudgetCreated", &2_i32, &metadata(), &payloads],
+                        &[
+                            &"default",
+                            &"budget",
+                            &uuid::Uuid::now_v7(),
+                            &versions,
+                            &"BudgetCreated",
+                            &2_i32,
+                            &metadata(),
+                            &payloads,
+                        ],
                     )
                     .await?;
                     rows += 100;
@@ -251,11 +285,14 @@ SELECT 'default', 'budget', gen_random_uuid(), 1, 'BudgetCreated', 2,
        '{}'::jsonb
   FROM generate_series($1::bigint, $2::bigint) g";
 
-const COPY_COLUMNS: &str = "id, tenant_id, version, name, amount, currency, period, budget_type, start_date, end_date, \
+const COPY_COLUMNS: &str =
+    "id, tenant_id, version, name, amount, currency, period, budget_type, start_date, end_date, \
      tag_filter, service_filter, alert_thresholds, account, created_at, updated_at, last_position";
 
 pub fn catchup(args: CatchupArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let conn = fresh_database(&args.db).await?;
         let mut admin = db::connect(&conn).await?;

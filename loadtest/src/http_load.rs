@@ -50,7 +50,14 @@ impl Worker {
             .connector(awc::Connector::new().limit(1))
             .timeout(Duration::from_secs(30))
             .finish();
-        Self { client, base: base.to_owned(), report: Report::default(), mine: Vec::new(), last_position: 0, n: seed }
+        Self {
+            client,
+            base: base.to_owned(),
+            report: Report::default(),
+            mine: Vec::new(),
+            last_position: 0,
+            n: seed,
+        }
     }
 
     fn fail(&mut self, op: &'static str, status: String) {
@@ -60,11 +67,19 @@ impl Worker {
     async fn create(&mut self) -> Option<i64> {
         self.n += 1;
         let started = Instant::now();
-        let res = self.client.post(format!("{}/api/v1/budgets", self.base)).send_json(&budget(self.n)).await;
+        let res = self
+            .client
+            .post(format!("{}/api/v1/budgets", self.base))
+            .send_json(&budget(self.n))
+            .await;
         match res {
             Ok(mut r) if r.status() == 201 => {
                 let body: Value = r.json().await.ok()?;
-                self.report.ok.entry("create").or_default().add(started.elapsed());
+                self.report
+                    .ok
+                    .entry("create")
+                    .or_default()
+                    .add(started.elapsed());
                 let id = body["id"].as_str()?.to_owned();
                 let pos = body["position"].as_i64()?;
                 self.last_position = pos;
@@ -83,7 +98,9 @@ impl Worker {
     }
 
     async fn update(&mut self) {
-        let Some((id, version)) = self.mine.last().cloned() else { return };
+        let Some((id, version)) = self.mine.last().cloned() else {
+            return;
+        };
         self.n += 1;
         let started = Instant::now();
         let res = self
@@ -95,7 +112,11 @@ impl Worker {
         match res {
             Ok(mut r) if r.status() == 200 => {
                 if let Ok(body) = r.json::<Value>().await {
-                    self.report.ok.entry("update").or_default().add(started.elapsed());
+                    self.report
+                        .ok
+                        .entry("update")
+                        .or_default()
+                        .add(started.elapsed());
                     self.last_position = body["position"].as_i64().unwrap_or(self.last_position);
                     if let Some(last) = self.mine.last_mut() {
                         last.1 = body["version"].as_i64().unwrap_or(version + 1);
@@ -114,7 +135,10 @@ impl Worker {
         }
         let (id, _) = self.mine[pick % self.mine.len()].clone();
         let started = Instant::now();
-        let url = format!("{}/api/v1/budgets/{id}?min_position={}", self.base, self.last_position);
+        let url = format!(
+            "{}/api/v1/budgets/{id}?min_position={}",
+            self.base, self.last_position
+        );
         match self.client.get(url).send().await {
             Ok(mut r) if r.status() == 200 => {
                 let _ = r.body().await;
@@ -144,7 +168,11 @@ impl Worker {
         match self.client.get(url).send().await {
             Ok(mut r) if r.status() == 200 => {
                 let _ = r.body().limit(1 << 24).await;
-                self.report.ok.entry("list").or_default().add(started.elapsed());
+                self.report
+                    .ok
+                    .entry("list")
+                    .or_default()
+                    .add(started.elapsed());
             }
             Ok(r) => self.fail("list", r.status().as_u16().to_string()),
             Err(e) => self.fail("list", format!("io: {e}")),
@@ -168,7 +196,7 @@ async fn worker(base: String, scenario: String, seed: u64, until: Instant) -> Re
                 w.create().await;
             }
             "read-heavy" => {
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     w.list().await;
                 } else {
                     w.read("get", i).await;
@@ -211,7 +239,11 @@ async fn lag(base: String, rate: u64, until: Instant) -> Report {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let known = ["write-heavy", "read-heavy", "mixed", "lag"];
-    anyhow::ensure!(known.contains(&args.scenario.as_str()), "unknown scenario {:?}; one of {known:?}", args.scenario);
+    anyhow::ensure!(
+        known.contains(&args.scenario.as_str()),
+        "unknown scenario {:?}; one of {known:?}",
+        args.scenario
+    );
     actix_rt::System::new().block_on(async move {
         let started = Instant::now();
         let until = started + Duration::from_secs(args.seconds);
@@ -220,7 +252,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report = lag(args.url.clone(), args.rate, until).await;
         } else {
             let tasks: Vec<_> = (0..args.connections)
-                .map(|c| actix_rt::spawn(worker(args.url.clone(), args.scenario.clone(), c as u64 + 1, until)))
+                .map(|c| {
+                    actix_rt::spawn(worker(
+                        args.url.clone(),
+                        args.scenario.clone(),
+                        c as u64 + 1,
+                        until,
+                    ))
+                })
                 .collect();
             for t in tasks {
                 report.merge(t.await?);
@@ -230,7 +269,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "scenario {} connections {} duration {:.1}s",
             args.scenario,
-            if args.scenario == "lag" { 1 } else { args.connections },
+            if args.scenario == "lag" {
+                1
+            } else {
+                args.connections
+            },
             elapsed.as_secs_f64()
         );
         report.print(elapsed);

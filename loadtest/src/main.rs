@@ -1,11 +1,11 @@
 //! cloudlens load generator and benchmarks.
 //!
-//! - `http`     drives a running server over HTTP (named scenarios) and prints throughput
-//!              and p50/p95/p99 per operation, errors by status;
-//! - `store`    appends events through the event store and, in the same run, raw INSERTs
-//!              of identical rows into an identically shaped table (1 and 100 per txn);
-//! - `catchup`  replays N budget events into a fresh read model (a rebuild) and, in the
-//!              same run, COPYs N identical rows into an identically shaped table.
+//! - `http` drives a running server over HTTP (named scenarios) and prints throughput
+//!   and p50/p95/p99 per operation, errors by status;
+//! - `store` appends events through the event store and, in the same run, raw INSERTs
+//!   of identical rows into an identically shaped table (1 and 100 per txn);
+//! - `catchup` replays N budget events into a fresh read model (a rebuild) and, in the
+//!   same run, COPYs N identical rows into an identically shaped table.
 //!
 //! Numbers are printed, never asserted: see loadtest/RESULTS.md and loadtest/run.sh.
 

@@ -50,7 +50,10 @@ impl Report {
     }
 
     pub fn print(&mut self, elapsed: Duration) {
-        println!("{:<14} {:>9} {:>10} {:>9} {:>9} {:>9}", "operation", "ok", "req/s", "p50 ms", "p95 ms", "p99 ms");
+        println!(
+            "{:<14} {:>9} {:>10} {:>9} {:>9} {:>9}",
+            "operation", "ok", "req/s", "p50 ms", "p95 ms", "p99 ms"
+        );
         let secs = elapsed.as_secs_f64();
         for (op, s) in self.ok.iter_mut() {
             let n = s.len();

@@ -346,7 +346,8 @@ mod tests {
             "start_date": "2024-01-01", "end_date": null, "tag_filter": {}, "service_filter": [],
             "thresholds": ["50", "90"], "account": null
         });
-        let e: BudgetEvent = codec::decode("BudgetCreated", 1, v1, Budget::upcasters()).unwrap();
+        let raw = serde_json::value::to_raw_value(&v1).unwrap();
+        let e: BudgetEvent = codec::decode("BudgetCreated", 1, &raw, Budget::upcasters()).unwrap();
         let BudgetEvent::BudgetCreated(d) = e else {
             panic!("wrong variant")
         };
@@ -364,10 +365,11 @@ mod tests {
             BudgetEvent::BudgetDeleted {},
         ] {
             let row = codec::encode(&e).unwrap();
+            let raw = serde_json::value::to_raw_value(&row.payload).unwrap();
             let back: BudgetEvent = codec::decode(
                 &row.event_type,
                 row.schema_version,
-                row.payload,
+                &raw,
                 Budget::upcasters(),
             )
             .unwrap();

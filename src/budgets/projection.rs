@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde_json::Value;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
@@ -37,6 +39,66 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE budgets_view.version < EXCLUDED.version";
 
 const DELETE_SQL: &str = "DELETE FROM budgets_view WHERE id = ANY($1)";
+const COPY_SQL: &str = "COPY budgets_view (id, tenant_id, version, name, amount, currency, period, budget_type, \
+     start_date, end_date, tag_filter, service_filter, alert_thresholds, account, created_at, updated_at, \
+     last_position) FROM STDIN BINARY";
+const COPY_TYPES: [Type; 17] = [
+    Type::UUID,
+    Type::TEXT,
+    Type::INT8,
+    Type::TEXT,
+    Type::NUMERIC,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::DATE,
+    Type::DATE,
+    Type::JSONB,
+    Type::JSONB,
+    Type::JSONB,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::INT8,
+];
+
+async fn copy_new(tx: &Transaction<'_>, rows: Vec<(Uuid, Upsert<'_>)>) -> anyhow::Result<()> {
+    let sink = tx.copy_in(COPY_SQL).await?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    futures::pin_mut!(writer);
+    for (id, u) in rows {
+        let d = u.details;
+        let created_at = u.created_at.unwrap_or(u.updated_at);
+        writer
+            .as_mut()
+            .write(&[
+                &id,
+                &u.tenant,
+                &u.version,
+                &d.name,
+                &d.amount,
+                &d.currency,
+                &d.period.as_str(),
+                &d.budget_type.as_str(),
+                &d.start_date,
+                &d.end_date,
+                &Value::Object(d.tag_filter),
+                &Value::from(d.service_filter),
+                &thresholds_json(&d.alert_thresholds),
+                &d.account,
+                &created_at,
+                &u.updated_at,
+                &u.position,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+fn thresholds_json(t: &[Decimal]) -> Value {
+    Value::from(t.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+}
 
 pub struct BudgetsProjection;
 
@@ -75,7 +137,7 @@ impl Projection for BudgetsProjection {
             let event: BudgetEvent = codec::decode(
                 &e.event_type,
                 e.schema_version,
-                e.payload.clone(),
+                &e.payload,
                 Budget::upcasters(),
             )?;
             let created_at = match (&event, last.get(&e.stream_id)) {
@@ -99,12 +161,25 @@ impl Projection for BudgetsProjection {
             last.insert(e.stream_id, change);
         }
         let mut deletes = Vec::new();
-        let mut cols = Columns::default();
+        let mut upserts = Vec::new();
         for (id, change) in last {
             match change {
-                Change::Upsert(u) => cols.push(id, *u),
+                Change::Upsert(u) => upserts.push((id, *u)),
                 Change::Delete => deletes.push(id),
             }
+        }
+        // A budget whose `BudgetCreated` is in this batch cannot be in the view yet (that
+        // is its stream's first event, and batches are applied exactly once): those rows —
+        // nearly all rows of a rebuild — are written with binary COPY, the rest upserted.
+        let (insert, update): (Vec<_>, Vec<_>) = upserts
+            .into_iter()
+            .partition(|(_, u)| u.created_at.is_some());
+        if !insert.is_empty() {
+            copy_new(tx, insert).await?;
+        }
+        let mut cols = Columns::default();
+        for (id, u) in update {
+            cols.push(id, u);
         }
         if !cols.id.is_empty() {
             tx.execute(

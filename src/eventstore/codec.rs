@@ -6,6 +6,7 @@
 //! order until the payload has the current shape, so old events never need rewriting.
 
 use cqrs_es::DomainEvent;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::NewEvent;
@@ -53,14 +54,28 @@ pub fn encode<E: DomainEvent>(event: &E) -> Result<NewEvent, CodecError> {
 }
 
 /// Rebuilds a typed event from its row parts, upcasting older schema versions first.
+/// Events already at their current version are parsed straight from the stored text.
 pub fn decode<E: DomainEvent>(
     event_type: &str,
     schema_version: i32,
-    payload: Value,
+    payload: &RawValue,
     upcasters: &[Upcaster],
 ) -> Result<E, CodecError> {
+    let err = |source| CodecError::Decode {
+        event_type: event_type.to_owned(),
+        schema_version,
+        source,
+    };
+    let needs_upcast = upcasters
+        .iter()
+        .any(|u| u.event_type == event_type && u.from_version == schema_version);
+    if !needs_upcast {
+        let tag = serde_json::to_string(event_type).map_err(err)?;
+        let tagged = format!("{{\"type\":{tag},\"data\":{}}}", payload.get());
+        return serde_json::from_str(&tagged).map_err(err);
+    }
     let mut version = schema_version;
-    let mut data = payload;
+    let mut data: Value = serde_json::from_str(payload.get()).map_err(err)?;
     while let Some(u) = upcasters
         .iter()
         .find(|u| u.event_type == event_type && u.from_version == version)
@@ -68,11 +83,5 @@ pub fn decode<E: DomainEvent>(
         data = (u.upcast)(data);
         version += 1;
     }
-    serde_json::from_value(json!({ "type": event_type, "data": data })).map_err(|source| {
-        CodecError::Decode {
-            event_type: event_type.to_owned(),
-            schema_version,
-            source,
-        }
-    })
+    serde_json::from_value(json!({ "type": event_type, "data": data })).map_err(err)
 }

@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use crate::telemetry::METRICS;
@@ -37,7 +39,8 @@ pub struct RecordedEvent {
     pub stream_version: i64,
     pub event_type: String,
     pub schema_version: i32,
-    pub payload: Value,
+    /// Kept as raw JSON: decoding straight into the typed event is what makes replays fast.
+    pub payload: Box<RawValue>,
     pub metadata: Value,
     pub recorded_at: DateTime<Utc>,
 }
@@ -273,7 +276,7 @@ pub(crate) fn recorded_event(row: &tokio_postgres::Row) -> Result<RecordedEvent,
         stream_version: row.try_get(5)?,
         event_type: row.try_get(6)?,
         schema_version: row.try_get(7)?,
-        payload: row.try_get(8)?,
+        payload: row.try_get::<_, Json<Box<RawValue>>>(8)?.0,
         metadata: row.try_get(9)?,
         recorded_at: row.try_get(10)?,
     })

@@ -147,7 +147,7 @@ pub struct StreamEvent {
     pub event_type: String,
     pub schema_version: i32,
     #[schema(value_type = Object)]
-    pub data: serde_json::Value,
+    pub data: Box<serde_json::value::RawValue>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     pub recorded_at: chrono::DateTime<chrono::Utc>,

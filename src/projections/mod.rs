@@ -87,6 +87,31 @@ pub struct BatchOutcome {
     pub last_position: Option<i64>,
 }
 
+/// Reads the next batch on a second connection while the current one is being applied,
+/// so reading and writing overlap during catch-up and rebuilds. A prefetched batch is used
+/// only if the checkpoint (locked by the batch transaction) is exactly where the
+/// prefetch started; otherwise it is dropped and the batch is read again.
+pub struct Prefetch {
+    reader: Client,
+    next: Option<(Cursor, Vec<RecordedEvent>)>,
+}
+
+impl Prefetch {
+    pub async fn connect(conn: &str) -> Result<Self, ProjectionError> {
+        Ok(Self {
+            reader: crate::db::connect(conn).await?,
+            next: None,
+        })
+    }
+
+    fn take_from(&mut self, after: Cursor) -> Option<Vec<RecordedEvent>> {
+        match self.next.take() {
+            Some((from, events)) if from == after => Some(events),
+            _ => None,
+        }
+    }
+}
+
 /// Applies one batch within `tx`: lock the checkpoint, read, apply, advance. The caller
 /// commits (so a rebuild's final catch-up can share the swap transaction).
 pub async fn apply_batch(
@@ -94,6 +119,7 @@ pub async fn apply_batch(
     projection: &dyn Projection,
     checkpoint: &str,
     batch_size: i64,
+    mut prefetch: Option<&mut Prefetch>,
 ) -> Result<BatchOutcome, ProjectionError> {
     tx.execute(ENSURE_CHECKPOINT_SQL, &[&checkpoint]).await?;
     let row = tx.query_one(LOCK_CHECKPOINT_SQL, &[&checkpoint]).await?;
@@ -101,22 +127,37 @@ pub async fn apply_batch(
         transaction_id: row.try_get(0)?,
         position: row.try_get(1)?,
     };
-    let events = global::read_batch(tx, after, projection.stream_types(), batch_size).await?;
+    let types = projection.stream_types();
+    let events = match prefetch.as_deref_mut().and_then(|p| p.take_from(after)) {
+        Some(events) => events,
+        None => global::read_batch(tx, after, types, batch_size).await?,
+    };
     let Some(last) = events.last() else {
         return Ok(BatchOutcome::default());
     };
     let last = Cursor::from(last);
-    projection
-        .apply(tx, &events)
-        .await
-        .map_err(|source| ProjectionError::Apply {
-            name: projection.name(),
-            source,
-        })?;
-    let applied = events.len() as i64;
+    let full = events.len() as i64 >= batch_size;
+    let read_ahead = async {
+        match prefetch {
+            Some(p) if full => {
+                // A failed read-ahead only costs a re-read inside the next batch.
+                p.next = global::read_batch(&p.reader, last, types, batch_size)
+                    .await
+                    .ok()
+                    .map(|ev| (last, ev));
+            }
+            _ => {}
+        }
+    };
+    let (applied, ()) = tokio::join!(projection.apply(tx, &events), read_ahead);
+    applied.map_err(|source| ProjectionError::Apply {
+        name: projection.name(),
+        source,
+    })?;
+    let count = events.len() as i64;
     tx.execute(
         ADVANCE_SQL,
-        &[&checkpoint, &last.transaction_id, &last.position, &applied],
+        &[&checkpoint, &last.transaction_id, &last.position, &count],
     )
     .await?;
     Ok(BatchOutcome {
@@ -125,15 +166,22 @@ pub async fn apply_batch(
     })
 }
 
+/// Projector batches need no fsync of their own: the read-model writes and the checkpoint
+/// commit together, so a commit lost in a crash is simply applied again. (A projection
+/// with effects outside this database must not rely on this.)
+pub(crate) const ASYNC_COMMIT_SQL: &str = "SET LOCAL synchronous_commit = off";
+
 /// One batch in its own transaction.
 pub async fn run_batch(
     client: &mut Client,
     projection: &dyn Projection,
     batch_size: i64,
+    prefetch: Option<&mut Prefetch>,
 ) -> Result<BatchOutcome, ProjectionError> {
     let started = Instant::now();
     let tx = client.transaction().await?;
-    let outcome = apply_batch(&tx, projection, projection.name(), batch_size).await?;
+    tx.batch_execute(ASYNC_COMMIT_SQL).await?;
+    let outcome = apply_batch(&tx, projection, projection.name(), batch_size, prefetch).await?;
     tx.commit().await?;
     if outcome.applied > 0 {
         let name = projection.name();
@@ -226,6 +274,7 @@ async fn lead(
         }
     }
     tracing::info!(projector = name, "this process now runs the projector");
+    let mut prefetch = Prefetch::connect(&cfg.conn).await?;
     METRICS.projector_leader.with_label_values(&[name]).set(1);
     let mut last_beat = Instant::now() - Duration::from_secs(60);
     loop {
@@ -237,7 +286,8 @@ async fn lead(
             last_beat = Instant::now();
         }
         wake.mark_unchanged();
-        let outcome = run_batch(&mut client, projection, cfg.batch_size).await?;
+        let outcome =
+            run_batch(&mut client, projection, cfg.batch_size, Some(&mut prefetch)).await?;
         if outcome.applied > 0 {
             cfg.progress.send_modify(|n| *n = n.wrapping_add(1));
         }

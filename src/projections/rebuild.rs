@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 
-use super::{apply_batch, Projection, ProjectionError};
+use super::{apply_batch, Prefetch, Projection, ProjectionError, ASYNC_COMMIT_SQL};
 use crate::telemetry::METRICS;
 
 /// Session lock keeping two rebuilds of one projector apart (namespace, name).
@@ -70,6 +70,7 @@ pub struct RebuildReport {
 /// A rebuild that holds its lock and can be run now or handed to a task.
 pub struct Rebuild {
     client: Client,
+    conn: String,
     projection: std::sync::Arc<dyn Projection>,
 }
 
@@ -89,7 +90,11 @@ impl Rebuild {
         if !got {
             return Err(RebuildError::InProgress(projection.name().to_owned()));
         }
-        Ok(Self { client, projection })
+        Ok(Self {
+            client,
+            conn: conn.to_owned(),
+            projection,
+        })
     }
 
     /// Replays the log into the shadow tables and swaps them in.
@@ -137,11 +142,20 @@ impl Rebuild {
         tracing::info!(projector = name, "rebuild started");
 
         let search_path = format!("SET LOCAL search_path = {shadow_schema}, public");
+        let mut prefetch = Prefetch::connect(&self.conn).await?;
         let mut events = 0_u64;
         loop {
             let tx = client.transaction().await?;
-            tx.batch_execute(&search_path).await?;
-            let outcome = apply_batch(&tx, &*p, &shadow_checkpoint, batch_size).await?;
+            tx.batch_execute(&format!("{search_path}; {ASYNC_COMMIT_SQL}"))
+                .await?;
+            let outcome = apply_batch(
+                &tx,
+                &*p,
+                &shadow_checkpoint,
+                batch_size,
+                Some(&mut prefetch),
+            )
+            .await?;
             tx.commit().await?;
             events += outcome.applied as u64;
             if let Some(pos) = outcome.last_position {
@@ -158,7 +172,7 @@ impl Rebuild {
         tx.query_one(LOCK_LIVE_SQL, &[&name]).await?;
         tx.batch_execute(&search_path).await?;
         loop {
-            let outcome = apply_batch(&tx, &*p, &shadow_checkpoint, batch_size).await?;
+            let outcome = apply_batch(&tx, &*p, &shadow_checkpoint, batch_size, None).await?;
             events += outcome.applied as u64;
             if (outcome.applied as i64) < batch_size {
                 break;
