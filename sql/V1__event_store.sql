@@ -15,7 +15,9 @@ CREATE TABLE events (
     payload         jsonb       NOT NULL,
     metadata        jsonb       NOT NULL DEFAULT '{}'::jsonb,
     recorded_at     timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT events_stream_version_unique UNIQUE (stream_type, stream_id, stream_version)
+    -- stream_id leads: an index led by stream_type would tempt the planner into scanning
+    -- every event of a type when it filters the global read by type.
+    CONSTRAINT events_stream_version_unique UNIQUE (stream_id, stream_type, stream_version)
 );
 
 CREATE INDEX events_global_order ON events (transaction_id, position);

@@ -125,7 +125,7 @@ pub async fn load<A: EventSourced>(
 }
 
 /// Runs one command against stream `id` of aggregate `A`.
-#[tracing::instrument(name = "command", skip_all, fields(command = command_type, stream_id = %id))]
+#[tracing::instrument(name = "command", level = "debug", skip_all, fields(command = command_type, stream_id = %id))]
 pub async fn execute<A: EventSourced>(
     store: &EventStore,
     ctx: &CommandContext,

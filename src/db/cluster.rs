@@ -21,7 +21,7 @@ pub const DB_NAME: &str = "cloudlens";
 /// Settings written into the cluster at every start (`include_if_exists` from postgresql.conf).
 const CLUSTER_CONF: &str = "\
 listen_addresses = ''
-shared_preload_libraries = 'timescaledb'
+shared_preload_libraries = 'timescaledb,pg_stat_statements'
 timescaledb.telemetry_level = off
 max_connections = 300
 shared_buffers = '512MB'

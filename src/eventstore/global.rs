@@ -47,8 +47,11 @@ SELECT position, transaction_id, tenant_id, stream_type, stream_id, stream_versi
        event_type, schema_version, payload, metadata, recorded_at
   FROM events
  WHERE (transaction_id, position) > ($1, $2)
+   AND transaction_id >= $1 -- redundant, but lets the planner see how few rows qualify
    AND transaction_id < $3
-   AND stream_type = ANY($4)
+   -- `IS TRUE` keeps this a filter: with stale statistics the planner was seen scanning
+   -- the stream index for every event of a type instead of walking the global order.
+   AND (stream_type = ANY($4)) IS TRUE
  ORDER BY transaction_id, position
  LIMIT $5";
 

@@ -174,7 +174,7 @@ impl EventStore {
 
     /// Appends the events of one command atomically. Fails with [`StoreError::Conflict`]
     /// when the stream moved past `expected_version`, writing nothing.
-    #[tracing::instrument(name = "store.append", skip_all, fields(stream_type = req.stream_type, stream_id = %req.stream_id, events = req.events.len()))]
+    #[tracing::instrument(name = "store.append", level = "debug", skip_all, fields(stream_type = req.stream_type, stream_id = %req.stream_id, events = req.events.len()))]
     pub async fn append(&self, req: AppendRequest<'_>) -> Result<Appended, StoreError> {
         let started = Instant::now();
         let client = self.pool.get().await?;
@@ -233,7 +233,7 @@ impl EventStore {
     }
 
     /// All events of one stream, in version order.
-    #[tracing::instrument(name = "store.load_stream", skip(self))]
+    #[tracing::instrument(name = "store.load_stream", level = "debug", skip(self))]
     pub async fn load_stream(
         &self,
         stream_type: &str,

@@ -16,8 +16,10 @@ SELECT EXISTS (SELECT 1 FROM events WHERE position = $1),
        EXISTS (SELECT 1 FROM projection_checkpoints WHERE name = $2)
        AND NOT EXISTS (
            SELECT 1 FROM events p, projection_checkpoints c, events e
-            WHERE p.position = $1 AND c.name = $2 AND e.stream_type = ANY($3)
+            WHERE p.position = $1 AND c.name = $2
+              AND (e.stream_type = ANY($3)) IS TRUE -- a filter, never an index scan (global.rs)
               AND (e.transaction_id, e.position) > (c.last_xid, c.last_position)
+              AND e.transaction_id >= c.last_xid AND e.transaction_id <= p.transaction_id
               AND (e.transaction_id, e.position) <= (p.transaction_id, p.position))";
 
 /// Waits until `projection` has applied everything up to `min_position`.

@@ -13,16 +13,23 @@ use super::AppState;
 use crate::eventstore::IdempotencyRecord;
 use crate::pipeline::CommandContext;
 
-/// A JSON request body: content type checked, size limited, syntax checked.
+/// A JSON request body: content type checked, size limited.
 pub struct JsonBody {
     pub bytes: web::Bytes,
-    value: serde_json::Value,
 }
 
 impl JsonBody {
-    /// Deserialises into `T`; a type or missing-field error names the field (422).
+    /// Deserialises into `T` in one pass: a syntax error is 400 `malformed_json`, a type
+    /// or missing-field error names the field (422).
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
-        serde_path_to_error::deserialize(&self.value).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(&self.bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            if matches!(
+                e.inner().classify(),
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+            ) {
+                return ApiError::MalformedJson(format!("body is not valid JSON: {}", e.inner()));
+            }
             let path = e.path().to_string();
             let field = if path == "." { String::new() } else { path };
             let message = e.into_inner().to_string();
@@ -37,7 +44,10 @@ impl JsonBody {
                 field
             };
             ApiError::validation(field, message)
-        })
+        })?;
+        de.end()
+            .map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
+        Ok(value)
     }
 }
 
@@ -74,9 +84,7 @@ impl FromRequest for JsonBody {
                     ApiError::MalformedJson(format!("cannot read the body: {e}"))
                 }
             })?;
-            let value = serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::MalformedJson(format!("body is not valid JSON: {e}")))?;
-            Ok(JsonBody { bytes, value })
+            Ok(JsonBody { bytes })
         })
     }
 }

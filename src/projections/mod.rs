@@ -77,6 +77,8 @@ UPDATE projection_checkpoints
 const HEARTBEAT_SQL: &str =
     "UPDATE projection_checkpoints SET heartbeat_at = now(), owner = $2 WHERE name = $1";
 const RECORD_ERROR_SQL: &str = "UPDATE projection_checkpoints SET last_error = $2 WHERE name = $1";
+/// Shortest time between the starts of two batches of a caught-up projector.
+const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// Session lock that elects the one runner of a projector (two-key form: namespace, name).
 const TRY_LEAD_SQL: &str = "SELECT pg_try_advisory_lock(1668048002, hashtext($1))";
 
@@ -121,7 +123,6 @@ pub async fn apply_batch(
     batch_size: i64,
     mut prefetch: Option<&mut Prefetch>,
 ) -> Result<BatchOutcome, ProjectionError> {
-    tx.execute(ENSURE_CHECKPOINT_SQL, &[&checkpoint]).await?;
     let row = tx.query_one(LOCK_CHECKPOINT_SQL, &[&checkpoint]).await?;
     let after = Cursor {
         transaction_id: row.try_get(0)?,
@@ -277,6 +278,7 @@ async fn lead(
     let mut prefetch = Prefetch::connect(&cfg.conn).await?;
     METRICS.projector_leader.with_label_values(&[name]).set(1);
     let mut last_beat = Instant::now() - Duration::from_secs(60);
+    let mut last_batch = Instant::now() - MIN_BATCH_INTERVAL;
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -285,6 +287,12 @@ async fn lead(
             client.execute(HEARTBEAT_SQL, &[&name, &cfg.owner]).await?;
             last_beat = Instant::now();
         }
+        // Under a steady stream of appends, wait a moment so one batch carries many events
+        // (each batch has a fixed cost); a lone event after a quiet spell goes at once.
+        if let Some(rest) = MIN_BATCH_INTERVAL.checked_sub(last_batch.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+        last_batch = Instant::now();
         wake.mark_unchanged();
         let outcome =
             run_batch(&mut client, projection, cfg.batch_size, Some(&mut prefetch)).await?;

@@ -42,7 +42,8 @@ WITH c AS (SELECT * FROM projection_checkpoints WHERE name = $1),
 pending AS (
     SELECT e.recorded_at FROM events e, c
      WHERE (e.transaction_id, e.position) > (c.last_xid, c.last_position)
-       AND e.stream_type = ANY($2))
+       AND e.transaction_id >= c.last_xid
+       AND (e.stream_type = ANY($2)) IS TRUE) -- a filter, never an index scan (global.rs)
 SELECT c.last_position, c.events_applied, c.owner, c.last_error,
        coalesce(c.heartbeat_at > now() - make_interval(secs => $3), false),
        (SELECT count(*) FROM pending),
