@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-export CLOUDLENS_TEST_DIR=${CLOUDLENS_TEST_DIR:-/tmp/cloudlens-tests-$$}
+OWN_TEST_DIR=0
+if [ -z "${CLOUDLENS_TEST_DIR:-}" ]; then
+  export CLOUDLENS_TEST_DIR=/tmp/cloudlens-tests-$$
+  OWN_TEST_DIR=1
+fi
 mkdir -p "$CLOUDLENS_TEST_DIR"
 chmod 755 "$CLOUDLENS_TEST_DIR"
 cleanup() {
@@ -14,7 +18,8 @@ cleanup() {
     kill -INT "$pid" 2>/dev/null || true
   done
   sleep 1
-  rm -rf "$CLOUDLENS_TEST_DIR"
+  # Only a directory this script made is removed; one given by the caller is left alone.
+  if [ "$OWN_TEST_DIR" = 1 ]; then rm -rf "$CLOUDLENS_TEST_DIR"; fi
 }
 trap cleanup EXIT
 cargo fmt --all -- --check

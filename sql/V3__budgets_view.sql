@@ -22,3 +22,5 @@ CREATE TABLE budgets_view (
 CREATE INDEX budgets_view_tenant_id ON budgets_view (tenant_id, id);
 CREATE INDEX budgets_view_tenant_account ON budgets_view (tenant_id, account, id);
 CREATE INDEX budgets_view_tag_filter ON budgets_view USING gin (tag_filter jsonb_path_ops);
+
+ALTER TABLE budgets_view SET (autovacuum_analyze_scale_factor = 0.02);

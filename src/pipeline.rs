@@ -105,23 +105,44 @@ impl<E: std::error::Error> CommandError<E> {
     }
 }
 
-/// Loads an aggregate by folding its stream; returns it with its version and the
-/// global position of its last event.
+/// An aggregate folded from its stream, with the stream's version and the global
+/// position of its last event.
+pub struct Loaded<A> {
+    pub aggregate: A,
+    pub version: i64,
+    pub position: i64,
+}
+
+/// Loads an aggregate of `tenant` by folding its stream. A stream of another tenant
+/// loads as an empty one: tenants never see, change or learn of each other's streams.
 pub async fn load<A: EventSourced>(
     store: &EventStore,
+    tenant: &str,
     id: Uuid,
-) -> Result<(A, i64, i64), CommandError<A::Error>> {
+) -> Result<Loaded<A>, CommandError<A::Error>> {
     let mut aggregate = A::default();
     let mut version = 0;
     let mut position = 0;
-    for e in store.load_stream(A::STREAM_TYPE, id).await? {
+    let events = store.load_stream(A::STREAM_TYPE, id).await?;
+    if events.first().is_some_and(|e| e.tenant_id != tenant) {
+        return Ok(Loaded {
+            aggregate,
+            version,
+            position,
+        });
+    }
+    for e in events {
         let event =
             codec::decode::<A::Event>(&e.event_type, e.schema_version, &e.payload, A::upcasters())?;
         aggregate.apply(event);
         version = e.stream_version;
         position = e.position;
     }
-    Ok((aggregate, version, position))
+    Ok(Loaded {
+        aggregate,
+        version,
+        position,
+    })
 }
 
 /// Runs one command against stream `id` of aggregate `A`.
@@ -165,12 +186,21 @@ async fn run<A: EventSourced>(
     if let Some(replayed) = replay(store, ctx).await? {
         return Ok((replayed, true));
     }
-    let (aggregate, version, position) = match expect {
-        Expect::New => (A::default(), 0, 0),
-        Expect::Any | Expect::Version(_) => load::<A>(store, id).await?,
+    let Loaded {
+        aggregate,
+        version,
+        position,
+    } = match expect {
+        Expect::New => Loaded {
+            aggregate: A::default(),
+            version: 0,
+            position: 0,
+        },
+        Expect::Any | Expect::Version(_) => load::<A>(store, &ctx.tenant_id, id).await?,
     };
     if let Expect::Version(expected) = expect {
-        if expected != version {
+        // An empty (or foreign) stream is for the aggregate to refuse, not a conflict.
+        if expected != version && version > 0 {
             return Err(CommandError::Conflict {
                 expected: Some(expected),
                 actual: Some(version),
@@ -222,6 +252,14 @@ async fn run<A: EventSourced>(
             },
             false,
         )),
+        // A concurrent retry with the same key may have won on the stream itself.
+        Err(StoreError::Conflict) if ctx.idempotency.is_some() => match replay(store, ctx).await? {
+            Some(r) => Ok((r, true)),
+            None => Err(CommandError::Conflict {
+                expected: Some(version),
+                actual: None,
+            }),
+        },
         Err(StoreError::Conflict) => Err(CommandError::Conflict {
             expected: match expect {
                 Expect::New => Some(0),

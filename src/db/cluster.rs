@@ -21,6 +21,7 @@ pub const DB_NAME: &str = "cloudlens";
 /// Settings written into the cluster at every start (`include_if_exists` from postgresql.conf).
 const CLUSTER_CONF: &str = "\
 listen_addresses = ''
+unix_socket_permissions = 0700
 shared_preload_libraries = 'timescaledb,pg_stat_statements'
 timescaledb.telemetry_level = off
 max_connections = 300
@@ -28,6 +29,7 @@ shared_buffers = '512MB'
 max_wal_size = '4GB'
 checkpoint_timeout = '15min'
 wal_compression = on
+autovacuum_naptime = '10s'
 log_min_messages = warning
 log_line_prefix = '%m [%p] '
 ";

@@ -6,12 +6,12 @@
 //! `(transaction_id, position)` order and only below a **horizon**: the smallest
 //! transaction id that an event writer still in flight may hold.
 //!
-//! Event writers take the shared advisory lock `(1668048001, 1)` before their statement
+//! Event writers take a shared advisory lock `(1668048001, 1..=16)` before their statement
 //! is given a transaction id (`APPEND_SQL`). The horizon statement takes
 //! `N = pg_snapshot_xmax(pg_current_snapshot())` (no transaction that starts after this
-//! has an id below `N`), then reads the lock table: every writer with an id below `N`
-//! already held the advisory lock, so if it is still running it shows up there and
-//! lowers the horizon. Transactions that hold no writer lock — a long report, an idle
+//! has an id below `N`), then reads who holds that lock (pg_locks) and their transaction
+//! ids (pg_stat_activity): every writer with an id below `N` already held the advisory
+//! lock, so if it is still running it shows up there and lowers the horizon. Transactions that hold no writer lock — a long report, an idle
 //! session in another database, vacuum — are ignored, so they cannot stall projectors.
 //! A writer that aborts or crashes releases its locks at once. The events are then read
 //! with a *new* snapshot (the next statement), taken after every writer below the horizon
@@ -24,22 +24,25 @@ use super::{recorded_event, RecordedEvent, StoreError, Xid8};
 /// Smallest xid8 (as bigint) that an in-flight event writer may hold.
 const HORIZON_SQL: &str = "\
 WITH snap AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS nx),
-locks AS MATERIALIZED (
-    SELECT locktype, pid, classid, objid, objsubid, database,
-           transactionid::text::bigint AS x32
-      FROM pg_locks
-     WHERE granted AND locktype IN ('advisory', 'transactionid')),
+holders AS MATERIALIZED (
+    SELECT pid FROM pg_locks
+     WHERE locktype = 'advisory' AND granted
+       AND classid = 1668048001::oid AND objid BETWEEN 1 AND 16 AND objsubid = 2
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())),
 writers AS (
-    SELECT t.x32
-      FROM locks a
-      JOIN locks t ON t.pid = a.pid AND t.locktype = 'transactionid'
-     WHERE a.locktype = 'advisory' AND a.classid = 1668048001::oid AND a.objid = 1::oid
-       AND a.objsubid = 2
-       AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database())),
+    -- backend_xid is published together with the transaction id itself (unlike the
+    -- transaction's own lock in pg_locks, which comes a moment later).
+    SELECT a.backend_xid::text::bigint AS x32
+      FROM pg_stat_activity a JOIN holders h ON h.pid = a.pid
+     WHERE a.backend_xid IS NOT NULL),
 dist AS (
     SELECT s.nx, ((s.nx % 4294967296) - w.x32 + 4294967296) % 4294967296 AS d
       FROM snap s LEFT JOIN writers w ON true)
 SELECT LEAST(min(nx), min(nx - d) FILTER (WHERE d BETWEEN 1 AND 2147483648))::text::xid8 FROM dist";
+
+/// pg_stat_activity is read once per transaction and then cached; the horizon needs it
+/// fresh every time (a rebuild's swap computes several horizons in one transaction).
+const FRESH_ACTIVITY_SQL: &str = "SELECT pg_stat_clear_snapshot()";
 
 /// Reads events after the cursor and below the horizon, in global order.
 const READ_SQL: &str = "\
@@ -73,6 +76,7 @@ impl From<&RecordedEvent> for Cursor {
 
 /// The horizon: every event writer with a smaller transaction id has finished.
 pub async fn horizon<C: GenericClient>(client: &C) -> Result<Xid8, StoreError> {
+    client.execute(FRESH_ACTIVITY_SQL, &[]).await?;
     let row = client.query_one(HORIZON_SQL, &[]).await?;
     Ok(row.try_get(0)?)
 }

@@ -125,9 +125,10 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 /// Takes the shared "event writer" advisory lock before the statement gets a transaction
 /// id, then appends all events and the idempotency record atomically (one statement, one
 /// round trip). The lock is what lets readers tell event writers from unrelated
-/// transactions (ADR 0001); its keys are repeated in `global::HORIZON_SQL`.
+/// transactions (ADR 0001); its keys are repeated in `global::HORIZON_SQL`. Writers spread
+/// over 16 lock keys (by backend pid) so they do not all queue on one lock-table partition.
 const APPEND_SQL: &str = "\
-WITH writer AS (SELECT pg_advisory_xact_lock_shared(1668048001, 1)),
+WITH writer AS (SELECT pg_advisory_xact_lock_shared(1668048001, 1 + pg_backend_pid() % 16)),
 ins AS (
     INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type,
                         schema_version, payload, metadata)

@@ -126,7 +126,10 @@ pub async fn rebuild(
             RebuildError::InProgress(n) => {
                 ApiError::RebuildInProgress(format!("a rebuild of {n} is already running"))
             }
-            RebuildError::Projection(p) => ApiError::Unavailable(p.to_string()),
+            RebuildError::Projection(p) if p.is_unavailable() => {
+                ApiError::Unavailable(p.to_string())
+            }
+            other => ApiError::Internal(other.into()),
         })?;
     let batch = state.settings.projector_batch_size;
     tokio::spawn(async move {

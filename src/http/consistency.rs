@@ -11,16 +11,19 @@ use crate::telemetry::METRICS;
 /// Reached when no event of the projection's streams lies between its checkpoint and the
 /// event at `$1` in global order. Events of other streams never hold a projection back.
 const REACHED_SQL: &str = "\
-SELECT EXISTS (SELECT 1 FROM events WHERE position = $1),
+WITH p AS (SELECT transaction_id, position FROM events WHERE position = $1),
+     c AS (SELECT last_xid, last_position FROM projection_checkpoints WHERE name = $2)
+SELECT EXISTS (SELECT 1 FROM p),
        $1 <= coalesce((SELECT max(position) FROM events), 0),
-       EXISTS (SELECT 1 FROM projection_checkpoints WHERE name = $2)
-       AND NOT EXISTS (
-           SELECT 1 FROM events p, projection_checkpoints c, events e
-            WHERE p.position = $1 AND c.name = $2
-              AND (e.stream_type = ANY($3)) IS TRUE -- a filter, never an index scan (global.rs)
-              AND (e.transaction_id, e.position) > (c.last_xid, c.last_position)
-              AND e.transaction_id >= c.last_xid AND e.transaction_id <= p.transaction_id
-              AND (e.transaction_id, e.position) <= (p.transaction_id, p.position))";
+       EXISTS (SELECT 1 FROM c) AND (
+           -- the common case: the checkpoint is at or past the event (OR stops here)
+           coalesce((SELECT (c.last_xid, c.last_position) >= (p.transaction_id, p.position) FROM p, c), false)
+           OR NOT EXISTS (
+               SELECT 1 FROM p, c, events e
+                WHERE (e.stream_type = ANY($3)) IS TRUE -- a filter, never an index scan (global.rs)
+                  AND (e.transaction_id, e.position) > (c.last_xid, c.last_position)
+                  AND e.transaction_id >= c.last_xid AND e.transaction_id <= p.transaction_id
+                  AND (e.transaction_id, e.position) <= (p.transaction_id, p.position)))";
 
 /// Waits until `projection` has applied everything up to `min_position`.
 pub async fn wait_for(

@@ -60,7 +60,7 @@ impl From<tokio_postgres::Error> for ProjectionError {
 }
 
 impl ProjectionError {
-    fn is_unavailable(&self) -> bool {
+    pub fn is_unavailable(&self) -> bool {
         matches!(self, ProjectionError::Store(StoreError::Unavailable(_)))
     }
 }
@@ -77,6 +77,7 @@ UPDATE projection_checkpoints
 const HEARTBEAT_SQL: &str =
     "UPDATE projection_checkpoints SET heartbeat_at = now(), owner = $2 WHERE name = $1";
 const RECORD_ERROR_SQL: &str = "UPDATE projection_checkpoints SET last_error = $2 WHERE name = $1";
+const CLEAR_ERROR_SQL: &str = "UPDATE projection_checkpoints SET last_error = NULL WHERE name = $1";
 /// Shortest time between the starts of two batches of a caught-up projector.
 const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// Session lock that elects the one runner of a projector (two-key form: namespace, name).
@@ -172,6 +173,18 @@ pub async fn apply_batch(
 /// with effects outside this database must not rely on this.)
 pub(crate) const ASYNC_COMMIT_SQL: &str = "SET LOCAL synchronous_commit = off";
 
+/// Batches must run READ COMMITTED whatever the server's default: the global read takes
+/// a new snapshot after computing the horizon (eventstore::global).
+pub(crate) async fn read_committed(
+    client: &mut Client,
+) -> Result<Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await
+}
+
 /// One batch in its own transaction.
 pub async fn run_batch(
     client: &mut Client,
@@ -180,7 +193,7 @@ pub async fn run_batch(
     prefetch: Option<&mut Prefetch>,
 ) -> Result<BatchOutcome, ProjectionError> {
     let started = Instant::now();
-    let tx = client.transaction().await?;
+    let tx = read_committed(client).await?;
     tx.batch_execute(ASYNC_COMMIT_SQL).await?;
     let outcome = apply_batch(&tx, projection, projection.name(), batch_size, prefetch).await?;
     tx.commit().await?;
@@ -279,6 +292,7 @@ async fn lead(
     METRICS.projector_leader.with_label_values(&[name]).set(1);
     let mut last_beat = Instant::now() - Duration::from_secs(60);
     let mut last_batch = Instant::now() - MIN_BATCH_INTERVAL;
+    let mut error_cleared = false;
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -298,6 +312,11 @@ async fn lead(
             run_batch(&mut client, projection, cfg.batch_size, Some(&mut prefetch)).await?;
         if outcome.applied > 0 {
             cfg.progress.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if !error_cleared {
+            // A batch went through: whatever failed before is over.
+            client.execute(CLEAR_ERROR_SQL, &[&name]).await?;
+            error_cleared = true;
         }
         if outcome.applied as i64 >= cfg.batch_size {
             continue; // more is waiting

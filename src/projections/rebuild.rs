@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use tokio_postgres::Client;
 
-use super::{apply_batch, Prefetch, Projection, ProjectionError, ASYNC_COMMIT_SQL};
+use super::{apply_batch, read_committed, Prefetch, Projection, ProjectionError, ASYNC_COMMIT_SQL};
 use crate::telemetry::METRICS;
 
 /// Session lock keeping two rebuilds of one projector apart (namespace, name).
@@ -145,7 +145,7 @@ impl Rebuild {
         let mut prefetch = Prefetch::connect(&self.conn).await?;
         let mut events = 0_u64;
         loop {
-            let tx = client.transaction().await?;
+            let tx = read_committed(client).await?;
             tx.batch_execute(&format!("{search_path}; {ASYNC_COMMIT_SQL}"))
                 .await?;
             let outcome = apply_batch(
@@ -168,7 +168,7 @@ impl Rebuild {
         }
 
         // The swap: everything from here commits together or not at all.
-        let tx = client.transaction().await?;
+        let tx = read_committed(client).await?;
         tx.query_one(LOCK_LIVE_SQL, &[&name]).await?;
         tx.batch_execute(&search_path).await?;
         loop {
@@ -216,6 +216,10 @@ impl Rebuild {
             .await?
             .try_get(0)?;
         tx.commit().await?;
+        // The copies were made with LIKE: they start without planner statistics.
+        for t in p.tables() {
+            client.batch_execute(&format!("ANALYZE public.{t}")).await?;
+        }
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(projector = name, events, seconds, "rebuild swapped in");
         Ok(RebuildReport {

@@ -463,3 +463,69 @@ fn route_attributes(dir: &std::path::Path) -> Vec<(String, String)> {
     }
     out
 }
+
+#[actix_web::test]
+async fn tenants_cannot_change_each_others_budgets() {
+    let app = spawn_app().await;
+    let mut res = app
+        .client
+        .post(app.url("/api/v1/budgets"))
+        .insert_header(("X-Tenant-Id", "acme"))
+        .send_json(&budget_body("acme's"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for tenant in ["default", "other"] {
+        let res = app
+            .client
+            .put(app.url(&format!("/api/v1/budgets/{id}")))
+            .insert_header(("X-Tenant-Id", tenant))
+            .insert_header(("If-Match", "\"1\""))
+            .send_json(&budget_body("hijacked"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "tenant {tenant} could update");
+        let res = app
+            .client
+            .delete(app.url(&format!("/api/v1/budgets/{id}")))
+            .insert_header(("X-Tenant-Id", tenant))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "tenant {tenant} could delete");
+        let res = app
+            .client
+            .get(app.url(&format!("/api/v1/streams/budget/{id}/events")))
+            .insert_header(("X-Tenant-Id", tenant))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404);
+    }
+    let mut res = app
+        .client
+        .get(app.url(&format!("/api/v1/streams/budget/{id}/events")))
+        .insert_header(("X-Tenant-Id", "acme"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let mut res = app
+        .client
+        .get(app.url("/api/v1/budgets?min_position=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    assert_eq!(problem(&mut res).await["field"], "min_position");
+}

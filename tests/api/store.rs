@@ -252,9 +252,11 @@ async fn an_old_schema_version_event_is_upcast_when_loaded() {
         })
         .await
         .unwrap();
-    let (budget, version, _) = pipeline::load::<Budget>(&store, id).await.unwrap();
-    assert_eq!(version, 1);
-    let d = budget.details.unwrap();
+    let loaded = pipeline::load::<Budget>(&store, "default", id)
+        .await
+        .unwrap();
+    assert_eq!(loaded.version, 1);
+    let d = loaded.aggregate.details.unwrap();
     assert_eq!(d.currency, "CNY");
     assert_eq!(d.alert_thresholds, vec![rust_decimal::Decimal::from(50)]);
 }
