@@ -25,3 +25,5 @@ trap cleanup EXIT
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --test-threads "${CLOUDLENS_TEST_THREADS:-4}"
+# Static checks of docker-compose, Dockerfile and the Kubernetes manifests (offline schemas).
+scripts/ops-tests.sh

@@ -44,6 +44,11 @@ pub struct Metrics {
     pub pool_size: IntGauge,
     pub pool_available: IntGauge,
     pub pool_waiting: IntGauge,
+    pub db_size_bytes: IntGauge,
+    pub db_table_size_bytes: IntGaugeVec,
+    pub read_model_rows: IntGaugeVec,
+    pub oldest_writer_transaction_seconds: prometheus::Gauge,
+    pub ready: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -171,6 +176,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "cloudlens_db_pool_waiting",
             "Requests waiting for a connection",
         )?,
+        db_size_bytes: IntGauge::new("cloudlens_db_size_bytes", "Size of the database")?,
+        db_table_size_bytes: IntGaugeVec::new(
+            Opts::new(
+                "cloudlens_db_table_size_bytes",
+                "Size of each table with its indexes",
+            ),
+            &["table"],
+        )?,
+        read_model_rows: IntGaugeVec::new(
+            Opts::new(
+                "cloudlens_read_model_rows",
+                "Rows in each read-model table (statistics estimate)",
+            ),
+            &["table"],
+        )?,
+        oldest_writer_transaction_seconds: prometheus::Gauge::new(
+            "cloudlens_oldest_writer_transaction_seconds",
+            "Age of the oldest open event-writer transaction (projectors wait for it)",
+        )?,
+        ready: IntGauge::new("cloudlens_ready", "1 when /readyz would answer 200")?,
         registry,
     };
     let r = &m.registry;
@@ -192,6 +217,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
     r.register(Box::new(m.pool_size.clone()))?;
     r.register(Box::new(m.pool_available.clone()))?;
     r.register(Box::new(m.pool_waiting.clone()))?;
+    r.register(Box::new(m.db_size_bytes.clone()))?;
+    r.register(Box::new(m.db_table_size_bytes.clone()))?;
+    r.register(Box::new(m.read_model_rows.clone()))?;
+    r.register(Box::new(m.oldest_writer_transaction_seconds.clone()))?;
+    r.register(Box::new(m.ready.clone()))?;
     Ok(m)
 }
 

@@ -2,6 +2,7 @@
 //! self-managed local cluster.
 
 pub mod cluster;
+pub mod stats;
 
 use std::time::Duration;
 

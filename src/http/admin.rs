@@ -26,11 +26,8 @@ pub struct Readiness {
     pub projectors: bool,
 }
 
-/// Readiness: database reachable, migrations applied, every projector running somewhere.
-#[utoipa::path(get, path = "/readyz", responses(
-    (status = 200, body = Readiness), (status = 503, body = Readiness)))]
-#[get("/readyz")]
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// Database reachable, migrations applied, every projector running (in some process).
+async fn readiness(state: &AppState) -> Readiness {
     let mut r = Readiness {
         ready: false,
         database: false,
@@ -56,6 +53,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         }
     }
     r.ready = r.database && r.migrations && r.projectors;
+    METRICS.ready.set(i64::from(r.ready));
+    r
+}
+
+/// Readiness: database reachable, migrations applied, every projector running somewhere.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, body = Readiness), (status = 503, body = Readiness)))]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let r = readiness(&state).await;
     let mut resp = if r.ready {
         HttpResponse::Ok()
     } else {
@@ -75,10 +82,17 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     METRICS.pool_size.set(pool.size as i64);
     METRICS.pool_available.set(pool.available as i64);
     METRICS.pool_waiting.set(pool.waiting as i64);
-    // Lag gauges are refreshed from the database; a scrape while it is down keeps the last values.
+    // Readiness (which also refreshes the projector lag gauges) and the database gauges
+    // are read from the database; a scrape while it is down keeps the last values.
+    readiness(&state).await;
     if let Ok(client) = state.store.pool().get().await {
-        for p in state.projections.iter() {
-            let _ = status::of(&**client, &**p).await;
+        let tables: Vec<&str> = state
+            .projections
+            .iter()
+            .flat_map(|p| p.tables().iter().copied())
+            .collect();
+        if let Err(e) = crate::db::stats::refresh(&**client, &tables).await {
+            tracing::debug!(error = %e, "cannot refresh database gauges");
         }
     }
     HttpResponse::Ok()

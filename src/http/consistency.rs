@@ -34,7 +34,10 @@ pub async fn wait_for(
     let Some(target) = min_position else {
         return Ok(());
     };
-    if target <= 0 {
+    if target < 0 {
+        return Err(ApiError::validation("min_position", "must not be negative"));
+    }
+    if target == 0 {
         return Ok(());
     }
     let started = Instant::now();

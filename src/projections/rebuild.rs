@@ -80,6 +80,15 @@ impl Rebuild {
         conn: &str,
         projection: std::sync::Arc<dyn Projection>,
     ) -> Result<Self, RebuildError> {
+        // The name and table names go into DDL: hold them to the documented pattern.
+        let plain =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        if !plain(projection.name()) || !projection.tables().iter().all(|t| plain(t)) {
+            return Err(RebuildError::Projection(ProjectionError::Apply {
+                name: projection.name(),
+                source: anyhow::anyhow!("projection and table names must match [a-z_]+"),
+            }));
+        }
         let client = crate::db::connect(conn)
             .await
             .map_err(ProjectionError::from)?;

@@ -513,13 +513,8 @@ async fn tenants_cannot_change_each_others_budgets() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        res.json::<Value>().await.unwrap()["events"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    let trail: Value = res.json().await.unwrap();
+    assert_eq!(trail["events"].as_array().map(Vec::len), Some(1), "{trail}");
     let mut res = app
         .client
         .get(app.url("/api/v1/budgets?min_position=-1"))

@@ -7,4 +7,5 @@ mod helpers;
 mod cluster;
 mod http_api;
 mod projections;
+mod prometheus;
 mod store;

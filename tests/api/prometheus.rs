@@ -1,0 +1,262 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The Grafana dashboards against a real Prometheus: every PromQL expression they contain
+//! must evaluate without error and return at least one series after the server has been
+//! scraped under some load. Also checks the alerting rules with promtool.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `"expr"` string in a Grafana dashboard JSON, wherever it sits.
+fn expressions(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(e)) if !e.trim().is_empty() => out.push(e.clone()),
+                    _ => expressions(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| expressions(i, out)),
+        _ => {}
+    }
+}
+
+fn dashboard_expressions() -> Vec<(String, String)> {
+    let dir = repo().join("grafana/dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let doc: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let mut exprs = Vec::new();
+            expressions(&doc, &mut exprs);
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            out.extend(exprs.into_iter().map(|e| (name.clone(), e)));
+        }
+    }
+    out
+}
+
+fn start_prometheus(dir: &Path, target_port: u16, port: u16) -> Prometheus {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: cloudlens\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is installed by scripts/setup.sh");
+    Prometheus(child)
+}
+
+async fn query(client: &awc::Client, port: u16, expr: &str) -> Value {
+    let mut res = client
+        .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+        .query(&[("query", expr)])
+        .unwrap()
+        .send()
+        .await
+        .unwrap();
+    res.json::<Value>()
+        .limit(16 << 20)
+        .await
+        .unwrap_or(Value::Null)
+}
+
+async fn drive_load(app: &TestApp) {
+    for i in 0..20 {
+        let mut res = app
+            .client
+            .post(app.url("/api/v1/budgets"))
+            .send_json(&budget_body(&format!("p{i}")))
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        let id = body["id"].as_str().unwrap().to_owned();
+        let pos = body["position"].as_i64().unwrap();
+        app.client
+            .put(app.url(&format!("/api/v1/budgets/{id}")))
+            .send_json(&budget_body("renamed"))
+            .await
+            .unwrap();
+        app.client
+            .get(app.url(&format!("/api/v1/budgets/{id}?min_position={pos}")))
+            .send()
+            .await
+            .unwrap();
+        app.client
+            .get(app.url("/api/v1/budgets?limit=5"))
+            .send()
+            .await
+            .unwrap();
+        if i % 5 == 0 {
+            app.client
+                .delete(app.url(&format!("/api/v1/budgets/{id}")))
+                .send()
+                .await
+                .unwrap();
+            let mut bad = budget_body("bad");
+            bad["amount"] = "-1".into();
+            app.client
+                .post(app.url("/api/v1/budgets"))
+                .send_json(&bad)
+                .await
+                .unwrap();
+            app.client
+                .get(app.url(&format!("/api/v1/budgets/{}", uuid::Uuid::now_v7())))
+                .send()
+                .await
+                .unwrap();
+        }
+        app.client
+            .get(app.url("/api/v1/admin/projections"))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+#[actix_web::test]
+async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
+    let exprs = dashboard_expressions();
+    assert!(
+        exprs.len() >= 20,
+        "expected the dashboards to hold many expressions, found {}",
+        exprs.len()
+    );
+    let app = spawn_app().await;
+    let app_port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
+    let prom_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _prom = start_prometheus(
+        &test_root().join(format!("prometheus-{}", uuid::Uuid::new_v4().simple())),
+        app_port,
+        prom_port,
+    );
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    // Load in two rounds a few seconds apart, so rates see samples before and after.
+    drive_load(&app).await;
+    let scraped = eventually(Duration::from_secs(60), || async {
+        let v = query(
+            &client,
+            prom_port,
+            "count_over_time(up{job=\"cloudlens\"}[1m])",
+        )
+        .await;
+        let n: f64 = v["data"]["result"][0]["value"][1].as_str()?.parse().ok()?;
+        (n >= 4.0).then_some(())
+    })
+    .await;
+    assert!(scraped.is_some(), "prometheus never scraped the server");
+    drive_load(&app).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let mut failures = Vec::new();
+    for (file, expr) in &exprs {
+        let promql = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__interval", "1m")
+            .replace("$__range", "1m");
+        let v = query(&client, prom_port, &promql).await;
+        if v["status"] != "success" {
+            failures.push(format!("{file}: {expr}: {}", v["error"]));
+        } else if v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+            failures.push(format!("{file}: {expr}: no series"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} expressions failed:\n{}",
+        failures.len(),
+        exprs.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn alerting_rules_pass_promtool() {
+    let rules = repo().join("grafana/alerts/cloudlens-rules.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn dashboards_use_the_provisioned_datasource() {
+    let provisioned =
+        std::fs::read_to_string(repo().join("grafana/provisioning/datasources/prometheus.yml"))
+            .unwrap();
+    assert!(provisioned.contains("uid: cloudlens-prometheus"));
+    let dir = repo().join("grafana/dashboards");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for panel in doc["panels"].as_array().unwrap() {
+            if panel["type"] == "row" || panel["type"] == "text" {
+                continue;
+            }
+            assert_eq!(
+                panel["datasource"]["uid"],
+                "cloudlens-prometheus",
+                "{}: {}",
+                path.display(),
+                panel["title"]
+            );
+            for t in panel["targets"].as_array().unwrap() {
+                assert_eq!(
+                    t["datasource"]["uid"],
+                    "cloudlens-prometheus",
+                    "{}: {}",
+                    path.display(),
+                    panel["title"]
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,619 @@
+"""Static checks of the deployment files: Dockerfile, docker-compose.yml, Prometheus config,
+.env.example and the Kubernetes manifests under k8s/.
+
+Nothing here needs Docker or a cluster. Run with scripts/ops-tests.sh (or `pytest -q tests/ops`
+in a venv with tests/ops/requirements.txt installed).
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+K8S_VERSION = "1.30"
+
+# Kinds defined by CustomResourceDefinitions. kubernetes-validate only ships the schemas of
+# the built-in Kubernetes API, so these cannot be schema-validated here (their schemas live
+# in the operators' CRDs, which are not vendored). They get a structural check instead.
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("postgresql.cnpg.io/v1", "Cluster"),
+}
+# Kustomize's own config file: not a Kubernetes API object.
+KUSTOMIZE_API = "kustomize.config.k8s.io/"
+
+VAR_RE = re.compile(r"(?<!\$)\$(?:\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}|([A-Za-z_][A-Za-z0-9_]*))")
+PLACEHOLDER_RE = re.compile(r"change-me|REPLACE", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def load_yaml(path: Path):
+    with path.open(encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def load_all(path: Path) -> list:
+    with path.open(encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def resolve_defaults(text: str) -> str:
+    """`${VAR:-default}` / `${VAR-default}` -> default, as compose does when VAR is unset."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^}]*)\}", r"\1", text)
+
+
+def image_tag(image: str) -> str | None:
+    image = image.split("@", 1)[0]
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def assert_pinned(image: str, where: str) -> None:
+    tag = image_tag(resolve_defaults(image))
+    assert tag, f"{where}: image {image!r} has no tag"
+    assert tag != "latest" and not tag.startswith("latest"), f"{where}: image {image!r} uses latest"
+
+
+def env_example_vars() -> dict[str, str]:
+    out = {}
+    for line in (ROOT / ".env.example").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f".env.example: not KEY=VALUE: {line!r}"
+        out[key.strip()] = value.strip()
+    return out
+
+
+def pod_spec(doc: dict) -> dict:
+    return doc["spec"]["template"]["spec"]
+
+
+def k8s_files() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def kustomizations() -> list[Path]:
+    return sorted(K8S.rglob("kustomization.yaml"))
+
+
+def kustomization_paths(kfile: Path) -> tuple[list[Path], list[Path]]:
+    """(resources, patch files) a kustomization.yaml refers to, as absolute paths."""
+    k = load_yaml(kfile)
+    resources = [(kfile.parent / r).resolve() for r in k.get("resources", []) or []]
+    patches = []
+    for p in (k.get("patches") or []) + (k.get("patchesStrategicMerge") or []):
+        path = p.get("path") if isinstance(p, dict) else p
+        if path:
+            patches.append((kfile.parent / path).resolve())
+    return resources, patches
+
+
+def patch_files() -> set[Path]:
+    out: set[Path] = set()
+    for kfile in kustomizations():
+        out.update(kustomization_paths(kfile)[1])
+    return out
+
+
+def k8s_documents() -> list[tuple[str, Path, dict]]:
+    docs = []
+    for path in k8s_files():
+        for i, doc in enumerate(load_all(path)):
+            rel = path.relative_to(ROOT)
+            name = (doc.get("metadata") or {}).get("name", "?") if isinstance(doc, dict) else "?"
+            docs.append((f"{rel}#{i}:{doc.get('kind', '?')}/{name}", path, doc))
+    return docs
+
+
+def classify(path: Path, doc: dict) -> str:
+    if str(doc.get("apiVersion", "")).startswith(KUSTOMIZE_API):
+        return "kustomize"
+    if path.resolve() in patch_files():
+        return "patch"
+    if (doc.get("apiVersion"), doc.get("kind")) in CRD_KINDS:
+        return "crd"
+    return "builtin"
+
+
+def base_doc(kind: str, name: str | None = None) -> dict:
+    found = [
+        d
+        for p in (K8S / "base").glob("*.yaml")
+        for d in load_all(p)
+        if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"expected exactly one {kind} {name or ''} in k8s/base, found {len(found)}"
+    return found[0]
+
+
+def check_crd_structure(doc: dict, where: str) -> None:
+    assert doc.get("apiVersion"), where
+    assert doc.get("kind"), where
+    assert (doc.get("metadata") or {}).get("name"), f"{where}: metadata.name missing"
+    assert isinstance(doc.get("spec"), dict) and doc["spec"], f"{where}: spec missing"
+
+
+def validate_builtin(doc: dict, where: str) -> None:
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        pytest.fail(f"{where}: {e.message} at {'/'.join(str(x) for x in e.path)}")
+    except kubernetes_validate.SchemaNotFoundError as e:
+        pytest.fail(f"{where}: no Kubernetes {K8S_VERSION} schema for {e.kind} {e.api_version} "
+                    "(a CRD? add it to CRD_KINDS)")
+
+
+# --------------------------------------------------------------------------------------
+# docker-compose.yml
+# --------------------------------------------------------------------------------------
+
+COMPOSE_PATH = ROOT / "docker-compose.yml"
+REQUIRED_SERVICES = {
+    "db": "timescale/timescaledb:2.19.3-pg15",
+    "cloudlens": None,
+    "prometheus": "prom/prometheus:v2.53.0",
+    "grafana": "grafana/grafana:11.1.0",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    doc = load_yaml(COMPOSE_PATH)
+    assert isinstance(doc, dict) and isinstance(doc.get("services"), dict)
+    return doc
+
+
+def test_compose_required_services_and_images(compose):
+    services = compose["services"]
+    for name, image in REQUIRED_SERVICES.items():
+        assert name in services, f"service {name} missing"
+        svc = services[name]
+        if image:
+            assert svc.get("image") == image, f"{name}: image {svc.get('image')!r}, want {image}"
+        assert svc.get("image") or svc.get("build"), f"{name}: neither image nor build"
+        if svc.get("image"):
+            assert_pinned(svc["image"], f"compose service {name}")
+    assert services["cloudlens"].get("build"), "cloudlens must be built from the Dockerfile"
+
+
+def test_compose_healthchecks_and_restart(compose):
+    for name, svc in compose["services"].items():
+        hc = svc.get("healthcheck")
+        assert hc and hc.get("test") and not hc.get("disable"), f"{name}: no healthcheck"
+        assert svc.get("restart") == "unless-stopped", f"{name}: restart policy"
+    assert "pg_isready" in str(compose["services"]["db"]["healthcheck"]["test"])
+    assert "/readyz" in str(compose["services"]["cloudlens"]["healthcheck"]["test"])
+
+
+def test_compose_cloudlens_depends_on_healthy_db(compose):
+    dep = compose["services"]["cloudlens"].get("depends_on")
+    assert isinstance(dep, dict), "depends_on must use the long form with a condition"
+    assert dep.get("db", {}).get("condition") == "service_healthy"
+
+
+def test_compose_cloudlens_environment(compose):
+    env = compose["services"]["cloudlens"]["environment"]
+    assert env["CLOUDLENS_LISTEN"] == "0.0.0.0:8080"
+    url = env["DATABASE_URL"]
+    assert url.startswith("postgres") and "@db:5432/" in url
+    assert "${POSTGRES_PASSWORD" in url, "DATABASE_URL must take the password from the env"
+    ports = [str(p) for p in compose["services"]["cloudlens"].get("ports", [])]
+    assert any(p.endswith(":8080") for p in ports), ports
+
+
+def _volumes(svc: dict) -> list[tuple[str, str]]:
+    """(source, target) of each volume of a service, short or long syntax."""
+    out = []
+    for v in svc.get("volumes", []) or []:
+        if isinstance(v, str):
+            parts = v.split(":")
+            if len(parts) == 1:
+                continue  # anonymous volume
+            out.append((parts[0], parts[1]))
+        else:
+            out.append((v.get("source", ""), v.get("target", "")))
+    return out
+
+
+def _is_bind(source: str) -> bool:
+    return source.startswith((".", "/", "~", "$"))
+
+
+def test_compose_named_volumes_declared_and_used(compose):
+    declared = set((compose.get("volumes") or {}).keys())
+    assert declared, "no top-level named volumes"
+    used = set()
+    for name, svc in compose["services"].items():
+        for source, _ in _volumes(svc):
+            if not _is_bind(source):
+                assert source in declared, f"{name}: volume {source} not declared at top level"
+                used.add(source)
+    assert declared == used, f"declared but unused volumes: {declared - used}"
+    for name in ("db", "prometheus", "grafana"):
+        assert any(not _is_bind(s) for s, _ in _volumes(compose["services"][name])), \
+            f"{name}: keeps its data in no named volume"
+
+
+def test_compose_bind_mounts_exist(compose):
+    for name, svc in compose["services"].items():
+        for source, target in _volumes(svc):
+            if _is_bind(source):
+                assert source.startswith("./"), f"{name}: bind mount {source} must be repo-relative"
+                assert (ROOT / source).exists(), f"{name}: bind-mounted {source} does not exist"
+
+
+def test_compose_monitoring_mounts(compose):
+    prom = dict((t, s) for s, t in _volumes(compose["services"]["prometheus"]))
+    assert prom.get("/etc/prometheus/prometheus.yml") == "./deploy/prometheus/prometheus.yml"
+    assert prom.get("/etc/prometheus/rules") == "./grafana/alerts"
+    graf = dict((t, s) for s, t in _volumes(compose["services"]["grafana"]))
+    assert graf.get("/etc/grafana/provisioning") == "./grafana/provisioning"
+    assert graf.get("/var/lib/grafana/dashboards") == "./grafana/dashboards"
+    env = compose["services"]["grafana"]["environment"]
+    assert "${GRAFANA_ADMIN_PASSWORD" in str(env.get("GF_SECURITY_ADMIN_PASSWORD"))
+
+
+def test_compose_variables_documented_in_env_example():
+    text = COMPOSE_PATH.read_text(encoding="utf-8")
+    referenced = {a or b for a, b in VAR_RE.findall(text)}
+    assert referenced, "compose references no variables?"
+    documented = set(env_example_vars())
+    missing = referenced - documented
+    assert not missing, f"referenced in docker-compose.yml but not in .env.example: {sorted(missing)}"
+
+
+def test_env_example_has_no_real_secrets():
+    for key, value in env_example_vars().items():
+        if re.search(r"PASSWORD|SECRET|TOKEN|KEY", key):
+            assert PLACEHOLDER_RE.search(value), f".env.example: {key} looks like a real secret"
+
+
+# --------------------------------------------------------------------------------------
+# Dockerfile
+# --------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    lines, buf = [], ""
+    for raw in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        stripped = raw.strip()
+        if not buf and (not stripped or stripped.startswith("#")):
+            continue
+        if buf and stripped.startswith("#"):
+            continue  # comment inside a continued instruction
+        if stripped.endswith("\\"):
+            buf += stripped[:-1] + " "
+            continue
+        buf += stripped
+        instr, _, args = buf.partition(" ")
+        lines.append((instr.upper(), args.strip()))
+        buf = ""
+    return lines
+
+
+def dockerignore_patterns() -> list[str]:
+    path = ROOT / ".dockerignore"
+    pats = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and not line.startswith("!"):
+            pats.append(line.rstrip("/"))
+    return pats
+
+
+def test_dockerfile_multistage_and_pinned():
+    froms = [a for i, a in dockerfile_instructions() if i == "FROM"]
+    assert len(froms) >= 2, "Dockerfile must be multi-stage"
+    stages = set()
+    for args in froms:
+        words = [w for w in args.split() if not w.startswith("--")]
+        image = words[0]
+        if image not in stages:
+            assert_pinned(image, f"FROM {args}")
+        if len(words) >= 3 and words[1].lower() == "as":
+            stages.add(words[2])
+    assert froms[0].split()[0].startswith("rust:1-bookworm")
+    assert froms[-1].split()[0].startswith("debian:bookworm-slim")
+    for instr, args in dockerfile_instructions():
+        assert ":latest" not in args, f"{instr} {args}: uses a latest tag"
+
+
+def test_dockerfile_final_stage_non_root_and_runtime():
+    instrs = dockerfile_instructions()
+    last_from = max(i for i, (ins, _) in enumerate(instrs) if ins == "FROM")
+    final = instrs[last_from:]
+    users = [a for i, a in final if i == "USER"]
+    assert users, "final stage sets no USER"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0"), "final stage runs as root"
+    assert user == "10001" or "10001" in " ".join(a for _, a in final)
+    exposes = " ".join(a for i, a in instrs if i == "EXPOSE").split()
+    assert "8080" in [p.split("/")[0] for p in exposes]
+    envs = " ".join(a for i, a in final if i == "ENV")
+    assert "CLOUDLENS_LISTEN=0.0.0.0:8080" in envs
+    assert [a for i, a in final if i == "ENTRYPOINT"][-1] == '["cloudlens"]'
+    assert [a for i, a in final if i == "CMD"][-1] == '["serve"]'
+    run = " ".join(a for i, a in final if i == "RUN")
+    assert "ca-certificates" in run and "curl" in run
+    build = " ".join(a for i, a in instrs[:last_from] if i == "RUN")
+    assert "cargo build --release" in build and "--bin cloudlens" in build
+
+
+def test_dockerfile_copy_sources_exist_and_are_not_ignored():
+    ignored = dockerignore_patterns()
+    for pat in ("target", "var", ".git"):
+        assert pat in ignored, f".dockerignore must exclude {pat}/"
+    copied = set()
+    for instr, args in dockerfile_instructions():
+        if instr not in ("COPY", "ADD"):
+            continue
+        words = args.split()
+        if any(w.startswith("--from") for w in words):
+            continue
+        words = [w for w in words if not w.startswith("--")]
+        for src in words[:-1]:
+            assert (ROOT / src).exists(), f"COPY source {src} does not exist"
+            top = src.strip("/").split("/")[0]
+            rel = src.strip("/")
+            for pat in ignored:
+                assert not (fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(top, pat)), \
+                    f"COPY source {src} is excluded by .dockerignore pattern {pat}"
+            copied.add(rel)
+    for needed in ("Cargo.toml", "Cargo.lock", "loadtest/Cargo.toml", "src", "sql", "loadtest"):
+        assert needed in copied, f"Dockerfile does not COPY {needed}"
+
+
+# --------------------------------------------------------------------------------------
+# Prometheus
+# --------------------------------------------------------------------------------------
+
+
+def test_prometheus_config():
+    cfg = load_yaml(ROOT / "deploy/prometheus/prometheus.yml")
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    job = jobs["cloudlens"]
+    targets = [t for sc in job.get("static_configs", []) for t in sc.get("targets", [])]
+    assert "cloudlens:8080" in targets
+    assert job.get("scrape_interval", cfg.get("global", {}).get("scrape_interval")) == "15s"
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert "/etc/prometheus/rules/*.yml" in cfg.get("rule_files", [])
+
+
+def test_prometheus_rule_files_parse():
+    rules = sorted((ROOT / "grafana/alerts").glob("*.yml"))
+    if not rules:
+        pytest.skip("no alert rules in grafana/alerts yet")
+    for path in rules:
+        doc = load_yaml(path)
+        assert isinstance(doc, dict) and isinstance(doc.get("groups"), list), f"{path}: no groups"
+
+
+# --------------------------------------------------------------------------------------
+# Kubernetes
+# --------------------------------------------------------------------------------------
+
+DOCS = k8s_documents()
+
+
+def test_k8s_has_manifests():
+    kinds = {d.get("kind") for _, _, d in DOCS}
+    for kind in ("Namespace", "ConfigMap", "Secret", "Deployment", "Service",
+                 "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor",
+                 "NetworkPolicy", "StatefulSet", "Cluster", "Kustomization"):
+        assert kind in kinds, f"no {kind} under k8s/"
+
+
+@pytest.mark.parametrize("where,path,doc", DOCS, ids=[w for w, _, _ in DOCS])
+def test_k8s_document(where, path, doc):
+    assert isinstance(doc, dict), f"{where}: not a mapping"
+    kind = classify(path, doc)
+    if kind == "kustomize":
+        assert doc.get("kind") == "Kustomization"
+    elif kind == "patch":
+        # Strategic-merge patches are partial objects, so they cannot pass a strict schema
+        # check on their own; the rendered overlays are validated in full below.
+        assert doc.get("apiVersion") and doc.get("kind") and doc["metadata"].get("name")
+        base_doc(doc["kind"], doc["metadata"]["name"])  # the patch has a target
+    elif kind == "crd":
+        # No schema for custom resources in kubernetes-validate (see CRD_KINDS).
+        check_crd_structure(doc, where)
+    else:
+        validate_builtin(doc, where)
+    for c in _containers(doc):
+        assert_pinned(c["image"], f"{where} container {c['name']}")
+
+
+def _containers(doc: dict) -> list[dict]:
+    try:
+        spec = pod_spec(doc)
+    except (KeyError, TypeError):
+        return []
+    return [c for c in (spec.get("containers") or []) + (spec.get("initContainers") or [])
+            if "image" in c]
+
+
+@pytest.mark.parametrize("kfile", kustomizations(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_kustomization_paths_exist(kfile):
+    resources, patches = kustomization_paths(kfile)
+    assert resources, f"{kfile}: no resources"
+    for p in resources + patches:
+        assert p.exists(), f"{kfile.relative_to(ROOT)}: {p} does not exist"
+        if p.is_dir():
+            assert (p / "kustomization.yaml").exists(), f"{p}: directory without kustomization.yaml"
+
+
+def test_secret_template_not_in_kustomization_and_placeholder_only():
+    resources, _ = kustomization_paths(K8S / "base/kustomization.yaml")
+    assert (K8S / "base/secret.example.yaml").resolve() not in resources, \
+        "the Secret template must not be applied; the real Secret is created out of band"
+    secrets = [(w, d) for w, _, d in DOCS if d.get("kind") == "Secret"]
+    assert secrets
+    for where, doc in secrets:
+        assert "secret.example.yaml" in where, f"{where}: real Secret manifests do not belong in git"
+        values = dict(doc.get("stringData") or {})
+        for k, v in (doc.get("data") or {}).items():
+            values[k] = base64.b64decode(v).decode("utf-8", "replace")
+        assert values
+        for k, v in values.items():
+            assert PLACEHOLDER_RE.search(str(v)), f"{where}: {k} does not look like a placeholder"
+
+
+def test_deployment_base():
+    dep = base_doc("Deployment", "cloudlens")
+    spec = dep["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    tmpl = spec["template"]
+    labels = tmpl["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in spec["selector"]["matchLabels"].items())
+    ann = tmpl["metadata"].get("annotations", {})
+    assert ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "8080"
+    pod = tmpl["spec"]
+    psc = pod.get("securityContext", {})
+    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+    (c,) = pod["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert "startupProbe" in c
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    sc = c["securityContext"]
+    assert (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")) is True
+    assert sc.get("runAsUser", psc.get("runAsUser")) == 10001
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert [p["containerPort"] for p in c["ports"]] == [8080]
+    env = {e["name"]: e for e in c.get("env", [])}
+    ref = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    secret = load_all(K8S / "base/secret.example.yaml")[0]
+    assert ref["name"] == secret["metadata"]["name"]
+    assert ref["key"] in secret["stringData"]
+    cm_names = [e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e]
+    assert cm_names
+    for name in cm_names:
+        cm = base_doc("ConfigMap", name)
+        assert cm["data"]["CLOUDLENS_LISTEN"] == "0.0.0.0:8080"
+        assert "DATABASE_URL" not in cm["data"], "the password belongs in the Secret"
+
+
+def test_selectors_match_deployment():
+    labels = base_doc("Deployment", "cloudlens")["spec"]["template"]["metadata"]["labels"]
+
+    def matches(sel: dict) -> bool:
+        return all(labels.get(k) == v for k, v in sel.items())
+
+    assert matches(base_doc("Service", "cloudlens")["spec"]["selector"])
+    assert matches(base_doc("PodDisruptionBudget")["spec"]["selector"]["matchLabels"])
+    assert matches(base_doc("ServiceMonitor")["spec"]["selector"]["matchLabels"])
+    np = [d for p in [K8S / "base/networkpolicy.yaml"] for d in load_all(p)
+          if d["metadata"]["name"] == "cloudlens"][0]
+    assert matches(np["spec"]["podSelector"]["matchLabels"])
+
+
+def test_hpa_pdb_networkpolicy():
+    hpa = base_doc("HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "cloudlens"
+    cpu = [m for m in hpa["spec"]["metrics"] if m["resource"]["name"] == "cpu"][0]
+    assert cpu["resource"]["target"]["averageUtilization"] == 70
+    pdb = base_doc("PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1" and pdb["spec"]["minAvailable"] == 1
+    np = [d for d in load_all(K8S / "base/networkpolicy.yaml") if d["metadata"]["name"] == "cloudlens"][0]
+    assert set(np["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    ingress_ports = {p["port"] for r in np["spec"]["ingress"] for p in r["ports"]}
+    assert ingress_ports == {8080}
+    egress_ports = {p["port"] for r in np["spec"]["egress"] for p in r["ports"]}
+    assert egress_ports == {5432, 53}
+
+
+def test_timescaledb_statefulset():
+    sts = base_doc("StatefulSet", "timescaledb")
+    svc = base_doc("Service", "timescaledb")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"]
+    assert sts["spec"]["volumeClaimTemplates"]
+    (c,) = pod_spec(sts)["containers"]
+    assert c["image"] == "timescale/timescaledb:2.19.3-pg15"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "pg_isready" in " ".join(c[probe]["exec"]["command"])
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    env = {e["name"]: e for e in c["env"]}
+    assert "secretKeyRef" in env["POSTGRES_PASSWORD"]["valueFrom"]
+    mounts = {m["name"] for m in c["volumeMounts"]}
+    assert {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]} <= mounts
+    # the Deployment's DATABASE_URL template points at this Service
+    secret = load_all(K8S / "base/secret.example.yaml")[0]
+    assert f"@{svc['metadata']['name']}:5432/" in secret["stringData"]["DATABASE_URL"]
+
+
+def test_cnpg_cluster():
+    (cluster,) = load_all(K8S / "cnpg/cluster.yaml")
+    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1" and cluster["kind"] == "Cluster"
+    spec = cluster["spec"]
+    assert spec["instances"] == 3
+    assert_pinned(spec["imageName"], "cnpg imageName")
+    assert "timescaledb" in spec["postgresql"]["shared_preload_libraries"]
+    sql = " ".join(spec["bootstrap"]["initdb"]["postInitApplicationSQL"])
+    assert "CREATE EXTENSION IF NOT EXISTS timescaledb" in sql
+    assert spec["storage"]["size"]
+    assert spec["monitoring"]
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    assert f"{cluster['metadata']['name']}-rw" in readme
+
+
+@pytest.mark.parametrize("overlay,replicas", [("dev", 1), ("prod", 3)])
+def test_overlay_replicas(overlay, replicas):
+    _, patches = kustomization_paths(K8S / "overlays" / overlay / "kustomization.yaml")
+    deps = [d for p in patches for d in load_all(p) if d.get("kind") == "Deployment"]
+    assert deps and deps[0]["spec"]["replicas"] == replicas
+    assert deps[0]["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+
+def _kustomize_cmd() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    return None
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/dev", "overlays/prod"])
+def test_rendered_kustomization_validates(target):
+    cmd = _kustomize_cmd()
+    if not cmd:
+        pytest.skip("neither kustomize nor kubectl on PATH")
+    out = subprocess.run(cmd + [str(K8S / target)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert docs
+    for doc in docs:
+        where = f"{target}: {doc['kind']}/{doc['metadata']['name']}"
+        assert doc["metadata"].get("namespace", "cloudlens") == "cloudlens" or doc["kind"] == "Namespace"
+        if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+            check_crd_structure(doc, where)  # no schema available, see CRD_KINDS
+        else:
+            validate_builtin(doc, where)
+        for c in _containers(doc):
+            assert_pinned(c["image"], f"{where} container {c['name']}")
+    deps = [d for d in docs if d["kind"] == "Deployment"]
+    want = {"base": 2, "overlays/dev": 1, "overlays/prod": 3}[target]
+    assert deps[0]["spec"]["replicas"] == want
+    hpa = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"][0]
+    assert hpa["spec"]["minReplicas"] == want, "HPA minimum would override the replica count"
