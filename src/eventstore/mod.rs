@@ -147,6 +147,14 @@ idem AS (
      WHERE $9::text IS NOT NULL)
 SELECT position, version FROM summary";
 
+/// `APPEND_SQL` for one event without an idempotency key (same lock, same guarantees).
+const APPEND_ONE_SQL: &str = "\
+INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type,
+                    schema_version, payload, metadata)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8
+  FROM (SELECT pg_advisory_xact_lock_shared(1668048001, 1 + pg_backend_pid() % 16)) AS writer
+RETURNING position, stream_version";
+
 const LOAD_STREAM_SQL: &str = "\
 SELECT position, transaction_id, tenant_id, stream_type, stream_id, stream_version,
        event_type, schema_version, payload, metadata, recorded_at
@@ -179,36 +187,61 @@ impl EventStore {
     pub async fn append(&self, req: AppendRequest<'_>) -> Result<Appended, StoreError> {
         let started = Instant::now();
         let client = self.pool.get().await?;
-        let stmt = client.prepare_cached(APPEND_SQL).await?;
-        let types: Vec<&str> = req.events.iter().map(|e| e.event_type.as_str()).collect();
-        let versions: Vec<i32> = req.events.iter().map(|e| e.schema_version).collect();
-        let payloads: Vec<&Value> = req.events.iter().map(|e| &e.payload).collect();
-        let (key, hash, status) = match req.idempotency {
-            Some(r) => (
-                Some(r.key.as_str()),
-                Some(r.request_hash.as_slice()),
-                Some(r.response_status),
-            ),
-            None => (None, None, None),
+        let result = match (req.events.as_slice(), req.idempotency) {
+            // The common command: one event, no idempotency key. A plain single-row
+            // INSERT costs the database noticeably less than the general statement.
+            ([event], None) => {
+                let stmt = client.prepare_cached(APPEND_ONE_SQL).await?;
+                let version = req.expected_version + 1;
+                client
+                    .query_one(
+                        &stmt,
+                        &[
+                            &req.tenant_id,
+                            &req.stream_type,
+                            &req.stream_id,
+                            &version,
+                            &event.event_type,
+                            &event.schema_version,
+                            &event.payload,
+                            &req.metadata,
+                        ],
+                    )
+                    .await
+            }
+            (events, idempotency) => {
+                let stmt = client.prepare_cached(APPEND_SQL).await?;
+                let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+                let versions: Vec<i32> = events.iter().map(|e| e.schema_version).collect();
+                let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+                let (key, hash, status) = match idempotency {
+                    Some(r) => (
+                        Some(r.key.as_str()),
+                        Some(r.request_hash.as_slice()),
+                        Some(r.response_status),
+                    ),
+                    None => (None, None, None),
+                };
+                client
+                    .query_one(
+                        &stmt,
+                        &[
+                            &req.tenant_id,
+                            &req.stream_type,
+                            &req.stream_id,
+                            &req.expected_version,
+                            &types,
+                            &versions,
+                            &payloads,
+                            &req.metadata,
+                            &key,
+                            &hash,
+                            &status,
+                        ],
+                    )
+                    .await
+            }
         };
-        let result = client
-            .query_one(
-                &stmt,
-                &[
-                    &req.tenant_id,
-                    &req.stream_type,
-                    &req.stream_id,
-                    &req.expected_version,
-                    &types,
-                    &versions,
-                    &payloads,
-                    &req.metadata,
-                    &key,
-                    &hash,
-                    &status,
-                ],
-            )
-            .await;
         let row = match result {
             Ok(row) => row,
             Err(e) => {

@@ -59,8 +59,10 @@ impl EventSignal {
                     tracing::debug!(error = %e, "NOTIFY failed; projectors elsewhere fall back to polling");
                 }
             }
-            // Coalesce: appends during this pause are covered by the next NOTIFY.
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // Coalesce: appends during this pause are covered by the next NOTIFY. Each
+            // NOTIFY is a transaction of its own that every listener has to process, so
+            // other processes hear of appends at most every 20 ms.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -29,9 +29,6 @@ pub enum ApiError {
     /// 404 `not_found`.
     #[error("{0} not found")]
     NotFound(String),
-    /// 405 `method_not_allowed`.
-    #[error("method not allowed")]
-    MethodNotAllowed,
     /// 409 `version_conflict`: the stream is not at the version the command expected.
     #[error("{0}")]
     Conflict(String),
@@ -80,7 +77,6 @@ impl ApiError {
             ApiError::InvalidHeader { .. } => "invalid_header",
             ApiError::Validation { .. } => "validation_failed",
             ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "version_conflict",
             ApiError::RebuildInProgress(_) => "rebuild_in_progress",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -116,7 +112,6 @@ impl ResponseError for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) | ApiError::RebuildInProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

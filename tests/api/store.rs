@@ -449,6 +449,12 @@ async fn an_unrelated_long_transaction_does_not_stall_projection() {
     assert_seen_matches_events(&conn).await;
 }
 
+/// What `APPEND_SQL` does, in separate statements, so a test can stop a writer half-way.
+const WRITER_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock_shared(1668048001, 1)";
+const WRITE_ONE_EVENT_SQL: &str = "INSERT INTO events (tenant_id, stream_type, stream_id, \
+     stream_version, event_type, schema_version, payload) \
+     VALUES ('default', 'counter', $1, 1, 'Counted', 1, '{}')";
+
 #[actix_web::test]
 async fn an_in_flight_writer_holds_the_horizon_so_nothing_is_skipped() {
     let conn = fresh_database().await;
@@ -456,9 +462,7 @@ async fn an_in_flight_writer_holds_the_horizon_so_nothing_is_skipped() {
     // Writer A takes the writer lock and a transaction id, then is slow to insert.
     let mut a = db::connect(&conn).await.unwrap();
     let tx = a.transaction().await.unwrap();
-    tx.execute("SELECT pg_advisory_xact_lock_shared(1668048001, 1)", &[])
-        .await
-        .unwrap();
+    tx.execute(WRITER_LOCK_SQL, &[]).await.unwrap();
     tx.execute("SELECT pg_current_xact_id()", &[])
         .await
         .unwrap();
@@ -472,13 +476,9 @@ async fn an_in_flight_writer_holds_the_horizon_so_nothing_is_skipped() {
         before.is_empty(),
         "B must not be read while A (lower xid) may still commit: {before:?}"
     );
-    tx.execute(
-        "INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type, schema_version, payload)
-         VALUES ('default', 'counter', $1, 1, 'Counted', 1, '{}')",
-        &[&Uuid::now_v7()],
-    )
-    .await
-    .unwrap();
+    tx.execute(WRITE_ONE_EVENT_SQL, &[&Uuid::now_v7()])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let after = global::read_batch(&reader, Cursor::default(), &["counter"], 100)
         .await
@@ -495,16 +495,10 @@ async fn an_aborted_writer_does_not_hold_the_horizon() {
     let store = store(&conn, 4);
     let mut a = db::connect(&conn).await.unwrap();
     let tx = a.transaction().await.unwrap();
-    tx.execute("SELECT pg_advisory_xact_lock_shared(1668048001, 1)", &[])
+    tx.execute(WRITER_LOCK_SQL, &[]).await.unwrap();
+    tx.execute(WRITE_ONE_EVENT_SQL, &[&Uuid::now_v7()])
         .await
         .unwrap();
-    tx.execute(
-        "INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type, schema_version, payload)
-         VALUES ('default', 'counter', $1, 1, 'Counted', 1, '{}')",
-        &[&Uuid::now_v7()],
-    )
-    .await
-    .unwrap();
     append_counter_events(&store, Uuid::now_v7(), 0, 1).await;
     tx.rollback().await.unwrap();
     let reader = db::connect(&conn).await.unwrap();
