@@ -114,6 +114,23 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
     })
 }
 
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
@@ -130,6 +147,12 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         tracing::info!(listen = %settings.listen, "cloudlens is serving");
         let running = start(settings.clone(), conn.clone(), listener)?;
+        let handle = running.server.handle();
+        actix_web::rt::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested; finishing in-flight requests");
+            handle.stop(true).await;
+        });
         running.server.await?;
         tracing::info!("HTTP server stopped; stopping projectors");
         running.background.stop_background().await;

@@ -28,7 +28,6 @@ max_connections = 300
 shared_buffers = '512MB'
 max_wal_size = '4GB'
 checkpoint_timeout = '15min'
-wal_compression = on
 autovacuum_naptime = '10s'
 log_min_messages = warning
 log_line_prefix = '%m [%p] '

@@ -73,8 +73,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     crate::budgets::routes::configure(cfg);
 }
 
-/// Builds the server on an already bound listener (port 0 in tests). Workers finish
-/// in-flight requests on SIGINT/SIGTERM before the returned future resolves.
+/// Builds the server on an already bound listener (port 0 in tests). It does not listen
+/// for signals: stop it through its handle (`app::serve` does on SIGINT/SIGTERM), and
+/// workers finish in-flight requests before the returned future resolves.
 pub fn server(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Server> {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -96,6 +97,9 @@ pub fn server(listener: TcpListener, state: web::Data<AppState>) -> std::io::Res
     .workers(workers)
     .backlog(2048)
     .shutdown_timeout(30)
+    // SIGINT and SIGTERM are handled by `app::serve`, both as a graceful stop (actix
+    // would treat SIGINT as a forced one).
+    .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)

@@ -129,7 +129,21 @@ async fn serve_recovers_after_sigkill_and_stops_cleanly_on_sigterm() {
     let res = client.get(&budget_url).send().await.unwrap();
     assert_eq!(res.status(), 200, "acknowledged data lost after crash");
 
-    // SIGTERM: server and cluster stop cleanly.
+    // Ctrl-C (SIGINT) and SIGTERM: server and cluster stop cleanly, and data survives.
+    signal(server.0.id(), "-INT");
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "serve exited with {status} on SIGINT");
+    assert!(
+        !cluster.is_running().unwrap(),
+        "cluster still running after SIGINT"
+    );
+    let mut server = serve(&data, port);
+    assert!(
+        wait_ready(&client, port).await,
+        "restart after SIGINT never became ready"
+    );
+    let res = client.get(&budget_url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
     signal(server.0.id(), "-TERM");
     let status = server.0.wait().unwrap();
     assert!(status.success(), "serve exited with {status}");
