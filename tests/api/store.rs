@@ -507,3 +507,54 @@ async fn an_aborted_writer_does_not_hold_the_horizon() {
         .unwrap();
     assert_eq!(events.len(), 1);
 }
+
+#[actix_web::test]
+async fn a_conflict_in_a_group_commit_fails_only_its_own_command() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 4);
+    let taken = Uuid::now_v7();
+    append_counter_events(&store, taken, 0, 1).await;
+    let one = |id: Uuid, expected: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .append(AppendRequest {
+                    tenant_id: "default",
+                    stream_type: "counter",
+                    stream_id: id,
+                    expected_version: expected,
+                    events: vec![NewEvent {
+                        event_type: "Counted".into(),
+                        schema_version: 1,
+                        payload: serde_json::json!({}),
+                    }],
+                    metadata: serde_json::json!({}),
+                    idempotency: None,
+                })
+                .await
+        }
+    };
+    // 40 single-event commands at once (they share statements when they queue up); the
+    // one that re-appends version 1 of `taken` must fail alone.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let id = if i == 17 { taken } else { Uuid::now_v7() };
+        tasks.push(tokio::spawn(one(id, 0)));
+    }
+    let mut ok = 0;
+    let mut conflicts = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(a) => {
+                assert_eq!(a.version, 1);
+                ok += 1;
+            }
+            Err(StoreError::Conflict) => conflicts += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((ok, conflicts), (39, 1));
+    assert_eq!(count(&conn, "SELECT count(*) FROM events").await, 40);
+    let distinct = count(&conn, "SELECT count(DISTINCT position) FROM events").await;
+    assert_eq!(distinct, 40);
+}
