@@ -290,23 +290,24 @@ async fn lead(
     tracing::info!(projector = name, "this process now runs the projector");
     let mut prefetch = Prefetch::connect(&cfg.conn).await?;
     METRICS.projector_leader.with_label_values(&[name]).set(1);
-    let mut last_beat = Instant::now() - Duration::from_secs(60);
-    let mut last_batch = Instant::now() - MIN_BATCH_INTERVAL;
+    // `None` = never (an `Instant` in the past could underflow just after boot).
+    let mut last_beat: Option<Instant> = None;
+    let mut last_batch: Option<Instant> = None;
     let mut error_cleared = false;
     loop {
         if *shutdown.borrow() {
             return Ok(());
         }
-        if last_beat.elapsed() >= Duration::from_secs(1) {
+        if last_beat.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             client.execute(HEARTBEAT_SQL, &[&name, &cfg.owner]).await?;
-            last_beat = Instant::now();
+            last_beat = Some(Instant::now());
         }
         // Under a steady stream of appends, wait a moment so one batch carries many events
         // (each batch has a fixed cost); a lone event after a quiet spell goes at once.
-        if let Some(rest) = MIN_BATCH_INTERVAL.checked_sub(last_batch.elapsed()) {
+        if let Some(rest) = last_batch.and_then(|t| MIN_BATCH_INTERVAL.checked_sub(t.elapsed())) {
             tokio::time::sleep(rest).await;
         }
-        last_batch = Instant::now();
+        last_batch = Some(Instant::now());
         wake.mark_unchanged();
         let outcome =
             run_batch(&mut client, projection, cfg.batch_size, Some(&mut prefetch)).await?;
