@@ -182,25 +182,33 @@ impl Projection for CountingProjection {
     }
 }
 
+/// One command appending `events` `Counted` events to stream `counter`/`id`.
+pub fn counter_command(
+    id: uuid::Uuid,
+    expected_version: i64,
+    events: i64,
+) -> cloudlens::eventstore::AppendRequest<'static> {
+    cloudlens::eventstore::AppendRequest {
+        tenant_id: "default",
+        stream_type: "counter",
+        stream_id: id,
+        expected_version,
+        events: (1..=events)
+            .map(|k| cloudlens::eventstore::NewEvent {
+                event_type: "Counted".into(),
+                schema_version: 1,
+                payload: serde_json::json!({"n": expected_version + k}),
+            })
+            .collect(),
+        metadata: serde_json::json!({}),
+        idempotency: None,
+    }
+}
+
 /// Appends `n` events of stream type `counter` to stream `id`, one command each.
 pub async fn append_counter_events(store: &EventStore, id: uuid::Uuid, from_version: i64, n: i64) {
     for v in from_version..from_version + n {
-        store
-            .append(cloudlens::eventstore::AppendRequest {
-                tenant_id: "default",
-                stream_type: "counter",
-                stream_id: id,
-                expected_version: v,
-                events: vec![cloudlens::eventstore::NewEvent {
-                    event_type: "Counted".into(),
-                    schema_version: 1,
-                    payload: serde_json::json!({"n": v}),
-                }],
-                metadata: serde_json::json!({}),
-                idempotency: None,
-            })
-            .await
-            .unwrap();
+        store.append(counter_command(id, v, 1)).await.unwrap();
     }
 }
 

@@ -103,23 +103,8 @@ async fn all_events_of_a_command_are_atomic() {
     let store = store(&conn, 2);
     let id = Uuid::now_v7();
     append_counter_events(&store, id, 0, 1).await;
-    // Two events where the second clashes with nothing but the first clashes with v1:
-    let ev = |n: i64| NewEvent {
-        event_type: "Counted".into(),
-        schema_version: 1,
-        payload: serde_json::json!({"n": n}),
-    };
-    let r = store
-        .append(AppendRequest {
-            tenant_id: "default",
-            stream_type: "counter",
-            stream_id: id,
-            expected_version: 0,
-            events: vec![ev(1), ev(2), ev(3)],
-            metadata: serde_json::json!({}),
-            idempotency: None,
-        })
-        .await;
+    // Three events from version 1 on: the first clashes with the existing version 1.
+    let r = store.append(counter_command(id, 0, 3)).await;
     assert!(matches!(r, Err(StoreError::Conflict)));
     assert_eq!(
         count(
@@ -514,32 +499,16 @@ async fn a_conflict_in_a_group_commit_fails_only_its_own_command() {
     let store = store(&conn, 4);
     let taken = Uuid::now_v7();
     append_counter_events(&store, taken, 0, 1).await;
-    let one = |id: Uuid, expected: i64| {
+    let one = |id: Uuid| {
         let store = store.clone();
-        async move {
-            store
-                .append(AppendRequest {
-                    tenant_id: "default",
-                    stream_type: "counter",
-                    stream_id: id,
-                    expected_version: expected,
-                    events: vec![NewEvent {
-                        event_type: "Counted".into(),
-                        schema_version: 1,
-                        payload: serde_json::json!({}),
-                    }],
-                    metadata: serde_json::json!({}),
-                    idempotency: None,
-                })
-                .await
-        }
+        async move { store.append(counter_command(id, 0, 1)).await }
     };
     // 40 single-event commands at once (they share statements when they queue up); the
     // one that re-appends version 1 of `taken` must fail alone.
     let mut tasks = Vec::new();
     for i in 0..40 {
         let id = if i == 17 { taken } else { Uuid::now_v7() };
-        tasks.push(tokio::spawn(one(id, 0)));
+        tasks.push(tokio::spawn(one(id)));
     }
     let mut ok = 0;
     let mut conflicts = 0;
