@@ -161,11 +161,8 @@ async fn database_restart_under_a_running_server() {
     let conn = fresh_database_in(&cluster).await;
     let app = spawn_app_on(conn, test_settings()).await;
     let res = app
-        .client
-        .post(app.url("/api/v1/budgets"))
-        .send_json(&budget_body("before"))
-        .await
-        .unwrap();
+        .post_json("/api/v1/budgets", &budget_body("before"))
+        .await;
     assert_eq!(res.status(), 201);
 
     let c = cluster.clone();
@@ -173,27 +170,14 @@ async fn database_restart_under_a_running_server() {
         .await
         .unwrap()
         .unwrap();
-    let mut res = app
-        .client
-        .post(app.url("/api/v1/budgets"))
-        .send_json(&budget_body("down"))
-        .await
-        .unwrap();
+    let mut res = app.post_json("/api/v1/budgets", &budget_body("down")).await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers().get("retry-after").unwrap(), "1");
     let body: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
     assert_eq!(body["code"], "database_unavailable");
-    let res = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let res = app.get("/readyz").await;
     assert_eq!(res.status(), 503);
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get("/healthz").await.status(), 200);
 
     let c = cluster.clone();
     tokio::task::spawn_blocking(move || c.ensure_running())
@@ -217,11 +201,8 @@ async fn database_restart_under_a_running_server() {
     .expect("commands did not recover after the database came back");
     let pos = created["position"].as_i64().unwrap();
     let mut res = app
-        .client
-        .get(app.url(&format!("/api/v1/budgets?min_position={pos}&limit=10")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/budgets?min_position={pos}&limit=10"))
+        .await;
     assert_eq!(res.status(), 200, "projector did not recover");
     let items = res.json::<Value>().await.unwrap()["items"]
         .as_array()

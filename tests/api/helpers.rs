@@ -77,9 +77,23 @@ pub struct TestApp {
     pub client: awc::Client,
 }
 
+type Response = awc::ClientResponse<actix_web::dev::Decompress<actix_web::dev::Payload>>;
+
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .send_json(body)
+            .await
+            .unwrap()
     }
 }
 
@@ -210,6 +224,15 @@ pub async fn append_counter_events(store: &EventStore, id: uuid::Uuid, from_vers
     for v in from_version..from_version + n {
         store.append(counter_command(id, v, 1)).await.unwrap();
     }
+}
+
+/// Number of events in stream `id`.
+pub async fn stream_len(conn: &str, id: uuid::Uuid) -> i64 {
+    let c = db::connect(conn).await.unwrap();
+    c.query_one("SELECT count(*) FROM events WHERE stream_id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 pub async fn count(conn: &str, sql: &str) -> i64 {

@@ -28,11 +28,8 @@ async fn problem(
 async fn budget_lifecycle() {
     let app = spawn_app().await;
     let mut res = app
-        .client
-        .post(app.url("/api/v1/budgets"))
-        .send_json(&budget_body("Data team"))
-        .await
-        .unwrap();
+        .post_json("/api/v1/budgets", &budget_body("Data team"))
+        .await;
     assert_eq!(res.status(), 201);
     let created: Value = res.json().await.unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
@@ -41,11 +38,8 @@ async fn budget_lifecycle() {
     assert!(pos > 0);
 
     let mut res = app
-        .client
-        .get(app.url(&format!("/api/v1/budgets/{id}?min_position={pos}")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/budgets/{id}?min_position={pos}"))
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers().get("etag").unwrap(), "\"1\"");
     let b: Value = res.json().await.unwrap();
@@ -69,11 +63,8 @@ async fn budget_lifecycle() {
     assert_eq!(updated["version"], 2);
     let pos = updated["position"].as_i64().unwrap();
     let mut res = app
-        .client
-        .get(app.url(&format!("/api/v1/budgets/{id}?min_position={pos}")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/budgets/{id}?min_position={pos}"))
+        .await;
     assert_eq!(res.json::<Value>().await.unwrap()["amount"], "2500.75");
 
     // Stale If-Match.
@@ -98,11 +89,8 @@ async fn budget_lifecycle() {
     assert_eq!(deleted["version"], 3);
     let pos = deleted["position"].as_i64().unwrap();
     let mut res = app
-        .client
-        .get(app.url(&format!("/api/v1/budgets/{id}?min_position={pos}")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/budgets/{id}?min_position={pos}"))
+        .await;
     assert_eq!(res.status(), 404);
     assert_eq!(problem(&mut res).await["code"], "not_found");
     let res = app
@@ -115,11 +103,8 @@ async fn budget_lifecycle() {
 
     // The audit trail keeps everything.
     let mut res = app
-        .client
-        .get(app.url(&format!("/api/v1/streams/budget/{id}/events")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/streams/budget/{id}/events"))
+        .await;
     assert_eq!(res.status(), 200);
     let trail: Value = res.json().await.unwrap();
     let types: Vec<&str> = trail["events"]
@@ -177,12 +162,7 @@ async fn bad_input_gets_problem_json_and_writes_nothing() {
         for (k, v) in patch.as_object().unwrap() {
             body[k] = v.clone();
         }
-        let mut res = app
-            .client
-            .post(app.url("/api/v1/budgets"))
-            .send_json(&body)
-            .await
-            .unwrap();
+        let mut res = app.post_json("/api/v1/budgets", &body).await;
         assert_eq!(res.status(), 422, "{patch}");
         let p = problem(&mut res).await;
         assert_eq!(p["code"], "validation_failed", "{patch}");
@@ -190,21 +170,11 @@ async fn bad_input_gets_problem_json_and_writes_nothing() {
     }
     let mut body = budget_body("bad");
     body.as_object_mut().unwrap().remove("name");
-    let mut res = app
-        .client
-        .post(app.url("/api/v1/budgets"))
-        .send_json(&body)
-        .await
-        .unwrap();
+    let mut res = app.post_json("/api/v1/budgets", &body).await;
     assert_eq!(res.status(), 422);
     assert_eq!(problem(&mut res).await["field"], "name");
 
-    let mut res = app
-        .client
-        .get(app.url("/api/v1/budgets/not-a-uuid"))
-        .send()
-        .await
-        .unwrap();
+    let mut res = app.get("/api/v1/budgets/not-a-uuid").await;
     assert_eq!(res.status(), 404);
     problem(&mut res).await;
     let res = app
@@ -221,20 +191,10 @@ async fn bad_input_gets_problem_json_and_writes_nothing() {
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
-    let mut res = app
-        .client
-        .get(app.url("/api/v1/budgets?limit=0"))
-        .send()
-        .await
-        .unwrap();
+    let mut res = app.get("/api/v1/budgets?limit=0").await;
     assert_eq!(res.status(), 422);
     assert_eq!(problem(&mut res).await["field"], "limit");
-    let mut res = app
-        .client
-        .get(app.url("/api/v1/nothing-here"))
-        .send()
-        .await
-        .unwrap();
+    let mut res = app.get("/api/v1/nothing-here").await;
     assert_eq!(res.status(), 404);
     problem(&mut res).await;
 
@@ -270,12 +230,7 @@ async fn list_filters_and_keyset_pagination() {
         let mut body = budget_body(&format!("b{i}"));
         body["account"] = json!(if i % 2 == 0 { "even" } else { "odd" });
         body["tag_filter"] = json!({"team": if i < 3 { "data" } else { "web" }, "env": "prod"});
-        let mut res = app
-            .client
-            .post(app.url("/api/v1/budgets"))
-            .send_json(&body)
-            .await
-            .unwrap();
+        let mut res = app.post_json("/api/v1/budgets", &body).await;
         last = res.json::<Value>().await.unwrap()["position"]
             .as_i64()
             .unwrap();
@@ -344,12 +299,7 @@ async fn min_position_beyond_the_log_times_out_with_503() {
         ..test_settings()
     };
     let app = spawn_app_on(conn, settings).await;
-    let mut res = app
-        .client
-        .get(app.url("/api/v1/budgets?min_position=999999"))
-        .send()
-        .await
-        .unwrap();
+    let mut res = app.get("/api/v1/budgets?min_position=999999").await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers().get("retry-after").unwrap(), "1");
     assert_eq!(problem(&mut res).await["code"], "read_model_behind");
@@ -358,7 +308,7 @@ async fn min_position_beyond_the_log_times_out_with_503() {
 #[actix_web::test]
 async fn operations_endpoints() {
     let app = spawn_app().await;
-    let res = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let res = app.get("/healthz").await;
     assert_eq!(res.status(), 200);
     let ready = eventually(std::time::Duration::from_secs(10), || async {
         let r = app.client.get(app.url("/readyz")).send().await.ok()?;
@@ -366,24 +316,15 @@ async fn operations_endpoints() {
     })
     .await;
     assert!(ready.is_some(), "never ready");
-    app.client
-        .post(app.url("/api/v1/budgets"))
-        .send_json(&budget_body("m"))
-        .await
-        .unwrap();
-    let mut res = app
-        .client
-        .get(app.url("/api/v1/admin/projections"))
-        .send()
-        .await
-        .unwrap();
+    app.post_json("/api/v1/budgets", &budget_body("m")).await;
+    let mut res = app.get("/api/v1/admin/projections").await;
     let v: Value = res.json().await.unwrap();
     let p = &v["projections"][0];
     assert_eq!(p["name"], "budgets");
     for key in ["position", "lag_events", "lag_seconds", "state"] {
         assert!(!p[key].is_null(), "missing {key}");
     }
-    let mut res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let mut res = app.get("/metrics").await;
     let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
     for name in [
         "cloudlens_commands_total",
@@ -407,12 +348,7 @@ async fn operations_endpoints() {
 #[actix_web::test]
 async fn openapi_describes_every_route() {
     let app = spawn_app().await;
-    let mut res = app
-        .client
-        .get(app.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap();
+    let mut res = app.get("/api/v1/openapi.json").await;
     assert_eq!(res.status(), 200);
     let doc: Value = res.json().limit(10 << 20).await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -515,12 +451,7 @@ async fn tenants_cannot_change_each_others_budgets() {
         .unwrap();
     let trail: Value = res.json().await.unwrap();
     assert_eq!(trail["events"].as_array().map(Vec::len), Some(1), "{trail}");
-    let mut res = app
-        .client
-        .get(app.url("/api/v1/budgets?min_position=-1"))
-        .send()
-        .await
-        .unwrap();
+    let mut res = app.get("/api/v1/budgets?min_position=-1").await;
     assert_eq!(res.status(), 422);
     assert_eq!(problem(&mut res).await["field"], "min_position");
 }

@@ -79,11 +79,8 @@ async fn rebuild_yields_the_same_read_model_as_live_and_keeps_serving() {
             .unwrap();
     }
     let res = app
-        .client
-        .get(app.url(&format!("/api/v1/budgets?min_position={last}&limit=500")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/budgets?min_position={last}&limit=500"))
+        .await;
     assert_eq!(res.status(), 200);
     let live = view_snapshot(&app.conn).await;
     assert_eq!(live.len(), 30);
@@ -128,20 +125,14 @@ async fn rebuild_yields_the_same_read_model_as_live_and_keeps_serving() {
 
     // The live projector carries on after the swap.
     let mut res = app
-        .client
-        .post(app.url("/api/v1/budgets"))
-        .send_json(&budget_body("after"))
-        .await
-        .unwrap();
+        .post_json("/api/v1/budgets", &budget_body("after"))
+        .await;
     let pos = res.json::<serde_json::Value>().await.unwrap()["position"]
         .as_i64()
         .unwrap();
     let res = app
-        .client
-        .get(app.url(&format!("/api/v1/budgets?min_position={pos}&limit=500")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/api/v1/budgets?min_position={pos}&limit=500"))
+        .await;
     assert_eq!(res.status(), 200);
     assert_eq!(view_snapshot(&app.conn).await.len(), 31);
 }

@@ -112,16 +112,9 @@ async fn drive_load(app: &TestApp) {
             .send_json(&budget_body("renamed"))
             .await
             .unwrap();
-        app.client
-            .get(app.url(&format!("/api/v1/budgets/{id}?min_position={pos}")))
-            .send()
-            .await
-            .unwrap();
-        app.client
-            .get(app.url("/api/v1/budgets?limit=5"))
-            .send()
-            .await
-            .unwrap();
+        app.get(&format!("/api/v1/budgets/{id}?min_position={pos}"))
+            .await;
+        app.get("/api/v1/budgets?limit=5").await;
         if i % 5 == 0 {
             app.client
                 .delete(app.url(&format!("/api/v1/budgets/{id}")))
@@ -130,22 +123,14 @@ async fn drive_load(app: &TestApp) {
                 .unwrap();
             let mut bad = budget_body("bad");
             bad["amount"] = "-1".into();
-            app.client
-                .post(app.url("/api/v1/budgets"))
-                .send_json(&bad)
-                .await
-                .unwrap();
+            app.post_json("/api/v1/budgets", &bad).await;
             app.client
                 .get(app.url(&format!("/api/v1/budgets/{}", uuid::Uuid::now_v7())))
                 .send()
                 .await
                 .unwrap();
         }
-        app.client
-            .get(app.url("/api/v1/admin/projections"))
-            .send()
-            .await
-            .unwrap();
+        app.get("/api/v1/admin/projections").await;
     }
 }
 

@@ -87,14 +87,7 @@ async fn stale_version_conflicts_and_writes_nothing() {
         })
         .await;
     assert!(matches!(raced, Err(StoreError::Conflict)), "{raced:?}");
-    assert_eq!(
-        count(
-            &conn,
-            &format!("SELECT count(*) FROM events WHERE stream_id = '{id}'")
-        )
-        .await,
-        2
-    );
+    assert_eq!(stream_len(&conn, id).await, 2);
 }
 
 #[actix_web::test]
@@ -106,14 +99,7 @@ async fn all_events_of_a_command_are_atomic() {
     // Three events from version 1 on: the first clashes with the existing version 1.
     let r = store.append(counter_command(id, 0, 3)).await;
     assert!(matches!(r, Err(StoreError::Conflict)));
-    assert_eq!(
-        count(
-            &conn,
-            &format!("SELECT count(*) FROM events WHERE stream_id = '{id}'")
-        )
-        .await,
-        1
-    );
+    assert_eq!(stream_len(&conn, id).await, 1);
 }
 
 #[actix_web::test]
