@@ -9,10 +9,17 @@
 # finishes in well under a second. Installing needs root. Safe against concurrent
 # runs (flock). Starts no server.
 #
+#   scripts/setup.sh                 check, and install what is missing (as root)
+#   scripts/setup.sh --print-mirror  print the Debian mirror URL that the TimescaleDB
+#                                    source fetch would use, then exit (no root, no apt,
+#                                    no lock); exits 1 with a message when none is found
+#
 # Environment:
 #   CLOUDLENS_BUILD_DIR   work directory for the TimescaleDB build
 #                         (default /var/tmp/cloudlens-build; removed after success)
 #   CLOUDLENS_SETUP_LOCK  lock file (default /var/tmp/cloudlens-setup.lock)
+#   CLOUDLENS_APT_ROOT    directory holding etc/apt/ whose sources are searched for the
+#                         Debian mirror (default /; for tests)
 set -euo pipefail
 
 PG_MAJOR=15
@@ -21,7 +28,9 @@ PG_CONFIG=${PG_BIN}/pg_config
 PG_LIBDIR=/usr/lib/postgresql/${PG_MAJOR}/lib
 BUILD_ROOT=${CLOUDLENS_BUILD_DIR:-/var/tmp/cloudlens-build}
 LOCK_FILE=${CLOUDLENS_SETUP_LOCK:-/var/tmp/cloudlens-setup.lock}
-DEBIAN_SOURCES=/etc/apt/sources.list.d/debian.sources
+APT_ROOT=${CLOUDLENS_APT_ROOT:-/}
+# The Debian release whose mirror is looked for (also accepted under the name "stable").
+DEBIAN_SUITE=bookworm
 ARCHIVE_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 TSDB_SOURCE_SUITE=trixie
 # Packages needed only to build TimescaleDB (libssl-dev comes in via libpq-dev).
@@ -128,19 +137,115 @@ apt_install() {
     run apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "$@"
 }
 
-# URI of the first stanza of debian.sources (the main, non-security suite).
+# --- Debian mirror detection ---------------------------------------------------------
+# The apt source files under $APT_ROOT, in the order apt reads them: etc/apt/sources.list,
+# then etc/apt/sources.list.d/*.list and *.sources sorted by name (apt ignores other names,
+# e.g. *.disabled or *.dpkg-old).
+apt_source_files() {
+    local etc="${APT_ROOT%/}/etc/apt" f name
+    if [ -f "$etc/sources.list" ] && [ -r "$etc/sources.list" ]; then printf '%s\n' "$etc/sources.list"; fi
+    [ -d "$etc/sources.list.d" ] || return 0
+    while IFS= read -r f; do
+        name=${f##*/}
+        [[ "$name" =~ ^[A-Za-z0-9_.-]+\.(list|sources)$ ]] || continue
+        if [ -f "$f" ] && [ -r "$f" ]; then printf '%s\n' "$f"; fi
+    done < <(find "$etc/sources.list.d" -mindepth 1 -maxdepth 1 2>/dev/null | LC_ALL=C sort)
+    return 0
+}
+
+# URL (no trailing slash) of the Debian mirror configured in apt: the first enabled
+# deb/deb-src entry, in deb822 (*.sources) or one-line (sources.list, *.list) format,
+# for suite $DEBIAN_SUITE or "stable" with component main. Skipped: cdrom entries,
+# security mirrors, and entries signed by a keyring that is not Debian's (third-party
+# repositories such as apt.postgresql.org, packages.microsoft.com, ...). Entries signed
+# by a Debian keyring win over unsigned ones whose URL names Debian, which win over
+# any other unsigned entry (a local mirror). Reads files only: no root, no apt.
 debian_mirror() {
-    local uri=
-    if [ -f "$DEBIAN_SOURCES" ]; then
-        uri=$(awk '
-            /^[[:space:]]*#/ { next }
-            /^[[:space:]]*$/ { if (seen) exit; next }
-            { seen = 1 }
-            tolower($1) == "uris:" { print $2; exit }
-        ' "$DEBIAN_SOURCES")
+    local -a files=()
+    local f uri=
+    while IFS= read -r f; do files+=("$f"); done < <(apt_source_files)
+    if [ "${#files[@]}" -gt 0 ]; then
+        uri=$(awk -v suites="$DEBIAN_SUITE stable" '
+            function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t\r]+$/, "", s); return s }
+            function has_word(list, w,    n, a, i) {
+                n = split(list, a, /[ \t]+/)
+                for (i = 1; i <= n; i++) if (a[i] == w) return 1
+                return 0
+            }
+            function suite_ok(list,    n, a, i) {
+                n = split(list, a, /[ \t]+/)
+                for (i = 1; i <= n; i++) if (a[i] in SUITE) return 1
+                return 0
+            }
+            function consider(types, uri, suites, comps, signedby,    score, u, l) {
+                if (!has_word(types, "deb") && !has_word(types, "deb-src")) return
+                u = uri; l = tolower(u)
+                if (l ~ /^cdrom:/ || l ~ /security\.debian\.org/ || l ~ /debian-security/) return
+                if (!suite_ok(suites) || !has_word(comps, "main")) return
+                if (signedby != "" && signedby !~ /BEGIN PGP/) {
+                    if (tolower(signedby) !~ /debian/) return
+                    score = 3
+                } else if (l ~ /debian/) {
+                    score = 2
+                } else {
+                    score = 1
+                }
+                sub(/\/+$/, "", u)
+                if (u != "" && score > best) { best = score; best_uri = u }
+            }
+            # deb822: one stanza collected in F[lower-case field name]
+            function flush(    n, a, i) {
+                if (in_stanza && tolower(F["enabled"]) != "no") {
+                    n = split(F["uris"], a, /[ \t]+/)
+                    for (i = 1; i <= n; i++)
+                        consider(F["types"], a[i], F["suites"], F["components"], F["signed-by"])
+                }
+                split("", F); in_stanza = 0; last = ""
+            }
+            BEGIN { n = split(suites, a, /[ \t]+/); for (i = 1; i <= n; i++) SUITE[a[i]] = 1; best = 0 }
+            FNR == 1 { flush(); deb822 = (FILENAME ~ /\.sources$/) }
+            deb822 {
+                line = $0; sub(/\r$/, "", line)
+                if (line ~ /^[ \t]*#/) next
+                if (line ~ /^[ \t]*$/) { flush(); next }
+                if (line ~ /^[ \t]/) { if (last != "") F[last] = F[last] " " trim(line); next }
+                p = index(line, ":")
+                if (p == 0) { last = ""; next }
+                last = tolower(trim(substr(line, 1, p - 1)))
+                F[last] = trim(substr(line, p + 1)); in_stanza = 1
+                next
+            }
+            {   # one-line format: type [options] uri suite [component...]   # comment
+                line = $0
+                p = index(line, "#"); if (p) line = substr(line, 1, p - 1)
+                line = trim(line)
+                if (line == "") next
+                match(line, /^[^ \t]+/)
+                type = substr(line, 1, RLENGTH); rest = trim(substr(line, RLENGTH + 1))
+                opts = ""
+                if (substr(rest, 1, 1) == "[") {
+                    p = index(rest, "]"); if (p == 0) next
+                    opts = substr(rest, 2, p - 2); rest = trim(substr(rest, p + 1))
+                }
+                n = split(rest, a, /[ \t]+/)
+                if (n < 2) next
+                comps = ""
+                for (i = 3; i <= n; i++) comps = comps " " a[i]
+                signedby = ""
+                m = split(opts, o, /[ \t]+/)
+                for (i = 1; i <= m; i++)
+                    if (tolower(o[i]) ~ /^signed-by=/) signedby = substr(o[i], 11)
+                consider(type, a[1], a[2], comps, signedby)
+            }
+            END { flush(); if (best > 0) print best_uri }
+        ' "${files[@]}")
     fi
-    [ -n "$uri" ] || die "cannot find the Debian mirror (URIs: line of the first stanza in $DEBIAN_SOURCES)"
-    echo "${uri%/}"
+    if [ -z "$uri" ]; then
+        printf 'setup: error: cannot find the Debian mirror: no enabled deb/deb-src entry for suite %s (or stable) with component main in %s\n' \
+            "$DEBIAN_SUITE" "${APT_ROOT%/}/etc/apt/sources.list, sources.list.d/*.list or sources.list.d/*.sources" >&2
+        return 1
+    fi
+    printf '%s\n' "$uri"
 }
 
 build_timescaledb() {
@@ -222,4 +327,13 @@ main() {
     rm -rf "$BUILD_ROOT"
 }
 
-main "$@"
+usage() {
+    printf 'usage: %s [--print-mirror]\n' "${0##*/}" >&2
+}
+
+case "$#:${1:-}" in
+    0:) main ;;
+    1:--print-mirror) debian_mirror ;;
+    1:-h | 1:--help) usage ;;
+    *) usage; exit 2 ;;
+esac
