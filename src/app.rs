@@ -8,16 +8,41 @@ use actix_web::web;
 use anyhow::Context;
 use tokio::sync::watch;
 
-use crate::budgets::projection::BudgetsProjection;
 use crate::config::Settings;
+use crate::context;
 use crate::db::{self, cluster::LocalCluster};
-use crate::eventstore::{signal::EventSignal, EventStore};
+use crate::eventstore::{self, signal::EventSignal, EventStore};
 use crate::http::{self, AppState};
-use crate::projections::{self, rebuild::Rebuild, Registry, RunnerConfig};
+use crate::projections::{self, rebuild::Rebuild, Progress, RunnerConfig};
+use crate::scheduled::{self, Job};
 
-/// Every projector the server runs.
-pub fn projections() -> Registry {
-    Arc::new(vec![Arc::new(BudgetsProjection)])
+/// Background work that requests start (rebuilds): each task gets a stop signal and is
+/// awaited on shutdown.
+#[derive(Clone)]
+pub struct Tasks {
+    handles: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Tasks {
+    pub fn spawn<F, Fut>(&self, work: F)
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(work(self.stop.clone()));
+        if let Ok(mut handles) = self.handles.lock() {
+            handles.retain(|h| !h.is_finished());
+            handles.push(handle);
+        }
+    }
+
+    fn take(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.handles
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default()
+    }
 }
 
 /// The database to use: `DATABASE_URL`, or the local cluster (started if needed).
@@ -32,12 +57,19 @@ pub fn database(settings: &Settings) -> anyhow::Result<(String, Option<LocalClus
     }
 }
 
-/// Prepares the database (local cluster: creates the `cloudlens` database) and migrates.
+/// Prepares the database (local cluster: creates the `cloudlens` database), migrates,
+/// opens a new ordering epoch if the database was moved to another cluster (ADR 0005) and
+/// marks rebuilds that a stopped process left running as interrupted.
 pub async fn prepare(conn: &str, cluster: Option<&LocalCluster>) -> anyhow::Result<()> {
     if let Some(c) = cluster {
         db::ensure_database(&c.connection_string_for("postgres"), db::cluster::DB_NAME).await?;
     }
-    db::migrate(conn).await
+    db::migrate(conn).await?;
+    let client = db::connect(conn).await?;
+    let epoch = eventstore::check_epoch(&client).await?;
+    tracing::info!(epoch, "event store ready");
+    projections::rebuild::mark_abandoned(&client).await?;
+    Ok(())
 }
 
 /// A started server and its background tasks.
@@ -48,17 +80,19 @@ pub struct Running {
     pub background: Background,
 }
 
-/// Projector runners and the NOTIFY/LISTEN tasks.
+/// Projector runners, periodic jobs, the NOTIFY/LISTEN tasks and request-started work.
 pub struct Background {
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: Tasks,
 }
 
 impl Background {
-    /// Stops the projectors (each finishes its batch) and the NOTIFY/LISTEN tasks.
+    /// Stops everything in the background and waits for it: projectors finish their
+    /// batch, a rebuild stops between batches (and is marked interrupted).
     pub async fn stop_background(self) {
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
+        for t in self.tasks.into_iter().chain(self.started.take()) {
             let _ = t.await;
         }
     }
@@ -68,12 +102,32 @@ impl Background {
 pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow::Result<Running> {
     let port = listener.local_addr()?.port();
     let pool = db::pool(&conn, settings.pool_size)?;
+    let reads = db::pool(&conn, settings.read_pool_size)?;
     let signal = EventSignal::default();
     let store = EventStore::new(pool.clone(), signal.clone());
-    let registry = projections();
+    let registry = context::projections();
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (progress, _) = watch::channel(0_u64);
+    let progress = Progress::new(registry.iter().map(|p| p.name()));
     let mut tasks = Vec::new();
+    let purge = {
+        let store = store.clone();
+        let retention = settings.idempotency_retention;
+        Job::new("idempotency_purge", settings.purge_interval, move || {
+            let store = store.clone();
+            async move {
+                let purged = store.purge_idempotency(retention).await?;
+                crate::telemetry::METRICS
+                    .idempotency_keys_purged
+                    .inc_by(purged);
+                Ok(())
+            }
+        })
+    };
+    tasks.push(tokio::spawn(scheduled::run(
+        conn.clone(),
+        purge,
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(
         signal.clone().run_notifier(pool, shutdown_rx.clone()),
     ));
@@ -98,19 +152,29 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
             shutdown_rx.clone(),
         )));
     }
+    let started = Tasks {
+        handles: Arc::default(),
+        stop: shutdown_rx,
+    };
     let state = web::Data::new(AppState {
         settings,
         store,
+        reads,
         projections: registry,
         conn,
         progress,
+        tasks: started.clone(),
     });
     let server = http::server(listener, state.clone())?;
     Ok(Running {
         port,
         server,
         state,
-        background: Background { shutdown, tasks },
+        background: Background {
+            shutdown,
+            tasks,
+            started,
+        },
     })
 }
 
@@ -203,7 +267,7 @@ pub fn projections_status(settings: Settings) -> anyhow::Result<()> {
             "{:<16} {:>12} {:>12} {:>12}  {:<10} rebuild",
             "NAME", "POSITION", "LAG_EVENTS", "LAG_SECONDS", "STATE"
         );
-        for p in projections().iter() {
+        for p in context::projections().iter() {
             let s = projections::status::of(&client, &**p).await?;
             let rebuild = s.rebuild.map(|r| r.state).unwrap_or_else(|| "-".into());
             println!(
@@ -219,12 +283,14 @@ pub fn projections_status(settings: Settings) -> anyhow::Result<()> {
 pub fn projections_rebuild(settings: Settings, name: String) -> anyhow::Result<()> {
     let batch = settings.projector_batch_size;
     with_database(&settings, |conn| async move {
-        let p = projections()
+        let p = context::projections()
             .iter()
             .find(|p| p.name() == name)
             .cloned()
             .with_context(|| format!("no projection named {name:?}"))?;
-        let report = Rebuild::begin(&conn, p).await?.run(batch).await?;
+        // Ctrl-C is left to end the process; the next start marks the rebuild interrupted.
+        let (_keep, never) = watch::channel(false);
+        let report = Rebuild::begin(&conn, p).await?.run(batch, never).await?;
         println!(
             "rebuilt {name}: {} events in {:.2} s ({:.0} events/s), position {}",
             report.events,

@@ -14,7 +14,10 @@ pub struct Settings {
     /// Port of the self-managed cluster (it listens on its unix socket only).
     pub pg_port: u16,
     pub listen: SocketAddr,
+    /// Connections for commands (the write side).
     pub pool_size: usize,
+    /// Connections for queries (the read side).
+    pub read_pool_size: usize,
     pub body_limit: usize,
     /// How long a query with `min_position` waits for the read models before 503.
     pub min_position_timeout: Duration,
@@ -22,6 +25,10 @@ pub struct Settings {
     /// Fallback poll interval of projectors when no notification arrives.
     pub projector_poll: Duration,
     pub log_json: bool,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_retention: Duration,
+    /// How often the elected process purges expired idempotency keys.
+    pub purge_interval: Duration,
 }
 
 impl Default for Settings {
@@ -32,11 +39,14 @@ impl Default for Settings {
             pg_port: 54329,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             pool_size: 48,
+            read_pool_size: 32,
             body_limit: 2 * 1024 * 1024,
             min_position_timeout: Duration::from_secs(5),
             projector_batch_size: 5000,
             projector_poll: Duration::from_millis(500),
             log_json: false,
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            purge_interval: Duration::from_secs(600),
         }
     }
 }
@@ -58,6 +68,13 @@ impl Settings {
         }
         if let Some(v) = var("CLOUDLENS_POOL_SIZE") {
             s.pool_size = parse("CLOUDLENS_POOL_SIZE", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_READ_POOL_SIZE") {
+            s.read_pool_size = parse("CLOUDLENS_READ_POOL_SIZE", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_IDEMPOTENCY_RETENTION_HOURS") {
+            let hours: u64 = parse("CLOUDLENS_IDEMPOTENCY_RETENTION_HOURS", &v)?;
+            s.idempotency_retention = Duration::from_secs(hours * 3600);
         }
         if let Some(v) = var("CLOUDLENS_BODY_LIMIT") {
             s.body_limit = parse("CLOUDLENS_BODY_LIMIT", &v)?;

@@ -1,12 +1,15 @@
 //! cloudlens: an event-sourced data server on PostgreSQL + TimescaleDB.
 //!
 //! Layout (see ARCHITECTURE.md for the full code map and invariants):
+//! - `context`      a bounded context as a plug-in, and the list of them;
 //! - `config`       settings read from the environment;
 //! - `telemetry`    tracing set-up and the Prometheus registry;
 //! - `db`           connection pool, migrations, and the self-managed local cluster;
 //! - `eventstore`   the append-only log: appends, stream loads, the gap-free global read;
 //! - `pipeline`     command handling around cqrs-es aggregates (idempotency, concurrency);
-//! - `projections`  the projection runtime: checkpoints, leader election, rebuilds;
+//! - `projections`  the projection runtime: typed projectors, checkpoints, election,
+//!   rebuilds, read-your-writes;
+//! - `scheduled`    periodic work done by one elected process (retention purges);
 //! - `http`         actix-web app, error mapping, admin and operations endpoints;
 //! - `budgets`      the first bounded context, end to end.
 //!
@@ -15,9 +18,11 @@
 pub mod app;
 pub mod budgets;
 pub mod config;
+pub mod context;
 pub mod db;
 pub mod eventstore;
 pub mod http;
 pub mod pipeline;
 pub mod projections;
+pub mod scheduled;
 pub mod telemetry;

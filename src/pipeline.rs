@@ -16,6 +16,25 @@ use crate::eventstore::codec::{self, Upcaster};
 use crate::eventstore::{AppendRequest, EventStore, IdempotencyRecord, StoreError};
 use crate::telemetry::METRICS;
 
+/// What a domain error means for the one who sent the command, without naming any
+/// transport: the HTTP layer maps each kind to a status and a stable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// The command is invalid; `field` names the offending input.
+    Invalid { field: String, message: String },
+    /// The aggregate does not exist (or no longer does); `what` names it.
+    NotFound { what: String },
+    /// The aggregate exists already.
+    AlreadyExists { what: String },
+    /// The aggregate's state does not allow the command.
+    Refused { message: String },
+}
+
+/// A domain error enum of a bounded context.
+pub trait DomainError: std::error::Error {
+    fn rejection(&self) -> Rejection;
+}
+
 /// An aggregate stored in the event store.
 pub trait EventSourced: Aggregate {
     /// `stream_type` of its events; stable forever.
@@ -175,6 +194,13 @@ pub async fn execute<A: EventSourced>(
 }
 
 /// The bool is true when the result is a stored response replayed for a retry.
+///
+/// With an idempotency key, every answer other than "appended" is checked against the key
+/// once more before it is given: a request with the same key may have committed between
+/// this one's first look-up and its stream load, and then this one decided against the
+/// state the first produced (a delete finds nothing, an `If-Match` is stale, an update
+/// changes nothing). The first request's answer is the answer, under any timing: an
+/// append under a taken key fails as a whole (the key is written in the same statement).
 async fn run<A: EventSourced>(
     store: &EventStore,
     ctx: &CommandContext,
@@ -186,6 +212,30 @@ async fn run<A: EventSourced>(
     if let Some(replayed) = replay(store, ctx).await? {
         return Ok((replayed, true));
     }
+    let attempt = decide_and_append::<A>(store, ctx, id, expect, command, services).await;
+    let settled_by_another = match &attempt {
+        Ok((_, appended)) => !appended,
+        Err(CommandError::Domain(_) | CommandError::Conflict { .. }) => true,
+        Err(CommandError::Store(StoreError::IdempotencyKeyTaken)) => true,
+        Err(_) => false,
+    };
+    if settled_by_another {
+        if let Some(replayed) = replay(store, ctx).await? {
+            return Ok((replayed, true));
+        }
+    }
+    attempt.map(|(result, _)| (result, false))
+}
+
+/// Loads, decides and appends; the bool is false when the command changed nothing.
+async fn decide_and_append<A: EventSourced>(
+    store: &EventStore,
+    ctx: &CommandContext,
+    id: Uuid,
+    expect: Expect,
+    command: A::Command,
+    services: &A::Services,
+) -> Result<(CommandResult, bool), CommandError<A::Error>> {
     let Loaded {
         aggregate,
         version,
@@ -250,16 +300,8 @@ async fn run<A: EventSourced>(
                 version: a.version,
                 position: a.position,
             },
-            false,
+            true,
         )),
-        // A concurrent retry with the same key may have won on the stream itself.
-        Err(StoreError::Conflict) if ctx.idempotency.is_some() => match replay(store, ctx).await? {
-            Some(r) => Ok((r, true)),
-            None => Err(CommandError::Conflict {
-                expected: Some(version),
-                actual: None,
-            }),
-        },
         Err(StoreError::Conflict) => Err(CommandError::Conflict {
             expected: match expect {
                 Expect::New => Some(0),
@@ -267,11 +309,6 @@ async fn run<A: EventSourced>(
             },
             actual: None,
         }),
-        // A concurrent retry with the same key won the race: answer as it did.
-        Err(StoreError::IdempotencyKeyTaken) => match replay(store, ctx).await? {
-            Some(r) => Ok((r, true)),
-            None => Err(CommandError::Store(StoreError::IdempotencyKeyTaken)),
-        },
         Err(e) => Err(e.into()),
     }
 }
@@ -291,10 +328,9 @@ async fn replay<E: std::error::Error>(
     if stored.request_hash != idem.request_hash {
         return Err(CommandError::IdempotencyMismatch);
     }
-    serde_json::from_value(stored.body).map(Some).map_err(|e| {
-        CommandError::Store(StoreError::Corrupt {
-            position: 0,
-            reason: e.to_string(),
-        })
-    })
+    Ok(Some(CommandResult {
+        id: stored.stream_id,
+        version: stored.appended.version,
+        position: stored.appended.position,
+    }))
 }

@@ -49,6 +49,10 @@ pub struct Metrics {
     pub read_model_rows: IntGaugeVec,
     pub oldest_writer_transaction_seconds: prometheus::Gauge,
     pub ready: IntGauge,
+    pub scheduled_runs: IntCounterVec,
+    pub scheduled_leader: IntGaugeVec,
+    pub idempotency_keys_purged: prometheus::IntCounter,
+    pub writer_stalled: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -56,172 +60,261 @@ fn latency_buckets() -> Vec<f64> {
     exponential_buckets(0.000_25, 2.0, 16).unwrap_or_default()
 }
 
+/// Registers a metric and hands it back: each metric is written down once.
+pub fn reg<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: T,
+) -> Result<T, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
+    let r = &registry;
     let m = Metrics {
-        commands: IntCounterVec::new(
-            Opts::new(
-                "cloudlens_commands_total",
-                "Commands handled, by type and outcome",
-            ),
-            &["command", "outcome"],
+        commands: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_commands_total",
+                    "Commands handled, by type and outcome",
+                ),
+                &["command", "outcome"],
+            )?,
         )?,
-        command_duration: HistogramVec::new(
-            HistogramOpts::new(
-                "cloudlens_command_duration_seconds",
-                "Command handling latency",
-            )
-            .buckets(latency_buckets()),
-            &["command"],
+        command_duration: reg(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "cloudlens_command_duration_seconds",
+                    "Command handling latency",
+                )
+                .buckets(latency_buckets()),
+                &["command"],
+            )?,
         )?,
-        events_appended: IntCounterVec::new(
-            Opts::new(
-                "cloudlens_events_appended_total",
-                "Events appended to the store",
-            ),
-            &["stream_type"],
+        events_appended: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_events_appended_total",
+                    "Events appended to the store",
+                ),
+                &["stream_type"],
+            )?,
         )?,
-        append_duration: Histogram::with_opts(
-            HistogramOpts::new(
-                "cloudlens_event_append_duration_seconds",
-                "Latency of one append statement",
-            )
-            .buckets(latency_buckets()),
+        append_duration: reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "cloudlens_event_append_duration_seconds",
+                    "Latency of one append statement",
+                )
+                .buckets(latency_buckets()),
+            )?,
         )?,
-        http_requests: IntCounterVec::new(
-            Opts::new(
-                "cloudlens_http_requests_total",
-                "HTTP requests by route and status",
-            ),
-            &["method", "route", "status"],
+        http_requests: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_http_requests_total",
+                    "HTTP requests by route and status",
+                ),
+                &["method", "route", "status"],
+            )?,
         )?,
-        http_duration: HistogramVec::new(
-            HistogramOpts::new(
-                "cloudlens_http_request_duration_seconds",
-                "HTTP request latency",
-            )
-            .buckets(latency_buckets()),
-            &["method", "route"],
+        http_duration: reg(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "cloudlens_http_request_duration_seconds",
+                    "HTTP request latency",
+                )
+                .buckets(latency_buckets()),
+                &["method", "route"],
+            )?,
         )?,
-        projector_position: IntGaugeVec::new(
-            Opts::new(
-                "cloudlens_projector_position",
-                "Global position of the last event a projector applied",
-            ),
-            &["projector"],
+        projector_position: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "cloudlens_projector_position",
+                    "Global position of the last event a projector applied",
+                ),
+                &["projector"],
+            )?,
         )?,
-        projector_lag_events: IntGaugeVec::new(
-            Opts::new(
-                "cloudlens_projector_lag_events",
-                "Events not yet applied by a projector",
-            ),
-            &["projector"],
+        projector_lag_events: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "cloudlens_projector_lag_events",
+                    "Events not yet applied by a projector",
+                ),
+                &["projector"],
+            )?,
         )?,
-        projector_lag_seconds: prometheus::GaugeVec::new(
-            Opts::new(
-                "cloudlens_projector_lag_seconds",
-                "Age of the oldest event a projector has not applied",
-            ),
-            &["projector"],
+        projector_lag_seconds: reg(
+            r,
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "cloudlens_projector_lag_seconds",
+                    "Age of the oldest event a projector has not applied",
+                ),
+                &["projector"],
+            )?,
         )?,
-        projector_batch_duration: HistogramVec::new(
-            HistogramOpts::new(
-                "cloudlens_projector_batch_duration_seconds",
-                "Duration of one projector batch",
-            )
-            .buckets(latency_buckets()),
-            &["projector"],
+        projector_batch_duration: reg(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "cloudlens_projector_batch_duration_seconds",
+                    "Duration of one projector batch",
+                )
+                .buckets(latency_buckets()),
+                &["projector"],
+            )?,
         )?,
-        projector_events_applied: IntCounterVec::new(
-            Opts::new(
-                "cloudlens_projector_events_applied_total",
-                "Events applied by projectors in this process",
-            ),
-            &["projector"],
+        projector_events_applied: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_projector_events_applied_total",
+                    "Events applied by projectors in this process",
+                ),
+                &["projector"],
+            )?,
         )?,
-        projector_leader: IntGaugeVec::new(
-            Opts::new(
-                "cloudlens_projector_leader",
-                "1 when this process runs the projector",
-            ),
-            &["projector"],
+        projector_leader: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "cloudlens_projector_leader",
+                    "1 when this process runs the projector",
+                ),
+                &["projector"],
+            )?,
         )?,
-        projector_errors: IntCounterVec::new(
-            Opts::new(
-                "cloudlens_projector_errors_total",
-                "Failed projector batches (retried)",
-            ),
-            &["projector"],
+        projector_errors: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_projector_errors_total",
+                    "Failed projector batches (retried)",
+                ),
+                &["projector"],
+            )?,
         )?,
-        rebuild_position: IntGaugeVec::new(
-            Opts::new(
-                "cloudlens_projection_rebuild_position",
-                "Position reached by a running rebuild",
-            ),
-            &["projector"],
+        rebuild_position: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "cloudlens_projection_rebuild_position",
+                    "Position reached by a running rebuild",
+                ),
+                &["projector"],
+            )?,
         )?,
-        min_position_wait: Histogram::with_opts(
-            HistogramOpts::new(
-                "cloudlens_min_position_wait_seconds",
-                "Time queries waited for min_position",
-            )
-            .buckets(latency_buckets()),
+        min_position_wait: reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "cloudlens_min_position_wait_seconds",
+                    "Time queries waited for min_position",
+                )
+                .buckets(latency_buckets()),
+            )?,
         )?,
-        pool_size: IntGauge::new("cloudlens_db_pool_size", "Connections in the pool")?,
-        pool_available: IntGauge::new(
-            "cloudlens_db_pool_available",
-            "Idle connections in the pool",
+        pool_size: reg(
+            r,
+            IntGauge::new("cloudlens_db_pool_size", "Connections in the pool")?,
         )?,
-        pool_waiting: IntGauge::new(
-            "cloudlens_db_pool_waiting",
-            "Requests waiting for a connection",
+        pool_available: reg(
+            r,
+            IntGauge::new(
+                "cloudlens_db_pool_available",
+                "Idle connections in the pool",
+            )?,
         )?,
-        db_size_bytes: IntGauge::new("cloudlens_db_size_bytes", "Size of the database")?,
-        db_table_size_bytes: IntGaugeVec::new(
-            Opts::new(
-                "cloudlens_db_table_size_bytes",
-                "Size of each table with its indexes",
-            ),
-            &["table"],
+        pool_waiting: reg(
+            r,
+            IntGauge::new(
+                "cloudlens_db_pool_waiting",
+                "Requests waiting for a connection",
+            )?,
         )?,
-        read_model_rows: IntGaugeVec::new(
-            Opts::new(
-                "cloudlens_read_model_rows",
-                "Rows in each read-model table (statistics estimate)",
-            ),
-            &["table"],
+        db_size_bytes: reg(
+            r,
+            IntGauge::new("cloudlens_db_size_bytes", "Size of the database")?,
         )?,
-        oldest_writer_transaction_seconds: prometheus::Gauge::new(
-            "cloudlens_oldest_writer_transaction_seconds",
-            "Age of the oldest open event-writer transaction (projectors wait for it)",
+        db_table_size_bytes: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "cloudlens_db_table_size_bytes",
+                    "Size of each table with its indexes",
+                ),
+                &["table"],
+            )?,
         )?,
-        ready: IntGauge::new("cloudlens_ready", "1 when /readyz would answer 200")?,
+        read_model_rows: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "cloudlens_read_model_rows",
+                    "Rows in each read-model table (statistics estimate)",
+                ),
+                &["table"],
+            )?,
+        )?,
+        oldest_writer_transaction_seconds: reg(
+            r,
+            prometheus::Gauge::new(
+                "cloudlens_oldest_writer_transaction_seconds",
+                "Age of the oldest open event-writer transaction (projectors wait for it)",
+            )?,
+        )?,
+        ready: reg(
+            r,
+            IntGauge::new("cloudlens_ready", "1 when /readyz would answer 200")?,
+        )?,
+        scheduled_runs: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_scheduled_runs_total",
+                    "Runs of periodic work in the elected process, by job and outcome",
+                ),
+                &["job", "outcome"],
+            )?,
+        )?,
+        scheduled_leader: reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "cloudlens_scheduled_leader",
+                    "1 when this process runs the periodic job",
+                ),
+                &["job"],
+            )?,
+        )?,
+        idempotency_keys_purged: reg(
+            r,
+            prometheus::IntCounter::new(
+                "cloudlens_idempotency_keys_purged_total",
+                "Idempotency records removed by the retention purge",
+            )?,
+        )?,
+        writer_stalled: reg(
+            r,
+            IntGauge::new(
+                "cloudlens_event_writer_stalled",
+                "1 when an event-writer transaction has been open longer than the stall threshold",
+            )?,
+        )?,
         registry,
     };
-    let r = &m.registry;
-    r.register(Box::new(m.commands.clone()))?;
-    r.register(Box::new(m.command_duration.clone()))?;
-    r.register(Box::new(m.events_appended.clone()))?;
-    r.register(Box::new(m.append_duration.clone()))?;
-    r.register(Box::new(m.http_requests.clone()))?;
-    r.register(Box::new(m.http_duration.clone()))?;
-    r.register(Box::new(m.projector_position.clone()))?;
-    r.register(Box::new(m.projector_lag_events.clone()))?;
-    r.register(Box::new(m.projector_lag_seconds.clone()))?;
-    r.register(Box::new(m.projector_batch_duration.clone()))?;
-    r.register(Box::new(m.projector_events_applied.clone()))?;
-    r.register(Box::new(m.projector_leader.clone()))?;
-    r.register(Box::new(m.projector_errors.clone()))?;
-    r.register(Box::new(m.rebuild_position.clone()))?;
-    r.register(Box::new(m.min_position_wait.clone()))?;
-    r.register(Box::new(m.pool_size.clone()))?;
-    r.register(Box::new(m.pool_available.clone()))?;
-    r.register(Box::new(m.pool_waiting.clone()))?;
-    r.register(Box::new(m.db_size_bytes.clone()))?;
-    r.register(Box::new(m.db_table_size_bytes.clone()))?;
-    r.register(Box::new(m.read_model_rows.clone()))?;
-    r.register(Box::new(m.oldest_writer_transaction_seconds.clone()))?;
-    r.register(Box::new(m.ready.clone()))?;
     Ok(m)
 }
 

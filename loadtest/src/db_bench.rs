@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cloudlens::budgets::projection::BudgetsProjection;
+use cloudlens::budgets::projection::BudgetsProjector;
 use cloudlens::db::{self, cluster::LocalCluster};
 use cloudlens::eventstore::{signal::EventSignal, AppendRequest, EventStore, NewEvent};
 use cloudlens::projections::rebuild::Rebuild;
+use cloudlens::projections::Typed;
 use futures::SinkExt;
 use serde_json::{json, Value};
 
@@ -313,7 +314,10 @@ pub fn catchup(args: CatchupArgs) -> anyhow::Result<()> {
         println!("generated in {:.1} s", started.elapsed().as_secs_f64());
 
         // Replay into a fresh read model: a rebuild of `budgets` (shadow tables, swap).
-        let report = Rebuild::begin(&conn, Arc::new(BudgetsProjection)).await?.run(args.batch).await?;
+        let report = Rebuild::begin(&conn, Arc::new(Typed(BudgetsProjector)))
+            .await?
+            .run(args.batch, tokio::sync::watch::channel(false).1)
+            .await?;
         let replay_rate = report.events as f64 / report.seconds;
         let rows: i64 = admin.query_one("SELECT count(*) FROM budgets_view", &[]).await?.get(0);
         println!(

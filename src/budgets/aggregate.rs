@@ -30,6 +30,24 @@ pub enum BudgetError {
     AlreadyExists,
 }
 
+impl crate::pipeline::DomainError for BudgetError {
+    fn rejection(&self) -> crate::pipeline::Rejection {
+        use crate::pipeline::Rejection;
+        match self {
+            BudgetError::Invalid { field, message } => Rejection::Invalid {
+                field: field.clone(),
+                message: message.clone(),
+            },
+            BudgetError::NotFound => Rejection::NotFound {
+                what: "budget".into(),
+            },
+            BudgetError::AlreadyExists => Rejection::AlreadyExists {
+                what: "budget".into(),
+            },
+        }
+    }
+}
+
 fn invalid(field: &str, message: impl Into<String>) -> BudgetError {
     BudgetError::Invalid {
         field: field.to_owned(),

@@ -1,15 +1,50 @@
 //! Reads of the budgets context; they touch only `budgets_view`.
+//!
+//! Each query is a named constant run as a statement prepared once per connection
+//! (`prepare_cached`): a point read is then one round trip, as fast as the database
+//! allows (ARCHITECTURE.md, "How a query stays fast").
 
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, Utc};
+use deadpool_postgres::GenericClient;
 use rust_decimal::Decimal;
 use serde::Serialize;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-const COLUMNS: &str = "id, version, name, amount, currency, period, budget_type, start_date, end_date, \
-                       tag_filter, service_filter, alert_thresholds, account, created_at, updated_at";
+use crate::db::QueryError;
+
+macro_rules! columns {
+    () => {
+        "id, version, name, amount, currency, period, budget_type, start_date, end_date, \
+         tag_filter, service_filter, alert_thresholds, account, created_at, updated_at"
+    };
+}
+
+const GET_SQL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM budgets_view WHERE tenant_id = $1 AND id = $2"
+);
+
+/// One statement per filter combination, so each prepared plan can use its index
+/// (`account`: btree; `tag`: GIN) instead of a generic plan around `$n IS NULL OR …`.
+macro_rules! list_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM budgets_view WHERE tenant_id = $1 AND id > $2",
+            $filter,
+            " ORDER BY id LIMIT $3"
+        )
+    };
+}
+const LIST_SQL: &str = list_sql!("");
+const LIST_ACCOUNT_SQL: &str = list_sql!(" AND account = $4");
+const LIST_TAG_SQL: &str = list_sql!(" AND tag_filter @> $4");
+const LIST_ACCOUNT_TAG_SQL: &str = list_sql!(" AND account = $4 AND tag_filter @> $5");
 
 /// A budget as clients read it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -92,14 +127,14 @@ pub async fn get<C: GenericClient>(
     client: &C,
     tenant: &str,
     id: Uuid,
-) -> Result<Option<BudgetView>, tokio_postgres::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM budgets_view WHERE tenant_id = $1 AND id = $2");
-    client
-        .query_opt(&sql, &[&tenant, &id])
+) -> Result<Option<BudgetView>, QueryError> {
+    let stmt = client.prepare_cached(GET_SQL).await?;
+    Ok(client
+        .query_opt(&stmt, &[&tenant, &id])
         .await?
         .as_ref()
         .map(view)
-        .transpose()
+        .transpose()?)
 }
 
 /// Keyset pagination by id (UUIDv7, so roughly creation order).
@@ -107,20 +142,29 @@ pub async fn list<C: GenericClient>(
     client: &C,
     tenant: &str,
     f: &ListFilter,
-) -> Result<BudgetPage, tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM budgets_view
-          WHERE tenant_id = $1
-            AND ($2::text IS NULL OR account = $2)
-            AND ($3::jsonb IS NULL OR tag_filter @> $3)
-            AND ($4::uuid IS NULL OR id > $4)
-          ORDER BY id
-          LIMIT $5"
-    );
+) -> Result<BudgetPage, QueryError> {
     let tag = f.tag.as_ref().map(|(k, v)| serde_json::json!({ k: v }));
-    let rows = client
-        .query(&sql, &[&tenant, &f.account, &tag, &f.after, &(f.limit + 1)])
-        .await?;
+    let after = f.after.unwrap_or(Uuid::nil());
+    let limit = f.limit + 1;
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&tenant, &after, &limit];
+    let sql = match (&f.account, &tag) {
+        (None, None) => LIST_SQL,
+        (Some(account), None) => {
+            params.push(account);
+            LIST_ACCOUNT_SQL
+        }
+        (None, Some(tag)) => {
+            params.push(tag);
+            LIST_TAG_SQL
+        }
+        (Some(account), Some(tag)) => {
+            params.push(account);
+            params.push(tag);
+            LIST_ACCOUNT_TAG_SQL
+        }
+    };
+    let stmt = client.prepare_cached(sql).await?;
+    let rows = client.query(&stmt, &params).await?;
     let mut items = rows.iter().map(view).collect::<Result<Vec<_>, _>>()?;
     let next_cursor = if items.len() as i64 > f.limit {
         items.truncate(f.limit as usize);

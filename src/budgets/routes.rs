@@ -1,14 +1,15 @@
 //! HTTP endpoints of the budgets context.
 
+use actix_web::http::{header, StatusCode};
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::commands::{BudgetCommand, BudgetDraft};
+use super::projection::NAME as PROJECTION;
 use super::queries::{self, BudgetPage, BudgetView, ListFilter};
-use super::{projection::BudgetsProjection, Budget};
-use crate::http::consistency::wait_for;
+use super::Budget;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{command_context, if_match, tenant, JsonBody};
 use crate::http::AppState;
@@ -22,9 +23,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(remove);
 }
 
-fn accepted(status: actix_web::http::StatusCode, r: CommandResult) -> HttpResponse {
+fn accepted(status: StatusCode, r: CommandResult) -> HttpResponse {
     HttpResponse::build(status)
-        .insert_header((actix_web::http::header::ETAG, format!("\"{}\"", r.version)))
+        .insert_header((header::ETAG, format!("\"{}\"", r.version)))
         .json(r)
 }
 
@@ -34,9 +35,10 @@ fn budget_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// Create a budget.
 #[utoipa::path(post, path = "/api/v1/budgets", request_body = BudgetDraft,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
     responses((status = 201, body = CommandResult), (status = 400, body = Problem), (status = 413, body = Problem),
-              (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+              (status = 415, body = Problem), (status = 422, body = Problem)))]
 #[post("/api/v1/budgets")]
 pub async fn create(
     state: web::Data<AppState>,
@@ -44,31 +46,31 @@ pub async fn create(
     body: JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let draft: BudgetDraft = body.parse()?;
-    let ctx = command_context(&req, &body.bytes, 201)?;
-    let id = Uuid::now_v7();
+    let ctx = command_context(&req, &body.bytes)?;
     let (result, _) = pipeline::execute::<Budget>(
         &state.store,
         &ctx,
         "CreateBudget",
-        id,
+        Uuid::now_v7(),
         Expect::New,
         BudgetCommand::CreateBudget(draft),
         &(),
     )
     .await?;
-    let mut response = accepted(actix_web::http::StatusCode::CREATED, result);
+    let mut response = accepted(StatusCode::CREATED, result);
     if let Ok(location) = format!("/api/v1/budgets/{}", result.id).parse() {
-        response
-            .headers_mut()
-            .insert(actix_web::http::header::LOCATION, location);
+        response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
 }
 
 /// Replace a budget. `If-Match: "<version>"` makes a stale write fail with 409.
 #[utoipa::path(put, path = "/api/v1/budgets/{id}", request_body = BudgetDraft,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\"")),
-    responses((status = 200, body = CommandResult), (status = 404, body = Problem), (status = 409, body = Problem),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\""),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+    responses((status = 200, body = CommandResult), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
               (status = 422, body = Problem)))]
 #[put("/api/v1/budgets/{id}")]
 pub async fn update(
@@ -79,7 +81,7 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let id = budget_id(&id)?;
     let draft: BudgetDraft = body.parse()?;
-    let ctx = command_context(&req, &body.bytes, 200)?;
+    let ctx = command_context(&req, &body.bytes)?;
     let expect = if_match(&req)?.map_or(Expect::Any, Expect::Version);
     let (result, _) = pipeline::execute::<Budget>(
         &state.store,
@@ -91,13 +93,16 @@ pub async fn update(
         &(),
     )
     .await?;
-    Ok(accepted(actix_web::http::StatusCode::OK, result))
+    Ok(accepted(StatusCode::OK, result))
 }
 
 /// Delete a budget (its history stays in the event store).
 #[utoipa::path(delete, path = "/api/v1/budgets/{id}",
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 200, body = CommandResult), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\""),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+    responses((status = 200, body = CommandResult), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[delete("/api/v1/budgets/{id}")]
 pub async fn remove(
     state: web::Data<AppState>,
@@ -105,7 +110,7 @@ pub async fn remove(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = budget_id(&id)?;
-    let ctx = command_context(&req, b"", 200)?;
+    let ctx = command_context(&req, b"")?;
     let expect = if_match(&req)?.map_or(Expect::Any, Expect::Version);
     let (result, _) = pipeline::execute::<Budget>(
         &state.store,
@@ -117,18 +122,31 @@ pub async fn remove(
         &(),
     )
     .await?;
-    Ok(accepted(actix_web::http::StatusCode::OK, result))
+    Ok(accepted(StatusCode::OK, result))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ReadParams {
-    /// Wait (up to about 5 s) until the read model reflects this global position.
+    /// Wait (up to about 5 s) until the read model reflects this global position (a
+    /// position never handed out: 422).
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
 }
 
+/// `min_position`, checked.
+fn min_position(p: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match p {
+        Some(p) if p < 0 => Err(ApiError::validation("min_position", "must not be negative")),
+        p => Ok(p),
+    }
+}
+
 /// One budget, with its version as ETag.
-#[utoipa::path(get, path = "/api/v1/budgets/{id}", params(("id" = Uuid, Path), ReadParams),
-    responses((status = 200, body = BudgetView), (status = 404, body = Problem), (status = 503, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/budgets/{id}",
+    params(("id" = Uuid, Path), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+    responses((status = 200, body = BudgetView), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
 #[get("/api/v1/budgets/{id}")]
 pub async fn get_one(
     state: web::Data<AppState>,
@@ -138,16 +156,13 @@ pub async fn get_one(
 ) -> Result<HttpResponse, ApiError> {
     let id = budget_id(&id)?;
     let tenant = tenant(&req)?;
-    wait_for(&state, &BudgetsProjection, params.min_position).await?;
-    let client = state.store.pool().get().await?;
-    let budget = queries::get(&**client, &tenant, id)
+    let min_position = min_position(params.min_position)?;
+    let client = state.read_model(PROJECTION, min_position).await?;
+    let budget = queries::get(&client, &tenant, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("budget".into()))?;
     Ok(HttpResponse::Ok()
-        .insert_header((
-            actix_web::http::header::ETAG,
-            format!("\"{}\"", budget.version),
-        ))
+        .insert_header((header::ETAG, format!("\"{}\"", budget.version)))
         .json(budget))
 }
 
@@ -157,14 +172,19 @@ pub struct ListParams {
     /// `KEY:VALUE`: budgets whose tag_filter contains this tag.
     pub tag: Option<String>,
     /// 1..=500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// See `GET /api/v1/budgets/{id}`.
+    #[param(minimum = 0)]
     pub min_position: Option<i64>,
 }
 
 /// Budgets, filtered, in pages (keyset pagination).
-#[utoipa::path(get, path = "/api/v1/budgets", params(ListParams),
-    responses((status = 200, body = BudgetPage), (status = 422, body = Problem), (status = 503, body = Problem)))]
+#[utoipa::path(get, path = "/api/v1/budgets",
+    params(ListParams, ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+    responses((status = 200, body = BudgetPage), (status = 400, body = Problem), (status = 422, body = Problem)))]
 #[get("/api/v1/budgets")]
 pub async fn list(
     state: web::Data<AppState>,
@@ -191,10 +211,10 @@ pub async fn list(
                 .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))?,
         ),
     };
-    wait_for(&state, &BudgetsProjection, p.min_position).await?;
-    let client = state.store.pool().get().await?;
+    let min_position = min_position(p.min_position)?;
+    let client = state.read_model(PROJECTION, min_position).await?;
     let page = queries::list(
-        &**client,
+        &client,
         &tenant,
         &ListFilter {
             account: p.account,

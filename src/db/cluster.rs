@@ -31,6 +31,12 @@ checkpoint_timeout = '15min'
 autovacuum_naptime = '10s'
 log_min_messages = warning
 log_line_prefix = '%m [%p] '
+# A session idle inside a transaction, or a client whose connection vanished, must not
+# hold locks (the event-writer lock freezes every projector) for long (ADR 0005).
+idle_in_transaction_session_timeout = '60s'
+tcp_keepalives_idle = 10
+tcp_keepalives_interval = 5
+tcp_keepalives_count = 3
 ";
 
 #[derive(Debug, Clone)]

@@ -14,13 +14,24 @@ SELECT c.relname, pg_total_relation_size(c.oid), coalesce(s.n_live_tup, 0)
 
 const DATABASE_SIZE_SQL: &str = "SELECT pg_database_size(current_database())";
 
-/// Same lock keys as `eventstore::APPEND_SQL` / `eventstore::global::HORIZON_SQL`.
+/// `event_writers` (sql/V4) holds back every projector while one is open.
 const OLDEST_WRITER_SQL: &str = "\
-SELECT coalesce(extract(epoch FROM max(now() - a.xact_start)), 0)::float8
-  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
- WHERE l.locktype = 'advisory' AND l.granted
-   AND l.classid = 1668048001::oid AND l.objid BETWEEN 1 AND 16 AND l.objsubid = 2
-   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0)::float8 FROM event_writers";
+
+/// An event-writer transaction open this long holds back every projector: a stall.
+pub const WRITER_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Age of the oldest open event-writer transaction (zero when there is none); also
+/// refreshes its gauges.
+pub async fn oldest_writer<C: GenericClient>(
+    client: &C,
+) -> Result<std::time::Duration, tokio_postgres::Error> {
+    let oldest: f64 = client.query_one(OLDEST_WRITER_SQL, &[]).await?.try_get(0)?;
+    METRICS.oldest_writer_transaction_seconds.set(oldest);
+    let age = std::time::Duration::from_secs_f64(oldest.max(0.0));
+    METRICS.writer_stalled.set(i64::from(age >= WRITER_STALL));
+    Ok(age)
+}
 
 /// Refreshes the database gauges; `read_models` are the tables whose rows are exported.
 pub async fn refresh<C: GenericClient>(
@@ -42,7 +53,5 @@ pub async fn refresh<C: GenericClient>(
                 .set(row.try_get(2)?);
         }
     }
-    let oldest: f64 = client.query_one(OLDEST_WRITER_SQL, &[]).await?.try_get(0)?;
-    METRICS.oldest_writer_transaction_seconds.set(oldest);
     Ok(())
 }

@@ -21,14 +21,13 @@ use super::{Appended, StoreError, APPEND_ONE_SQL};
 const MAX_BATCH: usize = 64;
 const IN_FLIGHT: usize = 8;
 
-/// `APPEND_ONE_SQL` for many streams: same writer lock, one row per command.
+/// `APPEND_ONE_SQL` for many streams: one row per command.
 const APPEND_MANY_SQL: &str = "\
 INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type,
                     schema_version, payload, metadata)
 SELECT u.tenant_id, u.stream_type, u.stream_id, u.stream_version, u.event_type,
        u.schema_version, u.payload, u.metadata
-  FROM (SELECT pg_advisory_xact_lock_shared(1668048001, 1 + pg_backend_pid() % 16)) AS writer,
-       unnest($1::text[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::int[],
+  FROM unnest($1::text[], $2::text[], $3::uuid[], $4::bigint[], $5::text[], $6::int[],
               $7::jsonb[], $8::jsonb[])
            AS u(tenant_id, stream_type, stream_id, stream_version, event_type, schema_version,
                 payload, metadata)

@@ -17,7 +17,7 @@ mod xid8;
 
 pub use xid8::Xid8;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -32,7 +32,9 @@ use crate::telemetry::METRICS;
 #[derive(Debug, Clone)]
 pub struct RecordedEvent {
     pub position: i64,
-    /// Writer's top-level transaction id, the first key of the global order.
+    /// Ordering epoch (ADR 0005): first key of the global order.
+    pub epoch: i32,
+    /// Writer's top-level transaction id, the second key of the global order.
     pub transaction_id: Xid8,
     pub tenant_id: String,
     pub stream_type: String,
@@ -54,19 +56,20 @@ pub struct NewEvent {
     pub payload: Value,
 }
 
-/// The response a command gave, kept for retries with the same `Idempotency-Key`.
+/// An idempotency key and the hash of the request it stands for, recorded with the
+/// events the request appended.
 #[derive(Debug, Clone)]
 pub struct IdempotencyRecord {
     pub key: String,
     pub request_hash: Vec<u8>,
-    pub response_status: i32,
 }
 
-#[derive(Debug, Clone)]
-pub struct StoredResponse {
+/// What an earlier append under an idempotency key produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAppend {
     pub request_hash: Vec<u8>,
-    pub status: i32,
-    pub body: Value,
+    pub stream_id: Uuid,
+    pub appended: Appended,
 }
 
 pub struct AppendRequest<'a> {
@@ -123,49 +126,47 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
-/// Takes the shared "event writer" advisory lock before the statement gets a transaction
-/// id, then appends all events and the idempotency record atomically (one statement, one
-/// round trip). The lock is what lets readers tell event writers from unrelated
-/// transactions (ADR 0001); its keys are repeated in `global::HORIZON_SQL`. Writers spread
-/// over 16 lock keys (by backend pid) so they do not all queue on one lock-table partition.
+/// Appends all events of one command and its idempotency record atomically (one
+/// statement, one round trip). The writer lock of the global order is taken by the
+/// `events` statement trigger (ADR 0005); this must be the transaction's first write.
 const APPEND_SQL: &str = "\
-WITH writer AS (SELECT pg_advisory_xact_lock_shared(1668048001, 1 + pg_backend_pid() % 16)),
-ins AS (
+WITH ins AS (
     INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type,
                         schema_version, payload, metadata)
     SELECT $1, $2, $3, $4::bigint + u.ord, u.event_type, u.schema_version, u.payload, $8
-      FROM writer,
-           unnest($5::text[], $6::int[], $7::jsonb[]) WITH ORDINALITY
+      FROM unnest($5::text[], $6::int[], $7::jsonb[]) WITH ORDINALITY
                AS u(event_type, schema_version, payload, ord)
      ORDER BY u.ord
     RETURNING position, stream_version),
 summary AS (SELECT max(position) AS position, max(stream_version) AS version FROM ins),
 idem AS (
-    INSERT INTO idempotency_keys (tenant_id, key, request_hash, response_status, response_body)
-    SELECT $1, $9, $10, $11,
-           jsonb_build_object('id', $3::uuid, 'version', s.version, 'position', s.position)
+    INSERT INTO idempotency_keys (tenant_id, key, request_hash, stream_id, stream_version, position)
+    SELECT $1, $9, $10, $3, s.version, s.position
       FROM summary s
      WHERE $9::text IS NOT NULL)
 SELECT position, version FROM summary";
 
-/// `APPEND_SQL` for one event without an idempotency key (same lock, same guarantees).
+/// `APPEND_SQL` for one event without an idempotency key.
 const APPEND_ONE_SQL: &str = "\
 INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type,
                     schema_version, payload, metadata)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8
-  FROM (SELECT pg_advisory_xact_lock_shared(1668048001, 1 + pg_backend_pid() % 16)) AS writer
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING position, stream_version";
 
-const LOAD_STREAM_SQL: &str = "\
-SELECT position, transaction_id, tenant_id, stream_type, stream_id, stream_version,
-       event_type, schema_version, payload, metadata, recorded_at
-  FROM events
- WHERE stream_type = $1 AND stream_id = $2
- ORDER BY stream_version";
+const LOAD_STREAM_SQL: &str = concat!(
+    "SELECT ",
+    global::event_columns!(),
+    " FROM events WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version"
+);
 
 const FIND_IDEMPOTENT_SQL: &str = "\
-SELECT request_hash, response_status, response_body FROM idempotency_keys
+SELECT request_hash, stream_id, stream_version, position FROM idempotency_keys
  WHERE tenant_id = $1 AND key = $2";
+
+const PURGE_IDEMPOTENT_SQL: &str = "\
+DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)";
+
+const CHECK_EPOCH_SQL: &str = "SELECT cloudlens_check_epoch()";
 
 #[derive(Clone)]
 pub struct EventStore {
@@ -217,13 +218,9 @@ impl EventStore {
                 let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
                 let versions: Vec<i32> = events.iter().map(|e| e.schema_version).collect();
                 let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
-                let (key, hash, status) = match idempotency {
-                    Some(r) => (
-                        Some(r.key.as_str()),
-                        Some(r.request_hash.as_slice()),
-                        Some(r.response_status),
-                    ),
-                    None => (None, None, None),
+                let (key, hash) = match idempotency {
+                    Some(r) => (Some(r.key.as_str()), Some(r.request_hash.as_slice())),
+                    None => (None, None),
                 };
                 let row = client
                     .query_one(
@@ -239,7 +236,6 @@ impl EventStore {
                             &req.metadata,
                             &key,
                             &hash,
-                            &status,
                         ],
                     )
                     .await
@@ -274,23 +270,34 @@ impl EventStore {
         rows.iter().map(recorded_event).collect()
     }
 
-    /// The stored response for an idempotency key, if a command with it succeeded before.
+    /// What an earlier append under this idempotency key produced, if any.
     pub async fn find_idempotent(
         &self,
         tenant_id: &str,
         key: &str,
-    ) -> Result<Option<StoredResponse>, StoreError> {
+    ) -> Result<Option<StoredAppend>, StoreError> {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(FIND_IDEMPOTENT_SQL).await?;
         let row = client.query_opt(&stmt, &[&tenant_id, &key]).await?;
         row.map(|r| {
-            Ok(StoredResponse {
+            Ok(StoredAppend {
                 request_hash: r.try_get(0)?,
-                status: r.try_get(1)?,
-                body: r.try_get(2)?,
+                stream_id: r.try_get(1)?,
+                appended: Appended {
+                    version: r.try_get(2)?,
+                    position: r.try_get(3)?,
+                },
             })
         })
         .transpose()
+    }
+
+    /// Removes idempotency records older than `retention`; returns how many.
+    pub async fn purge_idempotency(&self, retention: Duration) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(PURGE_IDEMPOTENT_SQL, &[&retention.as_secs_f64()])
+            .await?)
     }
 }
 
@@ -303,19 +310,26 @@ fn append_error(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-/// Maps a row selected with the column list of `LOAD_STREAM_SQL` / `global::READ_SQL`.
+/// Opens a new ordering epoch when this cluster's transaction ids lie below the stored
+/// ones (the database was restored or moved, ADR 0005). Run at start, before projectors.
+pub async fn check_epoch(client: &tokio_postgres::Client) -> Result<i32, StoreError> {
+    Ok(client.query_one(CHECK_EPOCH_SQL, &[]).await?.try_get(0)?)
+}
+
+/// Maps a row selected with `global::event_columns!()`.
 pub(crate) fn recorded_event(row: &tokio_postgres::Row) -> Result<RecordedEvent, StoreError> {
     Ok(RecordedEvent {
         position: row.try_get(0)?,
-        transaction_id: row.try_get(1)?,
-        tenant_id: row.try_get(2)?,
-        stream_type: row.try_get(3)?,
-        stream_id: row.try_get(4)?,
-        stream_version: row.try_get(5)?,
-        event_type: row.try_get(6)?,
-        schema_version: row.try_get(7)?,
-        payload: row.try_get::<_, Json<Box<RawValue>>>(8)?.0,
-        metadata: row.try_get(9)?,
-        recorded_at: row.try_get(10)?,
+        epoch: row.try_get(1)?,
+        transaction_id: row.try_get(2)?,
+        tenant_id: row.try_get(3)?,
+        stream_type: row.try_get(4)?,
+        stream_id: row.try_get(5)?,
+        stream_version: row.try_get(6)?,
+        event_type: row.try_get(7)?,
+        schema_version: row.try_get(8)?,
+        payload: row.try_get::<_, Json<Box<RawValue>>>(9)?.0,
+        metadata: row.try_get(10)?,
+        recorded_at: row.try_get(11)?,
     })
 }

@@ -11,11 +11,19 @@ use crate::projections::rebuild::{Rebuild, RebuildError};
 use crate::projections::status::{self, ProjectorStatus};
 use crate::telemetry::{self, METRICS};
 
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health {
+        status: "ok".into(),
+    })
 }
 
 #[derive(Serialize, ToSchema)]
@@ -24,6 +32,11 @@ pub struct Readiness {
     pub database: bool,
     pub migrations: bool,
     pub projectors: bool,
+    /// Age of the oldest open event-writer transaction, in seconds. Projectors cannot
+    /// read past it (ADR 0001); it does not make the server unready, but an alert fires.
+    pub oldest_writer_seconds: f64,
+    /// True when that transaction has been open longer than 10 s: projectors are stalled.
+    pub writers_stalled: bool,
 }
 
 /// Database reachable, migrations applied, every projector running (in some process).
@@ -33,15 +46,17 @@ async fn readiness(state: &AppState) -> Readiness {
         database: false,
         migrations: false,
         projectors: false,
+        oldest_writer_seconds: 0.0,
+        writers_stalled: false,
     };
-    if let Ok(client) = state.store.pool().get().await {
-        if client.query_one("SELECT 1", &[]).await.is_ok() {
+    if let Ok(client) = state.reads.get().await {
+        if let Ok(applied) = crate::db::migrations_applied(&client).await {
             r.database = true;
-            let applied = client
-                .query_one("SELECT count(*) FROM refinery_schema_history", &[])
-                .await
-                .and_then(|row| row.try_get::<_, i64>(0));
-            r.migrations = matches!(applied, Ok(n) if n as usize >= crate::db::migration_count());
+            r.migrations = applied >= crate::db::migration_count();
+            if let Ok(age) = crate::db::stats::oldest_writer(&**client).await {
+                r.oldest_writer_seconds = age.as_secs_f64();
+                r.writers_stalled = age >= crate::db::stats::WRITER_STALL;
+            }
             let mut all = true;
             for p in state.projections.iter() {
                 match status::of(&**client, &**p).await {
@@ -82,15 +97,12 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     METRICS.pool_size.set(pool.size as i64);
     METRICS.pool_available.set(pool.available as i64);
     METRICS.pool_waiting.set(pool.waiting as i64);
-    // Readiness (which also refreshes the projector lag gauges) and the database gauges
-    // are read from the database; a scrape while it is down keeps the last values.
+    // Readiness (which also refreshes the projector lag and writer gauges) and the
+    // database gauges are read from the database; a scrape while it is down keeps the
+    // last values.
     readiness(&state).await;
-    if let Ok(client) = state.store.pool().get().await {
-        let tables: Vec<&str> = state
-            .projections
-            .iter()
-            .flat_map(|p| p.tables().iter().copied())
-            .collect();
+    if let Ok(client) = state.reads.get().await {
+        let tables: Vec<&str> = state.projections.iter().flat_map(|p| p.tables()).collect();
         if let Err(e) = crate::db::stats::refresh(&**client, &tables).await {
             tracing::debug!(error = %e, "cannot refresh database gauges");
         }
@@ -110,7 +122,11 @@ pub struct ProjectionsList {
     (status = 200, body = ProjectionsList), (status = 503, body = Problem)))]
 #[get("/api/v1/admin/projections")]
 pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let client = state.store.pool().get().await?;
+    let client = state
+        .reads
+        .get()
+        .await
+        .map_err(|e| ApiError::from(crate::db::QueryError::from(e)))?;
     let mut out = Vec::new();
     for p in state.projections.iter() {
         out.push(status::of(&**client, &**p).await?);
@@ -118,10 +134,20 @@ pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, Api
     Ok(HttpResponse::Ok().json(ProjectionsList { projections: out }))
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct RebuildStarted {
+    pub projection: String,
+    /// `running`.
+    pub state: String,
+    /// Where to follow it.
+    pub status: String,
+}
+
 /// Starts a rebuild of one projection into a shadow copy; swaps it in when caught up.
+/// A server that stops meanwhile marks it `interrupted`; it is not resumed.
 #[utoipa::path(post, path = "/api/v1/admin/projections/{name}/rebuild",
     params(("name" = String, Path, description = "projection name")),
-    responses((status = 202, description = "rebuild started"), (status = 404, body = Problem),
+    responses((status = 202, body = RebuildStarted), (status = 404, body = Problem),
               (status = 409, body = Problem)))]
 #[post("/api/v1/admin/projections/{name}/rebuild")]
 pub async fn rebuild(
@@ -146,14 +172,14 @@ pub async fn rebuild(
             other => ApiError::Internal(other.into()),
         })?;
     let batch = state.settings.projector_batch_size;
-    tokio::spawn(async move {
-        let _ = rebuild.run(batch).await;
+    state.tasks.spawn(move |stop| async move {
+        let _ = rebuild.run(batch, stop).await;
     });
-    Ok(HttpResponse::Accepted().json(serde_json::json!({
-        "projection": name.as_str(),
-        "state": "running",
-        "status": "/api/v1/admin/projections",
-    })))
+    Ok(HttpResponse::Accepted().json(RebuildStarted {
+        projection: name.into_inner(),
+        state: "running".into(),
+        status: "/api/v1/admin/projections".into(),
+    }))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -177,8 +203,10 @@ pub struct StreamEvents {
 
 /// The audit trail of one stream, oldest first (events as stored, not upcast).
 #[utoipa::path(get, path = "/api/v1/streams/{stream_type}/{id}/events",
-    params(("stream_type" = String, Path), ("id" = Uuid, Path)),
-    responses((status = 200, body = StreamEvents), (status = 404, body = Problem)))]
+    params(("stream_type" = String, Path), ("id" = Uuid, Path),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+    responses((status = 200, body = StreamEvents), (status = 400, body = Problem),
+              (status = 404, body = Problem)))]
 #[get("/api/v1/streams/{stream_type}/{id}/events")]
 pub async fn stream_events(
     state: web::Data<AppState>,
@@ -210,5 +238,10 @@ pub async fn stream_events(
 /// This API's OpenAPI 3 document, generated from the handlers.
 #[get("/api/v1/openapi.json")]
 pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(super::openapi::document())
+    static BODY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        serde_json::to_string(super::openapi::document()).unwrap_or_default()
+    });
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(BODY.as_str())
 }

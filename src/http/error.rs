@@ -7,9 +7,13 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::budgets::BudgetError;
+use crate::db::QueryError;
 use crate::eventstore::StoreError;
-use crate::pipeline::CommandError;
+use crate::pipeline::{CommandError, DomainError, Rejection};
+use crate::projections::wait::WaitError;
+
+/// The media type of every error body (RFC 7807).
+pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// The table of error codes: variant → HTTP status → stable `code`.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +36,21 @@ pub enum ApiError {
     /// 409 `version_conflict`: the stream is not at the version the command expected.
     #[error("{0}")]
     Conflict(String),
+    /// 409 `already_exists`: the command would create what exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// 409 `command_refused`: the aggregate's state does not allow the command.
+    #[error("{0}")]
+    Refused(String),
     /// 409 `rebuild_in_progress`.
     #[error("{0}")]
     RebuildInProgress(String),
+    /// 405 `method_not_allowed`, with `Allow` listing the methods the path has.
+    #[error("method not allowed; this path allows {allow}")]
+    MethodNotAllowed { allow: String },
+    /// 422 `position_not_issued`: `min_position` lies beyond the last position handed out.
+    #[error("position {requested} was never handed out; the last one is {last}")]
+    PositionNotIssued { requested: i64, last: i64 },
     /// 413 `payload_too_large`.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -68,6 +84,9 @@ pub struct Problem {
     /// The offending field (validation errors) or header.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// `position_not_issued`: the last position handed out so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_position: Option<i64>,
 }
 
 impl ApiError {
@@ -78,7 +97,11 @@ impl ApiError {
             ApiError::Validation { .. } => "validation_failed",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "version_conflict",
+            ApiError::AlreadyExists(_) => "already_exists",
+            ApiError::Refused(_) => "command_refused",
             ApiError::RebuildInProgress(_) => "rebuild_in_progress",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::PositionNotIssued { .. } => "position_not_issued",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
@@ -92,6 +115,7 @@ impl ApiError {
         match self {
             ApiError::Validation { field, .. } => Some(field.clone()),
             ApiError::InvalidHeader { header, .. } => Some((*header).to_owned()),
+            ApiError::PositionNotIssued { .. } => Some("min_position".to_owned()),
             _ => None,
         }
     }
@@ -108,11 +132,15 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) | ApiError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Validation { .. } | ApiError::IdempotencyKeyReused => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::Validation { .. }
+            | ApiError::IdempotencyKeyReused
+            | ApiError::PositionNotIssued { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) | ApiError::RebuildInProgress(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_)
+            | ApiError::AlreadyExists(_)
+            | ApiError::Refused(_)
+            | ApiError::RebuildInProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) | ApiError::ReadModelBehind(_) => {
@@ -136,13 +164,22 @@ impl ResponseError for ApiError {
             code: self.code(),
             detail: self.to_string(),
             field: self.field(),
+            last_position: match self {
+                ApiError::PositionNotIssued { last, .. } => Some(*last),
+                _ => None,
+            },
         };
         let mut builder = HttpResponse::build(status);
-        builder.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             builder.insert_header((header::RETRY_AFTER, "1"));
         }
-        builder.json(problem)
+        if let ApiError::MethodNotAllowed { allow } = self {
+            builder.insert_header((header::ALLOW, allow.as_str()));
+        }
+        match serde_json::to_vec(&problem) {
+            Ok(body) => builder.content_type(PROBLEM_JSON).body(body),
+            Err(_) => builder.finish(),
+        }
     }
 }
 
@@ -158,35 +195,42 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<tokio_postgres::Error> for ApiError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::from(e).into()
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for ApiError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::from(e).into()
-    }
-}
-
-impl From<BudgetError> for ApiError {
-    fn from(e: BudgetError) -> Self {
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
         match e {
-            BudgetError::Invalid { field, message } => ApiError::Validation { field, message },
-            BudgetError::NotFound => ApiError::NotFound("budget".into()),
-            BudgetError::AlreadyExists => ApiError::Conflict("budget already exists".into()),
+            QueryError::Unavailable(cause) => ApiError::Unavailable(cause),
+            QueryError::Failed(e) => ApiError::Internal(e.into()),
         }
     }
 }
 
-impl<E> From<CommandError<E>> for ApiError
-where
-    E: std::error::Error + Into<ApiError>,
-{
+impl From<WaitError> for ApiError {
+    fn from(e: WaitError) -> Self {
+        match e {
+            WaitError::Behind(p) => ApiError::ReadModelBehind(p),
+            WaitError::NeverIssued { requested, last } => {
+                ApiError::PositionNotIssued { requested, last }
+            }
+            WaitError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Invalid { field, message } => ApiError::Validation { field, message },
+            Rejection::NotFound { what } => ApiError::NotFound(what),
+            Rejection::AlreadyExists { what } => ApiError::AlreadyExists(what),
+            Rejection::Refused { message } => ApiError::Refused(message),
+        }
+    }
+}
+
+impl<E: DomainError> From<CommandError<E>> for ApiError {
     fn from(e: CommandError<E>) -> Self {
         match e {
-            CommandError::Domain(d) => d.into(),
+            CommandError::Domain(d) => d.rejection().into(),
             CommandError::Conflict { expected, actual } => {
                 ApiError::Conflict(match (expected, actual) {
                     (Some(x), Some(a)) => {

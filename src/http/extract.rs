@@ -92,11 +92,7 @@ impl FromRequest for JsonBody {
 const MAX_KEY: usize = 200;
 
 /// Headers that shape a command: tenant, actor, correlation id, idempotency key.
-pub fn command_context(
-    req: &HttpRequest,
-    body: &[u8],
-    success_status: u16,
-) -> Result<CommandContext, ApiError> {
+pub fn command_context(req: &HttpRequest, body: &[u8]) -> Result<CommandContext, ApiError> {
     let mut ctx = CommandContext::new(tenant(req)?);
     if let Some(actor) = header_str(req, "x-actor")? {
         ctx.actor = actor.chars().take(MAX_KEY).collect();
@@ -114,17 +110,19 @@ pub fn command_context(
                 message: "must be 1 to 200 characters".into(),
             });
         }
-        // The key stands for this exact request: method, path and body.
+        // The key stands for this exact request: method, path, the version it expects
+        // (`If-Match`) and body.
         let mut h = Sha256::new();
         h.update(req.method().as_str().as_bytes());
         h.update(b" ");
         h.update(req.path().as_bytes());
+        h.update(b"\nIf-Match: ");
+        h.update(header_str(req, "if-match")?.unwrap_or("").as_bytes());
         h.update(b"\n");
         h.update(body);
         ctx.idempotency = Some(IdempotencyRecord {
             key: key.to_owned(),
             request_hash: h.finalize().to_vec(),
-            response_status: i32::from(success_status),
         });
     }
     Ok(ctx)
@@ -158,7 +156,7 @@ pub fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
         .map(Some)
         .map_err(|_| ApiError::InvalidHeader {
             header: "If-Match",
-            message: "must be the budget version as an ETag, e.g. \"3\"".into(),
+            message: "must be the expected version as an ETag, e.g. \"3\"".into(),
         })
 }
 

@@ -1,7 +1,6 @@
 //! The HTTP side: app state, route table, request metrics, the server on a bound listener.
 
 pub mod admin;
-pub mod consistency;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -13,23 +12,53 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{middleware, web, App, HttpRequest, HttpServer};
-use tokio::sync::watch;
+use deadpool_postgres::{Object, Pool};
 
+use crate::app::Tasks;
 use crate::config::Settings;
 use crate::eventstore::EventStore;
-use crate::projections::Registry;
+use crate::projections::{wait, Progress, Registry};
 use crate::telemetry::METRICS;
 use error::ApiError;
 
 /// Shared by all workers.
 pub struct AppState {
     pub settings: Settings,
+    /// The write side: appends and stream loads.
     pub store: EventStore,
+    /// Queries read through a pool of their own (a replica can take it over later).
+    pub reads: Pool,
     pub projections: Registry,
     /// Connection string for dedicated connections (rebuilds).
     pub conn: String,
-    /// Bumped by local projector batches; wakes `min_position` waiters.
-    pub progress: watch::Sender<u64>,
+    /// What local projectors have reached (serves `min_position`).
+    pub progress: Progress,
+    /// Work that requests start in the background (rebuilds); awaited on shutdown.
+    pub tasks: Tasks,
+}
+
+impl AppState {
+    /// A connection for queries of `projection`'s read model, once that read model
+    /// reflects `min_position` (read-your-writes; README).
+    pub async fn read_model(
+        &self,
+        projection: &str,
+        min_position: Option<i64>,
+    ) -> Result<Object, ApiError> {
+        if let Some(target) = min_position.filter(|p| *p > 0) {
+            let p = self
+                .projections
+                .iter()
+                .find(|p| p.name() == projection)
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no projection {projection}")))?;
+            let timeout = self.settings.min_position_timeout;
+            wait::wait_for(&self.reads, &self.progress, &**p, target, timeout).await?;
+        }
+        self.reads
+            .get()
+            .await
+            .map_err(|e| crate::db::QueryError::from(e).into())
+    }
 }
 
 /// Records every request by route pattern (not raw path: bounded label values) and status.
@@ -57,11 +86,16 @@ async fn record(
     Ok(res)
 }
 
-async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!("route {}", req.path())))
+/// No route matched: 405 with `Allow` when the path exists with other methods (the
+/// OpenAPI document knows every path), else 404.
+async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    match openapi::allowed_methods(req.path()) {
+        Some(allow) => Err(ApiError::MethodNotAllowed { allow }),
+        None => Err(ApiError::NotFound(format!("route {}", req.path()))),
+    }
 }
 
-/// Route table: every endpoint the server has. Keep in step with `openapi::ApiDoc`.
+/// Route table: the operations endpoints and every context's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(admin::healthz)
         .service(admin::readyz)
@@ -70,7 +104,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(admin::projections)
         .service(admin::rebuild)
         .service(admin::stream_events);
-    crate::budgets::routes::configure(cfg);
+    for context in crate::context::all() {
+        (context.routes)(cfg);
+    }
 }
 
 /// Builds the server on an already bound listener (port 0 in tests). It does not listen
@@ -92,7 +128,7 @@ pub fn server(listener: TcpListener, state: web::Data<AppState>) -> std::io::Res
             .app_data(web::PayloadConfig::new(state.settings.body_limit))
             .wrap(middleware::from_fn(record))
             .configure(routes)
-            .default_service(web::to(not_found))
+            .default_service(web::to(no_route))
     })
     .workers(workers)
     .backlog(2048)

@@ -1,8 +1,19 @@
-//! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]` annotations.
+//! The OpenAPI 3 document: the operations endpoints' paths plus every context's part,
+//! generated from the handlers' `#[utoipa::path]` annotations, then completed so that it
+//! describes every status and content type a route can answer with:
+//! - every error body is `application/problem+json` (the handlers' annotations say
+//!   `body = Problem`, and this module sets the media type once for all);
+//! - every `/api/v1` operation may answer 500, and every one that reads the database 503.
+//!
+//! The served document is checked against the running server by schemathesis
+//! (`scripts/api-contract.sh`), so a route that answers differently fails the tests.
 
+use std::sync::LazyLock;
+
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::{ContentBuilder, HttpMethod, OpenApi as Document, RefOr, ResponseBuilder};
 use utoipa::OpenApi;
 
-use crate::budgets::{commands, queries, routes as budgets};
 use crate::http::{admin, error};
 use crate::pipeline::CommandResult;
 use crate::projections::status;
@@ -20,37 +31,148 @@ use crate::projections::status;
         admin::projections,
         admin::rebuild,
         admin::stream_events,
-        budgets::create,
-        budgets::update,
-        budgets::remove,
-        budgets::get_one,
-        budgets::list,
     ),
     components(schemas(
-        commands::BudgetDraft,
-        queries::BudgetView,
-        queries::BudgetPage,
         CommandResult,
         error::Problem,
         status::ProjectorStatus,
         status::RebuildStatus,
+        admin::Health,
         admin::ProjectionsList,
+        admin::RebuildStarted,
         admin::StreamEvents,
         admin::StreamEvent,
         admin::Readiness,
     ))
 )]
-pub struct ApiDoc;
+struct OperationsDoc;
 
-pub fn document() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
+const PROBLEM_REF: &str = "#/components/schemas/Problem";
+
+static DOCUMENT: LazyLock<Document> = LazyLock::new(build);
+
+/// The whole document (built once).
+pub fn document() -> &'static Document {
+    &DOCUMENT
+}
+
+fn build() -> Document {
+    let mut doc = OperationsDoc::openapi();
+    for context in crate::context::all() {
+        doc.merge((context.openapi)());
+    }
     // The document describes itself too.
     let me = utoipa::openapi::path::PathItem::new(
-        utoipa::openapi::HttpMethod::Get,
+        HttpMethod::Get,
         utoipa::openapi::path::OperationBuilder::new()
             .summary(Some("This OpenAPI 3 document"))
-            .response("200", utoipa::openapi::Response::new("OpenAPI document")),
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("OpenAPI document")
+                    .content("application/json", ContentBuilder::new().build())
+                    .build(),
+            ),
     );
     doc.paths.paths.insert("/api/v1/openapi.json".into(), me);
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let api = path.starts_with("/api/v1/") && path != "/api/v1/openapi.json";
+        for op in operations(item) {
+            complete(op, api);
+        }
+    }
     doc
+}
+
+fn operations(item: &mut utoipa::openapi::path::PathItem) -> Vec<&mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+        &mut item.head,
+        &mut item.options,
+    ]
+    .into_iter()
+    .filter_map(|o| o.as_mut())
+    .collect()
+}
+
+fn problem(description: &str) -> RefOr<utoipa::openapi::Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                error::PROBLEM_JSON,
+                ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::new(PROBLEM_REF)))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+fn complete(op: &mut Operation, api: bool) {
+    for response in op.responses.responses.values_mut() {
+        let RefOr::T(response) = response else {
+            continue;
+        };
+        let is_problem = response.content.get("application/json").is_some_and(
+            |c| matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location == PROBLEM_REF),
+        );
+        if is_problem {
+            if let Some(content) = response.content.shift_remove("application/json") {
+                response.content.insert(error::PROBLEM_JSON.into(), content);
+            }
+        }
+    }
+    if api {
+        let responses = &mut op.responses.responses;
+        responses
+            .entry("500".into())
+            .or_insert_with(|| problem("internal error (opaque; the cause is logged)"));
+        responses.entry("503".into()).or_insert_with(|| {
+            problem("database unavailable or read model behind; sent with Retry-After")
+        });
+    }
+}
+
+/// Path templates of the document with the methods each allows, for 405 answers.
+static ROUTES: LazyLock<Vec<(Vec<String>, String)>> = LazyLock::new(|| {
+    document()
+        .paths
+        .paths
+        .iter()
+        .map(|(path, item)| {
+            let methods: Vec<&str> = [
+                ("GET", item.get.is_some()),
+                ("PUT", item.put.is_some()),
+                ("POST", item.post.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("PATCH", item.patch.is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, has)| *has)
+            .map(|(m, _)| m)
+            .collect();
+            let segments = path.split('/').map(str::to_owned).collect();
+            (segments, methods.join(", "))
+        })
+        .collect()
+});
+
+/// The methods `path` allows, if it is one of the document's paths (`{param}` matches
+/// any non-empty segment).
+pub fn allowed_methods(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    ROUTES
+        .iter()
+        .find(|(template, _)| {
+            template.len() == segments.len()
+                && template.iter().zip(&segments).all(|(t, s)| {
+                    t == s || (t.starts_with('{') && t.ends_with('}') && !s.is_empty())
+                })
+        })
+        .map(|(_, allow)| allow.clone())
 }

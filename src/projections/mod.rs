@@ -12,35 +12,183 @@
 //! - Rebuilds replay everything into shadow tables in a schema of their own, then swap
 //!   them in under the checkpoint lock (see `rebuild`).
 
+pub mod readmodel;
 pub mod rebuild;
 pub mod status;
+pub mod wait;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
 use tokio::sync::watch;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
+use uuid::Uuid;
 
 use crate::eventstore::global::{self, Cursor};
-use crate::eventstore::{RecordedEvent, StoreError};
+use crate::eventstore::{codec, RecordedEvent, StoreError};
+use crate::pipeline::EventSourced;
 use crate::telemetry::METRICS;
+use readmodel::ReadModel;
 
-/// A read model fed from the event log.
+/// How a projector's batches run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProjectorOptions {
+    /// Wait for the WAL flush on commit. Off by default: the read-model writes and the
+    /// checkpoint commit together, so a commit lost in a crash is simply applied again. A
+    /// projector with effects outside this database (notifications, calls) must be durable.
+    pub durable_commit: bool,
+    /// Events per batch; `None` takes `CLOUDLENS_PROJECTOR_BATCH`.
+    pub batch_size: Option<i64>,
+}
+
+/// A read model fed from the event log: the runtime's view of a projector. Contexts
+/// usually implement [`Projector`] instead and register `Typed(projector)`.
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
-    /// Stable name: checkpoint key, metric label, URL segment (`[a-z_]+`).
+    /// Stable name: checkpoint key, metric label, URL segment (`[a-z][a-z0-9_]*`).
     fn name(&self) -> &'static str;
     /// Stream types whose events it reads.
     fn stream_types(&self) -> &'static [&'static str];
     /// Tables it owns (unqualified, in `public`); rebuilds copy and swap these.
-    fn tables(&self) -> &'static [&'static str];
+    fn tables(&self) -> Vec<&'static str>;
+    fn options(&self) -> ProjectorOptions {
+        ProjectorOptions::default()
+    }
+    /// Runs once on a rebuild, after the shadow copies of `tables()` were created in
+    /// `schema` (e.g. `create_hypertable` on a copy, which `LIKE … INCLUDING ALL` does not
+    /// carry over).
+    async fn prepare_shadow(&self, _tx: &Transaction<'_>, _schema: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Applies a batch inside the batch transaction. Table names must stay unqualified:
     /// rebuilds point `search_path` at the shadow schema.
     async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()>;
 }
 
 pub type Registry = Arc<Vec<Arc<dyn Projection>>>;
+
+/// A decoded, upcast event of aggregate `A` with its place in the log.
+#[derive(Debug, Clone)]
+pub struct Envelope<E> {
+    pub event: E,
+    pub tenant_id: String,
+    pub stream_id: Uuid,
+    pub version: i64,
+    pub position: i64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A projector of one aggregate's events. It receives them decoded and upcast.
+#[async_trait]
+pub trait Projector: Send + Sync + 'static {
+    type Aggregate: EventSourced;
+    /// See [`Projection::name`].
+    const NAME: &'static str;
+    /// The tables it writes.
+    const READ_MODELS: &'static [&'static ReadModel];
+    fn options(&self) -> ProjectorOptions {
+        ProjectorOptions::default()
+    }
+    async fn prepare_shadow(&self, _tx: &Transaction<'_>, _schema: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: Vec<Envelope<<Self::Aggregate as Aggregate>::Event>>,
+    ) -> anyhow::Result<()>;
+}
+
+/// Runs a [`Projector`] as a [`Projection`]: reads its aggregate's stream type and
+/// decodes every event (upcasters included) before handing the batch over.
+pub struct Typed<P>(pub P);
+
+#[async_trait]
+impl<P: Projector> Projection for Typed<P>
+where
+    <P::Aggregate as Aggregate>::Event: Send,
+{
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn stream_types(&self) -> &'static [&'static str] {
+        std::slice::from_ref(&<P::Aggregate as EventSourced>::STREAM_TYPE)
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        P::READ_MODELS.iter().map(|m| m.table).collect()
+    }
+
+    fn options(&self) -> ProjectorOptions {
+        self.0.options()
+    }
+
+    async fn prepare_shadow(&self, tx: &Transaction<'_>, schema: &str) -> anyhow::Result<()> {
+        self.0.prepare_shadow(tx, schema).await
+    }
+
+    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let upcasters = <P::Aggregate as EventSourced>::upcasters();
+        let typed = events
+            .iter()
+            .map(|e| {
+                Ok(Envelope {
+                    event: codec::decode(&e.event_type, e.schema_version, &e.payload, upcasters)?,
+                    tenant_id: e.tenant_id.clone(),
+                    stream_id: e.stream_id,
+                    version: e.stream_version,
+                    position: e.position,
+                    recorded_at: e.recorded_at,
+                })
+            })
+            .collect::<Result<Vec<_>, codec::CodecError>>()?;
+        self.0.apply(tx, typed).await
+    }
+}
+
+/// How far each projector has got, as the queries of this process see it: the positions
+/// known to be reached (for the `min_position` fast path) and a counter bumped after
+/// every committed batch (to wake waiters).
+#[derive(Clone, Debug)]
+pub struct Progress {
+    settled: Arc<HashMap<&'static str, AtomicI64>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Progress {
+    /// Tracks the projectors with these names.
+    pub fn new(names: impl IntoIterator<Item = &'static str>) -> Self {
+        Self {
+            settled: Arc::new(names.into_iter().map(|n| (n, AtomicI64::new(0))).collect()),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// Every event at or below this position is reflected in the projector's read model
+    /// (or is not one it reads). A position once reached stays reached.
+    pub fn reached(&self, name: &str) -> i64 {
+        self.settled
+            .get(name)
+            .map_or(0, |p| p.load(Ordering::Acquire))
+    }
+
+    fn batch_committed(&self, name: &str, settled: Option<i64>) {
+        if let (Some(s), Some(p)) = (settled, self.settled.get(name)) {
+            p.fetch_max(s, Ordering::AcqRel);
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -68,10 +216,12 @@ impl ProjectionError {
 const ENSURE_CHECKPOINT_SQL: &str =
     "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING";
 const LOCK_CHECKPOINT_SQL: &str = "\
-SELECT last_xid, last_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE";
+SELECT last_epoch, last_xid, last_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE";
+const CHECKPOINT_SQL: &str = "\
+SELECT last_epoch, last_xid, last_position FROM projection_checkpoints WHERE name = $1";
 const ADVANCE_SQL: &str = "\
 UPDATE projection_checkpoints
-   SET last_xid = $2, last_position = $3, events_applied = events_applied + $4,
+   SET last_epoch = $2, last_xid = $3, last_position = $4, events_applied = events_applied + $5,
        updated_at = now(), last_error = NULL
  WHERE name = $1";
 const HEARTBEAT_SQL: &str =
@@ -83,11 +233,30 @@ const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// Session lock that elects the one runner of a projector (two-key form: namespace, name).
 const TRY_LEAD_SQL: &str = "SELECT pg_try_advisory_lock(1668048002, hashtext($1))";
 
+fn cursor(row: &tokio_postgres::Row) -> Result<Cursor, tokio_postgres::Error> {
+    Ok(Cursor {
+        epoch: row.try_get(0)?,
+        transaction_id: row.try_get(1)?,
+        position: row.try_get(2)?,
+    })
+}
+
+/// The checkpoint of `name` (the start of the log if it has none yet).
+pub async fn checkpoint<C: GenericClient>(client: &C, name: &str) -> Result<Cursor, StoreError> {
+    match client.query_opt(CHECKPOINT_SQL, &[&name]).await? {
+        Some(row) => Ok(cursor(&row)?),
+        None => Ok(Cursor::default()),
+    }
+}
+
 /// What one batch did.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BatchOutcome {
     pub applied: usize,
     pub last_position: Option<i64>,
+    /// Set when the batch reached the end of the readable log: every position up to this
+    /// one is now reflected (see `global::Horizon::settled`).
+    pub settled: Option<i64>,
 }
 
 /// Reads the next batch on a second connection while the current one is being applied,
@@ -96,7 +265,7 @@ pub struct BatchOutcome {
 /// prefetch started; otherwise it is dropped and the batch is read again.
 pub struct Prefetch {
     reader: Client,
-    next: Option<(Cursor, Vec<RecordedEvent>)>,
+    next: Option<(Cursor, global::Batch)>,
 }
 
 impl Prefetch {
@@ -107,7 +276,7 @@ impl Prefetch {
         })
     }
 
-    fn take_from(&mut self, after: Cursor) -> Option<Vec<RecordedEvent>> {
+    fn take_from(&mut self, after: Cursor) -> Option<global::Batch> {
         match self.next.take() {
             Some((from, events)) if from == after => Some(events),
             _ => None,
@@ -125,20 +294,22 @@ pub async fn apply_batch(
     mut prefetch: Option<&mut Prefetch>,
 ) -> Result<BatchOutcome, ProjectionError> {
     let row = tx.query_one(LOCK_CHECKPOINT_SQL, &[&checkpoint]).await?;
-    let after = Cursor {
-        transaction_id: row.try_get(0)?,
-        position: row.try_get(1)?,
-    };
+    let after = cursor(&row)?;
     let types = projection.stream_types();
-    let events = match prefetch.as_deref_mut().and_then(|p| p.take_from(after)) {
-        Some(events) => events,
+    let batch = match prefetch.as_deref_mut().and_then(|p| p.take_from(after)) {
+        Some(batch) => batch,
         None => global::read_batch(tx, after, types, batch_size).await?,
     };
+    let full = batch.events.len() as i64 >= batch_size;
+    let settled = if full { None } else { batch.horizon.settled };
+    let events = batch.events;
     let Some(last) = events.last() else {
-        return Ok(BatchOutcome::default());
+        return Ok(BatchOutcome {
+            settled,
+            ..BatchOutcome::default()
+        });
     };
     let last = Cursor::from(last);
-    let full = events.len() as i64 >= batch_size;
     let read_ahead = async {
         match prefetch {
             Some(p) if full => {
@@ -146,7 +317,7 @@ pub async fn apply_batch(
                 p.next = global::read_batch(&p.reader, last, types, batch_size)
                     .await
                     .ok()
-                    .map(|ev| (last, ev));
+                    .map(|batch| (last, batch));
             }
             _ => {}
         }
@@ -159,19 +330,28 @@ pub async fn apply_batch(
     let count = events.len() as i64;
     tx.execute(
         ADVANCE_SQL,
-        &[&checkpoint, &last.transaction_id, &last.position, &count],
+        &[
+            &checkpoint,
+            &last.epoch,
+            &last.transaction_id,
+            &last.position,
+            &count,
+        ],
     )
     .await?;
     Ok(BatchOutcome {
         applied: events.len(),
         last_position: Some(last.position),
+        settled,
     })
 }
 
-/// Projector batches need no fsync of their own: the read-model writes and the checkpoint
-/// commit together, so a commit lost in a crash is simply applied again. (A projection
-/// with effects outside this database must not rely on this.)
+/// See [`ProjectorOptions::durable_commit`].
 pub(crate) const ASYNC_COMMIT_SQL: &str = "SET LOCAL synchronous_commit = off";
+
+pub(crate) fn batch_size(projection: &dyn Projection, default: i64) -> i64 {
+    projection.options().batch_size.unwrap_or(default).max(1)
+}
 
 /// Batches must run READ COMMITTED whatever the server's default: the global read takes
 /// a new snapshot after computing the horizon (eventstore::global).
@@ -194,7 +374,9 @@ pub async fn run_batch(
 ) -> Result<BatchOutcome, ProjectionError> {
     let started = Instant::now();
     let tx = read_committed(client).await?;
-    tx.batch_execute(ASYNC_COMMIT_SQL).await?;
+    if !projection.options().durable_commit {
+        tx.batch_execute(ASYNC_COMMIT_SQL).await?;
+    }
     let outcome = apply_batch(&tx, projection, projection.name(), batch_size, prefetch).await?;
     tx.commit().await?;
     if outcome.applied > 0 {
@@ -222,8 +404,8 @@ pub struct RunnerConfig {
     pub poll: Duration,
     /// Identifies this process in `projection_checkpoints.owner`.
     pub owner: String,
-    /// Bumped after every committed batch (wakes `min_position` waiters here).
-    pub progress: watch::Sender<u64>,
+    /// Told about every committed batch (serves and wakes `min_position` waiters here).
+    pub progress: Progress,
 }
 
 /// Runs one projector until `shutdown` turns true: elect, catch up, wait, repeat.
@@ -288,6 +470,7 @@ async fn lead(
         }
     }
     tracing::info!(projector = name, "this process now runs the projector");
+    let batch_size = batch_size(projection, cfg.batch_size);
     let mut prefetch = Prefetch::connect(&cfg.conn).await?;
     METRICS.projector_leader.with_label_values(&[name]).set(1);
     // `None` = never (an `Instant` in the past could underflow just after boot).
@@ -309,17 +492,16 @@ async fn lead(
         }
         last_batch = Some(Instant::now());
         wake.mark_unchanged();
-        let outcome =
-            run_batch(&mut client, projection, cfg.batch_size, Some(&mut prefetch)).await?;
-        if outcome.applied > 0 {
-            cfg.progress.send_modify(|n| *n = n.wrapping_add(1));
+        let outcome = run_batch(&mut client, projection, batch_size, Some(&mut prefetch)).await?;
+        if outcome.applied > 0 || outcome.settled.is_some() {
+            cfg.progress.batch_committed(name, outcome.settled);
         }
         if !error_cleared {
             // A batch went through: whatever failed before is over.
             client.execute(CLEAR_ERROR_SQL, &[&name]).await?;
             error_cleared = true;
         }
-        if outcome.applied as i64 >= cfg.batch_size {
+        if outcome.applied as i64 >= batch_size {
             continue; // more is waiting
         }
         tokio::select! {

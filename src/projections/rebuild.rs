@@ -2,40 +2,57 @@
 //!
 //! 1. Take the projector's rebuild lock (one rebuild at a time, across processes).
 //! 2. Create schema `cl_rebuild_<name>` with empty copies (`LIKE … INCLUDING ALL`) of the
-//!    projection's tables, and a checkpoint `<name>#rebuild` at the start of the log.
+//!    projection's tables, let the projection prepare them (`prepare_shadow`, e.g. to make
+//!    a copy a hypertable), and a checkpoint `<name>#rebuild` at the start of the log.
 //! 3. Replay the whole log into the copies (`search_path` points at the shadow schema),
-//!    batch by batch, while the live projector and queries carry on.
+//!    batch by batch, while the live projector and queries carry on. A server that stops
+//!    meanwhile ends the replay between batches and marks it `interrupted`; so does the
+//!    next start for a rebuild whose process died. It is not resumed: start it again.
 //! 4. Swap in one transaction: lock the live checkpoint row (this waits for a live batch
 //!    in flight and holds back the next), apply the last events to the copies, drop the
 //!    live tables, move the copies into `public` under the live index names, and move the
 //!    rebuild's checkpoint onto the live one. Queries see the old tables or the new ones,
-//!    never a mix or nothing.
+//!    never a mix or nothing. The swap waits for its locks at most `SWAP_LOCK_TIMEOUT`
+//!    per attempt (readers queue behind a waiting `DROP`, so it must not wait long) and
+//!    tries again after a pause, up to `SWAP_ATTEMPTS` times.
+//! 5. If the live tables changed shape while the replay ran (a migration, manual DDL),
+//!    the swap would silently undo that change: it refuses, and the rebuild fails.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
+use tokio::sync::watch;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Transaction};
 
+use super::readmodel::is_identifier;
 use super::{apply_batch, read_committed, Prefetch, Projection, ProjectionError, ASYNC_COMMIT_SQL};
+use crate::eventstore::StoreError;
 use crate::telemetry::METRICS;
 
 /// Session lock keeping two rebuilds of one projector apart (namespace, name).
 const TRY_REBUILD_LOCK_SQL: &str = "SELECT pg_try_advisory_lock(1668048003, hashtext($1))";
+const REBUILD_UNLOCK_SQL: &str = "SELECT pg_advisory_unlock(1668048003, hashtext($1))";
 const MARK_SQL: &str = "\
 UPDATE projection_checkpoints
    SET rebuild_state = $2, rebuild_position = $3,
        rebuild_started_at = CASE WHEN $2 = 'running' THEN now() ELSE rebuild_started_at END,
        rebuild_finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE now() END
  WHERE name = $1";
+const RUNNING_SQL: &str = "SELECT name FROM projection_checkpoints WHERE rebuild_state = 'running'";
 const RESET_SHADOW_CHECKPOINT_SQL: &str = "\
 INSERT INTO projection_checkpoints (name) VALUES ($1)
-ON CONFLICT (name) DO UPDATE SET last_xid = '0'::xid8, last_position = 0, events_applied = 0";
+ON CONFLICT (name) DO UPDATE SET last_epoch = 0, last_xid = '0'::xid8, last_position = 0,
+                                 events_applied = 0";
 const LOCK_LIVE_SQL: &str = "SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE";
 const MOVE_CHECKPOINT_SQL: &str = "\
 UPDATE projection_checkpoints l
-   SET last_xid = s.last_xid, last_position = s.last_position, updated_at = now(),
-       rebuild_state = 'done', rebuild_position = s.last_position, rebuild_finished_at = now()
+   SET last_epoch = s.last_epoch, last_xid = s.last_xid, last_position = s.last_position,
+       updated_at = now(), rebuild_state = 'done', rebuild_position = s.last_position,
+       rebuild_finished_at = now()
   FROM projection_checkpoints s
- WHERE l.name = $1 AND s.name = $2";
+ WHERE l.name = $1 AND s.name = $2
+RETURNING l.last_position";
 const DELETE_CHECKPOINT_SQL: &str = "DELETE FROM projection_checkpoints WHERE name = $1";
 /// Index names and their definitions without the name, to give the copies the live names.
 const INDEXES_SQL: &str = "\
@@ -45,11 +62,34 @@ SELECT c.relname, regexp_replace(pg_get_indexdef(i.indexrelid), '^CREATE (UNIQUE
   JOIN pg_class t ON t.oid = i.indrelid
   JOIN pg_namespace n ON n.oid = t.relnamespace
  WHERE n.nspname = $1 AND t.relname = $2";
+/// The shape of a live table: columns with types and defaults, and index definitions.
+const SHAPE_SQL: &str = "\
+SELECT coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
+                                   || a.attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), ''),
+                                   ', ' ORDER BY a.attnum)
+                   FROM pg_attribute a
+                   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+                  WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
+    || ' | ' ||
+       coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), ', ' ORDER BY 1)
+                   FROM pg_index i WHERE i.indrelid = t.oid), '')
+  FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
+ WHERE n.nspname = 'public' AND t.relname = $1";
+
+/// How long one swap attempt waits for a lock, and how often it is tried.
+pub const SWAP_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+pub const SWAP_ATTEMPTS: u32 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
     #[error("a rebuild of {0} is already running")]
     InProgress(String),
+    #[error("the rebuild of {0} was interrupted by a shutdown")]
+    Interrupted(String),
+    #[error("table {0} changed shape during the rebuild (a migration?); start the rebuild again")]
+    ShapeChanged(String),
+    #[error("the swap of {0} could not get its locks in {1} attempts")]
+    SwapTimedOut(String, u32),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
 }
@@ -57,6 +97,23 @@ pub enum RebuildError {
 impl From<tokio_postgres::Error> for RebuildError {
     fn from(e: tokio_postgres::Error) -> Self {
         RebuildError::Projection(e.into())
+    }
+}
+
+impl RebuildError {
+    fn lock_timed_out(&self) -> bool {
+        matches!(
+            self,
+            RebuildError::Projection(ProjectionError::Store(StoreError::Database(e)))
+                if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+        )
+    }
+
+    fn state(&self) -> &'static str {
+        match self {
+            RebuildError::Interrupted(_) => "interrupted",
+            _ => "failed",
+        }
     }
 }
 
@@ -71,22 +128,38 @@ pub struct RebuildReport {
 pub struct Rebuild {
     client: Client,
     conn: String,
-    projection: std::sync::Arc<dyn Projection>,
+    projection: Arc<dyn Projection>,
+}
+
+/// Marks rebuilds left `running` by a process that is gone as `interrupted` (their lock
+/// is free). Run at start.
+pub async fn mark_abandoned(client: &Client) -> Result<(), tokio_postgres::Error> {
+    for row in client.query(RUNNING_SQL, &[]).await? {
+        let name: String = row.try_get(0)?;
+        let free: bool = client
+            .query_one(TRY_REBUILD_LOCK_SQL, &[&name])
+            .await?
+            .try_get(0)?;
+        if free {
+            client
+                .execute(MARK_SQL, &[&name, &"interrupted", &None::<i64>])
+                .await?;
+            client.query_one(REBUILD_UNLOCK_SQL, &[&name]).await?;
+            tracing::warn!(projector = %name, "a rebuild was left running by a stopped process; marked interrupted");
+        }
+    }
+    Ok(())
 }
 
 impl Rebuild {
     /// Takes the rebuild lock on a dedicated connection, or reports one in progress.
-    pub async fn begin(
-        conn: &str,
-        projection: std::sync::Arc<dyn Projection>,
-    ) -> Result<Self, RebuildError> {
+    pub async fn begin(conn: &str, projection: Arc<dyn Projection>) -> Result<Self, RebuildError> {
         // The name and table names go into DDL: hold them to the documented pattern.
-        let plain =
-            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_');
-        if !plain(projection.name()) || !projection.tables().iter().all(|t| plain(t)) {
+        let shadow_ok = is_identifier(&format!("cl_rebuild_{}", projection.name()));
+        if !shadow_ok || !projection.tables().iter().all(|t| is_identifier(t)) {
             return Err(RebuildError::Projection(ProjectionError::Apply {
                 name: projection.name(),
-                source: anyhow::anyhow!("projection and table names must match [a-z_]+"),
+                source: anyhow::anyhow!("projection and table names must match [a-z][a-z0-9_]*"),
             }));
         }
         let client = crate::db::connect(conn)
@@ -106,27 +179,50 @@ impl Rebuild {
         })
     }
 
-    /// Replays the log into the shadow tables and swaps them in.
-    pub async fn run(mut self, batch_size: i64) -> Result<RebuildReport, RebuildError> {
-        let result = self.replay_and_swap(batch_size).await;
+    /// Replays the log into the shadow tables and swaps them in; ends early (state
+    /// `interrupted`) when `stop` turns true.
+    pub async fn run(
+        mut self,
+        batch_size: i64,
+        stop: watch::Receiver<bool>,
+    ) -> Result<RebuildReport, RebuildError> {
+        let result = self.replay_and_swap(batch_size, stop).await;
         let name = self.projection.name();
         if let Err(e) = &result {
-            tracing::error!(projector = name, error = %e, "rebuild failed");
+            tracing::error!(projector = name, error = %e, "rebuild ended without a swap");
             let _ = self
                 .client
-                .execute(MARK_SQL, &[&name, &"failed", &None::<i64>])
+                .execute(MARK_SQL, &[&name, &e.state(), &None::<i64>])
                 .await;
         }
         METRICS.rebuild_position.with_label_values(&[name]).set(0);
         result
     }
 
-    async fn replay_and_swap(&mut self, batch_size: i64) -> Result<RebuildReport, RebuildError> {
+    async fn shapes(&self) -> Result<Vec<String>, RebuildError> {
+        let mut out = Vec::new();
+        for t in self.projection.tables() {
+            let row = self.client.query_opt(SHAPE_SQL, &[&t]).await?;
+            out.push(match row {
+                Some(r) => r.try_get(0)?,
+                None => String::new(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn replay_and_swap(
+        &mut self,
+        batch_size: i64,
+        stop: watch::Receiver<bool>,
+    ) -> Result<RebuildReport, RebuildError> {
         let started = Instant::now();
         let p = self.projection.clone();
         let name = p.name();
+        let batch_size = super::batch_size(&*p, batch_size);
         let shadow_schema = format!("cl_rebuild_{name}");
         let shadow_checkpoint = format!("{name}#rebuild");
+        let shapes_before = self.shapes().await?;
         let client = &mut self.client;
 
         client
@@ -135,7 +231,7 @@ impl Rebuild {
         client
             .execute(MARK_SQL, &[&name, &"running", &0_i64])
             .await?;
-        // Names below come from the projection's own constants (`[a-z_]+`), never from users.
+        // Names below come from the projection's own constants (checked in `begin`).
         let mut ddl = format!(
             "DROP SCHEMA IF EXISTS {shadow_schema} CASCADE; CREATE SCHEMA {shadow_schema};"
         );
@@ -144,16 +240,23 @@ impl Rebuild {
                 "CREATE TABLE {shadow_schema}.{t} (LIKE public.{t} INCLUDING ALL);"
             ));
         }
-        client.batch_execute(&ddl).await?;
-        client
-            .execute(RESET_SHADOW_CHECKPOINT_SQL, &[&shadow_checkpoint])
+        let tx = client.transaction().await?;
+        tx.batch_execute(&ddl).await?;
+        p.prepare_shadow(&tx, &shadow_schema)
+            .await
+            .map_err(|source| ProjectionError::Apply { name, source })?;
+        tx.execute(RESET_SHADOW_CHECKPOINT_SQL, &[&shadow_checkpoint])
             .await?;
+        tx.commit().await?;
         tracing::info!(projector = name, "rebuild started");
 
         let search_path = format!("SET LOCAL search_path = {shadow_schema}, public");
         let mut prefetch = Prefetch::connect(&self.conn).await?;
         let mut events = 0_u64;
         loop {
+            if *stop.borrow() {
+                return Err(RebuildError::Interrupted(name.to_owned()));
+            }
             let tx = read_committed(client).await?;
             tx.batch_execute(&format!("{search_path}; {ASYNC_COMMIT_SQL}"))
                 .await?;
@@ -176,55 +279,38 @@ impl Rebuild {
             }
         }
 
-        // The swap: everything from here commits together or not at all.
-        let tx = read_committed(client).await?;
-        tx.query_one(LOCK_LIVE_SQL, &[&name]).await?;
-        tx.batch_execute(&search_path).await?;
-        loop {
-            let outcome = apply_batch(&tx, &*p, &shadow_checkpoint, batch_size, None).await?;
-            events += outcome.applied as u64;
-            if (outcome.applied as i64) < batch_size {
-                break;
-            }
-        }
-        tx.batch_execute("SET LOCAL search_path = public").await?;
-        for t in p.tables() {
-            let live = tx.query(INDEXES_SQL, &[&"public", t]).await?;
-            let copies = tx.query(INDEXES_SQL, &[&shadow_schema, t]).await?;
-            tx.batch_execute(&format!(
-                "DROP TABLE public.{t}; ALTER TABLE {shadow_schema}.{t} SET SCHEMA public;"
-            ))
-            .await?;
-            for copy in &copies {
-                let (copy_name, shape): (String, String) = (copy.try_get(0)?, copy.try_get(1)?);
-                let original = live
-                    .iter()
-                    .find(|l| l.try_get::<_, String>(1).ok().as_deref() == Some(&shape));
-                if let Some(original) = original {
-                    let original: String = original.try_get(0)?;
-                    if original != copy_name {
-                        tx.batch_execute(&format!(
-                            "ALTER INDEX public.{copy_name} RENAME TO {original}"
-                        ))
-                        .await?;
-                    }
+        let mut attempt = 0;
+        let position = loop {
+            attempt += 1;
+            let tx = read_committed(client).await?;
+            let swapped = swap(&tx, &*p, &shadow_schema, &shadow_checkpoint, batch_size).await;
+            match swapped {
+                Ok((applied, position, shapes)) if shapes == shapes_before => {
+                    tx.commit().await?;
+                    events += applied;
+                    break position;
                 }
+                Ok(_) => {
+                    drop(tx);
+                    let changed = p.tables().join(", ");
+                    return Err(RebuildError::ShapeChanged(changed));
+                }
+                Err(e) if e.lock_timed_out() && attempt < SWAP_ATTEMPTS => {
+                    drop(tx);
+                    tracing::debug!(
+                        projector = name,
+                        attempt,
+                        "swap waited too long for a lock; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(20))))
+                        .await;
+                }
+                Err(e) if e.lock_timed_out() => {
+                    return Err(RebuildError::SwapTimedOut(name.to_owned(), attempt))
+                }
+                Err(e) => return Err(e),
             }
-        }
-        tx.execute(MOVE_CHECKPOINT_SQL, &[&name, &shadow_checkpoint])
-            .await?;
-        tx.execute(DELETE_CHECKPOINT_SQL, &[&shadow_checkpoint])
-            .await?;
-        tx.batch_execute(&format!("DROP SCHEMA {shadow_schema} CASCADE"))
-            .await?;
-        let position: i64 = tx
-            .query_one(
-                "SELECT last_position FROM projection_checkpoints WHERE name = $1",
-                &[&name],
-            )
-            .await?
-            .try_get(0)?;
-        tx.commit().await?;
+        };
         // The copies were made with LIKE: they start without planner statistics.
         for t in p.tables() {
             client.batch_execute(&format!("ANALYZE public.{t}")).await?;
@@ -237,4 +323,73 @@ impl Rebuild {
             position,
         })
     }
+}
+
+/// One attempt at the swap inside `tx` (the caller commits): returns the events applied
+/// in the final catch-up, the live checkpoint's new position, and the shapes of the live
+/// tables as they were just before they were dropped.
+async fn swap(
+    tx: &Transaction<'_>,
+    p: &dyn Projection,
+    shadow_schema: &str,
+    shadow_checkpoint: &str,
+    batch_size: i64,
+) -> Result<(u64, i64, Vec<String>), RebuildError> {
+    let name = p.name();
+    let timeout = SWAP_LOCK_TIMEOUT.as_millis();
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{timeout}ms'"))
+        .await?;
+    tx.query_one(LOCK_LIVE_SQL, &[&name]).await?;
+    tx.batch_execute(&format!("SET LOCAL search_path = {shadow_schema}, public"))
+        .await?;
+    let mut events = 0;
+    loop {
+        let outcome = apply_batch(tx, p, shadow_checkpoint, batch_size, None).await?;
+        events += outcome.applied as u64;
+        if (outcome.applied as i64) < batch_size {
+            break;
+        }
+    }
+    tx.batch_execute("SET LOCAL search_path = public").await?;
+    let mut shapes = Vec::new();
+    for t in p.tables() {
+        // Lock first, then read the shape: nothing can change it until the commit.
+        tx.batch_execute(&format!("LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE"))
+            .await?;
+        let shape = tx.query_opt(SHAPE_SQL, &[&t]).await?;
+        shapes.push(match shape {
+            Some(r) => r.try_get(0)?,
+            None => String::new(),
+        });
+        let live = tx.query(INDEXES_SQL, &[&"public", &t]).await?;
+        let copies = tx.query(INDEXES_SQL, &[&shadow_schema, &t]).await?;
+        tx.batch_execute(&format!(
+            "DROP TABLE public.{t}; ALTER TABLE {shadow_schema}.{t} SET SCHEMA public;"
+        ))
+        .await?;
+        for copy in &copies {
+            let (copy_name, shape): (String, String) = (copy.try_get(0)?, copy.try_get(1)?);
+            let original = live
+                .iter()
+                .find(|l| l.try_get::<_, String>(1).ok().as_deref() == Some(&shape));
+            if let Some(original) = original {
+                let original: String = original.try_get(0)?;
+                if original != copy_name {
+                    tx.batch_execute(&format!(
+                        "ALTER INDEX public.{copy_name} RENAME TO {original}"
+                    ))
+                    .await?;
+                }
+            }
+        }
+    }
+    let position: i64 = tx
+        .query_one(MOVE_CHECKPOINT_SQL, &[&name, &shadow_checkpoint])
+        .await?
+        .try_get(0)?;
+    tx.execute(DELETE_CHECKPOINT_SQL, &[&shadow_checkpoint])
+        .await?;
+    tx.batch_execute(&format!("DROP SCHEMA {shadow_schema} CASCADE"))
+        .await?;
+    Ok((events, position, shapes))
 }

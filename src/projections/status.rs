@@ -7,6 +7,7 @@ use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
 use super::Projection;
+use crate::eventstore::global::{self, Cursor};
 use crate::eventstore::StoreError;
 use crate::telemetry::METRICS;
 
@@ -18,6 +19,7 @@ pub struct ProjectorStatus {
     pub name: String,
     /// Global position of the last event applied.
     pub position: i64,
+    /// Events not yet applied, counted up to 100,000.
     pub lag_events: i64,
     pub lag_seconds: f64,
     /// `running`, `stopped` (no runner heartbeat for 10 s) or `failing` (last batch failed).
@@ -30,7 +32,7 @@ pub struct ProjectorStatus {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RebuildStatus {
-    /// `running`, `done` or `failed`.
+    /// `running`, `done`, `failed` or `interrupted` (the server stopped during it).
     pub state: String,
     pub position: Option<i64>,
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -38,27 +40,21 @@ pub struct RebuildStatus {
 }
 
 const STATUS_SQL: &str = "\
-WITH c AS (SELECT * FROM projection_checkpoints WHERE name = $1),
-pending AS (
-    SELECT e.recorded_at FROM events e, c
-     WHERE (e.transaction_id, e.position) > (c.last_xid, c.last_position)
-       AND e.transaction_id >= c.last_xid
-       AND (e.stream_type = ANY($2)) IS TRUE) -- a filter, never an index scan (global.rs)
-SELECT c.last_position, c.events_applied, c.owner, c.last_error,
-       coalesce(c.heartbeat_at > now() - make_interval(secs => $3), false),
-       (SELECT count(*) FROM pending),
-       coalesce(extract(epoch FROM now() - (SELECT min(recorded_at) FROM pending))::float8, 0),
-       c.rebuild_state, c.rebuild_position, c.rebuild_started_at, c.rebuild_finished_at
-  FROM c";
+SELECT last_epoch, last_xid, last_position, events_applied, owner, last_error,
+       coalesce(heartbeat_at > now() - make_interval(secs => $2), false),
+       rebuild_state, rebuild_position, rebuild_started_at, rebuild_finished_at
+  FROM projection_checkpoints WHERE name = $1";
+
+/// Pending events are counted up to this many: the lag gauge stays cheap to compute
+/// however far behind a projector is (it then reads "at least this many").
+pub const LAG_CAP: i64 = 100_000;
 
 pub async fn of<C: GenericClient>(
     client: &C,
     p: &dyn Projection,
 ) -> Result<ProjectorStatus, StoreError> {
     let stale = HEARTBEAT_STALE.as_secs_f64();
-    let row = client
-        .query_opt(STATUS_SQL, &[&p.name(), &p.stream_types(), &stale])
-        .await?;
+    let row = client.query_opt(STATUS_SQL, &[&p.name(), &stale]).await?;
     let Some(row) = row else {
         return Ok(ProjectorStatus {
             name: p.name().to_owned(),
@@ -72,8 +68,21 @@ pub async fn of<C: GenericClient>(
             rebuild: None,
         });
     };
-    let alive: bool = row.try_get(4)?;
-    let last_error: Option<String> = row.try_get(3)?;
+    let at = Cursor {
+        epoch: row.try_get(0)?,
+        transaction_id: row.try_get(1)?,
+        position: row.try_get(2)?,
+    };
+    let (lag_events, oldest) = global::pending(client, at, p.stream_types(), LAG_CAP).await?;
+    let lag_seconds = oldest.map_or(0.0, |t| {
+        (chrono::Utc::now() - t)
+            .num_microseconds()
+            .unwrap_or(0)
+            .max(0) as f64
+            / 1e6
+    });
+    let alive: bool = row.try_get(6)?;
+    let last_error: Option<String> = row.try_get(5)?;
     let state = match (alive, &last_error) {
         (true, None) => "running",
         (true, Some(_)) => "failing",
@@ -82,13 +91,13 @@ pub async fn of<C: GenericClient>(
     let rebuild_state: Option<String> = row.try_get(7)?;
     let status = ProjectorStatus {
         name: p.name().to_owned(),
-        position: row.try_get(0)?,
-        events_applied: row.try_get(1)?,
-        owner: row.try_get(2)?,
+        position: at.position,
+        events_applied: row.try_get(3)?,
+        owner: row.try_get(4)?,
         last_error,
         state: state.into(),
-        lag_events: row.try_get(5)?,
-        lag_seconds: row.try_get(6)?,
+        lag_events,
+        lag_seconds,
         rebuild: match rebuild_state {
             Some(state) => Some(RebuildStatus {
                 state,

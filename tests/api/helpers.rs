@@ -177,8 +177,8 @@ impl Projection for CountingProjection {
     fn stream_types(&self) -> &'static [&'static str] {
         &["counter"]
     }
-    fn tables(&self) -> &'static [&'static str] {
-        &["test_seen"]
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["test_seen"]
     }
     async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let positions: Vec<i64> = events.iter().map(|e| e.position).collect();

@@ -292,17 +292,76 @@ async fn list_filters_and_keyset_pagination() {
 }
 
 #[actix_web::test]
-async fn min_position_beyond_the_log_times_out_with_503() {
+async fn min_position_never_issued_is_422_and_one_in_flight_waits_then_503() {
     let conn = fresh_database().await;
     let settings = cloudlens::config::Settings {
         min_position_timeout: std::time::Duration::from_millis(300),
         ..test_settings()
     };
-    let app = spawn_app_on(conn, settings).await;
-    let mut res = app.get("/api/v1/budgets?min_position=999999").await;
+    let app = spawn_app_on(conn.clone(), settings).await;
+    let mut res = app.post_json("/api/v1/budgets", &budget_body("a")).await;
+    let pos = res.json::<Value>().await.unwrap()["position"]
+        .as_i64()
+        .unwrap();
+    // A position beyond the last one handed out would never come: a client error.
+    let mut res = app
+        .get(&format!("/api/v1/budgets?min_position={}", pos + 1000))
+        .await;
+    assert_eq!(res.status(), 422);
+    let p = problem(&mut res).await;
+    assert_eq!(p["code"], "position_not_issued");
+    assert_eq!(p["field"], "min_position");
+    assert_eq!(p["last_position"], json!(pos));
+    // Handed out to a writer that has not committed: the query waits, then 503.
+    let mut writer = cloudlens::db::connect(&conn).await.unwrap();
+    let tx = writer.transaction().await.unwrap();
+    let in_flight: i64 = tx
+        .query_one(
+            "INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type, \
+             schema_version, payload) VALUES ('default', 'budget', $1, 1, 'BudgetDeleted', 1, '{}') \
+             RETURNING position",
+            &[&uuid::Uuid::now_v7()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut res = app
+        .get(&format!("/api/v1/budgets?min_position={in_flight}"))
+        .await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers().get("retry-after").unwrap(), "1");
     assert_eq!(problem(&mut res).await["code"], "read_model_behind");
+    // Rolled back, the position is a gap: nothing to wait for.
+    tx.rollback().await.unwrap();
+    let res = app
+        .get(&format!("/api/v1/budgets?min_position={in_flight}"))
+        .await;
+    assert_eq!(res.status(), 200);
+}
+
+#[actix_web::test]
+async fn unsupported_method_on_a_known_path_is_405_with_allow() {
+    let app = spawn_app().await;
+    let mut res = app
+        .client
+        .delete(app.url("/api/v1/budgets"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers().get("allow").unwrap(), "GET, POST");
+    assert_eq!(problem(&mut res).await["code"], "method_not_allowed");
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/v1/budgets/{}", uuid::Uuid::now_v7())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers().get("allow").unwrap(), "GET, PUT, DELETE");
+    let mut res = app.get("/api/v1/nothing-here").await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(problem(&mut res).await["code"], "not_found");
 }
 
 #[actix_web::test]

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudlens::budgets::projection::BudgetsProjection;
+use cloudlens::budgets::projection::BudgetsProjector;
 use cloudlens::db;
 use cloudlens::projections::rebuild::{Rebuild, RebuildError};
 use cloudlens::projections::{self, Projection, RunnerConfig};
+use cloudlens::projections::{Progress, Typed};
 use tokio::sync::watch;
 
 use crate::helpers::*;
@@ -140,11 +141,11 @@ async fn rebuild_yields_the_same_read_model_as_live_and_keeps_serving() {
 #[actix_web::test]
 async fn a_second_rebuild_while_one_runs_is_refused() {
     let conn = fresh_database().await;
-    let p: Arc<dyn Projection> = Arc::new(BudgetsProjection);
+    let p: Arc<dyn Projection> = Arc::new(Typed(BudgetsProjector));
     let first = Rebuild::begin(&conn, p.clone()).await.unwrap();
     let second = Rebuild::begin(&conn, p.clone()).await;
     assert!(matches!(second, Err(RebuildError::InProgress(_))));
-    first.run(100).await.unwrap();
+    first.run(100, watch::channel(false).1).await.unwrap();
     assert!(Rebuild::begin(&conn, p).await.is_ok());
 }
 
@@ -163,7 +164,7 @@ async fn another_runner_takes_over_when_the_leader_dies() {
         batch_size: 100,
         poll: Duration::from_millis(50),
         owner: owner.into(),
-        progress: watch::channel(0).0,
+        progress: Progress::new(["counting"]),
     };
     let wake = || cloudlens::eventstore::signal::EventSignal::default().subscribe();
     let (stop, stop_rx) = watch::channel(false);

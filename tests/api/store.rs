@@ -8,7 +8,7 @@ use cloudlens::db;
 use cloudlens::eventstore::global::{self, Cursor};
 use cloudlens::eventstore::{AppendRequest, IdempotencyRecord, NewEvent, StoreError};
 use cloudlens::pipeline::{self, CommandContext, CommandError, Expect};
-use cloudlens::projections::{self, RunnerConfig};
+use cloudlens::projections::{self, Progress, RunnerConfig};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -110,7 +110,6 @@ async fn idempotent_retry_returns_the_original_and_appends_nothing() {
     ctx.idempotency = Some(IdempotencyRecord {
         key: "k-1".into(),
         request_hash: vec![1, 2, 3],
-        response_status: 201,
     });
     let id = Uuid::now_v7();
     let (first, replayed) = pipeline::execute::<Budget>(
@@ -232,7 +231,7 @@ async fn an_old_schema_version_event_is_upcast_when_loaded() {
     assert_eq!(d.alert_thresholds, vec![rust_decimal::Decimal::from(50)]);
 }
 
-fn runner(conn: &str, progress: watch::Sender<u64>) -> RunnerConfig {
+fn runner(conn: &str, progress: Progress) -> RunnerConfig {
     RunnerConfig {
         conn: conn.to_owned(),
         batch_size: 500,
@@ -293,7 +292,7 @@ async fn concurrent_writers_while_projecting_lose_and_double_nothing() {
     let wake = store_signal_receiver();
     let task = tokio::spawn(projections::run(
         projection,
-        runner(&conn, watch::channel(0).0),
+        runner(&conn, Progress::new(["counting"])),
         wake,
         stop_rx,
     ));
@@ -345,7 +344,7 @@ async fn a_projector_killed_mid_batch_resumes_exactly_once() {
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(projections::run(
         projection.clone(),
-        runner(&conn, watch::channel(0).0),
+        runner(&conn, Progress::new(["counting"])),
         store_signal_receiver(),
         stop_rx,
     ));
@@ -401,7 +400,7 @@ async fn an_unrelated_long_transaction_does_not_stall_projection() {
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(projections::run(
         CountingProjection::new(false),
-        runner(&conn, watch::channel(0).0),
+        runner(&conn, Progress::new(["counting"])),
         store_signal_receiver(),
         stop_rx,
     ));
@@ -442,7 +441,8 @@ async fn an_in_flight_writer_holds_the_horizon_so_nothing_is_skipped() {
     let reader = db::connect(&conn).await.unwrap();
     let before = global::read_batch(&reader, Cursor::default(), &["counter"], 100)
         .await
-        .unwrap();
+        .unwrap()
+        .events;
     assert!(
         before.is_empty(),
         "B must not be read while A (lower xid) may still commit: {before:?}"
@@ -453,7 +453,8 @@ async fn an_in_flight_writer_holds_the_horizon_so_nothing_is_skipped() {
     tx.commit().await.unwrap();
     let after = global::read_batch(&reader, Cursor::default(), &["counter"], 100)
         .await
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(after.len(), 2);
     // A's event (higher position, lower transaction id) comes first.
     assert!(after[0].transaction_id < after[1].transaction_id);
@@ -475,7 +476,8 @@ async fn an_aborted_writer_does_not_hold_the_horizon() {
     let reader = db::connect(&conn).await.unwrap();
     let events = global::read_batch(&reader, Cursor::default(), &["counter"], 100)
         .await
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(events.len(), 1);
 }
 
