@@ -9,32 +9,8 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-venv="${CLOUDLENS_PYENV:-target/ops-venv}"
-python="${PYTHON:-python3}"
-req="tests/ops/requirements.txt"
+# shellcheck source=scripts/lib/pyenv.sh
+. scripts/lib/pyenv.sh
+pyenv_ensure ops-tests
 
-if [ ! -x "$venv/bin/python" ]; then
-  if ! "$python" -m venv "$venv" 2>/dev/null; then
-    # Debian's python3 ships without ensurepip unless python3-venv is installed.
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      echo "ops-tests: installing python3-venv" >&2
-      rm -rf "$venv"
-      apt-get install -y -qq python3-venv >/dev/null \
-        || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
-      "$python" -m venv "$venv"
-    else
-      echo "ops-tests: cannot create a venv with $python (install python3-venv)" >&2
-      exit 1
-    fi
-  fi
-fi
-
-# Reinstall only when the requirements (or the interpreter) changed.
-stamp="$venv/.ops-requirements.sha256"
-want="$( { sha256sum "$req" | cut -d' ' -f1; "$venv/bin/python" -VV; } | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
-  echo "$want" > "$stamp"
-fi
-
-exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/ops "$@"
+exec "$PYENV_PY" -m pytest -q -p no:cacheprovider tests/ops "$@"

@@ -25,5 +25,9 @@ trap cleanup EXIT
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- --test-threads "${CLOUDLENS_TEST_THREADS:-4}"
+# API contract: schemathesis against a throw-away server must find nothing the served
+# OpenAPI document does not allow (5xx, undocumented status/content type, schema mismatch).
+cargo build --bin cloudlens
+CLOUDLENS_BIN=target/debug/cloudlens scripts/api-contract.sh
 # Static checks of docker-compose, Dockerfile and the Kubernetes manifests (offline schemas).
 scripts/ops-tests.sh
