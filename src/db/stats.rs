@@ -19,7 +19,7 @@ const OLDEST_WRITER_SQL: &str = "\
 SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0)::float8 FROM event_writers";
 
 /// An event-writer transaction open this long holds back every projector: a stall.
-pub const WRITER_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+pub const WRITER_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Age of the oldest open event-writer transaction (zero when there is none); also
 /// refreshes its gauges.

@@ -35,7 +35,7 @@ pub struct Readiness {
     /// Age of the oldest open event-writer transaction, in seconds. Projectors cannot
     /// read past it (ADR 0001); it does not make the server unready, but an alert fires.
     pub oldest_writer_seconds: f64,
-    /// True when that transaction has been open longer than 10 s: projectors are stalled.
+    /// True when that transaction has been open longer than 5 s: projectors are stalled.
     pub writers_stalled: bool,
 }
 

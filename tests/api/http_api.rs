@@ -514,3 +514,168 @@ async fn tenants_cannot_change_each_others_budgets() {
     assert_eq!(res.status(), 422);
     assert_eq!(problem(&mut res).await["field"], "min_position");
 }
+
+/// Sends `req` twice at once and returns both answers (status and body).
+async fn race(make: impl Fn() -> awc::ClientRequest, body: Option<Value>) -> [(u16, Value); 2] {
+    let send = |r: awc::ClientRequest| {
+        let body = body.clone();
+        async move {
+            let mut res = match body {
+                Some(b) => r.send_json(&b).await.unwrap(),
+                None => r.send().await.unwrap(),
+            };
+            let status = res.status().as_u16();
+            let v: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+            (status, v)
+        }
+    };
+    let (a, b) = futures::join!(send(make()), send(make()));
+    [a, b]
+}
+
+#[actix_web::test]
+async fn racing_retries_with_one_key_get_one_answer_and_one_set_of_events() {
+    let app = spawn_app().await;
+    let mut changed = budget_body("changed");
+    changed["amount"] = json!("99.5");
+    for round in 0..60 {
+        let mut res = app.post_json("/api/v1/budgets", &budget_body("race")).await;
+        let id = res.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let url = app.url(&format!("/api/v1/budgets/{id}"));
+        let key = format!("race-{round}");
+        let (method, body) = if round % 2 == 0 {
+            ("PUT", Some(changed.clone()))
+        } else {
+            ("DELETE", None)
+        };
+        let answers = race(
+            || {
+                let r = if method == "PUT" {
+                    app.client.put(&url)
+                } else {
+                    app.client.delete(&url)
+                };
+                r.insert_header(("Idempotency-Key", key.as_str()))
+                    .insert_header(("If-Match", "\"1\""))
+            },
+            body,
+        )
+        .await;
+        assert_eq!(answers[0], answers[1], "{method} round {round}");
+        assert_eq!(
+            answers[0].0, 200,
+            "{method} round {round}: {:?}",
+            answers[0]
+        );
+        assert_eq!(answers[0].1["version"], 2);
+        let id: uuid::Uuid = id.parse().unwrap();
+        assert_eq!(stream_len(&app.conn, id).await, 2, "{method} round {round}");
+    }
+}
+
+#[actix_web::test]
+async fn the_same_key_with_another_if_match_is_another_request() {
+    let app = spawn_app().await;
+    let mut res = app.post_json("/api/v1/budgets", &budget_body("k")).await;
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = app.url(&format!("/api/v1/budgets/{id}"));
+    let res = app
+        .client
+        .delete(&url)
+        .insert_header(("Idempotency-Key", "del"))
+        .insert_header(("If-Match", "\"1\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut res = app
+        .client
+        .delete(&url)
+        .insert_header(("Idempotency-Key", "del"))
+        .insert_header(("If-Match", "\"7\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    assert_eq!(problem(&mut res).await["code"], "idempotency_key_reused");
+}
+
+#[actix_web::test]
+async fn idempotency_keys_are_purged_after_their_retention() {
+    let conn = fresh_database().await;
+    let settings = cloudlens::config::Settings {
+        idempotency_retention: std::time::Duration::from_secs(1),
+        purge_interval: std::time::Duration::from_millis(200),
+        ..test_settings()
+    };
+    let app = spawn_app_on(conn.clone(), settings).await;
+    let first = app
+        .client
+        .post(app.url("/api/v1/budgets"))
+        .insert_header(("Idempotency-Key", "old"))
+        .send_json(&budget_body("p"))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM idempotency_keys").await,
+        1
+    );
+    let purged = eventually(std::time::Duration::from_secs(10), || async {
+        (count(&conn, "SELECT count(*) FROM idempotency_keys").await == 0).then_some(())
+    })
+    .await;
+    assert!(purged.is_some(), "the key was not purged");
+    // After its retention a key is new again: the request runs as a new command.
+    let second = app
+        .client
+        .post(app.url("/api/v1/budgets"))
+        .insert_header(("Idempotency-Key", "old"))
+        .send_json(&budget_body("p"))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_ne!(first["id"], second["id"]);
+}
+
+#[test]
+fn domain_code_knows_no_transport_and_no_driver() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let forbidden = ["actix_web", "tokio_postgres", "deadpool_postgres", "awc"];
+    let mut checked = 0;
+    for context in std::fs::read_dir(&src).unwrap() {
+        let dir = context.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        for file in ["aggregate.rs", "commands.rs", "events.rs"] {
+            let path = dir.join(file);
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            checked += 1;
+            for word in forbidden {
+                assert!(
+                    !text.contains(word),
+                    "{} mentions {word}: domain code must not know HTTP or the database driver",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(
+        checked >= 3,
+        "no domain files found under {}",
+        src.display()
+    );
+}

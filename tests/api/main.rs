@@ -8,4 +8,5 @@ mod cluster;
 mod http_api;
 mod projections;
 mod prometheus;
+mod protocol;
 mod store;
