@@ -148,7 +148,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         tasks.push(tokio::spawn(projections::run(
             p.clone(),
             cfg,
-            signal.subscribe(),
+            signal.subscribe(p.stream_types()),
             shutdown_rx.clone(),
         )));
     }

@@ -253,7 +253,7 @@ impl EventStore {
             .events_appended
             .with_label_values(&[req.stream_type])
             .inc_by(req.events.len() as u64);
-        self.signal.appended();
+        self.signal.appended(req.stream_type);
         Ok(appended)
     }
 

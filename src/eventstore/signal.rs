@@ -1,10 +1,14 @@
 //! Wake-ups for projectors: at once for appends in this process, through
-//! LISTEN/NOTIFY for appends in other processes, and by polling as the fallback.
+//! LISTEN/NOTIFY for appends in other processes, and by polling as the fallback. A
+//! projector is woken only by appends of the stream types it reads (the NOTIFY payload
+//! carries them).
 //!
 //! NOTIFY is never sent inside the append transaction: PostgreSQL serialises the commits
 //! of notifying transactions on one queue lock, which would cap append throughput. A
 //! background task sends one coalesced NOTIFY after appends instead.
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -14,48 +18,125 @@ use tokio::sync::watch;
 pub const CHANNEL: &str = "cloudlens_events";
 
 /// Cloneable handle; counters only ever grow, receivers compare with what they saw.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct EventSignal {
-    /// Bumped by appends in this process (read by the NOTIFY sender).
-    local: watch::Sender<u64>,
-    /// Bumped by local appends and remote notifications (read by projectors).
-    wake: watch::Sender<u64>,
+    inner: Arc<Inner>,
 }
 
-impl Default for EventSignal {
-    fn default() -> Self {
-        Self {
-            local: watch::channel(0).0,
-            wake: watch::channel(0).0,
+#[derive(Default)]
+struct Inner {
+    /// Bumped by appends in this process (read by the NOTIFY sender).
+    local: watch::Sender<u64>,
+    /// Stream types appended here since the last NOTIFY (its payload).
+    unsent: Mutex<BTreeSet<String>>,
+    /// One counter per stream type, bumped by local appends and remote notifications
+    /// (read by the projectors of that type).
+    by_type: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+/// Wakes a projector when events of one of its stream types were appended.
+pub struct Wake {
+    receivers: Vec<watch::Receiver<u64>>,
+}
+
+impl Wake {
+    /// Forgets the wake-ups so far.
+    pub fn mark_unchanged(&mut self) {
+        for r in &mut self.receivers {
+            r.mark_unchanged();
         }
     }
+
+    /// Resolves at the next append of one of the stream types.
+    pub async fn changed(&mut self) {
+        if self.receivers.is_empty() {
+            return futures::future::pending().await;
+        }
+        let waits = self.receivers.iter_mut().map(|r| Box::pin(r.changed()));
+        let _ = futures::future::select_all(waits).await;
+    }
+}
+
+fn bump(sender: &watch::Sender<u64>) {
+    sender.send_modify(|n| *n = n.wrapping_add(1));
 }
 
 impl EventSignal {
-    pub fn appended(&self) {
-        self.local.send_modify(|n| *n = n.wrapping_add(1));
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    /// Called after events of `stream_type` were committed in this process.
+    pub fn appended(&self, stream_type: &str) {
+        if let Ok(mut unsent) = self.inner.unsent.lock() {
+            if !unsent.contains(stream_type) {
+                unsent.insert(stream_type.to_owned());
+            }
+        }
+        bump(&self.inner.local);
+        self.wake(Some(stream_type));
     }
 
-    fn remote(&self) {
-        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    /// Wakes the projectors of `stream_type`, or all of them.
+    fn wake(&self, stream_type: Option<&str>) {
+        let Ok(by_type) = self.inner.by_type.lock() else {
+            return;
+        };
+        match stream_type {
+            Some(t) => {
+                if let Some(s) = by_type.get(t) {
+                    bump(s);
+                }
+            }
+            None => by_type.values().for_each(bump),
+        }
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.wake.subscribe()
+    /// A notification from another process: its payload lists the stream types (an
+    /// empty payload wakes everyone).
+    fn remote(&self, payload: &str) {
+        if payload.is_empty() {
+            return self.wake(None);
+        }
+        for t in payload.split(',') {
+            self.wake(Some(t));
+        }
+    }
+
+    /// Wake-ups for appends of any of `stream_types`.
+    pub fn subscribe(&self, stream_types: &[&str]) -> Wake {
+        let Ok(mut by_type) = self.inner.by_type.lock() else {
+            return Wake {
+                receivers: Vec::new(),
+            };
+        };
+        let receivers = stream_types
+            .iter()
+            .map(|t| {
+                by_type
+                    .entry((*t).to_owned())
+                    .or_insert_with(|| watch::channel(0).0)
+                    .subscribe()
+            })
+            .collect();
+        Wake { receivers }
     }
 
     /// Sends one NOTIFY per burst of local appends until `shutdown` fires.
     pub async fn run_notifier(self, pool: Pool, mut shutdown: watch::Receiver<bool>) {
-        let mut local = self.local.subscribe();
+        let mut local = self.inner.local.subscribe();
         loop {
             tokio::select! {
                 changed = local.changed() => if changed.is_err() { return },
                 _ = shutdown.changed() => return,
             }
             local.mark_unchanged();
+            let types = match self.inner.unsent.lock() {
+                Ok(mut unsent) => std::mem::take(&mut *unsent),
+                Err(_) => BTreeSet::new(),
+            };
+            let payload = types.into_iter().collect::<Vec<_>>().join(",");
             if let Ok(client) = pool.get().await {
-                if let Err(e) = client.batch_execute(&format!("NOTIFY {CHANNEL}")).await {
+                if let Err(e) = client
+                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                    .await
+                {
                     tracing::debug!(error = %e, "NOTIFY failed; projectors elsewhere fall back to polling");
                 }
             }
@@ -99,16 +180,39 @@ async fn listen_once(
     let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let driver = tokio::spawn(messages.map(Ok).forward(tx));
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    signal.remote(); // events may have arrived while we were not listening
+    signal.remote(""); // events may have arrived while we were not listening
     loop {
         tokio::select! {
             msg = rx.next() => match msg {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => signal.remote(),
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => signal.remote(n.payload()),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => { driver.abort(); return Err(e) }
                 None => return Ok(Stop::Disconnected),
             },
             _ = shutdown.changed() => { driver.abort(); return Ok(Stop::Shutdown) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_projector_is_woken_only_by_its_stream_types() {
+        let signal = EventSignal::default();
+        let mut budgets = signal.subscribe(&["budget"]);
+        signal.appended("counter");
+        signal.remote("counter,tag");
+        let woke = tokio::time::timeout(Duration::from_millis(50), budgets.changed()).await;
+        assert!(woke.is_err(), "woken by another stream type");
+        signal.appended("budget");
+        budgets.changed().await;
+        budgets.mark_unchanged();
+        signal.remote("tag,budget");
+        budgets.changed().await;
+        budgets.mark_unchanged();
+        signal.remote(""); // an old server's NOTIFY without payload wakes everyone
+        budgets.changed().await;
     }
 }

@@ -30,6 +30,7 @@ use tokio_postgres::{Client, GenericClient, Transaction};
 use uuid::Uuid;
 
 use crate::eventstore::global::{self, Cursor};
+use crate::eventstore::signal::Wake;
 use crate::eventstore::{codec, RecordedEvent, StoreError};
 use crate::pipeline::EventSourced;
 use crate::telemetry::METRICS;
@@ -413,7 +414,7 @@ pub struct RunnerConfig {
 pub async fn run(
     projection: Arc<dyn Projection>,
     cfg: RunnerConfig,
-    mut wake: watch::Receiver<u64>,
+    mut wake: Wake,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = projection.name();
@@ -450,7 +451,7 @@ async fn record_error(conn: &str, name: &str, error: &str) {
 async fn lead(
     projection: &dyn Projection,
     cfg: &RunnerConfig,
-    wake: &mut watch::Receiver<u64>,
+    wake: &mut Wake,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ProjectionError> {
     let name = projection.name();

@@ -166,7 +166,7 @@ async fn another_runner_takes_over_when_the_leader_dies() {
         owner: owner.into(),
         progress: Progress::new(["counting"]),
     };
-    let wake = || cloudlens::eventstore::signal::EventSignal::default().subscribe();
+    let wake = || cloudlens::eventstore::signal::EventSignal::default().subscribe(&["counter"]);
     let (stop, stop_rx) = watch::channel(false);
     let a = tokio::spawn(projections::run(
         CountingProjection::new(false),

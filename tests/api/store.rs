@@ -325,8 +325,8 @@ async fn concurrent_writers_while_projecting_lose_and_double_nothing() {
 }
 
 /// Projectors here poll (50 ms); a fresh receiver is enough.
-fn store_signal_receiver() -> watch::Receiver<u64> {
-    cloudlens::eventstore::signal::EventSignal::default().subscribe()
+fn store_signal_receiver() -> cloudlens::eventstore::signal::Wake {
+    cloudlens::eventstore::signal::EventSignal::default().subscribe(&["counter"])
 }
 
 #[actix_web::test]
