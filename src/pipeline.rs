@@ -213,13 +213,13 @@ async fn run<A: EventSourced>(
         return Ok((replayed, true));
     }
     let attempt = decide_and_append::<A>(store, ctx, id, expect, command, services).await;
-    let settled_by_another = match &attempt {
+    let maybe_answered_by_another = match &attempt {
         Ok((_, appended)) => !appended,
         Err(CommandError::Domain(_) | CommandError::Conflict { .. }) => true,
         Err(CommandError::Store(StoreError::IdempotencyKeyTaken)) => true,
         Err(_) => false,
     };
-    if settled_by_another {
+    if maybe_answered_by_another {
         if let Some(replayed) = replay(store, ctx).await? {
             return Ok((replayed, true));
         }

@@ -107,22 +107,24 @@ pub enum StoreError {
     Corrupt { position: i64, reason: String },
 }
 
+impl From<crate::db::QueryError> for StoreError {
+    fn from(e: crate::db::QueryError) -> Self {
+        match e {
+            crate::db::QueryError::Unavailable(cause) => StoreError::Unavailable(cause),
+            crate::db::QueryError::Failed(e) => StoreError::Database(e),
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        if crate::db::is_unavailable(&e) {
-            StoreError::Unavailable(e.to_string())
-        } else {
-            StoreError::Database(e)
-        }
+        crate::db::QueryError::from(e).into()
     }
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        match e {
-            deadpool_postgres::PoolError::Backend(e) => e.into(),
-            other => StoreError::Unavailable(other.to_string()),
-        }
+        crate::db::QueryError::from(e).into()
     }
 }
 

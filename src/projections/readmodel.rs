@@ -115,7 +115,8 @@ impl ReadModel {
         self.copy(tx, self.table, rows).await
     }
 
-    /// Inserts rows or updates the existing ones (guarded by [`ReadModel::newer`]).
+    /// Inserts rows or updates the existing ones (guarded by [`ReadModel::newer`]). The
+    /// rows must have distinct keys (fold the batch first).
     pub async fn upsert<R: Row>(&self, tx: &Transaction<'_>, rows: &[R]) -> anyhow::Result<()> {
         if rows.is_empty() {
             return Ok(());

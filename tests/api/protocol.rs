@@ -47,6 +47,14 @@ async fn projector_status(app: &TestApp) -> Value {
     res.json::<Value>().await.unwrap()["projections"][0].clone()
 }
 
+async fn rebuild_done(app: &TestApp) -> bool {
+    eventually(Duration::from_secs(30), || async {
+        (projector_status(app).await["rebuild"]["state"] == "done").then_some(())
+    })
+    .await
+    .is_some()
+}
+
 fn run_tool(tool: &str, args: &[&str]) {
     let out = Command::new(format!("{PG_BIN}/{tool}"))
         .args(args)
@@ -143,11 +151,7 @@ async fn a_database_dumped_into_a_fresh_cluster_keeps_its_order() {
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
-    let done = eventually(Duration::from_secs(30), || async {
-        (projector_status(&app).await["rebuild"]["state"] == "done").then_some(())
-    })
-    .await;
-    assert!(done.is_some());
+    assert!(rebuild_done(&app).await, "the rebuild did not finish");
     assert_eq!(
         count(&target, "SELECT count(*) FROM budgets_view").await,
         52
@@ -292,11 +296,7 @@ async fn a_rebuild_behind_a_long_reader_does_not_stall_other_reads() {
     }
     assert_eq!(projector_status(&app).await["rebuild"]["state"], "running");
     report.commit().await.unwrap();
-    let done = eventually(Duration::from_secs(30), || async {
-        (projector_status(&app).await["rebuild"]["state"] == "done").then_some(())
-    })
-    .await;
-    assert!(done.is_some());
+    assert!(rebuild_done(&app).await, "the rebuild did not finish");
     assert_eq!(budgets_listed(&app, 0).await, 5);
 }
 
