@@ -10,12 +10,15 @@ use super::events::{BudgetType, Period};
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetDraft {
+    /// 1–200 characters, not only blanks.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// Decimal amount; a JSON string (`"1200.50"`) or number.
-    #[schema(value_type = String, example = "1200.50")]
+    #[schema(value_type = String, example = "1200.50", pattern = "^(?=.*[1-9])[0-9]{1,17}(\\.[0-9]{1,10})?$")]
     pub amount: Decimal,
     /// ISO 4217 code; CNY when omitted.
     #[serde(default)]
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: Option<String>,
     pub period: Period,
     #[serde(rename = "type")]
@@ -36,6 +39,7 @@ pub struct BudgetDraft {
     #[schema(value_type = Option<Vec<f64>>)]
     pub alert_thresholds: Option<Vec<Decimal>>,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub account: Option<String>,
 }
 

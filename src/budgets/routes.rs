@@ -35,8 +35,8 @@ fn budget_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// Create a budget.
 #[utoipa::path(post, path = "/api/v1/budgets", request_body = BudgetDraft,
-    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters"),
-           ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 201, body = CommandResult), (status = 400, body = Problem), (status = 413, body = Problem),
               (status = 415, body = Problem), (status = 422, body = Problem)))]
 #[post("/api/v1/budgets")]
@@ -66,9 +66,9 @@ pub async fn create(
 
 /// Replace a budget. `If-Match: "<version>"` makes a stale write fail with 409.
 #[utoipa::path(put, path = "/api/v1/budgets/{id}", request_body = BudgetDraft,
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\""),
-           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters"),
-           ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\"", pattern = "^(W/)?\"?[0-9]{1,18}\"?$"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = CommandResult), (status = 400, body = Problem), (status = 404, body = Problem),
               (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
               (status = 422, body = Problem)))]
@@ -98,9 +98,9 @@ pub async fn update(
 
 /// Delete a budget (its history stays in the event store).
 #[utoipa::path(delete, path = "/api/v1/budgets/{id}",
-    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\""),
-           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters"),
-           ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\"", pattern = "^(W/)?\"?[0-9]{1,18}\"?$"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = CommandResult), (status = 400, body = Problem), (status = 404, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)))]
 #[delete("/api/v1/budgets/{id}")]
@@ -144,7 +144,7 @@ fn min_position(p: Option<i64>) -> Result<Option<i64>, ApiError> {
 /// One budget, with its version as ETag.
 #[utoipa::path(get, path = "/api/v1/budgets/{id}",
     params(("id" = Uuid, Path), ReadParams,
-           ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = BudgetView), (status = 400, body = Problem), (status = 404, body = Problem),
               (status = 422, body = Problem)))]
 #[get("/api/v1/budgets/{id}")]
@@ -183,7 +183,7 @@ pub struct ListParams {
 
 /// Budgets, filtered, in pages (keyset pagination).
 #[utoipa::path(get, path = "/api/v1/budgets",
-    params(ListParams, ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+    params(ListParams, ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = BudgetPage), (status = 400, body = Problem), (status = 422, body = Problem)))]
 #[get("/api/v1/budgets")]
 pub async fn list(

@@ -204,7 +204,7 @@ pub struct StreamEvents {
 /// The audit trail of one stream, oldest first (events as stored, not upcast).
 #[utoipa::path(get, path = "/api/v1/streams/{stream_type}/{id}/events",
     params(("stream_type" = String, Path), ("id" = Uuid, Path),
-           ("X-Tenant-Id" = Option<String>, Header, description = "tenant, [a-z0-9_-]{1,64}")),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = StreamEvents), (status = 400, body = Problem),
               (status = 404, body = Problem)))]
 #[get("/api/v1/streams/{stream_type}/{id}/events")]
