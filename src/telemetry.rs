@@ -284,9 +284,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
             IntCounterVec::new(
                 Opts::new(
                     "cloudlens_scheduled_runs_total",
-                    "Runs of periodic work in the elected process, by job and outcome",
+                    "Runs of periodic work in the elected process, by task and outcome",
                 ),
-                &["job", "outcome"],
+                &["task", "outcome"],
             )?,
         )?,
         scheduled_leader: reg(
@@ -296,7 +296,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
                     "cloudlens_scheduled_leader",
                     "1 when this process runs the periodic job",
                 ),
-                &["job"],
+                &["task"],
             )?,
         )?,
         idempotency_keys_purged: reg(

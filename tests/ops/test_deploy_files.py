@@ -1,5 +1,5 @@
 """Static checks of the deployment files: Dockerfile, docker-compose.yml, Prometheus config,
-.env.example and the Kubernetes manifests under k8s/.
+alert rules, Grafana dashboards, .env.example and the Kubernetes manifests under k8s/.
 
 Nothing here needs Docker or a cluster. Run with scripts/ops-tests.sh (or `pytest -q tests/ops`
 in a venv with tests/ops/requirements.txt installed).
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import json
 import re
 import shutil
 import subprocess
@@ -34,6 +35,17 @@ KUSTOMIZE_API = "kustomize.config.k8s.io/"
 
 VAR_RE = re.compile(r"(?<!\$)\$(?:\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}|([A-Za-z_][A-Za-z0-9_]*))")
 PLACEHOLDER_RE = re.compile(r"change-me|REPLACE", re.IGNORECASE)
+
+# PostgreSQL settings every database cloudlens runs on must carry, as the local cluster does
+# (CLUSTER_CONF in src/db/cluster.rs): a session idle inside a transaction, or a client whose
+# connection vanished, must not hold locks for long (an open event-writer transaction holds
+# back every projector).
+DB_SETTINGS = {
+    "idle_in_transaction_session_timeout": "60s",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -78,6 +90,33 @@ def env_example_vars() -> dict[str, str]:
         assert sep, f".env.example: not KEY=VALUE: {line!r}"
         out[key.strip()] = value.strip()
     return out
+
+
+def postgres_settings(argv) -> dict[str, str]:
+    """The `-c name=value` settings of a postgres command line (list or string form)."""
+    if isinstance(argv, str):
+        argv = argv.split()
+    argv = [resolve_defaults(str(a)) for a in argv]
+    out = {}
+    for i, arg in enumerate(argv):
+        if arg == "-c" and i + 1 < len(argv):
+            setting = argv[i + 1]
+        elif arg.startswith("-c") and len(arg) > 2:
+            setting = arg[2:]
+        elif arg.startswith("--") and "=" in arg:
+            setting = arg[2:]
+        else:
+            continue
+        name, _, value = setting.partition("=")
+        out[name.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def assert_db_settings(settings: dict, where: str) -> None:
+    for name, value in DB_SETTINGS.items():
+        assert name in settings, f"{where}: {name} is not set (want {value})"
+        assert str(settings[name]).strip("'\"") == value, \
+            f"{where}: {name} = {settings[name]!r}, want {value}"
 
 
 def pod_spec(doc: dict) -> dict:
@@ -205,6 +244,23 @@ def test_compose_cloudlens_depends_on_healthy_db(compose):
     dep = compose["services"]["cloudlens"].get("depends_on")
     assert isinstance(dep, dict), "depends_on must use the long form with a condition"
     assert dep.get("db", {}).get("condition") == "service_healthy"
+
+
+def test_compose_db_settings(compose):
+    command = compose["services"]["db"].get("command")
+    assert command, "db: no command carrying the PostgreSQL settings"
+    settings = postgres_settings(command)
+    assert settings.get("max_connections"), "db: max_connections"
+    assert_db_settings(settings, "compose service db")
+
+
+def test_local_cluster_has_the_same_db_settings():
+    """The deploy targets follow the local cluster's settings (src/db/cluster.rs)."""
+    src = (ROOT / "src/db/cluster.rs").read_text(encoding="utf-8")
+    conf = {}
+    for m in re.finditer(r"^\s*([a-z_.]+)\s*=\s*(\S+)\s*$", src, re.MULTILINE):
+        conf[m.group(1)] = m.group(2)
+    assert_db_settings(conf, "src/db/cluster.rs CLUSTER_CONF")
 
 
 def test_compose_cloudlens_environment(compose):
@@ -404,6 +460,149 @@ def test_prometheus_rule_files_parse():
         assert isinstance(doc, dict) and isinstance(doc.get("groups"), list), f"{path}: no groups"
 
 
+RULES_PATH = ROOT / "grafana/alerts/cloudlens-rules.yml"
+
+
+def alert_rules() -> dict[str, dict]:
+    rules = {}
+    for group in load_yaml(RULES_PATH)["groups"]:
+        assert group.get("name") and group.get("rules"), f"rule group {group.get('name')!r} is empty"
+        for rule in group["rules"]:
+            name = rule.get("alert")
+            assert name, f"{group['name']}: only alerting rules belong here, got {rule}"
+            assert name not in rules, f"alert {name} defined twice"
+            rules[name] = rule
+    return rules
+
+
+def duration_seconds(d: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    total, pos = 0.0, 0
+    for m in re.finditer(r"(\d+)(ms|s|m|h|d)", d):
+        assert m.start() == pos, f"bad duration {d!r}"
+        total += int(m.group(1)) * units[m.group(2)]
+        pos = m.end()
+    assert pos == len(d) and pos > 0, f"bad duration {d!r}"
+    return total
+
+
+def test_alert_rules_structure():
+    for name, rule in alert_rules().items():
+        assert str(rule.get("expr", "")).strip(), f"{name}: no expr"
+        assert rule.get("labels", {}).get("severity") in ("warning", "critical"), f"{name}: severity"
+        ann = rule.get("annotations", {})
+        assert ann.get("summary") and ann.get("description"), f"{name}: summary and description"
+        duration_seconds(rule.get("for", "0s"))
+
+
+def test_alert_event_writer_stall():
+    rule = alert_rules()["CloudlensEventWriterStalled"]
+    expr = rule["expr"]
+    assert "cloudlens_event_writer_stalled" in expr or "cloudlens_oldest_writer_transaction_seconds" in expr
+    assert duration_seconds(rule.get("for", "0s")) <= 15, "a writer stall must be reported within seconds"
+    assert rule["labels"]["severity"] == "critical"
+    desc = rule["annotations"]["description"]
+    for needed in ("event_writers", "pg_stat_activity", "10 s"):
+        assert needed in desc, f"CloudlensEventWriterStalled: the description should mention {needed!r}"
+
+
+def test_alert_periodic_jobs():
+    rules = alert_rules()
+    expr = rules["CloudlensPeriodicJobFailing"]["expr"]
+    assert "cloudlens_scheduled_runs_total" in expr and 'outcome="error"' in expr
+    # Periodic jobs are labelled `task` (`job` is Prometheus' scrape job).
+    assert "task" in expr
+
+
+def test_alert_rules_pass_promtool():
+    promtool = shutil.which("promtool")
+    if not promtool:
+        pytest.skip("promtool not on PATH")
+    out = subprocess.run([promtool, "check", "rules", str(RULES_PATH)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Grafana dashboards
+# --------------------------------------------------------------------------------------
+
+DASHBOARDS = sorted((ROOT / "grafana/dashboards").glob("*.json"))
+DATASOURCE_UID = "cloudlens-prometheus"
+
+
+def dashboard(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def dashboard_exprs(doc: dict) -> list[str]:
+    return [t.get("expr", "") for p in doc["panels"] for t in p.get("targets") or []]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_structure(path):
+    doc = dashboard(path)
+    assert doc.get("uid", "").startswith("cloudlens-") and doc.get("title", "").startswith("cloudlens / ")
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids)), f"{path.name}: duplicate panel ids"
+    cells = {}
+    for panel in doc["panels"]:
+        where = f"{path.name}: panel {panel['id']} {panel.get('title')!r}"
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, f"{where}: gridPos {g}"
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{where}: overlaps panel {cells[(x, y)]}"
+                cells[(x, y)] = panel["id"]
+        if panel["type"] == "row":
+            assert g["w"] == 24 and g["h"] == 1, f"{where}: a row spans the width, one unit high"
+            continue
+        if panel["type"] == "text":
+            continue
+        assert panel["datasource"]["uid"] == DATASOURCE_UID, where
+        assert panel["targets"], f"{where}: no targets"
+        for t in panel["targets"]:
+            assert t["datasource"]["uid"] == DATASOURCE_UID, where
+            assert t.get("expr", "").strip() and t.get("refId"), where
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{where}: no unit"
+
+
+def test_every_metric_is_on_a_dashboard():
+    """Every metric src/telemetry.rs defines appears in some dashboard expression."""
+    defined = set(re.findall(r'"(cloudlens_[a-z_]+)"',
+                             (ROOT / "src/telemetry.rs").read_text(encoding="utf-8")))
+    assert defined
+    exprs = " ".join(e for p in DASHBOARDS for e in dashboard_exprs(dashboard(p)))
+    missing = sorted(m for m in defined if m not in exprs)
+    assert not missing, f"metrics on no dashboard: {missing}"
+
+
+def test_dashboard_writer_stall_and_periodic_jobs():
+    panels = [p for path in DASHBOARDS for p in dashboard(path)["panels"]]
+
+    def with_metric(metric):
+        return [p for p in panels if any(metric in t.get("expr", "") for t in p.get("targets") or [])]
+
+    # The oldest writer's age against the 5 s stall threshold, drawn as a line.
+    lined = [p for p in with_metric("cloudlens_oldest_writer_transaction_seconds")
+             if p["type"] == "timeseries"
+             and p["fieldConfig"]["defaults"].get("custom", {}).get("thresholdsStyle", {}).get("mode") == "line"]
+    assert lined, "no timeseries of the oldest writer transaction with a threshold line"
+    steps = lined[0]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert 5 in [s["value"] for s in steps], "the stall threshold line is at 5 s"
+    assert lined[0]["fieldConfig"]["defaults"]["unit"] == "s"
+    assert with_metric("cloudlens_event_writer_stalled")
+    for metric in ("cloudlens_scheduled_runs_total", "cloudlens_scheduled_leader"):
+        found = with_metric(metric)
+        assert found, f"no panel shows {metric}"
+        for p in found:
+            for t in p["targets"]:
+                # Periodic jobs are labelled `task` (`job` is the scrape job).
+                assert "by (job" not in t["expr"] and "{{job}}" not in t.get("legendFormat", ""), \
+                    f"panel {p['title']!r}: use task for the periodic job"
+    assert with_metric("cloudlens_idempotency_keys_purged_total")
+
+
 # --------------------------------------------------------------------------------------
 # Kubernetes
 # --------------------------------------------------------------------------------------
@@ -558,6 +757,9 @@ def test_timescaledb_statefulset():
     assert "secretKeyRef" in env["POSTGRES_PASSWORD"]["valueFrom"]
     mounts = {m["name"] for m in c["volumeMounts"]}
     assert {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]} <= mounts
+    settings = postgres_settings(c.get("command", []) + c.get("args", []))
+    assert settings.get("max_connections"), "timescaledb: max_connections"
+    assert_db_settings(settings, "k8s/base timescaledb StatefulSet")
     # the Deployment's DATABASE_URL template points at this Service
     secret = load_all(K8S / "base/secret.example.yaml")[0]
     assert f"@{svc['metadata']['name']}:5432/" in secret["stringData"]["DATABASE_URL"]
@@ -570,12 +772,31 @@ def test_cnpg_cluster():
     assert spec["instances"] == 3
     assert_pinned(spec["imageName"], "cnpg imageName")
     assert "timescaledb" in spec["postgresql"]["shared_preload_libraries"]
+    params = spec["postgresql"]["parameters"]
+    for name, value in params.items():
+        assert isinstance(value, str), f"cnpg parameter {name}: CNPG wants strings, got {value!r}"
+    assert_db_settings(params, "k8s/cnpg Cluster postgresql.parameters")
     sql = " ".join(spec["bootstrap"]["initdb"]["postInitApplicationSQL"])
     assert "CREATE EXTENSION IF NOT EXISTS timescaledb" in sql
     assert spec["storage"]["size"]
     assert spec["monitoring"]
     readme = (K8S / "README.md").read_text(encoding="utf-8")
     assert f"{cluster['metadata']['name']}-rw" in readme
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_overlay_timescaledb_args_keep_db_settings(overlay):
+    """A strategic-merge patch replaces a container's args as a whole: an overlay that sets
+    args must repeat the settings."""
+    _, patches = kustomization_paths(K8S / "overlays" / overlay / "kustomization.yaml")
+    for p in patches:
+        for d in load_all(p):
+            if d.get("kind") != "StatefulSet":
+                continue
+            for c in pod_spec(d).get("containers") or []:
+                if "args" in c or "command" in c:
+                    settings = postgres_settings(c.get("command", []) + c.get("args", []))
+                    assert_db_settings(settings, f"{p.relative_to(ROOT)} container {c['name']}")
 
 
 @pytest.mark.parametrize("overlay,replicas", [("dev", 1), ("prod", 3)])
@@ -612,6 +833,10 @@ def test_rendered_kustomization_validates(target):
             validate_builtin(doc, where)
         for c in _containers(doc):
             assert_pinned(c["image"], f"{where} container {c['name']}")
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "timescaledb"]
+    (db,) = pod_spec(sts)["containers"]
+    assert_db_settings(postgres_settings(db.get("command", []) + db.get("args", [])),
+                       f"{target}: rendered timescaledb StatefulSet")
     deps = [d for d in docs if d["kind"] == "Deployment"]
     want = {"base": 2, "overlays/dev": 1, "overlays/prod": 3}[target]
     assert deps[0]["spec"]["replicas"] == want
