@@ -154,3 +154,11 @@ impl Projector for BudgetsProjector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_read_model_declaration_is_valid() {
+        super::BUDGETS_VIEW.check().unwrap();
+    }
+}

@@ -165,3 +165,38 @@ impl ReadModel {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_lowercase_words_that_may_hold_digits() {
+        for ok in ["budgets_view", "costs_1h", "a", "cl_rebuild_costs_1d"] {
+            assert!(is_identifier(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "1h_costs",
+            "Budgets",
+            "budgets-view",
+            "x;drop",
+            "a b",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_name_anywhere_in_a_read_model_is_refused() {
+        static BAD: ReadModel = ReadModel {
+            table: "costs_1h",
+            key: "id",
+            columns: &[col("id", Type::UUID), col("amount\"", Type::NUMERIC)],
+            keep_on_update: &[],
+            newer: None,
+        };
+        assert!(BAD.check().is_err());
+    }
+}

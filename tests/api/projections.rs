@@ -217,3 +217,87 @@ async fn another_runner_takes_over_when_the_leader_dies() {
         40
     );
 }
+
+/// A hypertable read model with a digit in its name, whose rebuild copy must be made a
+/// hypertable again by `prepare_shadow` (`LIKE … INCLUDING ALL` does not carry that).
+struct Hourly;
+
+#[async_trait::async_trait]
+impl Projection for Hourly {
+    fn name(&self) -> &'static str {
+        "hourly_1h"
+    }
+    fn stream_types(&self) -> &'static [&'static str] {
+        &["counter"]
+    }
+    fn tables(&self) -> Vec<&'static str> {
+        vec!["counts_1h"]
+    }
+    fn options(&self) -> projections::ProjectorOptions {
+        projections::ProjectorOptions {
+            durable_commit: true,
+            batch_size: Some(7),
+        }
+    }
+    async fn prepare_shadow(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        schema: &str,
+    ) -> anyhow::Result<()> {
+        tx.execute(
+            "SELECT create_hypertable(format('%I.counts_1h', $1::text)::regclass, 'bucket')",
+            &[&schema],
+        )
+        .await?;
+        Ok(())
+    }
+    async fn apply(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        events: &[cloudlens::eventstore::RecordedEvent],
+    ) -> anyhow::Result<()> {
+        let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
+        let times: Vec<chrono::DateTime<chrono::Utc>> =
+            events.iter().map(|e| e.recorded_at).collect();
+        tx.execute(
+            "INSERT INTO counts_1h SELECT date_trunc('hour', t), p \
+             FROM unnest($1::timestamptz[], $2::bigint[]) AS u(t, p)",
+            &[&times, &positions],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[actix_web::test]
+async fn a_hypertable_read_model_is_rebuilt_as_a_hypertable() {
+    let conn = fresh_database().await;
+    let c = db::connect(&conn).await.unwrap();
+    c.batch_execute(
+        "CREATE TABLE counts_1h (bucket timestamptz NOT NULL, position bigint NOT NULL);
+         SELECT create_hypertable('counts_1h', 'bucket');",
+    )
+    .await
+    .unwrap();
+    let s = store(&conn, 4);
+    append_counter_events(&s, uuid::Uuid::now_v7(), 0, 30).await;
+    let p: Arc<dyn Projection> = Arc::new(Hourly);
+    let report = Rebuild::begin(&conn, p)
+        .await
+        .unwrap()
+        .run(5000, watch::channel(false).1)
+        .await
+        .unwrap();
+    assert_eq!(report.events, 30);
+    assert_eq!(count(&conn, "SELECT count(*) FROM counts_1h").await, 30);
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM timescaledb_information.hypertables \
+             WHERE hypertable_schema = 'public' AND hypertable_name = 'counts_1h'"
+        )
+        .await,
+        1,
+        "the swapped-in table is not a hypertable"
+    );
+}
