@@ -83,20 +83,25 @@ SELECT NULL, p.transaction, p.prepared, 'prepared'
  WHERE p.database = current_database();
 
 -- The horizon (ADR 0001): the current epoch, the smallest transaction id an in-flight
--- writer may hold, and `settled`: when no writer is in flight, the last position handed
--- out (every position up to it is committed or rolled back), else NULL. The position is
--- read first, so any writer that could hold a position at or below it already holds the
--- lock when the writers are looked at.
+-- writer may hold, and `settled`: the last position handed out when every position up to
+-- it is committed (or rolled back) below the horizon, else NULL.
+-- `settled` needs care: positions are taken (under the writer lock) before the writer's
+-- transaction id, so `issued` is read first, and any writer that could hold a position up
+-- to it already holds the lock when the writers are looked at. A writer may still take its
+-- transaction id after the horizon's snapshot and finish before its lock is looked for:
+-- then its event lies at or above the horizon although no writer shows. The last check
+-- (a new snapshot, which sees every such writer committed) looks for exactly those.
 CREATE FUNCTION cloudlens_event_horizon(OUT epoch integer, OUT horizon xid8, OUT settled bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
+    cur     integer;
     issued  bigint;
     writers bigint;
 BEGIN
     SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END INTO issued FROM events_position_seq s;
     -- pg_stat_activity is otherwise cached for the rest of the transaction.
     PERFORM pg_stat_clear_snapshot();
-    SELECT max(x.epoch) INTO epoch FROM event_epochs x;
+    SELECT max(x.epoch) INTO cur FROM event_epochs x;
     WITH snap AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS nx),
     w AS MATERIALIZED (SELECT backend_xid FROM event_writers),
     dist AS (
@@ -107,7 +112,13 @@ BEGIN
            (SELECT count(*) FROM w)
       INTO horizon, writers
       FROM dist;
-    settled := CASE WHEN writers = 0 THEN issued END;
+    epoch := cur;
+    settled := NULL;
+    IF writers = 0 AND NOT EXISTS (
+           SELECT 1 FROM events e
+            WHERE e.epoch = cur AND e.transaction_id >= horizon AND e.position <= issued) THEN
+        settled := issued;
+    END IF;
 END $$;
 
 -- Idempotency records: what the append produced; the route that answers decides the rest.

@@ -679,3 +679,43 @@ fn domain_code_knows_no_transport_and_no_driver() {
         src.display()
     );
 }
+
+/// Read-your-writes, many times over: every create is visible to a GET with its own
+/// position, with eight clients at once. (A horizon that called a position settled while
+/// its event still lay above the horizon answered 404 to some of these.)
+#[actix_web::test]
+async fn every_write_is_visible_to_a_read_with_its_position() {
+    let app = spawn_app().await;
+    let client = |k: usize| {
+        let app = &app;
+        async move {
+            let mut misses = Vec::new();
+            for i in 0..60 {
+                let mut res = app
+                    .post_json("/api/v1/budgets", &budget_body(&format!("ryw{k}-{i}")))
+                    .await;
+                let created = res.json::<Value>().await.unwrap();
+                let res = app
+                    .get(&format!(
+                        "/api/v1/budgets/{}?min_position={}",
+                        created["id"].as_str().unwrap(),
+                        created["position"]
+                    ))
+                    .await;
+                if res.status() != 200 {
+                    misses.push((created["position"].clone(), res.status().as_u16()));
+                }
+            }
+            misses
+        }
+    };
+    let misses: Vec<_> = futures::future::join_all((0..8).map(client))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        misses.is_empty(),
+        "not visible after their own position: {misses:?}"
+    );
+}
