@@ -102,7 +102,7 @@ impl Background {
 pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow::Result<Running> {
     let port = listener.local_addr()?.port();
     let pool = db::pool(&conn, settings.pool_size)?;
-    let reads = db::pool(&conn, settings.read_pool_size)?;
+    let reads = db::Reader::new(&conn, settings.read_pool_size);
     let signal = EventSignal::default();
     let store = EventStore::new(pool.clone(), signal.clone());
     let registry = context::projections();

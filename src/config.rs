@@ -16,7 +16,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Connections for commands (the write side).
     pub pool_size: usize,
-    /// Connections for queries (the read side).
+    /// Connections for queries (the read side), shared and pipelined (`db::Reader`).
     pub read_pool_size: usize,
     pub body_limit: usize,
     /// How long a query with `min_position` waits for the read models before 503.
@@ -39,7 +39,9 @@ impl Default for Settings {
             pg_port: 54329,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             pool_size: 48,
-            read_pool_size: 32,
+            // One per core: more connections only add backends competing for the cores
+            // (measured in loadtest/RESULTS.md).
+            read_pool_size: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             body_limit: 2 * 1024 * 1024,
             min_position_timeout: Duration::from_secs(5),
             projector_batch_size: 5000,

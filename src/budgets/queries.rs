@@ -1,19 +1,20 @@
 //! Reads of the budgets context; they touch only `budgets_view`.
 //!
-//! Each query is a named constant run as a statement prepared once per connection
-//! (`prepare_cached`): a point read is then one round trip, as fast as the database
-//! allows (ARCHITECTURE.md, "How a query stays fast").
+//! Each query is a named constant, prepared once per read connection (`ReadConnection`):
+//! a point read is then one round trip, pipelined with the others on that connection
+//! (ARCHITECTURE.md, "How a query stays fast").
 
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, Utc};
-use deadpool_postgres::GenericClient;
 use rust_decimal::Decimal;
 use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::db::QueryError;
+use crate::db::{QueryError, ReadConnection};
 
 macro_rules! columns {
     () => {
@@ -63,13 +64,14 @@ pub struct BudgetView {
     pub start_date: NaiveDate,
     #[schema(value_type = Option<String>, format = Date)]
     pub end_date: Option<NaiveDate>,
+    /// JSONB columns are passed through as stored (no JSON tree is built per request).
     #[schema(value_type = Object)]
-    pub tag_filter: serde_json::Value,
+    pub tag_filter: Box<RawValue>,
     #[schema(value_type = Vec<String>)]
-    pub service_filter: serde_json::Value,
+    pub service_filter: Box<RawValue>,
     /// Percents as decimal strings.
     #[schema(value_type = Vec<String>)]
-    pub alert_thresholds: serde_json::Value,
+    pub alert_thresholds: Box<RawValue>,
     pub account: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -114,23 +116,22 @@ fn view(row: &Row) -> Result<BudgetView, tokio_postgres::Error> {
         budget_type: row.try_get(6)?,
         start_date: row.try_get(7)?,
         end_date: row.try_get(8)?,
-        tag_filter: row.try_get(9)?,
-        service_filter: row.try_get(10)?,
-        alert_thresholds: row.try_get(11)?,
+        tag_filter: row.try_get::<_, Json<Box<RawValue>>>(9)?.0,
+        service_filter: row.try_get::<_, Json<Box<RawValue>>>(10)?.0,
+        alert_thresholds: row.try_get::<_, Json<Box<RawValue>>>(11)?.0,
         account: row.try_get(12)?,
         created_at: row.try_get(13)?,
         updated_at: row.try_get(14)?,
     })
 }
 
-pub async fn get<C: GenericClient>(
-    client: &C,
+pub async fn get(
+    conn: &ReadConnection,
     tenant: &str,
     id: Uuid,
 ) -> Result<Option<BudgetView>, QueryError> {
-    let stmt = client.prepare_cached(GET_SQL).await?;
-    Ok(client
-        .query_opt(&stmt, &[&tenant, &id])
+    Ok(conn
+        .query_opt(GET_SQL, &[&tenant, &id])
         .await?
         .as_ref()
         .map(view)
@@ -138,8 +139,8 @@ pub async fn get<C: GenericClient>(
 }
 
 /// Keyset pagination by id (UUIDv7, so roughly creation order).
-pub async fn list<C: GenericClient>(
-    client: &C,
+pub async fn list(
+    conn: &ReadConnection,
     tenant: &str,
     f: &ListFilter,
 ) -> Result<BudgetPage, QueryError> {
@@ -163,8 +164,7 @@ pub async fn list<C: GenericClient>(
             LIST_ACCOUNT_TAG_SQL
         }
     };
-    let stmt = client.prepare_cached(sql).await?;
-    let rows = client.query(&stmt, &params).await?;
+    let rows = conn.query(sql, &params).await?;
     let mut items = rows.iter().map(view).collect::<Result<Vec<_>, _>>()?;
     let next_cursor = if items.len() as i64 > f.limit {
         items.truncate(f.limit as usize);

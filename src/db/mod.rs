@@ -2,7 +2,10 @@
 //! self-managed local cluster.
 
 pub mod cluster;
+pub mod reader;
 pub mod stats;
+
+pub use reader::{ReadConnection, Reader};
 
 use std::time::Duration;
 

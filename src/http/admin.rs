@@ -49,17 +49,18 @@ async fn readiness(state: &AppState) -> Readiness {
         oldest_writer_seconds: 0.0,
         writers_stalled: false,
     };
-    if let Ok(client) = state.reads.get().await {
-        if let Ok(applied) = crate::db::migrations_applied(&client).await {
+    if let Ok(conn) = state.reads.get().await {
+        let client = conn.client();
+        if let Ok(applied) = crate::db::migrations_applied(client).await {
             r.database = true;
             r.migrations = applied >= crate::db::migration_count();
-            if let Ok(age) = crate::db::stats::oldest_writer(&**client).await {
+            if let Ok(age) = crate::db::stats::oldest_writer(client).await {
                 r.oldest_writer_seconds = age.as_secs_f64();
                 r.writers_stalled = age >= crate::db::stats::WRITER_STALL;
             }
             let mut all = true;
             for p in state.projections.iter() {
-                match status::of(&**client, &**p).await {
+                match status::of(client, &**p).await {
                     Ok(s) if s.state != "stopped" => {}
                     _ => all = false,
                 }
@@ -101,9 +102,9 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // database gauges are read from the database; a scrape while it is down keeps the
     // last values.
     readiness(&state).await;
-    if let Ok(client) = state.reads.get().await {
+    if let Ok(conn) = state.reads.get().await {
         let tables: Vec<&str> = state.projections.iter().flat_map(|p| p.tables()).collect();
-        if let Err(e) = crate::db::stats::refresh(&**client, &tables).await {
+        if let Err(e) = crate::db::stats::refresh(conn.client(), &tables).await {
             tracing::debug!(error = %e, "cannot refresh database gauges");
         }
     }
@@ -122,14 +123,10 @@ pub struct ProjectionsList {
     (status = 200, body = ProjectionsList), (status = 503, body = Problem)))]
 #[get("/api/v1/admin/projections")]
 pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let client = state
-        .reads
-        .get()
-        .await
-        .map_err(|e| ApiError::from(crate::db::QueryError::from(e)))?;
+    let conn = state.reads.get().await?;
     let mut out = Vec::new();
     for p in state.projections.iter() {
-        out.push(status::of(&**client, &**p).await?);
+        out.push(status::of(conn.client(), &**p).await?);
     }
     Ok(HttpResponse::Ok().json(ProjectionsList { projections: out }))
 }

@@ -12,10 +12,11 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{middleware, web, App, HttpRequest, HttpServer};
-use deadpool_postgres::{Object, Pool};
+use std::sync::Arc;
 
 use crate::app::Tasks;
 use crate::config::Settings;
+use crate::db::{ReadConnection, Reader};
 use crate::eventstore::EventStore;
 use crate::projections::{wait, Progress, Registry};
 use crate::telemetry::METRICS;
@@ -26,8 +27,8 @@ pub struct AppState {
     pub settings: Settings,
     /// The write side: appends and stream loads.
     pub store: EventStore,
-    /// Queries read through a pool of their own (a replica can take it over later).
-    pub reads: Pool,
+    /// Queries read through connections of their own (a replica can take them over later).
+    pub reads: Reader,
     pub projections: Registry,
     /// Connection string for dedicated connections (rebuilds).
     pub conn: String,
@@ -44,7 +45,7 @@ impl AppState {
         &self,
         projection: &str,
         min_position: Option<i64>,
-    ) -> Result<Object, ApiError> {
+    ) -> Result<Arc<ReadConnection>, ApiError> {
         if let Some(target) = min_position.filter(|p| *p > 0) {
             let p = self
                 .projections
@@ -54,10 +55,7 @@ impl AppState {
             let timeout = self.settings.min_position_timeout;
             wait::wait_for(&self.reads, &self.progress, &**p, target, timeout).await?;
         }
-        self.reads
-            .get()
-            .await
-            .map_err(|e| crate::db::QueryError::from(e).into())
+        Ok(self.reads.get().await?)
     }
 }
 

@@ -10,9 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
-
 use super::{checkpoint, Progress, Projection};
+use crate::db::Reader;
 use crate::eventstore::global::{self, Reached};
 use crate::eventstore::StoreError;
 use crate::telemetry::METRICS;
@@ -31,7 +30,7 @@ pub enum WaitError {
 
 /// Waits until `projection` reflects every event up to `target` (of the streams it reads).
 pub async fn wait_for(
-    pool: &Pool,
+    reads: &Reader,
     progress: &Progress,
     projection: &dyn Projection,
     target: i64,
@@ -50,9 +49,9 @@ pub async fn wait_for(
             break;
         }
         let state = {
-            let client = pool.get().await.map_err(StoreError::from)?;
-            let at = checkpoint(&**client, name).await?;
-            global::reached(&**client, at, projection.stream_types(), target).await?
+            let conn = reads.get().await.map_err(StoreError::from)?;
+            let at = checkpoint(conn.client(), name).await?;
+            global::reached(conn.client(), at, projection.stream_types(), target).await?
         };
         match state {
             Reached::Yes => break,
