@@ -2,10 +2,14 @@
 //!
 //! - `http` drives a running server over HTTP (named scenarios) and prints throughput
 //!   and p50/p95/p99 per operation, errors by status;
-//! - `store` appends events through the event store and, in the same run, raw INSERTs
-//!   of identical rows into an identically shaped table (1 and 100 per txn);
-//! - `catchup` replays N budget events into a fresh read model (a rebuild) and, in the
-//!   same run, COPYs N identical rows into an identically shaped table.
+//! - `store` appends events through the event store and, interleaved in rounds in the
+//!   same database, raw INSERTs of identical rows into an identically shaped table (1 row
+//!   per txn, batched like the group commit, 100 per txn);
+//! - `raw-insert` runs the raw 1-row INSERT baseline in a given database (a server's own,
+//!   between its HTTP write runs);
+//! - `catchup` replays a log of N budget events (creates, updates, deletes) into a fresh
+//!   read model (a rebuild) and, in the same round, COPYs N rows into an identically
+//!   shaped table, in rounds.
 //!
 //! Numbers are printed, never asserted: see loadtest/RESULTS.md and loadtest/run.sh.
 
@@ -28,6 +32,8 @@ enum Command {
     Http(http_load::Args),
     /// Event-store append vs raw INSERT benchmark.
     Store(db_bench::StoreArgs),
+    /// Raw 1-row INSERT baseline into `raw_events` of a given database.
+    RawInsert(db_bench::RawInsertArgs),
     /// Projection catch-up (rebuild) vs raw COPY benchmark.
     Catchup(db_bench::CatchupArgs),
 }
@@ -36,6 +42,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Http(args) => http_load::run(args),
         Command::Store(args) => db_bench::store(args),
+        Command::RawInsert(args) => db_bench::raw_insert(args),
         Command::Catchup(args) => db_bench::catchup(args),
     }
 }
