@@ -61,7 +61,11 @@ BEGIN
         END IF;
         PERFORM pg_advisory_xact_lock_shared(1668048001, 1 + pg_backend_pid() % 16);
         PERFORM set_config('cloudlens.event_writer', 'on', true);
-        PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
+        -- Only ever shortened: a stricter setting of the session stays.
+        IF current_setting('idle_in_transaction_session_timeout')::interval
+               NOT BETWEEN interval '1 millisecond' AND interval '10 seconds' THEN
+            PERFORM set_config('idle_in_transaction_session_timeout', '10s', true);
+        END IF;
     END IF;
     RETURN NULL;
 END $$;
@@ -90,7 +94,9 @@ SELECT NULL, p.transaction, p.prepared, 'prepared'
 -- to it already holds the lock when the writers are looked at. A writer may still take its
 -- transaction id after the horizon's snapshot and finish before its lock is looked for:
 -- then its event lies at or above the horizon although no writer shows. The last check
--- (a new snapshot, which sees every such writer committed) looks for exactly those.
+-- (a new snapshot, which sees every such writer committed) looks for exactly those. Only
+-- under READ COMMITTED does each statement here get a snapshot of its own; under another
+-- isolation level `settled` stays NULL.
 CREATE FUNCTION cloudlens_event_horizon(OUT epoch integer, OUT horizon xid8, OUT settled bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -114,7 +120,8 @@ BEGIN
       FROM dist;
     epoch := cur;
     settled := NULL;
-    IF writers = 0 AND NOT EXISTS (
+    -- The proof needs a new snapshot per statement: only under READ COMMITTED.
+    IF writers = 0 AND current_setting('transaction_isolation') = 'read committed' AND NOT EXISTS (
            SELECT 1 FROM events e
             WHERE e.epoch = cur AND e.transaction_id >= horizon AND e.position <= issued) THEN
         settled := issued;

@@ -76,6 +76,10 @@ impl Settings {
         }
         if let Some(v) = var("CLOUDLENS_IDEMPOTENCY_RETENTION_HOURS") {
             let hours: u64 = parse("CLOUDLENS_IDEMPOTENCY_RETENTION_HOURS", &v)?;
+            anyhow::ensure!(
+                hours >= 1,
+                "CLOUDLENS_IDEMPOTENCY_RETENTION_HOURS={v:?} is not valid: at least 1 (hour)"
+            );
             s.idempotency_retention = Duration::from_secs(hours * 3600);
         }
         if let Some(v) = var("CLOUDLENS_BODY_LIMIT") {

@@ -199,8 +199,9 @@ pub async fn execute<A: EventSourced>(
 /// once more before it is given: a request with the same key may have committed between
 /// this one's first look-up and its stream load, and then this one decided against the
 /// state the first produced (a delete finds nothing, an `If-Match` is stale, an update
-/// changes nothing). The first request's answer is the answer, under any timing: an
-/// append under a taken key fails as a whole (the key is written in the same statement).
+/// changes nothing). So whenever one request under a key appended, every request under
+/// that key answers with its result, under any timing: an append under a taken key fails
+/// as a whole (the key is written in the same statement).
 async fn run<A: EventSourced>(
     store: &EventStore,
     ctx: &CommandContext,

@@ -6,7 +6,8 @@
 //! that beats one pooled connection (one backend process) per request, where every query
 //! costs a context switch into its own backend: measured in `loadtest/RESULTS.md`. A slow
 //! query holds up the ones pipelined behind it on the same connection, so queries that
-//! scan much should not share this handle with point reads (none do yet).
+//! scan much should not share this handle with point reads: the operations endpoints
+//! (status, metrics, readiness) read through the write store's pool instead.
 //!
 //! A connection that breaks answers `Unavailable` to the queries on it and is replaced on
 //! the next use.

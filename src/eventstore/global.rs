@@ -188,20 +188,29 @@ pub async fn reached<C: GenericClient>(
     stream_types: &[&str],
     position: i64,
 ) -> Result<Reached, StoreError> {
-    let row = client.query_one(LOCATE_SQL, &[&position]).await?;
-    let located: Option<Vec<i64>> = row.try_get(0)?;
-    let last: i64 = row.try_get(1)?;
-    let Some(located) = located else {
-        // Handed out but not (yet) visible: in flight, or rolled back. Once every writer
-        // that could hold it has finished, a missing event is a rolled-back gap.
+    let locate = || async {
+        let row = client.query_one(LOCATE_SQL, &[&position]).await?;
+        let located: Option<Vec<i64>> = row.try_get(0)?;
+        let last: i64 = row.try_get(1)?;
+        Ok::<_, StoreError>((located, last))
+    };
+    let (mut located, last) = locate().await?;
+    if located.is_none() {
+        // Handed out but not visible: in flight, or rolled back. Once every writer that
+        // could hold it has finished (the horizon's `settled` covers it), look again: a
+        // position still without an event is a rolled-back gap. (Looking again matters:
+        // the writer may have committed between the first look and the horizon.)
         if position > last {
             return Ok(Reached::NeverIssued { last });
         }
         let h = horizon(client).await?;
-        return Ok(match h.settled {
-            Some(settled) if position <= settled => Reached::Yes,
-            _ => Reached::No,
-        });
+        if h.settled.is_none_or(|s| position > s) {
+            return Ok(Reached::No);
+        }
+        located = locate().await?.0;
+    }
+    let Some(located) = located else {
+        return Ok(Reached::Yes);
     };
     let (epoch, xid) = match located.as_slice() {
         [e, x] => (*e as i32, Xid8(*x as u64)),

@@ -165,8 +165,13 @@ const FIND_IDEMPOTENT_SQL: &str = "\
 SELECT request_hash, stream_id, stream_version, position FROM idempotency_keys
  WHERE tenant_id = $1 AND key = $2";
 
+/// At most `$2` expired records per statement, so a long backlog is removed in short
+/// transactions.
 const PURGE_IDEMPOTENT_SQL: &str = "\
-DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)";
+DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM idempotency_keys
+     WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))";
+const PURGE_BATCH: i64 = 10_000;
 
 const CHECK_EPOCH_SQL: &str = "SELECT cloudlens_check_epoch()";
 
@@ -294,12 +299,22 @@ impl EventStore {
         .transpose()
     }
 
-    /// Removes idempotency records older than `retention`; returns how many.
+    /// Removes idempotency records older than `retention`, in batches; returns how many.
     pub async fn purge_idempotency(&self, retention: Duration) -> Result<u64, StoreError> {
         let client = self.pool.get().await?;
-        Ok(client
-            .execute(PURGE_IDEMPOTENT_SQL, &[&retention.as_secs_f64()])
-            .await?)
+        let mut purged = 0;
+        loop {
+            let n = client
+                .execute(
+                    PURGE_IDEMPOTENT_SQL,
+                    &[&retention.as_secs_f64(), &PURGE_BATCH],
+                )
+                .await?;
+            purged += n;
+            if n < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
     }
 }
 

@@ -131,6 +131,9 @@ impl EventSignal {
                 Ok(mut unsent) => std::mem::take(&mut *unsent),
                 Err(_) => BTreeSet::new(),
             };
+            if types.is_empty() {
+                continue; // already announced by the previous NOTIFY
+            }
             let payload = types.into_iter().collect::<Vec<_>>().join(",");
             if let Ok(client) = pool.get().await {
                 if let Err(e) = client

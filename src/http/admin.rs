@@ -49,8 +49,10 @@ async fn readiness(state: &AppState) -> Readiness {
         oldest_writer_seconds: 0.0,
         writers_stalled: false,
     };
-    if let Ok(conn) = state.reads.get().await {
-        let client = conn.client();
+    // Operations read through the write store's pool: their scans (lag counts, sizes) must
+    // not hold up the queries pipelined on the read connections (`db::Reader`).
+    if let Ok(client) = state.store.pool().get().await {
+        let client = &**client;
         if let Ok(applied) = crate::db::migrations_applied(client).await {
             r.database = true;
             r.migrations = applied >= crate::db::migration_count();
@@ -102,9 +104,9 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // database gauges are read from the database; a scrape while it is down keeps the
     // last values.
     readiness(&state).await;
-    if let Ok(conn) = state.reads.get().await {
+    if let Ok(client) = state.store.pool().get().await {
         let tables: Vec<&str> = state.projections.iter().flat_map(|p| p.tables()).collect();
-        if let Err(e) = crate::db::stats::refresh(conn.client(), &tables).await {
+        if let Err(e) = crate::db::stats::refresh(&**client, &tables).await {
             tracing::debug!(error = %e, "cannot refresh database gauges");
         }
     }
@@ -123,10 +125,15 @@ pub struct ProjectionsList {
     (status = 200, body = ProjectionsList), (status = 503, body = Problem)))]
 #[get("/api/v1/admin/projections")]
 pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let conn = state.reads.get().await?;
+    let client = state
+        .store
+        .pool()
+        .get()
+        .await
+        .map_err(|e| ApiError::from(crate::eventstore::StoreError::from(e)))?;
     let mut out = Vec::new();
     for p in state.projections.iter() {
-        out.push(status::of(conn.client(), &**p).await?);
+        out.push(status::of(&**client, &**p).await?);
     }
     Ok(HttpResponse::Ok().json(ProjectionsList { projections: out }))
 }

@@ -27,7 +27,8 @@ pub struct AppState {
     pub settings: Settings,
     /// The write side: appends and stream loads.
     pub store: EventStore,
-    /// Queries read through connections of their own (a replica can take them over later).
+    /// Queries read through connections of their own. (A replica could serve the queries
+    /// later; the `min_position` check reads the writers' locks and stays on the primary.)
     pub reads: Reader,
     pub projections: Registry,
     /// Connection string for dedicated connections (rebuilds).

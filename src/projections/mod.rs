@@ -179,6 +179,14 @@ impl Progress {
             .map_or(0, |p| p.load(Ordering::Acquire))
     }
 
+    /// Forgets what `name` had reached: its runner lost the database, and batches it
+    /// committed asynchronously may be lost with a crash of the database.
+    fn reset(&self, name: &str) {
+        if let Some(p) = self.settled.get(name) {
+            p.store(0, Ordering::Release);
+        }
+    }
+
     fn batch_committed(&self, name: &str, settled: Option<i64>) {
         if let (Some(s), Some(p)) = (settled, self.settled.get(name)) {
             p.fetch_max(s, Ordering::AcqRel);
@@ -234,7 +242,7 @@ const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// Session lock that elects the one runner of a projector (two-key form: namespace, name).
 const TRY_LEAD_SQL: &str = "SELECT pg_try_advisory_lock(1668048002, hashtext($1))";
 
-fn cursor(row: &tokio_postgres::Row) -> Result<Cursor, tokio_postgres::Error> {
+pub(crate) fn cursor(row: &tokio_postgres::Row) -> Result<Cursor, tokio_postgres::Error> {
     Ok(Cursor {
         epoch: row.try_get(0)?,
         transaction_id: row.try_get(1)?,
@@ -422,6 +430,7 @@ pub async fn run(
     while !*shutdown.borrow() {
         let result = lead(&*projection, &cfg, &mut wake, &mut shutdown).await;
         METRICS.projector_leader.with_label_values(&[name]).set(0);
+        cfg.progress.reset(name);
         match result {
             Ok(()) => return,
             Err(e) if e.is_unavailable() => {

@@ -140,10 +140,12 @@ impl ReadModel {
             .newer
             .map(|v| format!(" WHERE {}.{v} < EXCLUDED.{v}", self.table))
             .unwrap_or_default();
+        // Emptied in the same statement (a rebuild's swap applies several batches in one
+        // transaction; TRUNCATE would give the temporary table a new file every batch).
         tx.batch_execute(&format!(
-            "INSERT INTO {table} ({cols}) SELECT {cols} FROM pg_temp.{stage}
-             ON CONFLICT ({key}) DO UPDATE SET {set}{guard};
-             TRUNCATE pg_temp.{stage}",
+            "WITH staged AS (DELETE FROM pg_temp.{stage} RETURNING {cols})
+             INSERT INTO {table} ({cols}) SELECT {cols} FROM staged
+             ON CONFLICT ({key}) DO UPDATE SET {set}{guard}",
             table = self.table,
             key = self.key,
         ))

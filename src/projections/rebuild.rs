@@ -56,7 +56,7 @@ RETURNING l.last_position";
 const DELETE_CHECKPOINT_SQL: &str = "DELETE FROM projection_checkpoints WHERE name = $1";
 /// Index names and their definitions without the name, to give the copies the live names.
 const INDEXES_SQL: &str = "\
-SELECT c.relname, regexp_replace(pg_get_indexdef(i.indexrelid), '^CREATE (UNIQUE )?INDEX \\S+ ON \\S+ ', '')
+SELECT quote_ident(c.relname), regexp_replace(pg_get_indexdef(i.indexrelid), '^CREATE (UNIQUE )?INDEX \\S+ ON \\S+ ', '')
   FROM pg_index i
   JOIN pg_class c ON c.oid = i.indexrelid
   JOIN pg_class t ON t.oid = i.indrelid
@@ -71,7 +71,7 @@ SELECT coalesce((SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a
                    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
                   WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped), '')
     || ' | ' ||
-       coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), ', ' ORDER BY 1)
+       coalesce((SELECT string_agg(pg_get_indexdef(i.indexrelid), ', ' ORDER BY pg_get_indexdef(i.indexrelid))
                    FROM pg_index i WHERE i.indrelid = t.oid), '')
   FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
  WHERE n.nspname = 'public' AND t.relname = $1";
@@ -297,6 +297,9 @@ impl Rebuild {
                 }
                 Err(e) if e.lock_timed_out() && attempt < SWAP_ATTEMPTS => {
                     drop(tx);
+                    if *stop.borrow() {
+                        return Err(RebuildError::Interrupted(name.to_owned()));
+                    }
                     tracing::debug!(
                         projector = name,
                         attempt,
@@ -336,9 +339,7 @@ async fn swap(
     batch_size: i64,
 ) -> Result<(u64, i64, Vec<String>), RebuildError> {
     let name = p.name();
-    let timeout = SWAP_LOCK_TIMEOUT.as_millis();
-    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{timeout}ms'"))
-        .await?;
+    // Waits for a live batch in flight (no reader waits on this row lock).
     tx.query_one(LOCK_LIVE_SQL, &[&name]).await?;
     tx.batch_execute(&format!("SET LOCAL search_path = {shadow_schema}, public"))
         .await?;
@@ -351,6 +352,10 @@ async fn swap(
         }
     }
     tx.batch_execute("SET LOCAL search_path = public").await?;
+    // From here on, readers of the live tables queue behind each lock this waits for.
+    let timeout = SWAP_LOCK_TIMEOUT.as_millis();
+    tx.batch_execute(&format!("SET LOCAL lock_timeout = '{timeout}ms'"))
+        .await?;
     let mut shapes = Vec::new();
     for t in p.tables() {
         // Lock first, then read the shape: nothing can change it until the commit.

@@ -7,7 +7,7 @@ use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
 use super::Projection;
-use crate::eventstore::global::{self, Cursor};
+use crate::eventstore::global;
 use crate::eventstore::StoreError;
 use crate::telemetry::METRICS;
 
@@ -68,11 +68,7 @@ pub async fn of<C: GenericClient>(
             rebuild: None,
         });
     };
-    let at = Cursor {
-        epoch: row.try_get(0)?,
-        transaction_id: row.try_get(1)?,
-        position: row.try_get(2)?,
-    };
+    let at = super::cursor(&row)?;
     let (lag_events, oldest) = global::pending(client, at, p.stream_types(), LAG_CAP).await?;
     let lag_seconds = oldest.map_or(0.0, |t| {
         (chrono::Utc::now() - t)
