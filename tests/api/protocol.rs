@@ -408,3 +408,53 @@ async fn a_rebuild_stopped_by_shutdown_or_left_by_a_dead_process_is_interrupted(
     .await;
     assert!(marked.is_some());
 }
+
+#[actix_web::test]
+async fn the_horizon_settles_positions_only_under_read_committed_and_the_trigger_never_loosens_a_timeout(
+) {
+    let conn = fresh_database().await;
+    let s = store(&conn, 2);
+    append_counter_events(&s, uuid::Uuid::now_v7(), 0, 3).await;
+    let mut c = db::connect(&conn).await.unwrap();
+    let settled = |row: tokio_postgres::Row| row.get::<_, Option<i64>>(0);
+    let rc = c
+        .query_one("SELECT settled FROM cloudlens_event_horizon()", &[])
+        .await
+        .unwrap();
+    assert_eq!(settled(rc), Some(3));
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .unwrap();
+    let rr = tx
+        .query_one("SELECT settled FROM cloudlens_event_horizon()", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        settled(rr),
+        None,
+        "one snapshot cannot prove anything settled"
+    );
+    tx.rollback().await.unwrap();
+    // A session's stricter idle timeout stays; a looser (or no) one becomes 10 s.
+    let insert = "INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, \
+                  event_type, schema_version, payload) VALUES ('default', 'counter', $1, 1, 'Counted', 1, '{}')";
+    for (session, expected) in [("2s", "2s"), ("0", "10s"), ("5min", "10s")] {
+        c.batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = '{session}'"
+        ))
+        .await
+        .unwrap();
+        let tx = c.transaction().await.unwrap();
+        tx.execute(insert, &[&uuid::Uuid::now_v7()]).await.unwrap();
+        let now: String = tx
+            .query_one("SHOW idle_in_transaction_session_timeout", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(now, expected, "session {session}");
+        tx.rollback().await.unwrap();
+    }
+}
