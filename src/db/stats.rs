@@ -21,16 +21,25 @@ SELECT coalesce(extract(epoch FROM max(now() - xact_start)), 0)::float8 FROM eve
 /// An event-writer transaction open this long holds back every projector: a stall.
 pub const WRITER_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Age of the oldest open event-writer transaction (zero when there is none); also
-/// refreshes its gauges.
+/// The oldest open event-writer transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct OldestWriter {
+    /// Zero when there is none.
+    pub age: std::time::Duration,
+    /// Open at least `WRITER_STALL`.
+    pub stalled: bool,
+}
+
+/// The oldest open event-writer transaction; also refreshes its gauges.
 pub async fn oldest_writer<C: GenericClient>(
     client: &C,
-) -> Result<std::time::Duration, tokio_postgres::Error> {
+) -> Result<OldestWriter, tokio_postgres::Error> {
     let oldest: f64 = client.query_one(OLDEST_WRITER_SQL, &[]).await?.try_get(0)?;
-    METRICS.oldest_writer_transaction_seconds.set(oldest);
     let age = std::time::Duration::from_secs_f64(oldest.max(0.0));
-    METRICS.writer_stalled.set(i64::from(age >= WRITER_STALL));
-    Ok(age)
+    let stalled = age >= WRITER_STALL;
+    METRICS.oldest_writer_transaction_seconds.set(oldest);
+    METRICS.writer_stalled.set(i64::from(stalled));
+    Ok(OldestWriter { age, stalled })
 }
 
 /// Refreshes the database gauges; `read_models` are the tables whose rows are exported.

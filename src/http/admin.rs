@@ -56,9 +56,9 @@ async fn readiness(state: &AppState) -> Readiness {
         if let Ok(applied) = crate::db::migrations_applied(client).await {
             r.database = true;
             r.migrations = applied >= crate::db::migration_count();
-            if let Ok(age) = crate::db::stats::oldest_writer(client).await {
-                r.oldest_writer_seconds = age.as_secs_f64();
-                r.writers_stalled = age >= crate::db::stats::WRITER_STALL;
+            if let Ok(w) = crate::db::stats::oldest_writer(client).await {
+                r.oldest_writer_seconds = w.age.as_secs_f64();
+                r.writers_stalled = w.stalled;
             }
             let mut all = true;
             for p in state.projections.iter() {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::readmodel::is_identifier;
 use super::{apply_batch, read_committed, Prefetch, Projection, ProjectionError, ASYNC_COMMIT_SQL};
@@ -202,11 +202,7 @@ impl Rebuild {
     async fn shapes(&self) -> Result<Vec<String>, RebuildError> {
         let mut out = Vec::new();
         for t in self.projection.tables() {
-            let row = self.client.query_opt(SHAPE_SQL, &[&t]).await?;
-            out.push(match row {
-                Some(r) => r.try_get(0)?,
-                None => String::new(),
-            });
+            out.push(shape(&self.client, t).await?);
         }
         Ok(out)
     }
@@ -283,17 +279,20 @@ impl Rebuild {
         let position = loop {
             attempt += 1;
             let tx = read_committed(client).await?;
-            let swapped = swap(&tx, &*p, &shadow_schema, &shadow_checkpoint, batch_size).await;
+            let swapped = swap(
+                &tx,
+                &*p,
+                &shadow_schema,
+                &shadow_checkpoint,
+                batch_size,
+                &shapes_before,
+            )
+            .await;
             match swapped {
-                Ok((applied, position, shapes)) if shapes == shapes_before => {
+                Ok((applied, position)) => {
                     tx.commit().await?;
                     events += applied;
                     break position;
-                }
-                Ok(_) => {
-                    drop(tx);
-                    let changed = p.tables().join(", ");
-                    return Err(RebuildError::ShapeChanged(changed));
                 }
                 Err(e) if e.lock_timed_out() && attempt < SWAP_ATTEMPTS => {
                     drop(tx);
@@ -328,16 +327,26 @@ impl Rebuild {
     }
 }
 
+/// The shape of live table `table` (empty if it does not exist).
+async fn shape<C: GenericClient>(client: &C, table: &str) -> Result<String, RebuildError> {
+    Ok(match client.query_opt(SHAPE_SQL, &[&table]).await? {
+        Some(r) => r.try_get(0)?,
+        None => String::new(),
+    })
+}
+
 /// One attempt at the swap inside `tx` (the caller commits): returns the events applied
-/// in the final catch-up, the live checkpoint's new position, and the shapes of the live
-/// tables as they were just before they were dropped.
+/// in the final catch-up and the live checkpoint's new position. Fails with
+/// `ShapeChanged` (before dropping anything) if a live table no longer has the shape it
+/// had when the rebuild started.
 async fn swap(
     tx: &Transaction<'_>,
     p: &dyn Projection,
     shadow_schema: &str,
     shadow_checkpoint: &str,
     batch_size: i64,
-) -> Result<(u64, i64, Vec<String>), RebuildError> {
+    shapes_before: &[String],
+) -> Result<(u64, i64), RebuildError> {
     let name = p.name();
     // Waits for a live batch in flight (no reader waits on this row lock).
     tx.query_one(LOCK_LIVE_SQL, &[&name]).await?;
@@ -356,16 +365,13 @@ async fn swap(
     let timeout = SWAP_LOCK_TIMEOUT.as_millis();
     tx.batch_execute(&format!("SET LOCAL lock_timeout = '{timeout}ms'"))
         .await?;
-    let mut shapes = Vec::new();
-    for t in p.tables() {
+    for (t, before) in p.tables().into_iter().zip(shapes_before) {
         // Lock first, then read the shape: nothing can change it until the commit.
         tx.batch_execute(&format!("LOCK TABLE public.{t} IN ACCESS EXCLUSIVE MODE"))
             .await?;
-        let shape = tx.query_opt(SHAPE_SQL, &[&t]).await?;
-        shapes.push(match shape {
-            Some(r) => r.try_get(0)?,
-            None => String::new(),
-        });
+        if shape(tx, t).await? != *before {
+            return Err(RebuildError::ShapeChanged(t.to_owned()));
+        }
         let live = tx.query(INDEXES_SQL, &[&"public", &t]).await?;
         let copies = tx.query(INDEXES_SQL, &[&shadow_schema, &t]).await?;
         tx.batch_execute(&format!(
@@ -396,5 +402,5 @@ async fn swap(
         .await?;
     tx.batch_execute(&format!("DROP SCHEMA {shadow_schema} CASCADE"))
         .await?;
-    Ok((events, position, shapes))
+    Ok((events, position))
 }

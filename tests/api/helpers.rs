@@ -53,6 +53,18 @@ pub async fn fresh_database_in(cluster: &LocalCluster) -> String {
     conn
 }
 
+/// A fresh database with the `test_seen` table of `CountingProjection`.
+pub async fn fresh_counting_database() -> String {
+    let conn = fresh_database().await;
+    db::connect(&conn)
+        .await
+        .unwrap()
+        .batch_execute(COUNTING_TABLE_SQL)
+        .await
+        .unwrap();
+    conn
+}
+
 pub async fn fresh_database() -> String {
     let cluster = tokio::task::spawn_blocking(shared_cluster).await.unwrap();
     fresh_database_in(cluster).await
@@ -86,6 +98,27 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> Response {
         self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// GET of the budget a command answered with, waiting for its own position.
+    pub async fn read_own_write(&self, created: &Value) -> Response {
+        self.get(&format!(
+            "/api/v1/budgets/{}?min_position={}",
+            created["id"].as_str().unwrap(),
+            created["position"]
+        ))
+        .await
+    }
+
+    /// Starts a rebuild of `projection` over HTTP (202 expected).
+    pub async fn start_rebuild(&self, projection: &str) {
+        let res = self
+            .client
+            .post(self.url(&format!("/api/v1/admin/projections/{projection}/rebuild")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {

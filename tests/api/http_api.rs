@@ -615,16 +615,18 @@ async fn idempotency_keys_are_purged_after_their_retention() {
         ..test_settings()
     };
     let app = spawn_app_on(conn.clone(), settings).await;
-    let first = app
-        .client
-        .post(app.url("/api/v1/budgets"))
-        .insert_header(("Idempotency-Key", "old"))
-        .send_json(&budget_body("p"))
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let create_with_old_key = || async {
+        app.client
+            .post(app.url("/api/v1/budgets"))
+            .insert_header(("Idempotency-Key", "old"))
+            .send_json(&budget_body("p"))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let first = create_with_old_key().await;
     assert_eq!(
         count(&conn, "SELECT count(*) FROM idempotency_keys").await,
         1
@@ -635,16 +637,7 @@ async fn idempotency_keys_are_purged_after_their_retention() {
     .await;
     assert!(purged.is_some(), "the key was not purged");
     // After its retention a key is new again: the request runs as a new command.
-    let second = app
-        .client
-        .post(app.url("/api/v1/budgets"))
-        .insert_header(("Idempotency-Key", "old"))
-        .send_json(&budget_body("p"))
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let second = create_with_old_key().await;
     assert_ne!(first["id"], second["id"]);
 }
 
@@ -695,13 +688,7 @@ async fn every_write_is_visible_to_a_read_with_its_position() {
                     .post_json("/api/v1/budgets", &budget_body(&format!("ryw{k}-{i}")))
                     .await;
                 let created = res.json::<Value>().await.unwrap();
-                let res = app
-                    .get(&format!(
-                        "/api/v1/budgets/{}?min_position={}",
-                        created["id"].as_str().unwrap(),
-                        created["position"]
-                    ))
-                    .await;
+                let res = app.read_own_write(&created).await;
                 if res.status() != 200 {
                     misses.push((created["position"].clone(), res.status().as_u16()));
                 }

@@ -88,13 +88,7 @@ async fn rebuild_yields_the_same_read_model_as_live_and_keeps_serving() {
     let indexes = index_names(&app.conn).await;
 
     // Rebuild through the API while the server runs, then wait for the swap.
-    let res = app
-        .client
-        .post(app.url("/api/v1/admin/projections/budgets/rebuild"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
+    app.start_rebuild("budgets").await;
     let done = eventually(Duration::from_secs(60), || async {
         let mut r = app
             .client
@@ -151,13 +145,7 @@ async fn a_second_rebuild_while_one_runs_is_refused() {
 
 #[actix_web::test]
 async fn another_runner_takes_over_when_the_leader_dies() {
-    let conn = fresh_database().await;
-    db::connect(&conn)
-        .await
-        .unwrap()
-        .batch_execute(COUNTING_TABLE_SQL)
-        .await
-        .unwrap();
+    let conn = fresh_counting_database().await;
     let store = store(&conn, 4);
     let cfg = |owner: &str| RunnerConfig {
         conn: conn.clone(),

@@ -131,26 +131,14 @@ async fn a_database_dumped_into_a_fresh_cluster_keeps_its_order() {
         .post_json("/api/v1/budgets", &budget_body("after the move"))
         .await;
     let created = res.json::<Value>().await.unwrap();
-    let mut res = app
-        .get(&format!(
-            "/api/v1/budgets/{}?min_position={}",
-            created["id"].as_str().unwrap(),
-            created["position"]
-        ))
-        .await;
+    let mut res = app.read_own_write(&created).await;
     assert_eq!(res.status(), 200, "{:?}", res.body().await);
     assert_eq!(budgets_listed(&app, 0).await, 52);
     let status = projector_status(&app).await;
     assert_eq!(status["lag_events"], 0);
     assert_eq!(status["position"], created["position"]);
     // A rebuild replays the restored events and the new one, in order.
-    let res = app
-        .client
-        .post(app.url("/api/v1/admin/projections/budgets/rebuild"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
+    app.start_rebuild("budgets").await;
     assert!(rebuild_done(&app).await, "the rebuild did not finish");
     assert_eq!(
         count(&target, "SELECT count(*) FROM budgets_view").await,
@@ -243,13 +231,7 @@ async fn an_idle_writer_is_cut_off_and_the_stall_is_visible_meanwhile() {
     .await;
     assert!(cut.is_some(), "the idle writer was not cut off");
     assert!(tx.execute("SELECT 1", &[]).await.is_err());
-    let mut res = app
-        .get(&format!(
-            "/api/v1/budgets/{}?min_position={}",
-            created["id"].as_str().unwrap(),
-            created["position"]
-        ))
-        .await;
+    let mut res = app.read_own_write(&created).await;
     assert_eq!(res.status(), 200, "{:?}", res.body().await);
 }
 
@@ -265,13 +247,7 @@ async fn a_rebuild_behind_a_long_reader_does_not_stall_other_reads() {
         .query_one("SELECT count(*) FROM budgets_view", &[])
         .await
         .unwrap();
-    let res = app
-        .client
-        .post(app.url("/api/v1/admin/projections/budgets/rebuild"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
+    app.start_rebuild("budgets").await;
     // The replay is done; the swap keeps timing out behind the report and retrying.
     let waiting = eventually(Duration::from_secs(20), || async {
         let c = db::connect(&app.conn).await.ok()?;
@@ -301,13 +277,7 @@ async fn a_rebuild_behind_a_long_reader_does_not_stall_other_reads() {
 }
 
 async fn counting_setup() -> (String, Arc<CountingProjection>) {
-    let conn = fresh_database().await;
-    db::connect(&conn)
-        .await
-        .unwrap()
-        .batch_execute(COUNTING_TABLE_SQL)
-        .await
-        .unwrap();
+    let conn = fresh_counting_database().await;
     let s = store(&conn, 4);
     append_counter_events(&s, uuid::Uuid::now_v7(), 0, 10).await;
     (conn, CountingProjection::new(true))

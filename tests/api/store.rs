@@ -279,13 +279,7 @@ async fn assert_seen_matches_events(conn: &str) {
 
 #[actix_web::test]
 async fn concurrent_writers_while_projecting_lose_and_double_nothing() {
-    let conn = fresh_database().await;
-    db::connect(&conn)
-        .await
-        .unwrap()
-        .batch_execute(COUNTING_TABLE_SQL)
-        .await
-        .unwrap();
+    let conn = fresh_counting_database().await;
     let store = store(&conn, 32);
     let (stop, stop_rx) = watch::channel(false);
     let projection = CountingProjection::new(false);
@@ -331,13 +325,7 @@ fn store_signal_receiver() -> cloudlens::eventstore::signal::Wake {
 
 #[actix_web::test]
 async fn a_projector_killed_mid_batch_resumes_exactly_once() {
-    let conn = fresh_database().await;
-    db::connect(&conn)
-        .await
-        .unwrap()
-        .batch_execute(COUNTING_TABLE_SQL)
-        .await
-        .unwrap();
+    let conn = fresh_counting_database().await;
     let store = store(&conn, 4);
     append_counter_events(&store, Uuid::now_v7(), 0, 300).await;
     let projection = CountingProjection::new(true);
