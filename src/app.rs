@@ -13,6 +13,7 @@ use crate::context;
 use crate::db::{self, cluster::LocalCluster};
 use crate::eventstore::{self, signal::EventSignal, EventStore};
 use crate::http::{self, AppState};
+use crate::jobs::{self, JobEnv};
 use crate::projections::{self, rebuild::Rebuild, Progress, RunnerConfig};
 use crate::scheduled::{self, Job};
 
@@ -44,6 +45,9 @@ impl Tasks {
             .unwrap_or_default()
     }
 }
+
+/// Staged events older than this belong to requests that died before committing.
+const STAGED_EVENTS_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// The database to use: `DATABASE_URL`, or the local cluster (started if needed).
 pub fn database(settings: &Settings) -> anyhow::Result<(String, Option<LocalCluster>)> {
@@ -126,6 +130,35 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
     tasks.push(tokio::spawn(scheduled::run(
         conn.clone(),
         purge,
+        shutdown_rx.clone(),
+    )));
+    let purge_staged = {
+        let store = store.clone();
+        Job::new("staged_events_purge", settings.purge_interval, move || {
+            let store = store.clone();
+            // A request stages for as long as its body streams in; a day is far beyond that.
+            async move {
+                Ok(store
+                    .purge_staged(STAGED_EVENTS_RETENTION)
+                    .await
+                    .map(|_| ())?)
+            }
+        })
+    };
+    tasks.push(tokio::spawn(scheduled::run(
+        conn.clone(),
+        purge_staged,
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(jobs::run(
+        JobEnv {
+            store: store.clone(),
+            conn: conn.clone(),
+            progress: progress.clone(),
+            reads: reads.clone(),
+            projections: registry.clone(),
+        },
+        context::jobs(),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(

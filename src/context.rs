@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 
+use crate::jobs::{JobHandler, JobsProjection};
 use crate::projections::Projection;
 
 pub struct BoundedContext {
@@ -18,14 +19,24 @@ pub struct BoundedContext {
     pub openapi: fn() -> utoipa::openapi::OpenApi,
     /// The projectors that keep the context's read models.
     pub projections: fn() -> Vec<Arc<dyn Projection>>,
+    /// The background jobs its commands may request (see `jobs`).
+    pub jobs: fn() -> Vec<Arc<dyn JobHandler>>,
 }
 
 /// Every bounded context the server runs.
 pub fn all() -> Vec<BoundedContext> {
-    vec![crate::budgets::context()]
+    vec![crate::budgets::context(), crate::tagging::context()]
 }
 
-/// Every projector of every context.
+/// Every projector of every context, and the `jobs` projector that enqueues their jobs.
 pub fn projections() -> crate::projections::Registry {
-    Arc::new(all().iter().flat_map(|c| (c.projections)()).collect())
+    let mut all_projections: Vec<Arc<dyn Projection>> =
+        all().iter().flat_map(|c| (c.projections)()).collect();
+    all_projections.push(Arc::new(JobsProjection::new(jobs())));
+    Arc::new(all_projections)
+}
+
+/// Every job handler of every context.
+pub fn jobs() -> crate::jobs::Handlers {
+    Arc::new(all().iter().flat_map(|c| (c.jobs)()).collect())
 }

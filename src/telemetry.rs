@@ -53,6 +53,9 @@ pub struct Metrics {
     pub scheduled_leader: IntGaugeVec,
     pub idempotency_keys_purged: prometheus::IntCounter,
     pub writer_stalled: IntGauge,
+    pub jobs: IntCounterVec,
+    pub job_duration: HistogramVec,
+    pub job_runner_leader: IntGauge,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -311,6 +314,34 @@ fn build() -> Result<Metrics, prometheus::Error> {
             IntGauge::new(
                 "cloudlens_event_writer_stalled",
                 "1 when an event-writer transaction has been open longer than the stall threshold",
+            )?,
+        )?,
+        jobs: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_jobs_total",
+                    "Background jobs finished, by kind and outcome (succeeded, failed, interrupted)",
+                ),
+                &["kind", "outcome"],
+            )?,
+        )?,
+        job_duration: reg(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "cloudlens_job_duration_seconds",
+                    "Time from a job's start to its end, by kind",
+                )
+                .buckets(exponential_buckets(0.01, 2.0, 16)?),
+                &["kind"],
+            )?,
+        )?,
+        job_runner_leader: reg(
+            r,
+            IntGauge::new(
+                "cloudlens_job_runner_leader",
+                "1 when this process is the elected job runner",
             )?,
         )?,
         registry,

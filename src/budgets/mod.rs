@@ -42,5 +42,6 @@ pub fn context() -> BoundedContext {
         routes: routes::configure,
         openapi: BudgetsApi::openapi,
         projections: || vec![Arc::new(Typed(projection::BudgetsProjector))],
+        jobs: Vec::new,
     }
 }

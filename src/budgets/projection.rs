@@ -22,7 +22,7 @@ pub const NAME: &str = "budgets";
 /// `budgets_view` (sql/V3), as this projector writes it.
 pub static BUDGETS_VIEW: ReadModel = ReadModel {
     table: "budgets_view",
-    key: "id",
+    key: &["id"],
     columns: &[
         col("id", Type::UUID),
         col("tenant_id", Type::TEXT),

@@ -70,11 +70,12 @@ impl ReadConnection {
     }
 }
 
-/// The shared connections, handed out in turn.
+/// The shared connections, handed out in turn. Clones share them.
+#[derive(Clone)]
 pub struct Reader {
     conn: String,
-    slots: Vec<RwLock<Option<Arc<ReadConnection>>>>,
-    next: AtomicUsize,
+    slots: Arc<Vec<RwLock<Option<Arc<ReadConnection>>>>>,
+    next: Arc<AtomicUsize>,
 }
 
 impl Reader {
@@ -83,8 +84,8 @@ impl Reader {
     pub fn new(conn: &str, size: usize) -> Self {
         Self {
             conn: conn.to_owned(),
-            slots: (0..size.max(1)).map(|_| RwLock::new(None)).collect(),
-            next: AtomicUsize::new(0),
+            slots: Arc::new((0..size.max(1)).map(|_| RwLock::new(None)).collect()),
+            next: Arc::default(),
         }
     }
 

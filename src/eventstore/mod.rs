@@ -10,11 +10,13 @@
 //! - [`signal`] wakes projectors when events are appended, here and in other processes.
 
 mod batch;
+mod bulk;
 pub mod codec;
 pub mod global;
 pub mod signal;
 mod xid8;
 
+pub use bulk::StreamEvents;
 pub use xid8::Xid8;
 
 use std::time::{Duration, Instant};

@@ -54,9 +54,19 @@ pub enum ApiError {
     /// 413 `payload_too_large`.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
-    /// 415 `unsupported_media_type`.
-    #[error("expected Content-Type: application/json")]
-    UnsupportedMediaType,
+    /// 415 `unsupported_media_type`; names the media types the route takes.
+    #[error("expected Content-Type: {0}")]
+    UnsupportedMediaType(&'static str),
+    /// 400 `malformed_body`: a streamed body could not be read.
+    #[error("{0}")]
+    MalformedBody(String),
+    /// 422 `invalid_row`: a row of an uploaded file is invalid; nothing was applied.
+    #[error("row {row}, column {column}: {message}")]
+    InvalidRow {
+        row: i64,
+        column: String,
+        message: String,
+    },
     /// 422 `idempotency_key_reused`: the key was used with a different request.
     #[error("Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
@@ -87,6 +97,9 @@ pub struct Problem {
     /// `position_not_issued`: the last position handed out so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_position: Option<i64>,
+    /// `invalid_row`: the row (data rows count from 1; a CSV header is row 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<i64>,
 }
 
 impl ApiError {
@@ -103,7 +116,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PositionNotIssued { .. } => "position_not_issued",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::MalformedBody(_) => "malformed_body",
+            ApiError::InvalidRow { .. } => "invalid_row",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::ReadModelBehind(_) => "read_model_behind",
@@ -116,6 +131,7 @@ impl ApiError {
             ApiError::Validation { field, .. } => Some(field.clone()),
             ApiError::InvalidHeader { header, .. } => Some((*header).to_owned()),
             ApiError::PositionNotIssued { .. } => Some("min_position".to_owned()),
+            ApiError::InvalidRow { column, .. } => Some(column.clone()),
             _ => None,
         }
     }
@@ -131,8 +147,11 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_)
+            | ApiError::MalformedBody(_)
+            | ApiError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             ApiError::Validation { .. }
+            | ApiError::InvalidRow { .. }
             | ApiError::IdempotencyKeyReused
             | ApiError::PositionNotIssued { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -142,7 +161,7 @@ impl ResponseError for ApiError {
             | ApiError::Refused(_)
             | ApiError::RebuildInProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) | ApiError::ReadModelBehind(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -166,6 +185,10 @@ impl ResponseError for ApiError {
             field: self.field(),
             last_position: match self {
                 ApiError::PositionNotIssued { last, .. } => Some(*last),
+                _ => None,
+            },
+            row: match self {
+                ApiError::InvalidRow { row, .. } => Some(*row),
                 _ => None,
             },
         };

@@ -73,7 +73,7 @@ impl FromRequest for JsonBody {
         let bytes = web::Bytes::from_request(req, payload);
         Box::pin(async move {
             if !is_json {
-                return Err(ApiError::UnsupportedMediaType);
+                return Err(ApiError::UnsupportedMediaType("application/json"));
             }
             let bytes = bytes.await.map_err(|e| {
                 if let Some(actix_web::error::PayloadError::Overflow) =

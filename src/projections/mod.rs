@@ -54,7 +54,7 @@ pub trait Projection: Send + Sync + 'static {
     /// Stable name: checkpoint key, metric label, URL segment (`[a-z][a-z0-9_]*`).
     fn name(&self) -> &'static str;
     /// Stream types whose events it reads.
-    fn stream_types(&self) -> &'static [&'static str];
+    fn stream_types(&self) -> &[&'static str];
     /// Tables it owns (unqualified, in `public`); rebuilds copy and swap these.
     fn tables(&self) -> Vec<&'static str>;
     fn options(&self) -> ProjectorOptions {
@@ -118,7 +118,7 @@ where
         P::NAME
     }
 
-    fn stream_types(&self) -> &'static [&'static str] {
+    fn stream_types(&self) -> &[&'static str] {
         std::slice::from_ref(&<P::Aggregate as EventSourced>::STREAM_TYPE)
     }
 

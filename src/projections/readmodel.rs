@@ -31,8 +31,8 @@ pub const fn col(name: &'static str, ty: Type) -> Column {
 pub struct ReadModel {
     /// Unqualified table name, `[a-z][a-z0-9_]*`.
     pub table: &'static str,
-    /// Primary-key column (the conflict target of upserts, the key of deletes).
-    pub key: &'static str,
+    /// Primary-key columns (the conflict target of upserts; deletes take a one-column key).
+    pub key: &'static [&'static str],
     /// Every column the projector writes, in the order of [`Row::values`].
     pub columns: &'static [Column],
     /// Columns an upsert of an existing row leaves alone (e.g. `created_at`).
@@ -76,7 +76,7 @@ impl ReadModel {
     /// never user input, but they are still held to a strict pattern).
     pub fn check(&self) -> anyhow::Result<()> {
         let names = std::iter::once(self.table)
-            .chain(std::iter::once(self.key))
+            .chain(self.key.iter().copied())
             .chain(self.columns.iter().map(|c| c.name))
             .chain(self.keep_on_update.iter().copied())
             .chain(self.newer);
@@ -132,7 +132,7 @@ impl ReadModel {
         let set = self
             .columns
             .iter()
-            .filter(|c| c.name != self.key && !self.keep_on_update.contains(&c.name))
+            .filter(|c| !self.key.contains(&c.name) && !self.keep_on_update.contains(&c.name))
             .map(|c| format!("{0} = EXCLUDED.{0}", c.name))
             .collect::<Vec<_>>()
             .join(", ");
@@ -147,7 +147,7 @@ impl ReadModel {
              INSERT INTO {table} ({cols}) SELECT {cols} FROM staged
              ON CONFLICT ({key}) DO UPDATE SET {set}{guard}",
             table = self.table,
-            key = self.key,
+            key = self.key.join(", "),
         ))
         .await?;
         Ok(())
@@ -162,7 +162,13 @@ impl ReadModel {
         if keys.is_empty() {
             return Ok(());
         }
-        let sql = format!("DELETE FROM {} WHERE {} = ANY($1)", self.table, self.key);
+        let [key] = self.key else {
+            anyhow::bail!(
+                "read model {}: delete by key needs a one-column key",
+                self.table
+            );
+        };
+        let sql = format!("DELETE FROM {} WHERE {key} = ANY($1)", self.table);
         tx.execute(&sql, &[&keys]).await?;
         Ok(())
     }
@@ -194,7 +200,7 @@ mod tests {
     fn a_bad_name_anywhere_in_a_read_model_is_refused() {
         static BAD: ReadModel = ReadModel {
             table: "costs_1h",
-            key: "id",
+            key: &["id"],
             columns: &[col("id", Type::UUID), col("amount\"", Type::NUMERIC)],
             keep_on_update: &[],
             newer: None,

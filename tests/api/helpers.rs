@@ -207,7 +207,7 @@ impl Projection for CountingProjection {
     fn name(&self) -> &'static str {
         "counting"
     }
-    fn stream_types(&self) -> &'static [&'static str] {
+    fn stream_types(&self) -> &[&'static str] {
         &["counter"]
     }
     fn tables(&self) -> Vec<&'static str> {

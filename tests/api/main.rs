@@ -10,3 +10,4 @@ mod projections;
 mod prometheus;
 mod protocol;
 mod store;
+mod tagging;

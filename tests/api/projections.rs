@@ -215,7 +215,7 @@ impl Projection for Hourly {
     fn name(&self) -> &'static str {
         "hourly_1h"
     }
-    fn stream_types(&self) -> &'static [&'static str] {
+    fn stream_types(&self) -> &[&'static str] {
         &["counter"]
     }
     fn tables(&self) -> Vec<&'static str> {

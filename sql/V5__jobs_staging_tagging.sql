@@ -1,0 +1,139 @@
+-- Shared infrastructure for long work (ADR 0007) and the tagging context's read models.
+
+-- Background jobs. A job is requested by an event; the `jobs` projector enqueues it here
+-- (exactly once, under its checkpoint) and the one elected job runner executes it,
+-- recording state and live progress. Not a read model of its own: rebuilds leave it alone.
+CREATE TABLE jobs (
+    id           uuid        PRIMARY KEY,
+    tenant_id    text        NOT NULL,
+    kind         text        NOT NULL,
+    params       jsonb       NOT NULL,
+    position     bigint      NOT NULL,
+    state        text        NOT NULL DEFAULT 'queued'
+                             CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
+    progress     jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    result       jsonb,
+    error        text,
+    attempts     integer     NOT NULL DEFAULT 0,
+    restarts     integer     NOT NULL DEFAULT 0,
+    requested_at timestamptz NOT NULL,
+    started_at   timestamptz,
+    finished_at  timestamptz
+);
+CREATE INDEX jobs_pending ON jobs (position) WHERE state IN ('queued', 'running');
+CREATE INDEX jobs_recent ON jobs (tenant_id, kind, requested_at DESC);
+
+-- Staged bulk appends: the events of a large request (an import of a million rows) are
+-- written here while the request streams in, then moved into `events` by one statement,
+-- so the writer lock is held for the move only, never for the upload (ADR 0007). Rows of
+-- an abandoned request are purged by the elected purge job.
+CREATE UNLOGGED TABLE staged_events (
+    batch_id       uuid        NOT NULL,
+    seq            integer     NOT NULL,
+    event_type     text        NOT NULL,
+    schema_version integer     NOT NULL,
+    payload        jsonb       NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (batch_id, seq)
+);
+
+-- Tag ids are small integers (tag id arrays stay compact); gaps are harmless.
+CREATE SEQUENCE tag_ids AS integer;
+
+-- Subject kinds and their attribute schemas.
+CREATE TABLE subject_kinds (
+    tenant_id      text        NOT NULL,
+    kind           text        NOT NULL,
+    id_field       text        NOT NULL,
+    primary_source text        NOT NULL,
+    attributes     jsonb       NOT NULL,
+    version        bigint      NOT NULL,
+    updated_at     timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, kind)
+);
+
+-- One merged record per subject id: attributes of every source (a null is an absent
+-- key), and whether the id is in the kind's primary source (only then is it a subject).
+CREATE TABLE subject_attributes (
+    tenant_id  text    NOT NULL,
+    kind       text    NOT NULL,
+    subject_id text    NOT NULL,
+    is_subject boolean NOT NULL,
+    attrs      jsonb   NOT NULL,
+    PRIMARY KEY (tenant_id, kind, subject_id)
+);
+
+-- Per subject and source, the source row's `updated_time`: the scope of incremental runs.
+CREATE TABLE subject_sources (
+    tenant_id    text        NOT NULL,
+    kind         text        NOT NULL,
+    subject_id   text        NOT NULL,
+    source       text        NOT NULL,
+    updated_time timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, kind, subject_id, source)
+);
+CREATE INDEX subject_sources_changed ON subject_sources (tenant_id, kind, updated_time);
+
+CREATE TABLE tag_categories (
+    tenant_id  text        NOT NULL,
+    code       text        NOT NULL,
+    name       text        NOT NULL,
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, code)
+);
+
+CREATE TABLE tags (
+    tenant_id    text        NOT NULL,
+    id           integer     NOT NULL,
+    code         text        NOT NULL,
+    name         text        NOT NULL,
+    category     text        NOT NULL,
+    tag_kind     text        NOT NULL,
+    subject_kind text        NOT NULL,
+    description  text,
+    rule         jsonb,
+    rule_version integer     NOT NULL,
+    retired      boolean     NOT NULL,
+    version      bigint      NOT NULL,
+    created_at   timestamptz NOT NULL,
+    updated_at   timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE INDEX tags_by_kind ON tags (tenant_id, subject_kind, id);
+
+-- Tags per subject: `tag_ids` a sorted JSONB array of ints (GIN for the tag filters),
+-- `tag_details` keyed by tag id.
+CREATE TABLE subject_tags (
+    tenant_id   text        NOT NULL,
+    kind        text        NOT NULL,
+    subject_id  text        NOT NULL,
+    tag_ids     jsonb       NOT NULL,
+    tag_details jsonb       NOT NULL,
+    created_at  timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, kind, subject_id)
+);
+CREATE INDEX subject_tags_ids ON subject_tags USING gin (tag_ids jsonb_path_ops);
+
+-- Every add and remove of a tag, with its cause: the tag history of a subject.
+CREATE TABLE subject_tag_history (
+    tenant_id    text        NOT NULL,
+    kind         text        NOT NULL,
+    subject_id   text        NOT NULL,
+    tag_id       integer     NOT NULL,
+    action       text        NOT NULL CHECK (action IN ('added', 'removed')),
+    at           timestamptz NOT NULL,
+    run_id       uuid,
+    rule_version integer,
+    position     bigint      NOT NULL
+);
+CREATE INDEX subject_tag_history_subject ON subject_tag_history (tenant_id, kind, subject_id, position);
+
+-- The sorted tag set `(old − removed) ∪ added` of JSONB int arrays.
+CREATE FUNCTION cloudlens_tag_set(old jsonb, added jsonb, removed jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(jsonb_agg(t ORDER BY t), '[]'::jsonb)
+      FROM ((SELECT x::int AS t FROM jsonb_array_elements_text(old) x
+             EXCEPT SELECT x::int FROM jsonb_array_elements_text(removed) x)
+            UNION SELECT x::int FROM jsonb_array_elements_text(added) x) s
+$$;

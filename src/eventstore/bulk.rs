@@ -1,0 +1,241 @@
+//! Bulk appends (ADR 0007): many events, possibly to many streams, all or nothing.
+//!
+//! - [`EventStore::append_streams`] writes the events of several streams in one statement;
+//!   a version conflict on any stream writes nothing.
+//! - Staged appends are for requests too large to hold in memory (a million-row import):
+//!   the request stages its events in `staged_events` while its body streams in, each in a
+//!   short transaction of its own, then [`EventStore::commit_staged`] moves them into
+//!   `events` in one statement. The writer lock (ADR 0005) is held for that move only, not
+//!   for the upload, so a slow client never holds back the projectors; a request that
+//!   fails half-way discards its staged events and nothing reaches the log.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{append_error, Appended, EventStore, NewEvent, StoreError};
+use crate::telemetry::METRICS;
+
+/// The events one stream gets in a bulk append.
+#[derive(Debug, Clone)]
+pub struct StreamEvents {
+    pub stream_type: &'static str,
+    pub stream_id: Uuid,
+    /// The version the stream had when the caller decided; events get the next ones.
+    pub expected_version: i64,
+    pub events: Vec<NewEvent>,
+}
+
+const APPEND_STREAMS_SQL: &str = "\
+INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type,
+                    schema_version, payload, metadata)
+SELECT $1, u.stream_type, u.stream_id, u.stream_version, u.event_type, u.schema_version,
+       u.payload, $2
+  FROM unnest($3::text[], $4::uuid[], $5::bigint[], $6::text[], $7::int[], $8::jsonb[])
+           WITH ORDINALITY AS u(stream_type, stream_id, stream_version, event_type,
+                                schema_version, payload, ord)
+ ORDER BY u.ord
+RETURNING stream_type, stream_id, stream_version, position";
+
+const STAGE_SQL: &str = "\
+INSERT INTO staged_events (batch_id, seq, event_type, schema_version, payload)
+SELECT $1, $2::int + u.ord::int, u.event_type, u.schema_version, u.payload
+  FROM unnest($3::text[], $4::int[], $5::jsonb[]) WITH ORDINALITY
+           AS u(event_type, schema_version, payload, ord)";
+
+/// Staged events of a batch, then the tail, in order, as the next versions of one stream.
+const COMMIT_STAGED_SQL: &str = "\
+WITH ins AS (
+    INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type,
+                        schema_version, payload, metadata)
+    SELECT $1, $2, $3, $4::bigint + row_number() OVER (ORDER BY e.seq), e.event_type,
+           e.schema_version, e.payload, $6
+      FROM (SELECT seq, event_type, schema_version, payload
+              FROM staged_events WHERE batch_id = $5
+            UNION ALL
+            SELECT 2147483647::bigint + t.ord, t.event_type, t.schema_version, t.payload
+              FROM unnest($7::text[], $8::int[], $9::jsonb[]) WITH ORDINALITY
+                       AS t(event_type, schema_version, payload, ord)) e
+     ORDER BY e.seq
+    RETURNING position, stream_version)
+SELECT max(position), max(stream_version), count(*) FROM ins";
+
+const DISCARD_STAGED_SQL: &str = "DELETE FROM staged_events WHERE batch_id = $1";
+
+/// Staged events older than this many seconds belong to requests that died.
+const PURGE_STAGED_SQL: &str =
+    "DELETE FROM staged_events WHERE created_at < now() - make_interval(secs => $1)";
+
+/// Column arrays of a list of events.
+fn columns(events: &[&NewEvent]) -> (Vec<String>, Vec<i32>, Vec<Value>) {
+    (
+        events.iter().map(|e| e.event_type.clone()).collect(),
+        events.iter().map(|e| e.schema_version).collect(),
+        events.iter().map(|e| e.payload.clone()).collect(),
+    )
+}
+
+impl EventStore {
+    /// Appends to several streams at once: every event or none. Returns each stream's
+    /// new version and last position, in the order given. A conflict on any stream (it
+    /// moved past its expected version, or a new stream exists) writes nothing.
+    #[tracing::instrument(name = "store.append_streams", level = "debug", skip_all, fields(streams = streams.len()))]
+    pub async fn append_streams(
+        &self,
+        tenant_id: &str,
+        metadata: &Value,
+        streams: &[StreamEvents],
+    ) -> Result<Vec<Appended>, StoreError> {
+        let mut types = Vec::new();
+        let mut ids = Vec::new();
+        let mut versions = Vec::new();
+        let mut all = Vec::new();
+        for s in streams {
+            for (i, e) in s.events.iter().enumerate() {
+                types.push(s.stream_type);
+                ids.push(s.stream_id);
+                versions.push(s.expected_version + 1 + i as i64);
+                all.push(e);
+            }
+        }
+        let (event_types, schema_versions, payloads) = columns(&all);
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(APPEND_STREAMS_SQL).await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &tenant_id,
+                    metadata,
+                    &types,
+                    &ids,
+                    &versions,
+                    &event_types,
+                    &schema_versions,
+                    &payloads,
+                ],
+            )
+            .await
+            .map_err(append_error)?;
+        let mut result = Vec::with_capacity(streams.len());
+        for s in streams {
+            let mut last = None;
+            for r in &rows {
+                let (t, id): (&str, Uuid) = (r.try_get(0)?, r.try_get(1)?);
+                if t == s.stream_type && id == s.stream_id {
+                    let a = Appended {
+                        version: r.try_get(2)?,
+                        position: r.try_get(3)?,
+                    };
+                    last = Some(
+                        last.map_or(a, |l: Appended| if a.version > l.version { a } else { l }),
+                    );
+                }
+            }
+            result.push(last.unwrap_or(Appended {
+                version: s.expected_version,
+                position: 0,
+            }));
+        }
+        for s in streams {
+            METRICS
+                .events_appended
+                .with_label_values(&[s.stream_type])
+                .inc_by(s.events.len() as u64);
+            self.signal.appended(s.stream_type);
+        }
+        Ok(result)
+    }
+
+    /// Stages events of batch `batch_id` as numbers `first_seq + 1 …`; nothing reaches
+    /// the log until [`EventStore::commit_staged`].
+    pub async fn stage(
+        &self,
+        batch_id: Uuid,
+        first_seq: i32,
+        events: &[NewEvent],
+    ) -> Result<(), StoreError> {
+        let all: Vec<&NewEvent> = events.iter().collect();
+        let (event_types, schema_versions, payloads) = columns(&all);
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(STAGE_SQL).await?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &batch_id,
+                    &first_seq,
+                    &event_types,
+                    &schema_versions,
+                    &payloads,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Moves the staged events of `batch_id`, then `tail`, into the stream as its next
+    /// versions, in one statement. Fails with [`StoreError::Conflict`] (writing nothing)
+    /// when the stream moved past `expected_version`. Returns the stream's new version and
+    /// position and how many events were appended.
+    pub async fn commit_staged(
+        &self,
+        tenant_id: &str,
+        stream: (&'static str, Uuid, i64),
+        batch_id: Uuid,
+        tail: &[NewEvent],
+        metadata: &Value,
+    ) -> Result<(Appended, i64), StoreError> {
+        let (stream_type, stream_id, expected_version) = stream;
+        let all: Vec<&NewEvent> = tail.iter().collect();
+        let (event_types, schema_versions, payloads) = columns(&all);
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
+                COMMIT_STAGED_SQL,
+                &[
+                    &tenant_id,
+                    &stream_type,
+                    &stream_id,
+                    &expected_version,
+                    &batch_id,
+                    metadata,
+                    &event_types,
+                    &schema_versions,
+                    &payloads,
+                ],
+            )
+            .await
+            .map_err(append_error)?;
+        tx.execute(DISCARD_STAGED_SQL, &[&batch_id]).await?;
+        tx.commit().await?;
+        let count: i64 = row.try_get(2)?;
+        let appended = Appended {
+            position: row.try_get::<_, Option<i64>>(0)?.unwrap_or(0),
+            version: row
+                .try_get::<_, Option<i64>>(1)?
+                .unwrap_or(expected_version),
+        };
+        METRICS
+            .events_appended
+            .with_label_values(&[stream_type])
+            .inc_by(count as u64);
+        self.signal.appended(stream_type);
+        Ok((appended, count))
+    }
+
+    /// Drops the staged events of a batch that will not be committed.
+    pub async fn discard_staged(&self, batch_id: Uuid) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.execute(DISCARD_STAGED_SQL, &[&batch_id]).await?;
+        Ok(())
+    }
+
+    /// Removes staged events older than `age` (requests that died before committing).
+    pub async fn purge_staged(&self, age: std::time::Duration) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(PURGE_STAGED_SQL, &[&age.as_secs_f64()])
+            .await?)
+    }
+}

@@ -1,0 +1,355 @@
+//! Imports of a source table: a CSV or NDJSON body streamed row by row, checked against
+//! the subject kind's schema, and appended as batched `RowsImported` events through a
+//! staged bulk append (ADR 0007). The body is never held whole in memory; the first bad
+//! row rejects the whole request and nothing of it reaches the log.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use uuid::Uuid;
+
+use super::aggregate::SubjectImport;
+use super::events::{ImportedRow, KindSchema, RowsImported, SubjectImportEvent};
+use super::rules::{self, AttrType};
+use crate::eventstore::{codec, Appended, EventStore, StoreError};
+use crate::pipeline::EventSourced;
+
+/// Rows per `RowsImported` event.
+pub const ROWS_PER_EVENT: usize = 1_000;
+/// The column that carries a row's own `updated_time`.
+pub const UPDATED_TIME: &str = "updated_time";
+/// At most this many rows per request.
+pub const MAX_ROWS: i64 = 10_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Ndjson,
+}
+
+/// Why an import was refused. `row` counts data rows from 1 (a CSV header is row 0).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("row {row}, column {column}: {message}")]
+    BadRow {
+        row: i64,
+        column: String,
+        message: String,
+    },
+    #[error("cannot read the body: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+}
+
+fn bad(row: i64, column: &str, message: impl Into<String>) -> ImportError {
+    ImportError::BadRow {
+        row,
+        column: column.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// What an import appended.
+#[derive(Debug, Clone, Copy)]
+pub struct Imported {
+    pub import_id: Uuid,
+    pub rows: i64,
+    pub appended: Appended,
+}
+
+/// One row as read from the body: the cells by column, `None` for an empty cell/null.
+type Cells<'a> = Vec<(&'a str, Option<Value>)>;
+
+/// Checks rows of one source and turns them into batches.
+struct Batcher<'a> {
+    schema: &'a KindSchema,
+    source: &'a str,
+    imported_at: DateTime<Utc>,
+    seen: HashSet<Box<str>>,
+    rows: Vec<ImportedRow>,
+    columns: Vec<String>,
+    count: i64,
+}
+
+impl<'a> Batcher<'a> {
+    /// Checks a column name of the file.
+    fn column(&mut self, row: i64, name: &str) -> Result<(), ImportError> {
+        if name == self.schema.id_field || name == UPDATED_TIME {
+            return Ok(());
+        }
+        match self.schema.attribute(name) {
+            Some(a) if a.source == self.source => {
+                if !self.columns.iter().any(|c| c == name) {
+                    self.columns.push(name.to_owned());
+                }
+                Ok(())
+            }
+            Some(a) => Err(bad(
+                row,
+                name,
+                format!("belongs to source {:?}, not {:?}", a.source, self.source),
+            )),
+            None => Err(bad(row, name, "is not a declared attribute")),
+        }
+    }
+
+    /// Checks one row; `text` tells whether cells are CSV text (else JSON values).
+    fn push(&mut self, cells: Cells<'_>, text: bool) -> Result<(), ImportError> {
+        self.count += 1;
+        let row = self.count;
+        if row > MAX_ROWS {
+            return Err(bad(row, "", format!("at most {MAX_ROWS} rows per request")));
+        }
+        let mut id = None;
+        let mut updated_time = None;
+        let mut attrs = Map::new();
+        for (name, cell) in cells {
+            if name == self.schema.id_field {
+                id = match cell {
+                    Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Some(s),
+                    Some(Value::Number(n)) if !text => Some(n.to_string()),
+                    None => None,
+                    _ => {
+                        return Err(bad(
+                            row,
+                            name,
+                            "must be a non-empty string of at most 200 characters",
+                        ))
+                    }
+                };
+                continue;
+            }
+            let Some(cell) = cell else { continue };
+            let ty = if name == UPDATED_TIME {
+                AttrType::Date
+            } else {
+                match self.schema.attribute(name) {
+                    Some(a) => a.ty,
+                    None => return Err(bad(row, name, "is not a declared attribute")),
+                }
+            };
+            let value = if text {
+                match &cell {
+                    Value::String(s) => match ty {
+                        AttrType::Number => rules::parse_number(s).map(rules::Value::Number),
+                        AttrType::Date => rules::parse_date(s).map(rules::Value::Date),
+                        AttrType::Boolean => rules::parse_bool(s).map(rules::Value::Bool),
+                        AttrType::String => Some(rules::Value::Text(s.clone())),
+                    },
+                    _ => None,
+                }
+            } else {
+                rules::parse_value(ty, &cell)
+            };
+            let Some(value) = value else {
+                return Err(bad(row, name, format!("is not a valid {}", ty.name())));
+            };
+            if name == UPDATED_TIME {
+                if let rules::Value::Date(t) = value {
+                    updated_time = Some(t);
+                }
+            } else {
+                attrs.insert(name.to_owned(), value.to_json());
+            }
+        }
+        let id = id.ok_or_else(|| bad(row, &self.schema.id_field, "the subject id is missing"))?;
+        if !self.seen.insert(id.clone().into_boxed_str()) {
+            return Err(bad(
+                row,
+                &self.schema.id_field,
+                format!("id {id:?} appears twice in this file"),
+            ));
+        }
+        self.rows.push(ImportedRow {
+            id,
+            updated_time: updated_time.unwrap_or(self.imported_at),
+            attrs,
+        });
+        Ok(())
+    }
+
+    fn take_batch(&mut self) -> SubjectImportEvent {
+        SubjectImportEvent::RowsImported(RowsImported {
+            kind: self.schema.kind.clone(),
+            source: self.source.to_owned(),
+            primary: self.source == self.schema.primary_source,
+            columns: self.columns.clone(),
+            rows: std::mem::take(&mut self.rows),
+        })
+    }
+}
+
+/// Streams `body` into the store as an import of `source` rows of `schema`'s kind.
+pub async fn import<R: AsyncRead + Unpin + Send>(
+    store: &EventStore,
+    tenant: &str,
+    schema: &KindSchema,
+    source: &str,
+    format: Format,
+    body: R,
+    metadata: &Value,
+) -> Result<Imported, ImportError> {
+    let import_id = Uuid::now_v7();
+    let mut b = Batcher {
+        schema,
+        source,
+        imported_at: Utc::now(),
+        seen: HashSet::new(),
+        rows: Vec::with_capacity(ROWS_PER_EVENT),
+        // CSV: the header's attribute columns. NDJSON: every attribute of the source (a
+        // key left out of an object is null, whatever the other lines hold).
+        columns: match format {
+            Format::Csv => Vec::new(),
+            Format::Ndjson => schema
+                .attributes
+                .iter()
+                .filter(|a| a.source == source)
+                .map(|a| a.name.clone())
+                .collect(),
+        },
+        count: 0,
+    };
+    let mut staged = 0;
+    let outcome = async {
+        match format {
+            Format::Csv => read_csv(body, &mut b, store, import_id, &mut staged).await?,
+            Format::Ndjson => read_ndjson(body, &mut b, store, import_id, &mut staged).await?,
+        }
+        if !b.rows.is_empty() {
+            stage(store, import_id, &mut staged, b.take_batch()).await?;
+        }
+        let completed = codec::encode(&SubjectImportEvent::ImportCompleted {
+            kind: schema.kind.clone(),
+            source: source.to_owned(),
+            rows: b.count,
+        })?;
+        let (appended, _) = store
+            .commit_staged(
+                tenant,
+                (SubjectImport::STREAM_TYPE, import_id, 0),
+                import_id,
+                &[completed],
+                metadata,
+            )
+            .await?;
+        Ok::<_, ImportError>(appended)
+    }
+    .await;
+    match outcome {
+        Ok(appended) => Ok(Imported {
+            import_id,
+            rows: b.count,
+            appended,
+        }),
+        Err(e) => {
+            if let Err(d) = store.discard_staged(import_id).await {
+                tracing::warn!(error = %d, "cannot discard a failed import's staged events; the purge job removes them");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn stage(
+    store: &EventStore,
+    import_id: Uuid,
+    staged: &mut i32,
+    event: SubjectImportEvent,
+) -> Result<(), ImportError> {
+    let event = codec::encode(&event)?;
+    store.stage(import_id, *staged, &[event]).await?;
+    *staged += 1;
+    Ok(())
+}
+
+async fn read_csv<R: AsyncRead + Unpin + Send>(
+    body: R,
+    b: &mut Batcher<'_>,
+    store: &EventStore,
+    import_id: Uuid,
+    staged: &mut i32,
+) -> Result<(), ImportError> {
+    let mut reader = csv_async::AsyncReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .create_reader(body);
+    let headers: Vec<String> = reader
+        .headers()
+        .await
+        .map_err(|e| bad(0, "", format!("cannot read the header row: {e}")))?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
+    let mut seen = HashSet::new();
+    for h in &headers {
+        if !seen.insert(h.as_str()) {
+            return Err(bad(0, h, "appears twice in the header"));
+        }
+        b.column(0, h)?;
+    }
+    if !headers.iter().any(|h| *h == b.schema.id_field) {
+        return Err(bad(0, &b.schema.id_field, "the header has no id column"));
+    }
+    let mut records = reader.records();
+    while let Some(record) = records.next().await {
+        let record = record.map_err(|e| bad(b.count + 1, "", format!("not valid CSV: {e}")))?;
+        let cells: Cells<'_> = headers
+            .iter()
+            .zip(record.iter())
+            .map(|(h, v)| {
+                (
+                    h.as_str(),
+                    (!v.is_empty()).then(|| Value::String(v.to_owned())),
+                )
+            })
+            .collect();
+        b.push(cells, true)?;
+        if b.rows.len() == ROWS_PER_EVENT {
+            let batch = b.take_batch();
+            stage(store, import_id, staged, batch).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn read_ndjson<R: AsyncRead + Unpin + Send>(
+    body: R,
+    b: &mut Batcher<'_>,
+    store: &EventStore,
+    import_id: Uuid,
+    staged: &mut i32,
+) -> Result<(), ImportError> {
+    let mut lines = BufReader::new(body).lines();
+    while let Some(line) = lines
+        .next_line()
+        .await
+        .map_err(|e| ImportError::Body(e.to_string()))?
+    {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = b.count + 1;
+        let Ok(Value::Object(object)) = serde_json::from_str::<Value>(&line) else {
+            return Err(bad(row, "", "is not a JSON object"));
+        };
+        for name in object.keys() {
+            b.column(row, name)?;
+        }
+        let cells: Cells<'_> = object
+            .iter()
+            .map(|(k, v)| (k.as_str(), (!v.is_null()).then(|| v.clone())))
+            .collect();
+        b.push(cells, false)?;
+        if b.rows.len() == ROWS_PER_EVENT {
+            let batch = b.take_batch();
+            stage(store, import_id, staged, batch).await?;
+        }
+    }
+    Ok(())
+}

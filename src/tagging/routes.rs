@@ -1,0 +1,946 @@
+//! HTTP endpoints of the tagging context.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::aggregate::{SubjectKind, Tag, TagCategory, TagRun, TagServices, TaggingError};
+use super::commands::{
+    CategoryDraft, KindDraft, RuleDraft, RunDraft, TagCategoryCommand, TagCommand, TagDraft,
+    TagRunCommand,
+};
+use super::events::TagEvent;
+use super::import::{Format, ImportError};
+use super::projection::{SUBJECT_ATTRIBUTES, SUBJECT_KINDS, SUBJECT_TAGS, TAGS, TAG_CATEGORIES};
+use super::queries::{
+    self, CategoryView, ExplainView, HistoryView, ImportResult, KindView, Preview, RunAccepted,
+    RunList, RunView, SubjectFilter, SubjectPage, SubjectTagsView, TagFilter, TagList, TagStats,
+    TagView,
+};
+use super::{rules, stream_id};
+use crate::eventstore::{codec, StreamEvents};
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{command_context, if_match, tenant, JsonBody};
+use crate::http::AppState;
+use crate::pipeline::{self, CommandError, CommandResult, EventSourced, Expect};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(declare_kind)
+        .service(get_kind)
+        .service(import_rows)
+        .service(create_category)
+        .service(list_categories)
+        .service(create_tag)
+        .service(list_tags)
+        .service(get_tag)
+        .service(change_rule)
+        .service(retire_tag)
+        .service(preview_rule)
+        .service(tag_stats)
+        .service(start_run)
+        .service(list_runs)
+        .service(get_run)
+        .service(list_subjects)
+        .service(subject_tags)
+        .service(explain)
+        .service(tag_history);
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ReadParams {
+    /// Wait (up to about 5 s) until the read model reflects this global position (a
+    /// position never handed out: 422).
+    #[param(minimum = 0)]
+    pub min_position: Option<i64>,
+}
+
+fn min_position(p: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match p {
+        Some(p) if p < 0 => Err(ApiError::validation("min_position", "must not be negative")),
+        p => Ok(p),
+    }
+}
+
+fn with_etag(status: StatusCode, version: i64, body: impl Serialize) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::ETAG, format!("\"{version}\"")))
+        .json(body)
+}
+
+/// A tag id from the path: unknown (404) unless a positive integer.
+fn tag_id(raw: &str) -> Result<i32, ApiError> {
+    raw.parse::<i32>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::NotFound("tag".into()))
+}
+
+/// The answer to a tag command: the tag's integer id.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TagResult {
+    pub id: i32,
+    pub version: i64,
+    pub position: i64,
+}
+
+/// Declare or change a subject kind's attribute schema. An attribute keeps its type.
+#[utoipa::path(put, path = "/api/v1/subject-kinds/{kind}", request_body = KindDraft,
+    params(("kind" = String, Path, pattern = "^[a-z][a-z0-9_]{0,62}$"),
+           ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\"", pattern = "^(W/)?\"?[0-9]{1,18}\"?$"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = CommandResult), (status = 400, body = Problem), (status = 409, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+#[put("/api/v1/subject-kinds/{kind}")]
+pub async fn declare_kind(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    kind: web::Path<String>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let draft: KindDraft = body.parse()?;
+    let ctx = command_context(&req, &body.bytes)?;
+    let expect = if_match(&req)?.map_or(Expect::Any, Expect::Version);
+    let kind = kind.into_inner();
+    let (result, _) = pipeline::execute::<SubjectKind>(
+        &state.store,
+        &ctx,
+        "DeclareSubjectKind",
+        stream_id(&ctx.tenant_id, "subject_kind", &kind),
+        expect,
+        (kind, draft),
+        &(),
+    )
+    .await?;
+    Ok(with_etag(StatusCode::OK, result.version, result))
+}
+
+/// A subject kind's schema.
+#[utoipa::path(get, path = "/api/v1/subject-kinds/{kind}",
+    params(("kind" = String, Path), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = KindView), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/subject-kinds/{kind}")]
+pub async fn get_kind(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    kind: web::Path<String>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let conn = state
+        .read_model(SUBJECT_KINDS, min_position(params.min_position)?)
+        .await?;
+    let view = queries::kind(&conn, &tenant, &kind)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("subject kind".into()))?;
+    Ok(with_etag(StatusCode::OK, view.version, view))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ImportParams {
+    /// The source table the rows come from (declared in the kind's schema).
+    pub source: String,
+}
+
+/// Import rows of one source table: CSV (`text/csv`, header row) or NDJSON
+/// (`application/x-ndjson`). Streamed; a bad row rejects the whole request (422
+/// `invalid_row` with `row` and `field`) and nothing is applied.
+#[utoipa::path(post, path = "/api/v1/subjects/{kind}/import",
+    request_body(content = String, content_type = "text/csv", description = "header row with the id column; `updated_time` optional; an empty cell is null (NDJSON: application/x-ndjson)"),
+    params(("kind" = String, Path), ImportParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = ImportResult), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 415, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/v1/subjects/{kind}/import")]
+pub async fn import_rows(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    kind: web::Path<String>,
+    params: web::Query<ImportParams>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let media = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase());
+    let format = match media.as_deref() {
+        Some("text/csv") => Format::Csv,
+        Some("application/x-ndjson") => Format::Ndjson,
+        _ => {
+            return Err(ApiError::UnsupportedMediaType(
+                "text/csv or application/x-ndjson",
+            ))
+        }
+    };
+    let loaded = pipeline::load::<SubjectKind>(
+        &state.store,
+        &tenant,
+        stream_id(&tenant, "subject_kind", &kind),
+    )
+    .await
+    .map_err(ApiError::from)?;
+    let schema = loaded
+        .aggregate
+        .schema
+        .ok_or_else(|| ApiError::NotFound("subject kind".into()))?;
+    if !schema.has_source(&params.source) {
+        return Err(ApiError::validation(
+            "source",
+            format!(
+                "{:?} is not a source of subject kind {kind:?}",
+                params.source
+            ),
+        ));
+    }
+    let body = tokio_util::io::StreamReader::new(forward(payload));
+    let ctx = command_context(&req, b"")?;
+    let metadata = json!({"command_id": ctx.command_id, "correlation_id": ctx.correlation_id,
+                          "actor": ctx.actor, "tenant_id": ctx.tenant_id});
+    let imported = super::import::import(
+        &state.store,
+        &tenant,
+        &schema,
+        &params.source,
+        format,
+        body,
+        &metadata,
+    )
+    .await
+    .map_err(|e| match e {
+        ImportError::BadRow {
+            row,
+            column,
+            message,
+        } => ApiError::InvalidRow {
+            row,
+            column,
+            message,
+        },
+        ImportError::Body(m) => ApiError::MalformedBody(m),
+        ImportError::Store(s) => s.into(),
+        ImportError::Codec(c) => ApiError::Internal(c.into()),
+    })?;
+    super::metrics::rows_imported(&params.source, imported.rows);
+    Ok(HttpResponse::Ok().json(ImportResult {
+        import_id: imported.import_id,
+        rows: imported.rows,
+        position: imported.appended.position,
+    }))
+}
+
+/// Create a tag category.
+#[utoipa::path(post, path = "/api/v1/tag-categories", request_body = CategoryDraft,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 201, body = CommandResult), (status = 400, body = Problem), (status = 409, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/v1/tag-categories")]
+pub async fn create_category(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let draft: CategoryDraft = body.parse()?;
+    let ctx = command_context(&req, &body.bytes)?;
+    let id = stream_id(&ctx.tenant_id, "tag_category", &draft.code);
+    let (result, _) = pipeline::execute::<TagCategory>(
+        &state.store,
+        &ctx,
+        "CreateTagCategory",
+        id,
+        Expect::New,
+        TagCategoryCommand::CreateTagCategory(draft),
+        &(),
+    )
+    .await?;
+    Ok(with_etag(StatusCode::CREATED, result.version, result))
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CategoryList {
+    pub items: Vec<CategoryView>,
+}
+
+/// Tag categories.
+#[utoipa::path(get, path = "/api/v1/tag-categories",
+    params(ReadParams, ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = CategoryList), (status = 400, body = Problem), (status = 422, body = Problem)))]
+#[get("/api/v1/tag-categories")]
+pub async fn list_categories(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let conn = state
+        .read_model(TAG_CATEGORIES, min_position(params.min_position)?)
+        .await?;
+    Ok(HttpResponse::Ok().json(CategoryList {
+        items: queries::categories(&conn, &tenant).await?,
+    }))
+}
+
+/// The services a tag command needs, read from the command side (the event streams).
+async fn tag_services(
+    state: &AppState,
+    tenant: &str,
+    subject_kind: &str,
+    category: Option<&str>,
+) -> Result<TagServices, ApiError> {
+    let kind = pipeline::load::<SubjectKind>(
+        &state.store,
+        tenant,
+        stream_id(tenant, "subject_kind", subject_kind),
+    )
+    .await
+    .map_err(ApiError::from)?;
+    let category_exists = match category {
+        Some(code) => {
+            pipeline::load::<TagCategory>(
+                &state.store,
+                tenant,
+                stream_id(tenant, "tag_category", code),
+            )
+            .await
+            .map_err(ApiError::from)?
+            .aggregate
+            .exists
+        }
+        None => true,
+    };
+    Ok(TagServices {
+        schema: kind.aggregate.schema,
+        category_exists,
+    })
+}
+
+/// Create a tag. Its integer id is assigned by the server; the code is unique per tenant.
+#[utoipa::path(post, path = "/api/v1/tags", request_body = TagDraft,
+    params(("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 201, body = TagResult), (status = 400, body = Problem), (status = 409, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/v1/tags")]
+pub async fn create_tag(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let draft: TagDraft = body.parse()?;
+    let ctx = command_context(&req, &body.bytes)?;
+    let tenant = ctx.tenant_id.clone();
+    let services =
+        tag_services(&state, &tenant, &draft.subject_kind, Some(&draft.category)).await?;
+    let id = queries::next_tag_id(state.store.pool()).await?;
+    let code = draft.code.clone();
+    let events = Tag::default()
+        .handle(TagCommand::CreateTag { id, draft }, &services)
+        .await
+        .map_err(|e| ApiError::from(CommandError::<TaggingError>::Domain(e)))?;
+    let encode = |e: &TagEvent| codec::encode(e).map_err(|e| ApiError::Internal(e.into()));
+    let claim = encode(&TagEvent::TagCodeClaimed { tag_id: id })?;
+    let created = events.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+    let metadata = json!({"command_id": ctx.command_id, "correlation_id": ctx.correlation_id,
+                          "causation_id": ctx.command_id, "actor": ctx.actor, "tenant_id": tenant});
+    // The tag's stream and its code's stream, both new, in one append: a taken code
+    // fails the whole command.
+    let appended = state
+        .store
+        .append_streams(
+            &tenant,
+            &metadata,
+            &[
+                StreamEvents {
+                    stream_type: Tag::STREAM_TYPE,
+                    stream_id: super::tag_stream(&tenant, id),
+                    expected_version: 0,
+                    events: created,
+                },
+                StreamEvents {
+                    stream_type: "tag_code",
+                    stream_id: stream_id(&tenant, "tag_code", &code),
+                    expected_version: 0,
+                    events: vec![claim],
+                },
+            ],
+        )
+        .await
+        .map_err(|e| match e {
+            crate::eventstore::StoreError::Conflict => {
+                ApiError::AlreadyExists(format!("tag with code {code:?}"))
+            }
+            other => other.into(),
+        })?;
+    let position = appended.iter().map(|a| a.position).max().unwrap_or(0);
+    let mut response = with_etag(
+        StatusCode::CREATED,
+        appended[0].version,
+        TagResult {
+            id,
+            version: appended[0].version,
+            position,
+        },
+    );
+    if let Ok(location) = format!("/api/v1/tags/{id}").parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct TagListParams {
+    pub category: Option<String>,
+    pub subject_kind: Option<String>,
+    /// AUTO or MANUAL.
+    #[param(pattern = "^(AUTO|MANUAL)$")]
+    pub kind: Option<String>,
+    /// Include retired tags.
+    pub retired: Option<bool>,
+    #[param(minimum = 0)]
+    pub min_position: Option<i64>,
+}
+
+/// Tags, filtered.
+#[utoipa::path(get, path = "/api/v1/tags",
+    params(TagListParams, ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = TagList), (status = 400, body = Problem), (status = 422, body = Problem)))]
+#[get("/api/v1/tags")]
+pub async fn list_tags(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    params: web::Query<TagListParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let p = params.into_inner();
+    if p.kind
+        .as_deref()
+        .is_some_and(|k| k != "AUTO" && k != "MANUAL")
+    {
+        return Err(ApiError::validation("kind", "must be AUTO or MANUAL"));
+    }
+    let conn = state
+        .read_model(TAGS, min_position(p.min_position)?)
+        .await?;
+    let list = queries::tags(
+        &conn,
+        &tenant,
+        &TagFilter {
+            category: p.category,
+            subject_kind: p.subject_kind,
+            kind: p.kind,
+            include_retired: p.retired.unwrap_or(false),
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+/// One tag, with its version as ETag.
+#[utoipa::path(get, path = "/api/v1/tags/{id}",
+    params(("id" = i32, Path, minimum = 1), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = TagView), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/tags/{id}")]
+pub async fn get_tag(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let id = tag_id(&id)?;
+    let tenant = tenant(&req)?;
+    let conn = state
+        .read_model(TAGS, min_position(params.min_position)?)
+        .await?;
+    let tag = queries::tag(&conn, &tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("tag".into()))?;
+    Ok(with_etag(StatusCode::OK, tag.version, tag))
+}
+
+/// Runs a command on tag `id`, whose subject kind the command side reads first.
+async fn tag_command(
+    state: &AppState,
+    req: &HttpRequest,
+    id: i32,
+    body: &[u8],
+    command_type: &'static str,
+    command: TagCommand,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = command_context(req, body)?;
+    let expect = if_match(req)?.map_or(Expect::Any, Expect::Version);
+    let stream = super::tag_stream(&ctx.tenant_id, id);
+    let loaded = pipeline::load::<Tag>(&state.store, &ctx.tenant_id, stream)
+        .await
+        .map_err(ApiError::from)?;
+    let subject_kind = loaded
+        .aggregate
+        .definition
+        .as_ref()
+        .map(|d| d.subject_kind.clone())
+        .ok_or_else(|| ApiError::NotFound("tag".into()))?;
+    let services = tag_services(state, &ctx.tenant_id, &subject_kind, None).await?;
+    let (result, _) = pipeline::execute::<Tag>(
+        &state.store,
+        &ctx,
+        command_type,
+        stream,
+        expect,
+        command,
+        &services,
+    )
+    .await?;
+    Ok(with_etag(
+        StatusCode::OK,
+        result.version,
+        TagResult {
+            id,
+            version: result.version,
+            position: result.position,
+        },
+    ))
+}
+
+/// Replace an AUTO tag's rule (bumps its rule version). `If-Match` guards against a
+/// stale edit.
+#[utoipa::path(put, path = "/api/v1/tags/{id}/rule", request_body = RuleDraft,
+    params(("id" = i32, Path, minimum = 1),
+           ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\"", pattern = "^(W/)?\"?[0-9]{1,18}\"?$"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = TagResult), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
+              (status = 422, body = Problem)))]
+#[put("/api/v1/tags/{id}/rule")]
+pub async fn change_rule(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let id = tag_id(&id)?;
+    let draft: RuleDraft = body.parse()?;
+    tag_command(
+        &state,
+        &req,
+        id,
+        &body.bytes,
+        "ChangeTagRule",
+        TagCommand::ChangeRule { rule: draft.rule },
+    )
+    .await
+}
+
+/// Retire a tag: the next run that covers it revokes its assignments.
+#[utoipa::path(delete, path = "/api/v1/tags/{id}",
+    params(("id" = i32, Path, minimum = 1),
+           ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\"", pattern = "^(W/)?\"?[0-9]{1,18}\"?$"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = TagResult), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[delete("/api/v1/tags/{id}")]
+pub async fn retire_tag(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = tag_id(&id)?;
+    tag_command(&state, &req, id, b"", "RetireTag", TagCommand::RetireTag).await
+}
+
+/// How many subjects a rule would match now, and a sample; nothing is saved.
+#[utoipa::path(post, path = "/api/v1/tags/{id}/rule:preview", request_body = RuleDraft,
+    params(("id" = i32, Path, minimum = 1),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = Preview), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/v1/tags/{id}/rule:preview")]
+pub async fn preview_rule(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let id = tag_id(&id)?;
+    let draft: RuleDraft = body.parse()?;
+    let tenant = tenant(&req)?;
+    let conn = state.read_model(SUBJECT_ATTRIBUTES, None).await?;
+    let tag = queries::tag(&conn, &tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("tag".into()))?;
+    let schema = queries::kind(&conn, &tenant, &tag.subject_kind)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("subject kind".into()))?
+        .schema();
+    let rule = super::aggregate::check_rule(&draft.rule, &schema)
+        .map_err(|e| ApiError::from(CommandError::<TaggingError>::Domain(e)))?;
+    let preview =
+        queries::preview(&conn, &tenant, &tag.subject_kind, &rule, chrono::Utc::now()).await?;
+    Ok(HttpResponse::Ok().json(preview))
+}
+
+/// Subjects holding the tag, its coverage, and what the last run that covered it did.
+#[utoipa::path(get, path = "/api/v1/tags/{id}/stats",
+    params(("id" = i32, Path, minimum = 1), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = TagStats), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/tags/{id}/stats")]
+pub async fn tag_stats(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let id = tag_id(&id)?;
+    let tenant = tenant(&req)?;
+    let conn = state
+        .read_model(SUBJECT_TAGS, min_position(params.min_position)?)
+        .await?;
+    let tag = queries::tag(&conn, &tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("tag".into()))?;
+    Ok(HttpResponse::Ok().json(queries::stats(&conn, &tenant, &tag.subject_kind, id).await?))
+}
+
+/// Start a tagging run (ApplyTagRules). It proceeds in the background; follow it with
+/// `GET /api/v1/tagging/runs/{run_id}`. Runs execute one at a time, in request order:
+/// a second run waits (`queued`) until the first has finished.
+#[utoipa::path(post, path = "/api/v1/tagging/runs", request_body = RunDraft,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 202, body = RunAccepted), (status = 400, body = Problem), (status = 409, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/v1/tagging/runs")]
+pub async fn start_run(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let draft: RunDraft = body.parse()?;
+    let ctx = command_context(&req, &body.bytes)?;
+    let kind = pipeline::load::<SubjectKind>(
+        &state.store,
+        &ctx.tenant_id,
+        stream_id(&ctx.tenant_id, "subject_kind", &draft.subject_kind),
+    )
+    .await
+    .map_err(ApiError::from)?;
+    let (result, _) = pipeline::execute::<TagRun>(
+        &state.store,
+        &ctx,
+        "ApplyTagRules",
+        Uuid::now_v7(),
+        Expect::New,
+        TagRunCommand::RequestRun(draft),
+        &kind.aggregate.schema,
+    )
+    .await?;
+    let mut response = HttpResponse::Accepted().json(RunAccepted {
+        run_id: result.id,
+        position: result.position,
+    });
+    if let Ok(location) = format!("/api/v1/tagging/runs/{}", result.id).parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// A run's state and progress (live while it runs).
+#[utoipa::path(get, path = "/api/v1/tagging/runs/{run_id}",
+    params(("run_id" = Uuid, Path), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = RunView), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/tagging/runs/{run_id}")]
+pub async fn get_run(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    run_id: web::Path<String>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let id = Uuid::parse_str(&run_id).map_err(|_| ApiError::NotFound("tagging run".into()))?;
+    let tenant = tenant(&req)?;
+    let conn = state
+        .read_model("jobs", min_position(params.min_position)?)
+        .await?;
+    let run: RunView = queries::run(&conn, &tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("tagging run".into()))?;
+    Ok(HttpResponse::Ok().json(run))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct RunListParams {
+    /// 1..=200, default 20.
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<i64>,
+    #[param(minimum = 0)]
+    pub min_position: Option<i64>,
+}
+
+/// Recent runs, newest first.
+#[utoipa::path(get, path = "/api/v1/tagging/runs",
+    params(RunListParams, ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = RunList), (status = 400, body = Problem), (status = 422, body = Problem)))]
+#[get("/api/v1/tagging/runs")]
+pub async fn list_runs(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    params: web::Query<RunListParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be between 1 and 200"));
+    }
+    let conn = state
+        .read_model("jobs", min_position(params.min_position)?)
+        .await?;
+    Ok(HttpResponse::Ok().json(queries::runs(&conn, &tenant, limit).await?))
+}
+
+/// A subject's tags (`tag_ids: []` for a subject without tags; 404 for an id that is not
+/// a subject of the kind).
+#[utoipa::path(get, path = "/api/v1/subjects/{kind}/{id}/tags",
+    params(("kind" = String, Path), ("id" = String, Path), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = SubjectTagsView), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/subjects/{kind}/{id}/tags")]
+pub async fn subject_tags(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let (kind, id) = path.into_inner();
+    let tenant = tenant(&req)?;
+    let at = min_position(params.min_position)?;
+    state.read_model(SUBJECT_ATTRIBUTES, at).await?;
+    let conn = state.read_model(SUBJECT_TAGS, at).await?;
+    let view: SubjectTagsView = queries::subject_tags(&conn, &tenant, &kind, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("subject".into()))?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct SubjectListParams {
+    /// Comma-separated tag ids the subject must all hold.
+    #[param(pattern = "^[0-9]{1,9}(,[0-9]{1,9}){0,49}$")]
+    pub tags_all: Option<String>,
+    /// Comma-separated tag ids of which the subject holds at least one.
+    #[param(pattern = "^[0-9]{1,9}(,[0-9]{1,9}){0,49}$")]
+    pub tags_any: Option<String>,
+    /// Comma-separated tag ids the subject must hold none of.
+    #[param(pattern = "^[0-9]{1,9}(,[0-9]{1,9}){0,49}$")]
+    pub tags_none: Option<String>,
+    /// 1..=1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Add the exact number of matching subjects.
+    pub count: Option<bool>,
+    #[param(minimum = 0)]
+    pub min_position: Option<i64>,
+}
+
+fn tag_list(field: &str, raw: Option<&str>) -> Result<Vec<i32>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let ids = raw
+        .split(',')
+        .map(|t| t.trim().parse::<i32>().ok().filter(|t| *t >= 0))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ApiError::validation(field, "must be comma-separated tag ids"))?;
+    if ids.is_empty() || ids.len() > 50 {
+        return Err(ApiError::validation(field, "1 to 50 tag ids"));
+    }
+    Ok(ids)
+}
+
+/// Subjects of a kind with their tag ids, filtered by tags, in pages by subject id.
+#[utoipa::path(get, path = "/api/v1/subjects/{kind}",
+    params(("kind" = String, Path), SubjectListParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = SubjectPage), (status = 400, body = Problem), (status = 422, body = Problem)))]
+#[get("/api/v1/subjects/{kind}")]
+pub async fn list_subjects(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    kind: web::Path<String>,
+    params: web::Query<SubjectListParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let p = params.into_inner();
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be between 1 and 1000"));
+    }
+    let after = match p.cursor {
+        None => None,
+        Some(c) => Some(
+            queries::decode_cursor(&c)
+                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))?,
+        ),
+    };
+    let filter = SubjectFilter {
+        all: tag_list("tags_all", p.tags_all.as_deref())?,
+        any: tag_list("tags_any", p.tags_any.as_deref())?,
+        none: tag_list("tags_none", p.tags_none.as_deref())?,
+        after,
+        limit,
+        count: p.count.unwrap_or(false),
+    };
+    let at = min_position(p.min_position)?;
+    state.read_model(SUBJECT_ATTRIBUTES, at).await?;
+    let conn = state.read_model(SUBJECT_TAGS, at).await?;
+    let page: SubjectPage = queries::subjects(&conn, &tenant, &kind, &filter).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// Why a subject has (or has not) a tag: every condition of the current rule with the
+/// subject's value, and whether the result agrees with what the last run stored.
+#[utoipa::path(get, path = "/api/v1/subjects/{kind}/{id}/tags/{tag_id}/explain",
+    params(("kind" = String, Path), ("id" = String, Path), ("tag_id" = i32, Path, minimum = 1), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = ExplainView), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/subjects/{kind}/{id}/tags/{tag_id}/explain")]
+pub async fn explain(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let (kind, id, tag) = path.into_inner();
+    let tag_id = tag_id(&tag)?;
+    let tenant = tenant(&req)?;
+    let at = min_position(params.min_position)?;
+    state.read_model(SUBJECT_ATTRIBUTES, at).await?;
+    let conn = state.read_model(SUBJECT_TAGS, at).await?;
+    let tag = queries::tag(&conn, &tenant, tag_id)
+        .await?
+        .filter(|t| t.subject_kind == kind)
+        .ok_or_else(|| ApiError::NotFound("tag".into()))?;
+    let rule = tag
+        .rule
+        .as_ref()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(r.get()).ok())
+        .ok_or_else(|| ApiError::validation("tag_id", "a MANUAL tag has no rule to explain"))?;
+    let schema = queries::kind(&conn, &tenant, &kind)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("subject kind".into()))?
+        .schema();
+    let attrs = queries::attributes(&conn, &tenant, &kind, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("subject".into()))?;
+    let stored_tags = queries::subject_tags(&conn, &tenant, &kind, &id).await?;
+    let stored = stored_tags
+        .as_ref()
+        .and_then(|v| serde_json::from_str::<Vec<i32>>(v.tag_ids.get()).ok())
+        .is_some_and(|ids| ids.contains(&tag_id));
+    let stored_version = stored_tags
+        .as_ref()
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(v.tag_details.get()).ok())
+        .and_then(|d| d.get(tag_id.to_string())?.get("rule_version")?.as_i64());
+    let as_of = queries::last_run_as_of(&conn, &tenant, tag_id)
+        .await?
+        .unwrap_or_else(chrono::Utc::now);
+    let (result, conditions, note) = match rules::parse(&rule, &|f| schema.type_of(f)) {
+        Ok(rule) => {
+            let value_of = |f: &str| {
+                let ty = schema.type_of(f)?;
+                rules::parse_value(ty, attrs.get(f)?)
+            };
+            let e = rules::explain(&rule, &value_of, as_of);
+            let note = (e.result != stored).then(|| match stored_version {
+                Some(v) if i64::from(tag.rule_version) != v => format!(
+                    "the rule changed since the last run (stored rule version {v}, current {})",
+                    tag.rule_version
+                ),
+                _ => "the subject's data or the tag's rule changed since the last run that covered it (or no run covered it yet)".to_owned(),
+            });
+            (e.result, e.conditions, note)
+        }
+        Err(e) => (
+            false,
+            Vec::new(),
+            Some(format!("the rule no longer fits the schema: {e}")),
+        ),
+    };
+    Ok(HttpResponse::Ok().json(ExplainView {
+        subject_id: id,
+        tag_id,
+        rule_version: tag.rule_version,
+        result,
+        stored,
+        as_of,
+        note,
+        conditions,
+    }))
+}
+
+/// Every add and remove of a tag on the subject, with time and cause.
+#[utoipa::path(get, path = "/api/v1/subjects/{kind}/{id}/tag-history",
+    params(("kind" = String, Path), ("id" = String, Path), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = HistoryView), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/subjects/{kind}/{id}/tag-history")]
+pub async fn tag_history(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let (kind, id) = path.into_inner();
+    let tenant = tenant(&req)?;
+    let at = min_position(params.min_position)?;
+    state.read_model(SUBJECT_ATTRIBUTES, at).await?;
+    let conn = state.read_model(SUBJECT_TAGS, at).await?;
+    if queries::attributes(&conn, &tenant, &kind, &id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound("subject".into()));
+    }
+    let items = queries::history(&conn, &tenant, &kind, &id).await?;
+    Ok(HttpResponse::Ok().json(HistoryView {
+        subject_id: id,
+        items,
+    }))
+}
+
+/// The request body as a `Send` stream (actix's payload is bound to its worker thread; the
+/// CSV reader wants `Send`): a local task forwards the chunks, errors included, so a body
+/// cut short fails the import instead of ending it early.
+fn forward(
+    mut payload: web::Payload,
+) -> futures::channel::mpsc::Receiver<Result<web::Bytes, std::io::Error>> {
+    use futures::{SinkExt, StreamExt};
+    let (mut tx, rx) = futures::channel::mpsc::channel(8);
+    actix_web::rt::spawn(async move {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
+}

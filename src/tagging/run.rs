@@ -1,0 +1,463 @@
+//! ApplyTagRules: the `tagging.run` job. Every rule of the run is compiled into one
+//! set-based statement that evaluates all tags for all subjects in scope inside
+//! PostgreSQL and compares the result with each subject's current tags (ADR 0008).
+//!
+//! The run is all-or-nothing: its changes are staged in batches of ~1,000 subjects while
+//! the statement streams, then appended with its `TagRunCompleted` in one move
+//! (`EventStore::commit_staged`). A run restarted after a crash finds either nothing of
+//! itself in the log (and runs again) or its completion (and reports it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use futures::{pin_mut, TryStreamExt};
+use serde_json::{json, Value};
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::aggregate::TagRun;
+use super::events::{AppliedTag, RunOutcome, RunRequest, SubjectChange, TagRunEvent, TagRunStats};
+use super::metrics::TAGGING;
+use super::projection::{SUBJECT_ATTRIBUTES, SUBJECT_KINDS, SUBJECT_TAGS, TAGS};
+use super::rules::{self, AttrType, SqlParam};
+use crate::eventstore::{codec, NewEvent};
+use crate::jobs::{Job, JobEnv, JobHandler};
+use crate::pipeline::{self, EventSourced};
+
+pub const JOB_KIND: &str = "tagging.run";
+/// Subjects per `TagsChanged` event.
+const CHANGES_PER_EVENT: usize = 1_000;
+/// How long a run waits for the read models it reads to reach its request.
+const CATCH_UP: Duration = Duration::from_secs(600);
+
+const SCHEMA_SQL: &str = "\
+SELECT kind, id_field, primary_source, attributes FROM subject_kinds
+ WHERE tenant_id = $1 AND kind = $2";
+const TAGS_SQL: &str = "\
+SELECT id, code, name, category, tag_kind, rule, rule_version, retired FROM tags
+ WHERE tenant_id = $1 AND subject_kind = $2 ORDER BY id";
+
+struct TagRow {
+    id: i32,
+    code: String,
+    name: String,
+    category: String,
+    auto: bool,
+    rule: Option<Value>,
+    rule_version: i32,
+    retired: bool,
+}
+
+pub struct TagRunJob;
+
+#[async_trait]
+impl JobHandler for TagRunJob {
+    fn kind(&self) -> &'static str {
+        JOB_KIND
+    }
+
+    fn requested_by(&self) -> (&'static str, &'static str) {
+        (TagRun::STREAM_TYPE, "TagRunRequested")
+    }
+
+    async fn run(&self, job: &Job, env: &JobEnv) -> anyhow::Result<Value> {
+        let loaded = pipeline::load::<TagRun>(&env.store, &job.tenant_id, job.id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(outcome) = &loaded.aggregate.outcome {
+            // Completed before the runner stopped: report it, do nothing twice.
+            return Ok(result(outcome, loaded.position));
+        }
+        let request: RunRequest =
+            serde_json::from_value(job.params.clone()).context("run request")?;
+        let batch_id = Uuid::now_v7();
+        let started = Instant::now();
+        match execute(job, env, &request, batch_id, loaded.version).await {
+            Ok((v, outcome)) => {
+                let m = &TAGGING;
+                m.runs.with_label_values(&["succeeded"]).inc();
+                let scope = match (&request.subject_ids, request.changed_within_days) {
+                    (Some(_), _) => "ids",
+                    (None, Some(_)) => "changed",
+                    (None, None) => "all",
+                };
+                m.run_duration
+                    .with_label_values(&[scope])
+                    .observe(started.elapsed().as_secs_f64());
+                m.subjects_evaluated
+                    .with_label_values(&[&request.subject_kind])
+                    .inc_by(outcome.subjects_evaluated as u64);
+                m.tags_changed
+                    .with_label_values(&["added"])
+                    .inc_by(outcome.tags_added as u64);
+                m.tags_changed
+                    .with_label_values(&["removed"])
+                    .inc_by(outcome.tags_removed as u64);
+                Ok(v)
+            }
+            Err(e) if e.is::<crate::jobs::Interrupted>() => {
+                let _ = env.store.discard_staged(batch_id).await;
+                Err(e)
+            }
+            Err(e) => {
+                TAGGING.runs.with_label_values(&["failed"]).inc();
+                let _ = env.store.discard_staged(batch_id).await;
+                let failed = codec::encode(&TagRunEvent::TagRunFailed {
+                    error: format!("{e:#}"),
+                })?;
+                let _ = env
+                    .store
+                    .append_streams(
+                        &job.tenant_id,
+                        &json!({"job_id": job.id}),
+                        &[crate::eventstore::StreamEvents {
+                            stream_type: TagRun::STREAM_TYPE,
+                            stream_id: job.id,
+                            expected_version: loaded.version,
+                            events: vec![failed],
+                        }],
+                    )
+                    .await;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn result(outcome: &RunOutcome, position: i64) -> Value {
+    json!({
+        "subjects_in_scope": outcome.subjects_in_scope,
+        "subjects_evaluated": outcome.subjects_evaluated,
+        "unknown_subject_ids": outcome.unknown_subject_ids,
+        "tags_added": outcome.tags_added,
+        "tags_removed": outcome.tags_removed,
+        "duration_ms": outcome.duration_ms,
+        "per_tag": outcome.per_tag,
+        "completed_position": position,
+    })
+}
+
+/// The SQL type of a field of type `ty`, read from the merged attributes.
+pub fn field_sql(name: &str, ty: AttrType) -> String {
+    // `name` comes from the declared schema and is an identifier ([a-z][a-z0-9_]*).
+    match ty {
+        AttrType::Number => format!("(sc.attrs -> '{name}')::numeric"),
+        AttrType::String => format!("(sc.attrs ->> '{name}')"),
+        AttrType::Date => format!("(sc.attrs ->> '{name}')::timestamptz"),
+        AttrType::Boolean => format!("(sc.attrs -> '{name}')::boolean"),
+    }
+}
+
+/// A parameter for the driver.
+pub fn to_sql(p: &SqlParam) -> Box<dyn ToSql + Sync + Send> {
+    match p {
+        SqlParam::Number(d) => Box::new(*d),
+        SqlParam::Text(s) => Box::new(s.clone()),
+        SqlParam::Date(t) => Box::new(*t),
+        SqlParam::Bool(b) => Box::new(*b),
+        SqlParam::Numbers(v) => Box::new(v.clone()),
+        SqlParam::Texts(v) => Box::new(v.clone()),
+        SqlParam::Dates(v) => Box::new(v.clone()),
+    }
+}
+
+/// The statement that evaluates every recomputed tag for every subject in scope and
+/// returns, per subject, the tags it matched, those to add and those to remove.
+struct Plan {
+    sql: String,
+    params: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+fn plan(
+    tenant: &str,
+    request: &RunRequest,
+    recomputed: &[(i32, rules::Rule)],
+    covered: &[i32],
+) -> Plan {
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+        Box::new(tenant.to_owned()),
+        Box::new(request.subject_kind.clone()),
+        Box::new(covered.to_vec()),
+    ];
+    let mut scope = String::new();
+    if let Some(ids) = &request.subject_ids {
+        params.push(Box::new(ids.clone()));
+        scope.push_str(&format!(
+            " AND sc.subject_id = ANY(${}::text[])",
+            params.len()
+        ));
+    }
+    if let Some(days) = request.changed_within_days {
+        let lo = request.as_of - chrono::Duration::days(i64::from(days));
+        params.push(Box::new(lo));
+        params.push(Box::new(request.as_of));
+        scope.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM subject_sources c WHERE c.tenant_id = $1 AND c.kind = $2 \
+               AND c.subject_id = sc.subject_id AND c.updated_time BETWEEN ${} AND ${})",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    let mut cases = Vec::new();
+    for (id, rule) in recomputed {
+        let compiled = rules::compile(rule, &field_sql, request.as_of, params.len() + 1);
+        params.extend(compiled.params.iter().map(to_sql));
+        cases.push(format!("CASE WHEN {} THEN {id} END", compiled.sql));
+    }
+    let matched = if cases.is_empty() {
+        "'{}'::int[]".to_owned()
+    } else {
+        format!("array_remove(ARRAY[{}]::int[], NULL)", cases.join(", "))
+    };
+    let sql = format!(
+        "WITH eval AS (
+            SELECT sc.subject_id, {matched} AS matched
+              FROM subject_attributes sc
+             WHERE sc.tenant_id = $1 AND sc.kind = $2 AND sc.is_subject{scope})
+         SELECT e.subject_id, e.matched,
+                ARRAY(SELECT unnest(e.matched)
+                      EXCEPT SELECT x::int FROM jsonb_array_elements_text(t.tag_ids) x) AS added,
+                ARRAY(SELECT x::int FROM jsonb_array_elements_text(t.tag_ids) x
+                       WHERE x::int = ANY($3::int[])
+                      EXCEPT SELECT unnest(e.matched)) AS removed
+           FROM eval e
+           LEFT JOIN subject_tags t
+             ON t.tenant_id = $1 AND t.kind = $2 AND t.subject_id = e.subject_id"
+    );
+    Plan { sql, params }
+}
+
+async fn execute(
+    job: &Job,
+    env: &JobEnv,
+    request: &RunRequest,
+    batch_id: Uuid,
+    run_version: i64,
+) -> anyhow::Result<(Value, RunOutcome)> {
+    let started = Instant::now();
+    job.progress
+        .set(json!({"phase": "waiting for read models"}));
+    for name in [SUBJECT_KINDS, TAGS, SUBJECT_ATTRIBUTES, SUBJECT_TAGS] {
+        env.wait_for(name, job.position, CATCH_UP).await?;
+        job.check_stop()?;
+    }
+    let client = crate::db::connect(&env.conn).await?;
+    let tenant = job.tenant_id.as_str();
+    let kind = request.subject_kind.as_str();
+    let row = client
+        .query_opt(SCHEMA_SQL, &[&tenant, &kind])
+        .await?
+        .with_context(|| format!("subject kind {kind:?} does not exist"))?;
+    let schema = super::projection::schema_from_row(
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+    )?;
+    let tags: Vec<TagRow> = client
+        .query(TAGS_SQL, &[&tenant, &kind])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(TagRow {
+                id: r.try_get(0)?,
+                code: r.try_get(1)?,
+                name: r.try_get(2)?,
+                category: r.try_get(3)?,
+                auto: r.try_get::<_, &str>(4)? == "AUTO",
+                rule: r.try_get(5)?,
+                rule_version: r.try_get(6)?,
+                retired: r.try_get(7)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let by_id: HashMap<i32, &TagRow> = tags.iter().map(|t| (t.id, t)).collect();
+    // Which tags this run decides: recomputed (live AUTO) and revoked (retired).
+    let chosen: Vec<&TagRow> = match &request.tag_ids {
+        None => tags.iter().filter(|t| t.auto || t.retired).collect(),
+        Some(ids) => {
+            let mut chosen = Vec::new();
+            for id in ids {
+                let t = by_id
+                    .get(id)
+                    .with_context(|| format!("tag {id} is not a tag of subject kind {kind:?}"))?;
+                anyhow::ensure!(
+                    t.auto || t.retired,
+                    "tag {id} is a MANUAL tag: runs only compute AUTO tags"
+                );
+                chosen.push(*t);
+            }
+            chosen
+        }
+    };
+    let mut recomputed = Vec::new();
+    for t in chosen.iter().filter(|t| !t.retired) {
+        let rule = t
+            .rule
+            .as_ref()
+            .with_context(|| format!("AUTO tag {} has no rule", t.id))?;
+        let rule = rules::parse(rule, &|f| schema.type_of(f)).map_err(|e| {
+            anyhow::anyhow!(
+                "the rule of tag {} no longer fits the schema of {kind:?}: {e}",
+                t.id
+            )
+        })?;
+        recomputed.push((t.id, rule));
+    }
+    let mut covered: Vec<i32> = chosen.iter().map(|t| t.id).collect();
+    covered.sort_unstable();
+    covered.dedup();
+    let applied: BTreeMap<i32, AppliedTag> = chosen
+        .iter()
+        .map(|t| {
+            (
+                t.id,
+                AppliedTag {
+                    code: t.code.clone(),
+                    name: t.name.clone(),
+                    category: t.category.clone(),
+                    rule_version: t.rule_version,
+                },
+            )
+        })
+        .collect();
+
+    let plan = plan(tenant, request, &recomputed, &covered);
+    job.progress.set(json!({"phase": "evaluating"}));
+    let params: Vec<&(dyn ToSql + Sync)> = plan
+        .params
+        .iter()
+        .map(|p| &**p as &(dyn ToSql + Sync))
+        .collect();
+    let rows = client.query_raw(&plan.sql, params).await?;
+    pin_mut!(rows);
+    let mut outcome = RunOutcome::default();
+    for id in &covered {
+        outcome.per_tag.insert(*id, TagRunStats::default());
+    }
+    let mut pending: Vec<SubjectChange> = Vec::with_capacity(CHANGES_PER_EVENT);
+    let mut staged = 0;
+    while let Some(row) = rows.try_next().await? {
+        outcome.subjects_evaluated += 1;
+        let matched: Vec<i32> = row.try_get(1)?;
+        let added: Vec<i32> = row.try_get(2)?;
+        let removed: Vec<i32> = row.try_get(3)?;
+        for t in &matched {
+            if let Some(s) = outcome.per_tag.get_mut(t) {
+                s.matched += 1;
+            }
+        }
+        for t in &added {
+            if let Some(s) = outcome.per_tag.get_mut(t) {
+                s.added += 1;
+            }
+        }
+        for t in &removed {
+            if let Some(s) = outcome.per_tag.get_mut(t) {
+                s.removed += 1;
+            }
+        }
+        outcome.tags_added += added.len() as i64;
+        outcome.tags_removed += removed.len() as i64;
+        if !added.is_empty() || !removed.is_empty() {
+            pending.push(SubjectChange {
+                subject_id: row.try_get(0)?,
+                added,
+                removed,
+            });
+        }
+        if pending.len() == CHANGES_PER_EVENT {
+            stage(
+                env,
+                job,
+                request,
+                batch_id,
+                &mut staged,
+                &applied,
+                &mut pending,
+            )
+            .await?;
+            job.progress
+                .set(json!({"subjects_evaluated": outcome.subjects_evaluated}));
+            job.check_stop()?;
+        }
+    }
+    stage(
+        env,
+        job,
+        request,
+        batch_id,
+        &mut staged,
+        &applied,
+        &mut pending,
+    )
+    .await?;
+    outcome.subjects_in_scope = outcome.subjects_evaluated;
+    if let Some(ids) = &request.subject_ids {
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        outcome.unknown_subject_ids = distinct.len() as i64 - outcome.subjects_evaluated;
+    }
+    job.progress.set(json!({
+        "phase": "appending",
+        "subjects_in_scope": outcome.subjects_in_scope,
+        "subjects_evaluated": outcome.subjects_evaluated,
+    }));
+    job.check_stop()?;
+    outcome.duration_ms = started.elapsed().as_millis() as i64;
+    let completed = codec::encode(&TagRunEvent::TagRunCompleted(outcome.clone()))?;
+    let (appended, _) = env
+        .store
+        .commit_staged(
+            tenant,
+            (TagRun::STREAM_TYPE, job.id, run_version),
+            batch_id,
+            &[completed],
+            &json!({"job_id": job.id}),
+        )
+        .await?;
+    job.progress.set(json!({"phase": "updating read model"}));
+    // `succeeded` means the tags are readable.
+    env.wait_for(SUBJECT_TAGS, appended.position, CATCH_UP)
+        .await?;
+    outcome.duration_ms = started.elapsed().as_millis() as i64;
+    Ok((result(&outcome, appended.position), outcome))
+}
+
+/// Stages the pending changes as one `TagsChanged` event.
+async fn stage(
+    env: &JobEnv,
+    job: &Job,
+    request: &RunRequest,
+    batch_id: Uuid,
+    staged: &mut i32,
+    applied: &BTreeMap<i32, AppliedTag>,
+    pending: &mut Vec<SubjectChange>,
+) -> anyhow::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let changes = std::mem::take(pending);
+    let mut used: Vec<i32> = changes
+        .iter()
+        .flat_map(|c| c.added.iter().copied())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    let tags = used
+        .iter()
+        .filter_map(|id| applied.get(id).map(|t| (*id, t.clone())))
+        .collect();
+    let event: NewEvent = codec::encode(&TagRunEvent::TagsChanged {
+        subject_kind: request.subject_kind.clone(),
+        run_id: job.id,
+        tags,
+        changes,
+    })?;
+    env.store.stage(batch_id, *staged, &[event]).await?;
+    *staged += 1;
+    Ok(())
+}
