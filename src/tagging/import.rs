@@ -293,7 +293,7 @@ async fn read_csv<R: AsyncRead + Unpin + Send>(
         }
         b.column(0, h)?;
     }
-    if !headers.iter().any(|h| *h == b.schema.id_field) {
+    if !headers.contains(&b.schema.id_field) {
         return Err(bad(0, &b.schema.id_field, "the header has no id column"));
     }
     let mut records = reader.records();
