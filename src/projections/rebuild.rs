@@ -196,6 +196,9 @@ impl Rebuild {
                 .await;
         }
         METRICS.rebuild_position.with_label_values(&[name]).set(0);
+        // Released here, not when the connection closes (that happens some time after
+        // this returns, and a rebuild started at once would be refused meanwhile).
+        let _ = self.client.query_one(REBUILD_UNLOCK_SQL, &[&name]).await;
         result
     }
 

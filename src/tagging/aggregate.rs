@@ -6,12 +6,12 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
 use super::commands::{
-    CategoryDraft, KindDraft, RunDraft, SubjectImportCommand, TagCategoryCommand, TagCommand,
-    TagDraft, TagRunCommand,
+    CategoryDraft, KindDraft, ManualTagCommand, RunDraft, SubjectImportCommand, TagCategoryCommand,
+    TagCommand, TagDraft, TagRunCommand,
 };
 use super::events::{
-    KindSchema, SubjectImportEvent, SubjectKindEvent, TagCategoryEvent, TagDefinition, TagEvent,
-    TagKind, TagRunEvent,
+    AppliedTag, KindSchema, ManualTagEvent, SubjectImportEvent, SubjectKindEvent, TagCategoryEvent,
+    TagDefinition, TagEvent, TagKind, TagRunEvent,
 };
 use super::rules::{self, AttrType};
 use crate::pipeline::{DomainError, EventSourced, Rejection};
@@ -489,6 +489,109 @@ impl Aggregate for TagRun {
                 self.outcome = Some(o);
             }
             TagRunEvent::TagRunFailed { .. } => self.finished = true,
+        }
+    }
+}
+
+// --- manual tags of one subject ----------------------------------------------------------
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubjectManualTags {
+    pub assigned: std::collections::BTreeSet<i32>,
+}
+
+impl EventSourced for SubjectManualTags {
+    const STREAM_TYPE: &'static str = "subject_manual_tags";
+}
+
+/// What a manual tag command needs: the tag (as its stream has it) and whether the
+/// subject exists.
+#[derive(Debug, Default)]
+pub struct ManualServices {
+    pub tag: Option<Tag>,
+    pub subject_exists: bool,
+}
+
+#[async_trait]
+impl Aggregate for SubjectManualTags {
+    type Command = ManualTagCommand;
+    type Event = ManualTagEvent;
+    type Error = TaggingError;
+    type Services = ManualServices;
+
+    fn aggregate_type() -> String {
+        Self::STREAM_TYPE.to_owned()
+    }
+
+    /// Assigning a tag the subject holds, or removing one it does not, changes nothing.
+    async fn handle(
+        &self,
+        command: ManualTagCommand,
+        services: &ManualServices,
+    ) -> Result<Vec<ManualTagEvent>, TaggingError> {
+        let (subject_kind, subject_id, tag_id, assign) = match command {
+            ManualTagCommand::Assign {
+                subject_kind,
+                subject_id,
+                tag_id,
+            } => (subject_kind, subject_id, tag_id, true),
+            ManualTagCommand::Remove {
+                subject_kind,
+                subject_id,
+                tag_id,
+            } => (subject_kind, subject_id, tag_id, false),
+        };
+        let tag = services
+            .tag
+            .as_ref()
+            .filter(|t| {
+                t.definition
+                    .as_ref()
+                    .is_some_and(|d| d.subject_kind == subject_kind)
+            })
+            .ok_or(TaggingError::NotFound("tag"))?;
+        let def = tag.live()?;
+        if def.kind != TagKind::Manual {
+            return Err(invalid(
+                "tag_id",
+                "an AUTO tag is assigned by runs, not by hand",
+            ));
+        }
+        if !services.subject_exists {
+            return Err(TaggingError::NotFound("subject"));
+        }
+        if assign == self.assigned.contains(&tag_id) {
+            return Ok(vec![]);
+        }
+        Ok(vec![if assign {
+            ManualTagEvent::ManualTagAssigned {
+                subject_kind,
+                subject_id,
+                tag_id,
+                tag: AppliedTag {
+                    code: def.code.clone(),
+                    name: def.name.clone(),
+                    category: def.category.clone(),
+                    rule_version: 0,
+                },
+            }
+        } else {
+            ManualTagEvent::ManualTagRemoved {
+                subject_kind,
+                subject_id,
+                tag_id,
+            }
+        }])
+    }
+
+    fn apply(&mut self, event: ManualTagEvent) {
+        match event {
+            ManualTagEvent::ManualTagAssigned { tag_id, .. } => {
+                self.assigned.insert(tag_id);
+            }
+            ManualTagEvent::ManualTagRemoved { tag_id, .. } => {
+                self.assigned.remove(&tag_id);
+            }
         }
     }
 }

@@ -97,3 +97,18 @@ pub struct RunDraft {
 pub enum TagRunCommand {
     RequestRun(RunDraft),
 }
+
+/// `PUT` / `DELETE /api/v1/subjects/{kind}/{id}/tags/{tag_id}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub enum ManualTagCommand {
+    Assign {
+        subject_kind: String,
+        subject_id: String,
+        tag_id: i32,
+    },
+    Remove {
+        subject_kind: String,
+        subject_id: String,
+        tag_id: i32,
+    },
+}

@@ -241,7 +241,7 @@ pub struct RunOutcome {
 #[serde(tag = "type", content = "data")]
 pub enum TagRunEvent {
     TagRunRequested(RunRequest),
-    /// A batch of the run's changes; `tags` describes every tag id added in the batch.
+    /// A batch of the run's changes; `tags` describes every tag added or removed in it.
     TagsChanged {
         subject_kind: String,
         run_id: Uuid,
@@ -261,6 +261,36 @@ impl DomainEvent for TagRunEvent {
             TagRunEvent::TagsChanged { .. } => "TagsChanged",
             TagRunEvent::TagRunCompleted(_) => "TagRunCompleted",
             TagRunEvent::TagRunFailed { .. } => "TagRunFailed",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// A MANUAL tag put on or taken off one subject (stream: the subject's manual tags).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum ManualTagEvent {
+    ManualTagAssigned {
+        subject_kind: String,
+        subject_id: String,
+        tag_id: i32,
+        tag: AppliedTag,
+    },
+    ManualTagRemoved {
+        subject_kind: String,
+        subject_id: String,
+        tag_id: i32,
+    },
+}
+
+impl DomainEvent for ManualTagEvent {
+    fn event_type(&self) -> String {
+        match self {
+            ManualTagEvent::ManualTagAssigned { .. } => "ManualTagAssigned",
+            ManualTagEvent::ManualTagRemoved { .. } => "ManualTagRemoved",
         }
         .to_owned()
     }

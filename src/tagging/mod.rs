@@ -61,6 +61,8 @@ pub fn tag_stream(tenant: &str, id: i32) -> Uuid {
         routes::list_subjects,
         routes::explain,
         routes::tag_history,
+        routes::assign_manual,
+        routes::remove_manual,
     ),
     components(schemas(
         commands::KindDraft,
@@ -107,7 +109,7 @@ pub fn context() -> BoundedContext {
                 Arc::new(Typed(projection::TagCategoriesProjector)),
                 Arc::new(Typed(projection::TagsProjector)),
                 Arc::new(Typed(projection::SubjectAttributesProjector)),
-                Arc::new(Typed(projection::SubjectTagsProjector)),
+                Arc::new(projection::SubjectTagsProjector),
             ]
         },
         jobs: || vec![Arc::new(run::TagRunJob)],

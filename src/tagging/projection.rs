@@ -14,12 +14,17 @@ use serde_json::{json, Value};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
-use super::aggregate::{SubjectImport, SubjectKind, Tag, TagCategory, TagRun};
+use std::collections::BTreeMap;
+
+use super::aggregate::{SubjectImport, SubjectKind, SubjectManualTags, Tag, TagCategory, TagRun};
 use super::events::{
-    KindSchema, SubjectImportEvent, SubjectKindEvent, TagCategoryEvent, TagEvent, TagRunEvent,
+    AppliedTag, KindSchema, ManualTagEvent, SubjectImportEvent, SubjectKindEvent, TagCategoryEvent,
+    TagEvent, TagRunEvent,
 };
+use crate::eventstore::{codec, RecordedEvent};
+use crate::pipeline::EventSourced;
 use crate::projections::readmodel::{col, ReadModel, Row};
-use crate::projections::{Envelope, Projector, ProjectorOptions};
+use crate::projections::{Envelope, Projection, Projector, ProjectorOptions};
 
 pub const SUBJECT_KINDS: &str = "subject_kinds";
 pub const TAG_CATEGORIES: &str = "tag_categories";
@@ -471,85 +476,182 @@ impl Row for HistoryRow {
     }
 }
 
+/// The `subject_tags` projector reads two aggregates — runs and manual tags — so it is
+/// a `Projection` that decodes each event by its stream type.
 pub struct SubjectTagsProjector;
 
+/// One statement's worth of changes: subjects are distinct within it.
+struct Changes {
+    kind: String,
+    run_id: Option<uuid::Uuid>,
+    details: Value,
+    ids: Vec<String>,
+    added: Vec<Value>,
+    removed: Vec<Value>,
+    rule_versions: std::collections::BTreeMap<i32, i32>,
+}
+
+fn details_of(tags: &BTreeMap<i32, AppliedTag>, at: DateTime<Utc>) -> Value {
+    Value::Object(
+        tags.iter()
+            .map(|(id, t)| {
+                (
+                    id.to_string(),
+                    json!({"code": t.code, "name": t.name, "category": t.category,
+                           "rule_version": t.rule_version, "assigned_at": at}),
+                )
+            })
+            .collect(),
+    )
+}
+
+impl SubjectTagsProjector {
+    async fn apply_changes(
+        tx: &Transaction<'_>,
+        stmt: &tokio_postgres::Statement,
+        e: &RecordedEvent,
+        c: Changes,
+        history: &mut Vec<HistoryRow>,
+    ) -> anyhow::Result<()> {
+        for (i, id) in c.ids.iter().enumerate() {
+            for (list, action) in [(&c.added[i], "added"), (&c.removed[i], "removed")] {
+                for t in list
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_i64)
+                {
+                    let t = t as i32;
+                    history.push(HistoryRow {
+                        tenant_id: e.tenant_id.clone(),
+                        kind: c.kind.clone(),
+                        subject_id: id.clone(),
+                        tag_id: t,
+                        action,
+                        at: e.recorded_at,
+                        run_id: c.run_id,
+                        rule_version: c.run_id.and_then(|_| c.rule_versions.get(&t).copied()),
+                        position: e.position,
+                    });
+                }
+            }
+        }
+        tx.execute(
+            stmt,
+            &[
+                &e.tenant_id,
+                &c.kind,
+                &c.ids,
+                &c.details,
+                &c.added,
+                &c.removed,
+                &e.recorded_at,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
-impl Projector for SubjectTagsProjector {
-    type Aggregate = TagRun;
-    const NAME: &'static str = SUBJECT_TAGS;
-    const READ_MODELS: &'static [&'static ReadModel] = &[&SUBJECT_TAGS_MODEL, &HISTORY_MODEL];
+impl Projection for SubjectTagsProjector {
+    fn name(&self) -> &'static str {
+        SUBJECT_TAGS
+    }
+
+    fn stream_types(&self) -> &[&'static str] {
+        &[TagRun::STREAM_TYPE, SubjectManualTags::STREAM_TYPE]
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        vec![SUBJECT_TAGS_MODEL.table, HISTORY_MODEL.table]
+    }
 
     fn options(&self) -> ProjectorOptions {
+        // Run batches are large (1,000 subjects each): fewer per transaction.
         ProjectorOptions {
             durable_commit: false,
             batch_size: Some(20),
         }
     }
 
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: Vec<Envelope<TagRunEvent>>,
-    ) -> anyhow::Result<()> {
-        let apply = tx.prepare(APPLY_CHANGES_SQL).await?;
+    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let stmt = tx.prepare(APPLY_CHANGES_SQL).await?;
         let mut history = Vec::new();
         for e in events {
-            let TagRunEvent::TagsChanged {
-                subject_kind,
-                run_id,
-                tags,
-                changes,
-            } = e.event
-            else {
-                continue;
-            };
-            let details: serde_json::Map<String, Value> = tags
-                .iter()
-                .map(|(id, t)| {
-                    (
-                        id.to_string(),
-                        json!({"code": t.code, "name": t.name, "category": t.category,
-                               "rule_version": t.rule_version, "assigned_at": e.recorded_at}),
-                    )
-                })
-                .collect();
-            let details = Value::Object(details);
-            let mut ids = Vec::with_capacity(changes.len());
-            let mut added = Vec::with_capacity(changes.len());
-            let mut removed = Vec::with_capacity(changes.len());
-            for c in changes {
-                for (list, action) in [(&c.added, "added"), (&c.removed, "removed")] {
-                    for t in list {
-                        history.push(HistoryRow {
-                            tenant_id: e.tenant_id.clone(),
-                            kind: subject_kind.clone(),
-                            subject_id: c.subject_id.clone(),
-                            tag_id: *t,
-                            action,
-                            at: e.recorded_at,
-                            run_id: Some(run_id),
-                            rule_version: tags.get(t).map(|t| t.rule_version),
-                            position: e.position,
-                        });
-                    }
+            let changes = if e.stream_type == TagRun::STREAM_TYPE {
+                let TagRunEvent::TagsChanged {
+                    subject_kind,
+                    run_id,
+                    tags,
+                    changes,
+                } = codec::decode(
+                    &e.event_type,
+                    e.schema_version,
+                    &e.payload,
+                    TagRun::upcasters(),
+                )?
+                else {
+                    continue;
+                };
+                let mut c = Changes {
+                    kind: subject_kind,
+                    run_id: Some(run_id),
+                    details: details_of(&tags, e.recorded_at),
+                    ids: Vec::with_capacity(changes.len()),
+                    added: Vec::with_capacity(changes.len()),
+                    removed: Vec::with_capacity(changes.len()),
+                    rule_versions: tags.iter().map(|(id, t)| (*id, t.rule_version)).collect(),
+                };
+                for change in changes {
+                    c.added.push(json!(change.added));
+                    c.removed.push(json!(change.removed));
+                    c.ids.push(change.subject_id);
                 }
-                added.push(json!(c.added));
-                removed.push(json!(c.removed));
-                ids.push(c.subject_id);
-            }
-            tx.execute(
-                &apply,
-                &[
-                    &e.tenant_id,
-                    &subject_kind,
-                    &ids,
-                    &details,
-                    &added,
-                    &removed,
-                    &e.recorded_at,
-                ],
-            )
-            .await?;
+                c
+            } else {
+                let event: ManualTagEvent = codec::decode(
+                    &e.event_type,
+                    e.schema_version,
+                    &e.payload,
+                    SubjectManualTags::upcasters(),
+                )?;
+                let (kind, id, added, removed, tags) = match event {
+                    ManualTagEvent::ManualTagAssigned {
+                        subject_kind,
+                        subject_id,
+                        tag_id,
+                        tag,
+                    } => (
+                        subject_kind,
+                        subject_id,
+                        json!([tag_id]),
+                        json!([]),
+                        BTreeMap::from([(tag_id, tag)]),
+                    ),
+                    ManualTagEvent::ManualTagRemoved {
+                        subject_kind,
+                        subject_id,
+                        tag_id,
+                    } => (
+                        subject_kind,
+                        subject_id,
+                        json!([]),
+                        json!([tag_id]),
+                        BTreeMap::new(),
+                    ),
+                };
+                Changes {
+                    kind,
+                    run_id: None,
+                    details: details_of(&tags, e.recorded_at),
+                    ids: vec![id],
+                    added: vec![added],
+                    removed: vec![removed],
+                    rule_versions: BTreeMap::new(),
+                }
+            };
+            Self::apply_changes(tx, &stmt, e, changes, &mut history).await?;
         }
         HISTORY_MODEL.insert(tx, &history).await
     }

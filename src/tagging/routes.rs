@@ -8,10 +8,13 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::aggregate::{SubjectKind, Tag, TagCategory, TagRun, TagServices, TaggingError};
+use super::aggregate::{
+    ManualServices, SubjectKind, SubjectManualTags, Tag, TagCategory, TagRun, TagServices,
+    TaggingError,
+};
 use super::commands::{
-    CategoryDraft, KindDraft, RuleDraft, RunDraft, TagCategoryCommand, TagCommand, TagDraft,
-    TagRunCommand,
+    CategoryDraft, KindDraft, ManualTagCommand, RuleDraft, RunDraft, TagCategoryCommand,
+    TagCommand, TagDraft, TagRunCommand,
 };
 use super::events::TagEvent;
 use super::import::{Format, ImportError};
@@ -47,7 +50,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(list_subjects)
         .service(subject_tags)
         .service(explain)
-        .service(tag_history);
+        .service(tag_history)
+        .service(assign_manual)
+        .service(remove_manual);
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -923,6 +928,95 @@ pub async fn tag_history(
         subject_id: id,
         items,
     }))
+}
+
+/// Runs a manual tag command on the subject's manual-tag stream.
+async fn manual(
+    state: &AppState,
+    req: &HttpRequest,
+    path: (String, String, String),
+    assign: bool,
+) -> Result<HttpResponse, ApiError> {
+    let (kind, id, tag) = path;
+    let tag_id = tag_id(&tag)?;
+    let ctx = command_context(req, b"")?;
+    let expect = if_match(req)?.map_or(Expect::Any, Expect::Version);
+    let tenant = ctx.tenant_id.clone();
+    let tag = pipeline::load::<Tag>(&state.store, &tenant, super::tag_stream(&tenant, tag_id))
+        .await
+        .map_err(ApiError::from)?
+        .aggregate;
+    let conn = state.read_model(SUBJECT_ATTRIBUTES, None).await?;
+    let subject_exists = queries::attributes(&conn, &tenant, &kind, &id)
+        .await?
+        .is_some();
+    let services = ManualServices {
+        tag: Some(tag),
+        subject_exists,
+    };
+    let command = if assign {
+        ManualTagCommand::Assign {
+            subject_kind: kind.clone(),
+            subject_id: id.clone(),
+            tag_id,
+        }
+    } else {
+        ManualTagCommand::Remove {
+            subject_kind: kind.clone(),
+            subject_id: id.clone(),
+            tag_id,
+        }
+    };
+    let (result, _) = pipeline::execute::<SubjectManualTags>(
+        &state.store,
+        &ctx,
+        if assign {
+            "AssignManualTag"
+        } else {
+            "RemoveManualTag"
+        },
+        stream_id(&tenant, "subject_manual_tags", &format!("{kind}/{id}")),
+        expect,
+        command,
+        &services,
+    )
+    .await?;
+    Ok(with_etag(StatusCode::OK, result.version, result))
+}
+
+/// Put a MANUAL tag on a subject (422 for an AUTO tag). Assigning a tag the subject
+/// holds changes nothing.
+#[utoipa::path(put, path = "/api/v1/subjects/{kind}/{id}/tags/{tag_id}",
+    params(("kind" = String, Path), ("id" = String, Path), ("tag_id" = i32, Path, minimum = 1),
+           ("If-Match" = Option<String>, Header, description = "expected version of the subject's manual tags", pattern = "^(W/)?\"?[0-9]{1,18}\"?$"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = CommandResult), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[put("/api/v1/subjects/{kind}/{id}/tags/{tag_id}")]
+pub async fn assign_manual(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    manual(&state, &req, path.into_inner(), true).await
+}
+
+/// Take a MANUAL tag off a subject (422 for an AUTO tag).
+#[utoipa::path(delete, path = "/api/v1/subjects/{kind}/{id}/tags/{tag_id}",
+    params(("kind" = String, Path), ("id" = String, Path), ("tag_id" = i32, Path, minimum = 1),
+           ("If-Match" = Option<String>, Header, description = "expected version of the subject's manual tags", pattern = "^(W/)?\"?[0-9]{1,18}\"?$"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = CommandResult), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[delete("/api/v1/subjects/{kind}/{id}/tags/{tag_id}")]
+pub async fn remove_manual(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    manual(&state, &req, path.into_inner(), false).await
 }
 
 /// The request body as a `Send` stream (actix's payload is bound to its worker thread; the

@@ -443,7 +443,7 @@ async fn stage(
     let changes = std::mem::take(pending);
     let mut used: Vec<i32> = changes
         .iter()
-        .flat_map(|c| c.added.iter().copied())
+        .flat_map(|c| c.added.iter().chain(&c.removed).copied())
         .collect();
     used.sort_unstable();
     used.dedup();

@@ -140,7 +140,8 @@ async fn a_second_rebuild_while_one_runs_is_refused() {
     let second = Rebuild::begin(&conn, p.clone()).await;
     assert!(matches!(second, Err(RebuildError::InProgress(_))));
     first.run(100, watch::channel(false).1).await.unwrap();
-    assert!(Rebuild::begin(&conn, p).await.is_ok());
+    let third = Rebuild::begin(&conn, p).await;
+    assert!(third.is_ok(), "{:?}", third.err());
 }
 
 #[actix_web::test]
