@@ -6,6 +6,7 @@ mod helpers;
 
 mod cluster;
 mod http_api;
+mod jobs;
 mod projections;
 mod prometheus;
 mod protocol;

@@ -96,6 +96,59 @@ async fn query(client: &awc::Client, port: u16, expr: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A tagging import and run, so the tagging and job metrics have series.
+async fn drive_tagging(app: &TestApp) {
+    let res = app
+        .client
+        .put(app.url("/api/v1/subject-kinds/user"))
+        .send_json(
+            &serde_json::json!({"id_field": "user_id", "primary_source": "basic",
+            "attributes": [{"name": "level", "type": "number", "source": "basic"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .client
+        .post(app.url("/api/v1/subjects/user/import?source=basic"))
+        .insert_header(("Content-Type", "text/csv"))
+        .send_body("user_id,level\nu1,1\nu2,5\n")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.post_json(
+        "/api/v1/tag-categories",
+        &serde_json::json!({"code": "c", "name": "c"}),
+    )
+    .await;
+    app.post_json(
+        "/api/v1/tags",
+        &serde_json::json!({"code": "high", "name": "High", "category": "c", "kind": "AUTO",
+            "subject_kind": "user", "rule": {"logic": "AND", "conditions": [
+                {"field": "level", "operator": ">", "value": 2}]}}),
+    )
+    .await;
+    let mut res = app
+        .post_json(
+            "/api/v1/tagging/runs",
+            &serde_json::json!({"subject_kind": "user"}),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    let run: Value = res.json().await.unwrap();
+    let path = format!(
+        "/api/v1/tagging/runs/{}?min_position={}",
+        run["run_id"].as_str().unwrap(),
+        run["position"]
+    );
+    let done = eventually(Duration::from_secs(30), || async {
+        let v: Value = app.get(&path).await.json().await.ok()?;
+        (v["state"] == "succeeded").then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "the tagging run succeeds");
+}
+
 async fn drive_load(app: &TestApp) {
     for i in 0..20 {
         let mut res = app
@@ -159,6 +212,7 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         .finish();
     // Load in two rounds a few seconds apart, so rates see samples before and after.
     drive_load(&app).await;
+    drive_tagging(&app).await;
     let scraped = eventually(Duration::from_secs(60), || async {
         let v = query(
             &client,

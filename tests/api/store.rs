@@ -503,3 +503,89 @@ async fn a_conflict_in_a_group_commit_fails_only_its_own_command() {
     let distinct = count(&conn, "SELECT count(DISTINCT position) FROM events").await;
     assert_eq!(distinct, 40);
 }
+
+#[actix_web::test]
+async fn a_bulk_append_across_streams_writes_all_or_nothing() {
+    use cloudlens::eventstore::{NewEvent, StreamEvents};
+    let conn = fresh_database().await;
+    let store = store(&conn, 2);
+    let event = || NewEvent {
+        event_type: "Tick".into(),
+        schema_version: 1,
+        payload: serde_json::json!({}),
+    };
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let both = |va: i64, vb: i64| {
+        vec![
+            StreamEvents {
+                stream_type: "counter",
+                stream_id: a,
+                expected_version: va,
+                events: vec![event(), event()],
+            },
+            StreamEvents {
+                stream_type: "counter",
+                stream_id: b,
+                expected_version: vb,
+                events: vec![event()],
+            },
+        ]
+    };
+    let meta = serde_json::json!({});
+    let appended = store.append_streams("t", &meta, &both(0, 0)).await.unwrap();
+    assert_eq!((appended[0].version, appended[1].version), (2, 1));
+    assert!(appended[0].position > 0 && appended[1].position > 0);
+    // b is stale: nothing of a is written either.
+    let err = store
+        .append_streams("t", &meta, &both(2, 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, cloudlens::eventstore::StoreError::Conflict),
+        "{err}"
+    );
+    assert_eq!(stream_len(&conn, a).await, 2);
+    assert_eq!(stream_len(&conn, b).await, 1);
+}
+
+#[actix_web::test]
+async fn staged_events_reach_the_log_only_when_committed() {
+    use cloudlens::eventstore::NewEvent;
+    let conn = fresh_database().await;
+    let store = store(&conn, 2);
+    let event = |i: i32| NewEvent {
+        event_type: "Tick".into(),
+        schema_version: 1,
+        payload: serde_json::json!({ "i": i }),
+    };
+    let (batch, stream) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    store.stage(batch, 0, &[event(0), event(1)]).await.unwrap();
+    store.stage(batch, 2, &[event(2)]).await.unwrap();
+    assert_eq!(count(&conn, "SELECT count(*) FROM events").await, 0);
+    let meta = serde_json::json!({});
+    let (appended, n) = store
+        .commit_staged("t", ("counter", stream, 0), batch, &[event(3)], &meta)
+        .await
+        .unwrap();
+    assert_eq!((appended.version, n), (4, 4));
+    let order = count(
+        &conn,
+        "SELECT count(*) FROM events WHERE (payload->>'i')::int = stream_version - 1",
+    )
+    .await;
+    assert_eq!(order, 4, "staged order, then the tail, as versions 1..4");
+    assert_eq!(count(&conn, "SELECT count(*) FROM staged_events").await, 0);
+    // A discarded batch leaves nothing; a commit onto a moved stream writes nothing.
+    store.stage(batch, 0, &[event(0)]).await.unwrap();
+    let err = store
+        .commit_staged("t", ("counter", stream, 0), batch, &[], &meta)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, cloudlens::eventstore::StoreError::Conflict),
+        "{err}"
+    );
+    store.discard_staged(batch).await.unwrap();
+    assert_eq!(count(&conn, "SELECT count(*) FROM staged_events").await, 0);
+    assert_eq!(stream_len(&conn, stream).await, 4);
+}

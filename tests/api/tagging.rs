@@ -676,3 +676,130 @@ e,1000000000000.000001,,2020-01-01,
         "10.0 = 10; 2026-11-13 is 7 days back, inclusive"
     );
 }
+
+/// Rows of a table as sorted text, for comparing a rebuilt read model with the live one.
+async fn snapshot(conn: &str, sql: &str) -> Vec<String> {
+    let client = cloudlens::db::connect(conn).await.unwrap();
+    let mut rows: Vec<String> = client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    rows.sort();
+    rows
+}
+
+async fn rebuild(app: &TestApp, name: &str) {
+    app.start_rebuild(name).await;
+    let done = eventually(Duration::from_secs(60), || async {
+        let v = body(app.get("/api/v1/admin/projections").await).await;
+        let p = v["projections"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)?
+            .clone();
+        (p["rebuild"]["state"] == "done").then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "rebuild of {name} finished");
+}
+
+#[actix_web::test]
+async fn rebuilt_tagging_read_models_equal_the_live_ones() {
+    let app = seeded_app().await;
+    let lvl = rule_tag(
+        &app,
+        "lvl",
+        json!([{"field": "user_level", "operator": ">", "value": 2}]),
+    )
+    .await;
+    let vip = create_tag(&app, "vip", "MANUAL", None).await;
+    let path = format!("/api/v1/subjects/user/u2/tags/{vip}");
+    assert_eq!(
+        app.client
+            .put(app.url(&path))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    run(&app, json!({"subject_kind": "user"})).await;
+    let res = put_json(&app, &format!("/api/v1/tags/{lvl}/rule"), &json!({"rule": {"logic": "AND", "conditions": [{"field": "user_level", "operator": ">", "value": 4}]}})).await;
+    assert_eq!(res.status(), 200);
+    let v = run(&app, json!({"subject_kind": "user"})).await;
+    assert_eq!(v["state"], "succeeded");
+    let tables = [
+        ("subject_tags", "SELECT concat_ws('|', tenant_id, kind, subject_id, tag_ids, tag_details, created_at, updated_at) FROM subject_tags"),
+        ("subject_tags", "SELECT concat_ws('|', subject_id, tag_id, action, at, run_id, rule_version, position) FROM subject_tag_history"),
+        ("subject_attributes", "SELECT concat_ws('|', subject_id, is_subject, attrs) FROM subject_attributes"),
+        ("subject_attributes", "SELECT concat_ws('|', subject_id, source, updated_time) FROM subject_sources"),
+        ("tags", "SELECT concat_ws('|', id, code, rule, rule_version, retired, version, created_at, updated_at) FROM tags"),
+        ("subject_kinds", "SELECT concat_ws('|', kind, attributes, version) FROM subject_kinds"),
+    ];
+    let mut live = Vec::new();
+    for (_, sql) in &tables {
+        let rows = snapshot(&app.conn, sql).await;
+        assert!(!rows.is_empty(), "{sql}");
+        live.push(rows);
+    }
+    for name in [
+        "subject_tags",
+        "subject_attributes",
+        "tags",
+        "subject_kinds",
+    ] {
+        rebuild(&app, name).await;
+    }
+    for ((_, sql), before) in tables.iter().zip(live) {
+        assert_eq!(snapshot(&app.conn, sql).await, before, "{sql}");
+    }
+}
+
+#[actix_web::test]
+async fn a_run_found_running_after_a_restart_is_run_again_without_doing_anything_twice() {
+    let app = seeded_app().await;
+    rule_tag(
+        &app,
+        "lvl",
+        json!([{"field": "user_level", "operator": ">", "value": 2}]),
+    )
+    .await;
+    let v = run(&app, json!({"subject_kind": "user"})).await;
+    assert_eq!(v["state"], "succeeded");
+    let run_id = v["run_id"].as_str().unwrap().to_owned();
+    let events = |conn: String| async move {
+        count(
+            &conn,
+            "SELECT count(*) FROM events WHERE stream_type = 'tag_run'",
+        )
+        .await
+    };
+    let before = events(app.conn.clone()).await;
+    // The server stops; as if it had died after appending the run's events but before
+    // recording the job's end, the job is left `running`.
+    app.handle.stop(true).await;
+    app.background.stop_background().await;
+    let client = cloudlens::db::connect(&app.conn).await.unwrap();
+    client
+        .execute(
+            "UPDATE jobs SET state = 'running', finished_at = NULL WHERE id = $1",
+            &[&uuid::Uuid::parse_str(&run_id).unwrap()],
+        )
+        .await
+        .unwrap();
+    // The next server's runner takes the orphan up again: the run finds its completion
+    // in the log and reports it; nothing is appended twice.
+    let app = spawn_app_on(app.conn.clone(), test_settings()).await;
+    let again = eventually(Duration::from_secs(30), || async {
+        let v = body(app.get(&format!("/api/v1/tagging/runs/{run_id}")).await).await;
+        (v["state"] == "succeeded" && v["restarts"] == 1).then_some(v)
+    })
+    .await
+    .expect("the orphaned run finishes again");
+    assert_eq!(again["tags_added"], v["tags_added"]);
+    assert_eq!(events(app.conn.clone()).await, before);
+    assert_eq!(ids(&tags_of(&app, "u1").await).len(), 1);
+}
