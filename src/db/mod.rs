@@ -145,14 +145,22 @@ pub enum QueryError {
     Unavailable(String),
     #[error("query failed")]
     Failed(#[source] tokio_postgres::Error),
+    /// PostgreSQL refused a value the request carried (SQLSTATE class 22, data
+    /// exception: a NUL character in text, a number out of range, …).
+    #[error("{0}")]
+    BadValue(String),
 }
 
 impl From<tokio_postgres::Error> for QueryError {
     fn from(e: tokio_postgres::Error) -> Self {
         if is_unavailable(&e) {
-            QueryError::Unavailable(e.to_string())
-        } else {
-            QueryError::Failed(e)
+            return QueryError::Unavailable(e.to_string());
+        }
+        match e.as_db_error() {
+            Some(d) if d.code().code().starts_with("22") => {
+                QueryError::BadValue(d.message().to_owned())
+            }
+            _ => QueryError::Failed(e),
         }
     }
 }

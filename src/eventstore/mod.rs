@@ -105,6 +105,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database error")]
     Database(#[source] tokio_postgres::Error),
+    /// PostgreSQL refused a value of the events (e.g. a NUL character in text).
+    #[error("{0}")]
+    BadValue(String),
     #[error("corrupt event {position}: {reason}")]
     Corrupt { position: i64, reason: String },
 }
@@ -114,6 +117,7 @@ impl From<crate::db::QueryError> for StoreError {
         match e {
             crate::db::QueryError::Unavailable(cause) => StoreError::Unavailable(cause),
             crate::db::QueryError::Failed(e) => StoreError::Database(e),
+            crate::db::QueryError::BadValue(m) => StoreError::BadValue(m),
         }
     }
 }

@@ -213,9 +213,18 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict => {
                 ApiError::Conflict("the stream was changed by another command".into())
             }
+            StoreError::BadValue(m) => bad_value(m),
             other => ApiError::Internal(other.into()),
         }
     }
+}
+
+/// A value of the request the database cannot hold or compare (no single field to name).
+fn bad_value(message: String) -> ApiError {
+    ApiError::validation(
+        "request",
+        format!("a value of the request was refused: {message}"),
+    )
 }
 
 impl From<QueryError> for ApiError {
@@ -223,6 +232,7 @@ impl From<QueryError> for ApiError {
         match e {
             QueryError::Unavailable(cause) => ApiError::Unavailable(cause),
             QueryError::Failed(e) => ApiError::Internal(e.into()),
+            QueryError::BadValue(m) => bad_value(m),
         }
     }
 }

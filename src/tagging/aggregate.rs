@@ -79,6 +79,9 @@ fn check_text(field: &str, value: &str) -> Result<String, TaggingError> {
     if v.is_empty() || v.chars().count() > MAX_TEXT {
         return Err(invalid(field, "must be 1 to 200 characters"));
     }
+    if v.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
     Ok(v.to_owned())
 }
 
@@ -378,8 +381,11 @@ fn validate_tag(
         .as_ref()
         .ok_or_else(|| invalid("subject_kind", "no such subject kind"))?;
     let description = match draft.description {
-        Some(d) if d.chars().count() > 2000 => {
-            return Err(invalid("description", "at most 2000 characters"))
+        Some(d) if d.chars().count() > 2000 || d.contains('\0') => {
+            return Err(invalid(
+                "description",
+                "at most 2000 characters, and no NUL character",
+            ))
         }
         d => d,
     };

@@ -112,7 +112,11 @@ impl<'a> Batcher<'a> {
         for (name, cell) in cells {
             if name == self.schema.id_field {
                 id = match cell {
-                    Some(Value::String(s)) if !s.is_empty() && s.len() <= 200 => Some(s),
+                    Some(Value::String(s))
+                        if !s.is_empty() && s.len() <= 200 && !s.contains('\0') =>
+                    {
+                        Some(s)
+                    }
                     Some(Value::Number(n)) if !text => Some(n.to_string()),
                     None => None,
                     _ => {
@@ -140,7 +144,9 @@ impl<'a> Batcher<'a> {
                         AttrType::Number => rules::parse_number(s).map(rules::Value::Number),
                         AttrType::Date => rules::parse_date(s).map(rules::Value::Date),
                         AttrType::Boolean => rules::parse_bool(s).map(rules::Value::Bool),
-                        AttrType::String => Some(rules::Value::Text(s.clone())),
+                        AttrType::String => {
+                            (!s.contains('\0')).then(|| rules::Value::Text(s.clone()))
+                        }
                     },
                     _ => None,
                 }
