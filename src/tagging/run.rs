@@ -39,6 +39,11 @@ const TAGS_SQL: &str = "\
 SELECT id, code, name, category, tag_kind, rule, rule_version, retired FROM tags
  WHERE tenant_id = $1 AND subject_kind = $2 ORDER BY id";
 
+/// Subjects with a source row updated in the window (the incremental scope).
+const CHANGED_SQL: &str = "\
+SELECT DISTINCT subject_id FROM subject_sources
+ WHERE tenant_id = $1 AND kind = $2 AND updated_time BETWEEN $3 AND $4";
+
 struct TagRow {
     id: i32,
     code: String,
@@ -173,6 +178,7 @@ struct Plan {
 fn plan(
     tenant: &str,
     request: &RunRequest,
+    scope: Option<&[String]>,
     recomputed: &[(i32, rules::Rule)],
     covered: &[i32],
 ) -> Plan {
@@ -181,25 +187,21 @@ fn plan(
         Box::new(request.subject_kind.clone()),
         Box::new(covered.to_vec()),
     ];
-    let mut scope = String::new();
-    if let Some(ids) = &request.subject_ids {
-        params.push(Box::new(ids.clone()));
-        scope.push_str(&format!(
-            " AND sc.subject_id = ANY(${}::text[])",
-            params.len()
-        ));
-    }
-    if let Some(days) = request.changed_within_days {
-        let lo = request.as_of - chrono::Duration::days(i64::from(days));
-        params.push(Box::new(lo));
-        params.push(Box::new(request.as_of));
-        scope.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM subject_sources c WHERE c.tenant_id = $1 AND c.kind = $2 \
-               AND c.subject_id = sc.subject_id AND c.updated_time BETWEEN ${} AND ${})",
-            params.len() - 1,
-            params.len()
-        ));
-    }
+    // A scope of ids drives the statement from them (an index lookup each): an
+    // incremental run touches what changed, and no estimate can turn that into a scan
+    // per subject (the change window lies beyond the statistics of fresh imports).
+    let from = match scope {
+        Some(ids) => {
+            params.push(Box::new(ids.to_vec()));
+            format!(
+                "unnest(${}::text[]) AS s(id)
+                 JOIN subject_attributes sc
+                   ON sc.tenant_id = $1 AND sc.kind = $2 AND sc.subject_id = s.id",
+                params.len()
+            )
+        }
+        None => "subject_attributes sc".to_owned(),
+    };
     let mut cases = Vec::new();
     for (id, rule) in recomputed {
         let compiled = rules::compile(rule, &field_sql, request.as_of, params.len() + 1);
@@ -214,17 +216,20 @@ fn plan(
     let sql = format!(
         "WITH eval AS (
             SELECT sc.subject_id, {matched} AS matched
-              FROM subject_attributes sc
-             WHERE sc.tenant_id = $1 AND sc.kind = $2 AND sc.is_subject{scope})
+              FROM {from}
+             WHERE sc.tenant_id = $1 AND sc.kind = $2 AND sc.is_subject)
          SELECT e.subject_id, e.matched,
                 ARRAY(SELECT unnest(e.matched)
-                      EXCEPT SELECT x::int FROM jsonb_array_elements_text(t.tag_ids) x) AS added,
-                ARRAY(SELECT x::int FROM jsonb_array_elements_text(t.tag_ids) x
+                      EXCEPT SELECT x::int FROM jsonb_array_elements_text(e.current) x) AS added,
+                ARRAY(SELECT x::int FROM jsonb_array_elements_text(e.current) x
                        WHERE x::int = ANY($3::int[])
                       EXCEPT SELECT unnest(e.matched)) AS removed
-           FROM eval e
-           LEFT JOIN subject_tags t
-             ON t.tenant_id = $1 AND t.kind = $2 AND t.subject_id = e.subject_id"
+           FROM (SELECT eval.*,
+                        -- by primary key, whatever the statistics of a fresh table say
+                        (SELECT t.tag_ids FROM subject_tags t
+                          WHERE t.tenant_id = $1 AND t.kind = $2
+                            AND t.subject_id = eval.subject_id) AS current
+                   FROM eval) e"
     );
     Plan { sql, params }
 }
@@ -324,7 +329,27 @@ async fn execute(
         })
         .collect();
 
-    let plan = plan(tenant, request, &recomputed, &covered);
+    let scope = match (&request.subject_ids, request.changed_within_days) {
+        (Some(ids), _) => {
+            let mut ids = ids.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            Some(ids)
+        }
+        (None, Some(days)) => {
+            let lo = request.as_of - chrono::Duration::days(i64::from(days));
+            let rows = client
+                .query(CHANGED_SQL, &[&tenant, &kind, &lo, &request.as_of])
+                .await?;
+            Some(
+                rows.iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<Vec<String>, _>>()?,
+            )
+        }
+        (None, None) => None,
+    };
+    let plan = plan(tenant, request, scope.as_deref(), &recomputed, &covered);
     job.progress.set(json!({"phase": "evaluating"}));
     let params: Vec<&(dyn ToSql + Sync)> = plan
         .params
@@ -395,11 +420,8 @@ async fn execute(
     )
     .await?;
     outcome.subjects_in_scope = outcome.subjects_evaluated;
-    if let Some(ids) = &request.subject_ids {
-        let mut distinct = ids.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        outcome.unknown_subject_ids = distinct.len() as i64 - outcome.subjects_evaluated;
+    if let (Some(ids), Some(_)) = (&scope, &request.subject_ids) {
+        outcome.unknown_subject_ids = ids.len() as i64 - outcome.subjects_evaluated;
     }
     job.progress.set(json!({
         "phase": "appending",
