@@ -115,25 +115,23 @@ CREATE TABLE subject_tags (
 );
 CREATE INDEX subject_tags_ids ON subject_tags USING gin (tag_ids jsonb_path_ops);
 
--- Every add and remove of a tag, with its cause: the tag history of a subject.
+-- Every change of a subject's tags, with its cause: one row per subject and event.
 CREATE TABLE subject_tag_history (
-    tenant_id    text        NOT NULL,
-    kind         text        NOT NULL,
-    subject_id   text        NOT NULL,
-    tag_id       integer     NOT NULL,
-    action       text        NOT NULL CHECK (action IN ('added', 'removed')),
-    at           timestamptz NOT NULL,
-    run_id       uuid,
-    rule_version integer,
-    position     bigint      NOT NULL
+    tenant_id  text        NOT NULL,
+    kind       text        NOT NULL,
+    subject_id text        NOT NULL,
+    position   bigint      NOT NULL,
+    at         timestamptz NOT NULL,
+    run_id     uuid,
+    added      integer[]   NOT NULL,
+    removed    integer[]   NOT NULL
 );
 CREATE INDEX subject_tag_history_subject ON subject_tag_history (tenant_id, kind, subject_id, position);
 
--- The sorted tag set `(old − removed) ∪ added` of JSONB int arrays.
-CREATE FUNCTION cloudlens_tag_set(old jsonb, added jsonb, removed jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT coalesce(jsonb_agg(t ORDER BY t), '[]'::jsonb)
-      FROM ((SELECT x::int AS t FROM jsonb_array_elements_text(old) x
-             EXCEPT SELECT x::int FROM jsonb_array_elements_text(removed) x)
-            UNION SELECT x::int FROM jsonb_array_elements_text(added) x) s
-$$;
+-- The tags (code, name, category, rule version) as each change event applied them.
+CREATE TABLE tag_change_sets (
+    tenant_id text   NOT NULL,
+    position  bigint PRIMARY KEY,
+    run_id    uuid,
+    tags      jsonb  NOT NULL
+);

@@ -5,8 +5,9 @@
 //! - `subject_attributes`: import batches merged into one record per subject
 //!   (`subject_attributes`) and the per-source `updated_time` (`subject_sources`), one
 //!   multi-row statement per batch of ~1,000 rows;
-//! - `subject_tags`: the tag changes of runs, one multi-row statement per batch, plus the
-//!   history rows (`subject_tag_history`).
+//! - `subject_tags`: the tag changes of runs and manual tags, folded per batch in memory
+//!   and written with one staged upsert, plus the history (`subject_tag_history`, one row
+//!   per subject and event) and each event's tags (`tag_change_sets`).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -18,8 +19,8 @@ use std::collections::BTreeMap;
 
 use super::aggregate::{SubjectImport, SubjectKind, SubjectManualTags, Tag, TagCategory, TagRun};
 use super::events::{
-    AppliedTag, KindSchema, ManualTagEvent, SubjectImportEvent, SubjectKindEvent, TagCategoryEvent,
-    TagEvent, TagRunEvent,
+    AppliedTag, KindSchema, ManualTagEvent, SubjectChange, SubjectImportEvent, SubjectKindEvent,
+    TagCategoryEvent, TagEvent, TagRunEvent,
 };
 use crate::eventstore::{codec, RecordedEvent};
 use crate::pipeline::EventSourced;
@@ -408,56 +409,80 @@ static SUBJECT_TAGS_MODEL: ReadModel = ReadModel {
 
 static HISTORY_MODEL: ReadModel = ReadModel {
     table: "subject_tag_history",
-    key: &["tenant_id", "kind", "subject_id", "tag_id", "position"],
+    key: &["tenant_id", "kind", "subject_id", "position"],
     columns: &[
         col("tenant_id", Type::TEXT),
         col("kind", Type::TEXT),
         col("subject_id", Type::TEXT),
-        col("tag_id", Type::INT4),
-        col("action", Type::TEXT),
+        col("position", Type::INT8),
         col("at", Type::TIMESTAMPTZ),
         col("run_id", Type::UUID),
-        col("rule_version", Type::INT4),
-        col("position", Type::INT8),
+        col("added", Type::INT4_ARRAY),
+        col("removed", Type::INT4_ARRAY),
     ],
     keep_on_update: &[],
     newer: None,
 };
 
-/// Applies one batch of changes: the new set is `(old − removed) ∪ added`, details of
-/// removed tags dropped and of added ones set; `updated_at` moves only when the set
-/// changes, `created_at` never.
-const APPLY_CHANGES_SQL: &str = "\
-WITH u AS (
-    SELECT u.id, u.added, u.removed,
-           ARRAY(SELECT jsonb_array_elements_text(u.removed)) AS removed_keys,
-           coalesce((SELECT jsonb_object_agg(a, $4::jsonb -> a)
-                       FROM jsonb_array_elements_text(u.added) a), '{}'::jsonb) AS details
-      FROM unnest($3::text[], $5::jsonb[], $6::jsonb[]) AS u(id, added, removed)),
-changed AS (
-    UPDATE subject_tags t
-       SET tag_ids = cloudlens_tag_set(t.tag_ids, u.added, u.removed),
-           tag_details = (t.tag_details - u.removed_keys) || u.details,
-           updated_at = CASE WHEN cloudlens_tag_set(t.tag_ids, u.added, u.removed) = t.tag_ids
-                             THEN t.updated_at ELSE $7 END
-      FROM u
-     WHERE t.tenant_id = $1 AND t.kind = $2 AND t.subject_id = u.id
-    RETURNING t.subject_id)
-INSERT INTO subject_tags (tenant_id, kind, subject_id, tag_ids, tag_details, created_at, updated_at)
-SELECT $1, $2, u.id, cloudlens_tag_set('[]'::jsonb, u.added, '[]'::jsonb), u.details, $7, $7
-  FROM u
- WHERE NOT EXISTS (SELECT 1 FROM changed c WHERE c.subject_id = u.id)";
+static CHANGE_SETS_MODEL: ReadModel = ReadModel {
+    table: "tag_change_sets",
+    key: &["position"],
+    columns: &[
+        col("tenant_id", Type::TEXT),
+        col("position", Type::INT8),
+        col("run_id", Type::UUID),
+        col("tags", Type::JSONB),
+    ],
+    keep_on_update: &[],
+    newer: None,
+};
+
+/// The current tags of the subjects a batch touches, by primary key.
+const CURRENT_TAGS_SQL: &str = "\
+SELECT subject_id, tag_ids, tag_details, created_at, updated_at FROM subject_tags
+ WHERE tenant_id = $1 AND kind = $2 AND subject_id = ANY($3)";
+
+/// A subject's tags while a batch is applied.
+struct TagSet {
+    ids: std::collections::BTreeSet<i32>,
+    details: serde_json::Map<String, Value>,
+    created_at: Option<DateTime<Utc>>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+struct SubjectTagsRow {
+    tenant_id: String,
+    kind: String,
+    subject_id: String,
+    tag_ids: Value,
+    tag_details: Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Row for SubjectTagsRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.tenant_id,
+            &self.kind,
+            &self.subject_id,
+            &self.tag_ids,
+            &self.tag_details,
+            &self.created_at,
+            &self.updated_at,
+        ]
+    }
+}
 
 struct HistoryRow {
     tenant_id: String,
     kind: String,
     subject_id: String,
-    tag_id: i32,
-    action: &'static str,
+    position: i64,
     at: DateTime<Utc>,
     run_id: Option<uuid::Uuid>,
-    rule_version: Option<i32>,
-    position: i64,
+    added: Vec<i32>,
+    removed: Vec<i32>,
 }
 
 impl Row for HistoryRow {
@@ -466,92 +491,119 @@ impl Row for HistoryRow {
             &self.tenant_id,
             &self.kind,
             &self.subject_id,
-            &self.tag_id,
-            &self.action,
+            &self.position,
             &self.at,
             &self.run_id,
-            &self.rule_version,
-            &self.position,
+            &self.added,
+            &self.removed,
         ]
     }
 }
 
-/// The `subject_tags` projector reads two aggregates — runs and manual tags — so it is
-/// a `Projection` that decodes each event by its stream type.
-pub struct SubjectTagsProjector;
-
-/// One statement's worth of changes: subjects are distinct within it.
-struct Changes {
-    kind: String,
+struct ChangeSetRow {
+    tenant_id: String,
+    position: i64,
     run_id: Option<uuid::Uuid>,
-    details: Value,
-    ids: Vec<String>,
-    added: Vec<Value>,
-    removed: Vec<Value>,
-    rule_versions: std::collections::BTreeMap<i32, i32>,
+    tags: Value,
 }
 
-fn details_of(tags: &BTreeMap<i32, AppliedTag>, at: DateTime<Utc>) -> Value {
-    Value::Object(
-        tags.iter()
-            .map(|(id, t)| {
-                (
-                    id.to_string(),
-                    json!({"code": t.code, "name": t.name, "category": t.category,
-                           "rule_version": t.rule_version, "assigned_at": at}),
-                )
-            })
-            .collect(),
-    )
-}
-
-impl SubjectTagsProjector {
-    async fn apply_changes(
-        tx: &Transaction<'_>,
-        stmt: &tokio_postgres::Statement,
-        e: &RecordedEvent,
-        c: Changes,
-        history: &mut Vec<HistoryRow>,
-    ) -> anyhow::Result<()> {
-        for (i, id) in c.ids.iter().enumerate() {
-            for (list, action) in [(&c.added[i], "added"), (&c.removed[i], "removed")] {
-                for t in list
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_i64)
-                {
-                    let t = t as i32;
-                    history.push(HistoryRow {
-                        tenant_id: e.tenant_id.clone(),
-                        kind: c.kind.clone(),
-                        subject_id: id.clone(),
-                        tag_id: t,
-                        action,
-                        at: e.recorded_at,
-                        run_id: c.run_id,
-                        rule_version: c.run_id.and_then(|_| c.rule_versions.get(&t).copied()),
-                        position: e.position,
-                    });
-                }
-            }
-        }
-        tx.execute(
-            stmt,
-            &[
-                &e.tenant_id,
-                &c.kind,
-                &c.ids,
-                &c.details,
-                &c.added,
-                &c.removed,
-                &e.recorded_at,
-            ],
-        )
-        .await?;
-        Ok(())
+impl Row for ChangeSetRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.tenant_id, &self.position, &self.run_id, &self.tags]
     }
 }
+
+/// One event's changes, decoded.
+struct Changes {
+    tenant_id: String,
+    kind: String,
+    position: i64,
+    at: DateTime<Utc>,
+    run_id: Option<uuid::Uuid>,
+    tags: BTreeMap<i32, AppliedTag>,
+    changes: Vec<SubjectChange>,
+}
+
+/// The `subject_tags` projector reads two aggregates — runs and manual tags — so it is
+/// a `Projection` that decodes each event by its stream type. A batch is applied
+/// set-wise: one read of the current tags of every subject it touches (by primary
+/// key), the changes folded in memory in log order, one staged upsert of the results,
+/// and COPY of the history (one row per subject and event) and of each event's tags.
+pub struct SubjectTagsProjector;
+
+impl SubjectTagsProjector {
+    fn decode(e: &RecordedEvent) -> anyhow::Result<Option<Changes>> {
+        if e.stream_type == TagRun::STREAM_TYPE {
+            let TagRunEvent::TagsChanged {
+                subject_kind,
+                run_id,
+                tags,
+                changes,
+            } = codec::decode(
+                &e.event_type,
+                e.schema_version,
+                &e.payload,
+                TagRun::upcasters(),
+            )?
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(Changes {
+                tenant_id: e.tenant_id.clone(),
+                kind: subject_kind,
+                position: e.position,
+                at: e.recorded_at,
+                run_id: Some(run_id),
+                tags,
+                changes,
+            }));
+        }
+        let event: ManualTagEvent = codec::decode(
+            &e.event_type,
+            e.schema_version,
+            &e.payload,
+            SubjectManualTags::upcasters(),
+        )?;
+        let (kind, subject_id, change, tags) = match event {
+            ManualTagEvent::ManualTagAssigned {
+                subject_kind,
+                subject_id,
+                tag_id,
+                tag,
+            } => (
+                subject_kind,
+                subject_id,
+                (vec![tag_id], vec![]),
+                BTreeMap::from([(tag_id, tag)]),
+            ),
+            ManualTagEvent::ManualTagRemoved {
+                subject_kind,
+                subject_id,
+                tag_id,
+            } => (
+                subject_kind,
+                subject_id,
+                (vec![], vec![tag_id]),
+                BTreeMap::new(),
+            ),
+        };
+        Ok(Some(Changes {
+            tenant_id: e.tenant_id.clone(),
+            kind,
+            position: e.position,
+            at: e.recorded_at,
+            run_id: None,
+            tags,
+            changes: vec![SubjectChange {
+                subject_id,
+                added: change.0,
+                removed: change.1,
+            }],
+        }))
+    }
+}
+
+type SubjectKey = (String, String, String);
 
 #[async_trait]
 impl Projection for SubjectTagsProjector {
@@ -564,96 +616,138 @@ impl Projection for SubjectTagsProjector {
     }
 
     fn tables(&self) -> Vec<&'static str> {
-        vec![SUBJECT_TAGS_MODEL.table, HISTORY_MODEL.table]
+        vec![
+            SUBJECT_TAGS_MODEL.table,
+            HISTORY_MODEL.table,
+            CHANGE_SETS_MODEL.table,
+        ]
     }
 
     fn options(&self) -> ProjectorOptions {
-        // Run batches are large (1,000 subjects each): fewer per transaction.
+        // Run batches are large (1,000 subjects each): a few dozen per transaction.
         ProjectorOptions {
             durable_commit: false,
-            batch_size: Some(20),
+            batch_size: Some(50),
         }
     }
 
     async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
-        let stmt = tx.prepare(APPLY_CHANGES_SQL).await?;
-        let mut history = Vec::new();
+        let mut decoded = Vec::new();
         for e in events {
-            let changes = if e.stream_type == TagRun::STREAM_TYPE {
-                let TagRunEvent::TagsChanged {
-                    subject_kind,
-                    run_id,
-                    tags,
-                    changes,
-                } = codec::decode(
-                    &e.event_type,
-                    e.schema_version,
-                    &e.payload,
-                    TagRun::upcasters(),
-                )?
-                else {
-                    continue;
-                };
-                let mut c = Changes {
-                    kind: subject_kind,
-                    run_id: Some(run_id),
-                    details: details_of(&tags, e.recorded_at),
-                    ids: Vec::with_capacity(changes.len()),
-                    added: Vec::with_capacity(changes.len()),
-                    removed: Vec::with_capacity(changes.len()),
-                    rule_versions: tags.iter().map(|(id, t)| (*id, t.rule_version)).collect(),
-                };
-                for change in changes {
-                    c.added.push(json!(change.added));
-                    c.removed.push(json!(change.removed));
-                    c.ids.push(change.subject_id);
-                }
-                c
-            } else {
-                let event: ManualTagEvent = codec::decode(
-                    &e.event_type,
-                    e.schema_version,
-                    &e.payload,
-                    SubjectManualTags::upcasters(),
-                )?;
-                let (kind, id, added, removed, tags) = match event {
-                    ManualTagEvent::ManualTagAssigned {
-                        subject_kind,
-                        subject_id,
-                        tag_id,
-                        tag,
-                    } => (
-                        subject_kind,
-                        subject_id,
-                        json!([tag_id]),
-                        json!([]),
-                        BTreeMap::from([(tag_id, tag)]),
-                    ),
-                    ManualTagEvent::ManualTagRemoved {
-                        subject_kind,
-                        subject_id,
-                        tag_id,
-                    } => (
-                        subject_kind,
-                        subject_id,
-                        json!([]),
-                        json!([tag_id]),
-                        BTreeMap::new(),
-                    ),
-                };
-                Changes {
-                    kind,
-                    run_id: None,
-                    details: details_of(&tags, e.recorded_at),
-                    ids: vec![id],
-                    added: vec![added],
-                    removed: vec![removed],
-                    rule_versions: BTreeMap::new(),
-                }
-            };
-            Self::apply_changes(tx, &stmt, e, changes, &mut history).await?;
+            decoded.extend(Self::decode(e)?);
         }
-        HISTORY_MODEL.insert(tx, &history).await
+        // Read the current tags of every subject the batch touches.
+        let mut wanted: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for c in &decoded {
+            let ids = wanted
+                .entry((c.tenant_id.clone(), c.kind.clone()))
+                .or_default();
+            ids.extend(c.changes.iter().map(|s| s.subject_id.clone()));
+        }
+        let mut sets: std::collections::HashMap<SubjectKey, TagSet> =
+            std::collections::HashMap::new();
+        for ((tenant, kind), mut ids) in wanted {
+            ids.sort_unstable();
+            ids.dedup();
+            for r in tx.query(CURRENT_TAGS_SQL, &[&tenant, &kind, &ids]).await? {
+                let tag_ids: tokio_postgres::types::Json<Vec<i32>> = r.try_get(1)?;
+                let details: tokio_postgres::types::Json<serde_json::Map<String, Value>> =
+                    r.try_get(2)?;
+                sets.insert(
+                    (tenant.clone(), kind.clone(), r.try_get(0)?),
+                    TagSet {
+                        ids: tag_ids.0.into_iter().collect(),
+                        details: details.0,
+                        created_at: Some(r.try_get(3)?),
+                        updated_at: Some(r.try_get(4)?),
+                    },
+                );
+            }
+        }
+        // Fold the changes in log order.
+        let mut history = Vec::new();
+        let mut change_sets = Vec::new();
+        let mut touched: Vec<SubjectKey> = Vec::new();
+        for c in decoded {
+            let details: BTreeMap<i32, Value> = c
+                .tags
+                .iter()
+                .map(|(id, t)| {
+                    (
+                        *id,
+                        json!({"code": t.code, "name": t.name, "category": t.category,
+                               "rule_version": t.rule_version, "assigned_at": c.at}),
+                    )
+                })
+                .collect();
+            for change in c.changes {
+                let key = (c.tenant_id.clone(), c.kind.clone(), change.subject_id);
+                let set = sets.entry(key.clone()).or_insert_with(|| {
+                    touched.push(key.clone());
+                    TagSet {
+                        ids: Default::default(),
+                        details: Default::default(),
+                        created_at: None,
+                        updated_at: None,
+                    }
+                });
+                let before = set.ids.clone();
+                for t in &change.removed {
+                    set.ids.remove(t);
+                    set.details.remove(&t.to_string());
+                }
+                for t in &change.added {
+                    set.ids.insert(*t);
+                    if let Some(d) = details.get(t) {
+                        set.details.insert(t.to_string(), d.clone());
+                    }
+                }
+                if set.ids != before {
+                    set.updated_at = Some(c.at);
+                    set.created_at.get_or_insert(c.at);
+                }
+                history.push(HistoryRow {
+                    tenant_id: key.0.clone(),
+                    kind: key.1.clone(),
+                    subject_id: key.2.clone(),
+                    position: c.position,
+                    at: c.at,
+                    run_id: c.run_id,
+                    added: change.added,
+                    removed: change.removed,
+                });
+                touched.push(key);
+            }
+            change_sets.push(ChangeSetRow {
+                tenant_id: c.tenant_id,
+                position: c.position,
+                run_id: c.run_id,
+                tags: serde_json::to_value(&c.tags)?,
+            });
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let rows: Vec<SubjectTagsRow> = touched
+            .into_iter()
+            .filter_map(|key| {
+                let set = sets.remove(&key)?;
+                let (Some(created_at), Some(updated_at)) = (set.created_at, set.updated_at) else {
+                    return None; // never held a tag: no row
+                };
+                Some(SubjectTagsRow {
+                    tenant_id: key.0,
+                    kind: key.1,
+                    subject_id: key.2,
+                    tag_ids: json!(set.ids),
+                    tag_details: Value::Object(set.details),
+                    created_at,
+                    updated_at,
+                })
+            })
+            .collect();
+        SUBJECT_TAGS_MODEL.upsert(tx, &rows).await?;
+        HISTORY_MODEL.insert(tx, &history).await?;
+        CHANGE_SETS_MODEL.insert(tx, &change_sets).await
     }
 }
 

@@ -48,8 +48,11 @@ const SUBJECT_SQL: &str = "\
 SELECT is_subject, attrs FROM subject_attributes
  WHERE tenant_id = $1 AND kind = $2 AND subject_id = $3";
 const HISTORY_SQL: &str = "\
-SELECT tag_id, action, at, run_id, rule_version, position FROM subject_tag_history
- WHERE tenant_id = $1 AND kind = $2 AND subject_id = $3 ORDER BY position, tag_id, action";
+SELECT h.position, h.at, h.run_id, h.added, h.removed, c.tags
+  FROM subject_tag_history h
+  LEFT JOIN tag_change_sets c ON c.position = h.position
+ WHERE h.tenant_id = $1 AND h.kind = $2 AND h.subject_id = $3
+ ORDER BY h.position";
 macro_rules! run_columns {
     () => {
         "id, params, state, progress, error, restarts, attempts, position, requested_at, \
@@ -569,28 +572,42 @@ pub async fn attributes(
     })
 }
 
+/// Every add and remove of the subject's tags, in log order (by tag within one event).
 pub async fn history(
     conn: &ReadConnection,
     tenant: &str,
     kind: &str,
     id: &str,
 ) -> Result<Vec<HistoryEntry>, QueryError> {
-    conn.query(HISTORY_SQL, &[&tenant, &kind, &id])
-        .await?
-        .iter()
-        .map(|r| {
-            let run_id: Option<Uuid> = r.try_get(3)?;
-            Ok(HistoryEntry {
-                tag_id: r.try_get(0)?,
-                action: r.try_get(1)?,
-                at: r.try_get(2)?,
+    let mut items = Vec::new();
+    for r in conn.query(HISTORY_SQL, &[&tenant, &kind, &id]).await? {
+        let position: i64 = r.try_get(0)?;
+        let at: DateTime<Utc> = r.try_get(1)?;
+        let run_id: Option<Uuid> = r.try_get(2)?;
+        let tags: Option<Value> = r.try_get(5)?;
+        let mut entries: Vec<(i32, &str)> = Vec::new();
+        for (column, action) in [(3, "added"), (4, "removed")] {
+            let ids: Vec<i32> = r.try_get(column)?;
+            entries.extend(ids.into_iter().map(|t| (t, action)));
+        }
+        entries.sort_unstable();
+        for (tag_id, action) in entries {
+            let rule_version = run_id
+                .and(tags.as_ref())
+                .and_then(|t| t.get(tag_id.to_string())?.get("rule_version")?.as_i64())
+                .and_then(|v| i32::try_from(v).ok());
+            items.push(HistoryEntry {
+                tag_id,
+                action: action.to_owned(),
+                at,
                 cause: if run_id.is_some() { "run" } else { "manual" }.to_owned(),
                 run_id,
-                rule_version: r.try_get(4)?,
-                position: r.try_get(5)?,
-            })
-        })
-        .collect()
+                rule_version,
+                position,
+            });
+        }
+    }
+    Ok(items)
 }
 
 fn run_view(r: &tokio_postgres::Row) -> Result<RunView, QueryError> {

@@ -18,7 +18,9 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::aggregate::TagRun;
-use super::events::{AppliedTag, RunOutcome, RunRequest, SubjectChange, TagRunEvent, TagRunStats};
+use super::events::{
+    AppliedTag, KindSchema, RunOutcome, RunRequest, SubjectChange, TagRunEvent, TagRunStats,
+};
 use super::metrics::TAGGING;
 use super::projection::{SUBJECT_ATTRIBUTES, SUBJECT_KINDS, SUBJECT_TAGS, TAGS};
 use super::rules::{self, AttrType, SqlParam};
@@ -178,14 +180,13 @@ struct Plan {
 fn plan(
     tenant: &str,
     request: &RunRequest,
+    schema: &KindSchema,
     scope: Option<&[String]>,
     recomputed: &[(i32, rules::Rule)],
-    covered: &[i32],
 ) -> Plan {
     let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
         Box::new(tenant.to_owned()),
         Box::new(request.subject_kind.clone()),
-        Box::new(covered.to_vec()),
     ];
     // A scope of ids drives the statement from them (an index lookup each): an
     // incremental run touches what changed, and no estimate can turn that into a scan
@@ -202,9 +203,31 @@ fn plan(
         }
         None => "subject_attributes sc".to_owned(),
     };
+    // Each field a rule reads is extracted once per subject (the `OFFSET 0` keeps the
+    // planner from folding the subquery back and extracting per condition).
+    let mut fields: Vec<(&str, AttrType)> = Vec::new();
+    for (_, rule) in recomputed {
+        for f in rule.fields() {
+            if let Some(ty) = schema.type_of(f) {
+                if !fields.iter().any(|(n, _)| *n == f) {
+                    fields.push((f, ty));
+                }
+            }
+        }
+    }
+    let extract = if fields.is_empty() {
+        "SELECT 1 AS none".to_owned()
+    } else {
+        let list: Vec<String> = fields
+            .iter()
+            .map(|(name, ty)| format!("{} AS \"{name}\"", field_sql(name, *ty)))
+            .collect();
+        format!("SELECT {}", list.join(", "))
+    };
+    let field_ref = |name: &str, _: AttrType| format!("f.\"{name}\"");
     let mut cases = Vec::new();
     for (id, rule) in recomputed {
-        let compiled = rules::compile(rule, &field_sql, request.as_of, params.len() + 1);
+        let compiled = rules::compile(rule, &field_ref, request.as_of, params.len() + 1);
         params.extend(compiled.params.iter().map(to_sql));
         cases.push(format!("CASE WHEN {} THEN {id} END", compiled.sql));
     }
@@ -213,23 +236,14 @@ fn plan(
     } else {
         format!("array_remove(ARRAY[{}]::int[], NULL)", cases.join(", "))
     };
+    // The difference with the current tags is computed by the caller, per row in memory.
     let sql = format!(
-        "WITH eval AS (
-            SELECT sc.subject_id, {matched} AS matched
-              FROM {from}
-             WHERE sc.tenant_id = $1 AND sc.kind = $2 AND sc.is_subject)
-         SELECT e.subject_id, e.matched,
-                ARRAY(SELECT unnest(e.matched)
-                      EXCEPT SELECT x::int FROM jsonb_array_elements_text(e.current) x) AS added,
-                ARRAY(SELECT x::int FROM jsonb_array_elements_text(e.current) x
-                       WHERE x::int = ANY($3::int[])
-                      EXCEPT SELECT unnest(e.matched)) AS removed
-           FROM (SELECT eval.*,
-                        -- by primary key, whatever the statistics of a fresh table say
-                        (SELECT t.tag_ids FROM subject_tags t
-                          WHERE t.tenant_id = $1 AND t.kind = $2
-                            AND t.subject_id = eval.subject_id) AS current
-                   FROM eval) e"
+        "SELECT sc.subject_id, {matched} AS matched,
+                (SELECT t.tag_ids::text FROM subject_tags t
+                  WHERE t.tenant_id = $1 AND t.kind = $2 AND t.subject_id = sc.subject_id)
+           FROM {from}
+          CROSS JOIN LATERAL ({extract} OFFSET 0) f
+          WHERE sc.tenant_id = $1 AND sc.kind = $2 AND sc.is_subject"
     );
     Plan { sql, params }
 }
@@ -349,7 +363,7 @@ async fn execute(
         }
         (None, None) => None,
     };
-    let plan = plan(tenant, request, scope.as_deref(), &recomputed, &covered);
+    let plan = plan(tenant, request, &schema, scope.as_deref(), &recomputed);
     job.progress.set(json!({"phase": "evaluating"}));
     let params: Vec<&(dyn ToSql + Sync)> = plan
         .params
@@ -366,9 +380,24 @@ async fn execute(
     let mut staged = 0;
     while let Some(row) = rows.try_next().await? {
         outcome.subjects_evaluated += 1;
-        let matched: Vec<i32> = row.try_get(1)?;
-        let added: Vec<i32> = row.try_get(2)?;
-        let removed: Vec<i32> = row.try_get(3)?;
+        let mut matched: Vec<i32> = row.try_get(1)?;
+        matched.sort_unstable();
+        let current: Vec<i32> = match row.try_get::<_, Option<&str>>(2)? {
+            Some(text) => serde_json::from_str(text)?,
+            None => Vec::new(),
+        };
+        // Both sorted: matched tags not held are added; held tags this run decides and
+        // did not match are removed.
+        let added: Vec<i32> = matched
+            .iter()
+            .filter(|t| current.binary_search(t).is_err())
+            .copied()
+            .collect();
+        let removed: Vec<i32> = current
+            .iter()
+            .filter(|t| covered.binary_search(t).is_ok() && matched.binary_search(t).is_err())
+            .copied()
+            .collect();
         for t in &matched {
             if let Some(s) = outcome.per_tag.get_mut(t) {
                 s.matched += 1;

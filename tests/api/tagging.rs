@@ -733,7 +733,8 @@ async fn rebuilt_tagging_read_models_equal_the_live_ones() {
     assert_eq!(v["state"], "succeeded");
     let tables = [
         ("subject_tags", "SELECT concat_ws('|', tenant_id, kind, subject_id, tag_ids, tag_details, created_at, updated_at) FROM subject_tags"),
-        ("subject_tags", "SELECT concat_ws('|', subject_id, tag_id, action, at, run_id, rule_version, position) FROM subject_tag_history"),
+        ("subject_tags", "SELECT concat_ws('|', subject_id, position, at, run_id, added, removed) FROM subject_tag_history"),
+        ("subject_tags", "SELECT concat_ws('|', position, run_id, tags) FROM tag_change_sets"),
         ("subject_attributes", "SELECT concat_ws('|', subject_id, is_subject, attrs) FROM subject_attributes"),
         ("subject_attributes", "SELECT concat_ws('|', subject_id, source, updated_time) FROM subject_sources"),
         ("tags", "SELECT concat_ws('|', id, code, rule, rule_version, retired, version, created_at, updated_at) FROM tags"),
@@ -802,4 +803,71 @@ async fn a_run_found_running_after_a_restart_is_run_again_without_doing_anything
     assert_eq!(again["tags_added"], v["tags_added"]);
     assert_eq!(events(app.conn.clone()).await, before);
     assert_eq!(ids(&tags_of(&app, "u1").await).len(), 1);
+}
+
+#[actix_web::test]
+async fn a_run_interrupted_before_its_commit_runs_again_from_the_start_after_a_restart() {
+    use cloudlens::eventstore::{codec, StreamEvents};
+    use cloudlens::tagging::events::{RunRequest, TagRunEvent};
+    let app = seeded_app().await;
+    rule_tag(
+        &app,
+        "lvl",
+        json!([{"field": "user_level", "operator": ">", "value": 2}]),
+    )
+    .await;
+    let conn = app.conn.clone();
+    app.handle.stop(true).await;
+    app.background.stop_background().await;
+    // The state a crash leaves behind when it hits a run before its commit: the request
+    // is in the log, its job is `running`, none of its changes are.
+    let run_id = uuid::Uuid::now_v7();
+    let requested = codec::encode(&TagRunEvent::TagRunRequested(RunRequest {
+        subject_kind: "user".into(),
+        tag_ids: None,
+        subject_ids: None,
+        changed_within_days: None,
+        as_of: chrono::Utc::now(),
+    }))
+    .unwrap();
+    let appended = store(&conn, 1)
+        .append_streams(
+            "default",
+            &json!({}),
+            &[StreamEvents {
+                stream_type: "tag_run",
+                stream_id: run_id,
+                expected_version: 0,
+                events: vec![requested],
+            }],
+        )
+        .await
+        .unwrap();
+    cloudlens::db::connect(&conn)
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO jobs (id, tenant_id, kind, params, position, state, attempts, requested_at, started_at)
+             SELECT $1, 'default', 'tagging.run', payload, $2, 'running', 1, now(), now()
+               FROM events WHERE stream_id = $1",
+            &[&run_id, &appended[0].position],
+        )
+        .await
+        .unwrap();
+    let app = spawn_app_on(conn.clone(), test_settings()).await;
+    let v = eventually(Duration::from_secs(30), || async {
+        let v = body(app.get(&format!("/api/v1/tagging/runs/{run_id}")).await).await;
+        (v["state"] == "succeeded").then_some(v)
+    })
+    .await
+    .expect("the interrupted run is run again");
+    assert_eq!(v["restarts"], 1, "{v}");
+    assert_eq!(v["tags_added"], 2, "u1 and u3 have level > 2: {v}");
+    assert_eq!(ids(&tags_of(&app, "u3").await).len(), 1);
+    let completions = count(
+        &conn,
+        "SELECT count(*) FROM events WHERE stream_type = 'tag_run' AND event_type = 'TagRunCompleted'",
+    )
+    .await;
+    assert_eq!(completions, 1);
 }
