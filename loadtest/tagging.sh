@@ -68,10 +68,11 @@ import_csv() { # SOURCE FILE
   local t0 res pos rows t1
   t0=$(now)
   res=$(curl -sf -H 'Content-Type: text/csv' --data-binary "@$2" "$URL/api/v1/subjects/user/import?source=$1")
+  ack=$(now)
   pos=$(jq -r .position <<<"$res"); rows=$(jq -r .rows <<<"$res")
   until curl -sf -o /dev/null "$URL/api/v1/subjects/user?limit=1&min_position=$pos"; do :; done
   t1=$(now)
-  echo "import $1 ($(basename "$2")): $rows rows in $(secs "$t0" "$t1") s = $(awk -v r="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", r / (b - a) }') rows/s (acknowledged after $(jq -r .import_id <<<"$res" | cut -c1-8)…)"
+  echo "import $1 ($(basename "$2")): $rows rows in $(secs "$t0" "$t1") s = $(awk -v r="$rows" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", r / (b - a) }') rows/s until visible to rules (request answered after $(secs "$t0" "$ack") s)"
 }
 
 echo "== imports ($USERS users)"

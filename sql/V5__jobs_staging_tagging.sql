@@ -53,26 +53,20 @@ CREATE TABLE subject_kinds (
 );
 
 -- One merged record per subject id: attributes of every source (a null is an absent
--- key), and whether the id is in the kind's primary source (only then is it a subject).
+-- key), whether the id is in the kind's primary source (only then is it a subject), each
+-- source's `updated_time`, and the latest of them ever seen (`max_updated`, which only
+-- grows): the index that finds the subjects an incremental run covers.
 CREATE TABLE subject_attributes (
-    tenant_id  text    NOT NULL,
-    kind       text    NOT NULL,
-    subject_id text    NOT NULL,
-    is_subject boolean NOT NULL,
-    attrs      jsonb   NOT NULL,
-    PRIMARY KEY (tenant_id, kind, subject_id)
-);
-
--- Per subject and source, the source row's `updated_time`: the scope of incremental runs.
-CREATE TABLE subject_sources (
     tenant_id    text        NOT NULL,
     kind         text        NOT NULL,
     subject_id   text        NOT NULL,
-    source       text        NOT NULL,
-    updated_time timestamptz NOT NULL,
-    PRIMARY KEY (tenant_id, kind, subject_id, source)
+    is_subject   boolean     NOT NULL,
+    attrs        jsonb       NOT NULL,
+    source_times jsonb       NOT NULL,
+    max_updated  timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, kind, subject_id)
 );
-CREATE INDEX subject_sources_changed ON subject_sources (tenant_id, kind, updated_time);
+CREATE INDEX subject_attributes_updated ON subject_attributes (tenant_id, kind, max_updated);
 
 CREATE TABLE tag_categories (
     tenant_id  text        NOT NULL,
@@ -102,13 +96,15 @@ CREATE TABLE tags (
 CREATE INDEX tags_by_kind ON tags (tenant_id, subject_kind, id);
 
 -- Tags per subject: `tag_ids` a sorted JSONB array of ints (GIN for the tag filters),
--- `tag_details` keyed by tag id.
+-- `assigned` the position of the event that assigned each (`{"<id>": position}`): the
+-- tag details (code, name, category, rule version, time) are those of that event, kept
+-- once per event in `tag_change_sets`, not copied into every subject.
 CREATE TABLE subject_tags (
     tenant_id   text        NOT NULL,
     kind        text        NOT NULL,
     subject_id  text        NOT NULL,
     tag_ids     jsonb       NOT NULL,
-    tag_details jsonb       NOT NULL,
+    assigned    jsonb       NOT NULL,
     created_at  timestamptz NOT NULL,
     updated_at  timestamptz NOT NULL,
     PRIMARY KEY (tenant_id, kind, subject_id)
@@ -130,8 +126,9 @@ CREATE INDEX subject_tag_history_subject ON subject_tag_history (tenant_id, kind
 
 -- The tags (code, name, category, rule version) as each change event applied them.
 CREATE TABLE tag_change_sets (
-    tenant_id text   NOT NULL,
-    position  bigint PRIMARY KEY,
+    tenant_id text        NOT NULL,
+    position  bigint      PRIMARY KEY,
+    at        timestamptz NOT NULL,
     run_id    uuid,
-    tags      jsonb  NOT NULL
+    tags      jsonb       NOT NULL
 );

@@ -108,7 +108,7 @@ pub fn context() -> BoundedContext {
                 Arc::new(Typed(projection::SubjectKindsProjector)),
                 Arc::new(Typed(projection::TagCategoriesProjector)),
                 Arc::new(Typed(projection::TagsProjector)),
-                Arc::new(Typed(projection::SubjectAttributesProjector)),
+                Arc::new(projection::SubjectAttributesProjector),
                 Arc::new(projection::SubjectTagsProjector),
             ]
         },

@@ -2,9 +2,8 @@
 //!
 //! - `subject_kinds`, `tag_categories`, `tags`: the definitions (few rows, written per
 //!   event);
-//! - `subject_attributes`: import batches merged into one record per subject
-//!   (`subject_attributes`) and the per-source `updated_time` (`subject_sources`), one
-//!   multi-row statement per batch of ~1,000 rows;
+//! - `subject_attributes`: import batches merged into one record per subject, with each
+//!   source's `updated_time`, one multi-row statement per batch of ~1,000 rows;
 //! - `subject_tags`: the tag changes of runs and manual tags, folded per batch in memory
 //!   and written with one staged upsert, plus the history (`subject_tag_history`, one row
 //!   per subject and event) and each event's tags (`tag_change_sets`).
@@ -19,8 +18,8 @@ use std::collections::BTreeMap;
 
 use super::aggregate::{SubjectImport, SubjectKind, SubjectManualTags, Tag, TagCategory, TagRun};
 use super::events::{
-    AppliedTag, KindSchema, ManualTagEvent, SubjectChange, SubjectImportEvent, SubjectKindEvent,
-    TagCategoryEvent, TagEvent, TagRunEvent,
+    AppliedTag, KindSchema, ManualTagEvent, SubjectChange, SubjectKindEvent, TagCategoryEvent,
+    TagEvent, TagRunEvent,
 };
 use crate::eventstore::{codec, RecordedEvent};
 use crate::pipeline::EventSourced;
@@ -299,47 +298,50 @@ static ATTRIBUTES_MODEL: ReadModel = ReadModel {
         col("subject_id", Type::TEXT),
         col("is_subject", Type::BOOL),
         col("attrs", Type::JSONB),
-    ],
-    keep_on_update: &[],
-    newer: None,
-};
-
-static SOURCES_MODEL: ReadModel = ReadModel {
-    table: "subject_sources",
-    key: &["tenant_id", "kind", "subject_id", "source"],
-    columns: &[
-        col("tenant_id", Type::TEXT),
-        col("kind", Type::TEXT),
-        col("subject_id", Type::TEXT),
-        col("source", Type::TEXT),
-        col("updated_time", Type::TIMESTAMPTZ),
+        col("source_times", Type::JSONB),
+        col("max_updated", Type::TIMESTAMPTZ),
     ],
     keep_on_update: &[],
     newer: None,
 };
 
 /// A source row replaces that source's columns of the subject: the file's columns are
-/// removed first (a null is an absent key), then its non-null values merged in.
+/// removed first (a null is an absent key), then its non-null values merged in; the
+/// source's `updated_time` is recorded. The batch's payload goes to PostgreSQL as it is
+/// stored and is unpacked there: the rows are never decoded into Rust values and encoded
+/// again.
 const MERGE_ATTRIBUTES_SQL: &str = "\
-INSERT INTO subject_attributes AS s (tenant_id, kind, subject_id, is_subject, attrs)
-SELECT $1, $2, u.id, $3, u.attrs FROM unnest($5::text[], $6::jsonb[]) AS u(id, attrs)
+WITH ev AS (SELECT $2::jsonb AS p)
+INSERT INTO subject_attributes AS s
+       (tenant_id, kind, subject_id, is_subject, attrs, source_times, max_updated)
+SELECT $1, ev.p ->> 'kind', r ->> 'id', (ev.p ->> 'primary')::boolean, r -> 'attrs',
+       jsonb_build_object(ev.p ->> 'source', r -> 'updated_time'),
+       (r ->> 'updated_time')::timestamptz
+  FROM ev, jsonb_array_elements(ev.p -> 'rows') r
 ON CONFLICT (tenant_id, kind, subject_id) DO UPDATE
-   SET attrs = (s.attrs - $4::text[]) || EXCLUDED.attrs,
-       is_subject = s.is_subject OR EXCLUDED.is_subject";
+   SET attrs = (s.attrs - (SELECT ARRAY(SELECT jsonb_array_elements_text(ev.p -> 'columns'))
+                             FROM ev)) || EXCLUDED.attrs,
+       is_subject = s.is_subject OR EXCLUDED.is_subject,
+       source_times = s.source_times || EXCLUDED.source_times,
+       max_updated = greatest(s.max_updated, EXCLUDED.max_updated)";
 
-const MERGE_SOURCES_SQL: &str = "\
-INSERT INTO subject_sources (tenant_id, kind, subject_id, source, updated_time)
-SELECT $1, $2, u.id, $3, u.t FROM unnest($4::text[], $5::timestamptz[]) AS u(id, t)
-ON CONFLICT (tenant_id, kind, subject_id, source) DO UPDATE
-   SET updated_time = EXCLUDED.updated_time";
-
+/// Import batches, applied in PostgreSQL: a `Projection` over the raw events, so the
+/// thousand rows of each are not decoded here (their shape is `events::RowsImported`).
 pub struct SubjectAttributesProjector;
 
 #[async_trait]
-impl Projector for SubjectAttributesProjector {
-    type Aggregate = SubjectImport;
-    const NAME: &'static str = SUBJECT_ATTRIBUTES;
-    const READ_MODELS: &'static [&'static ReadModel] = &[&ATTRIBUTES_MODEL, &SOURCES_MODEL];
+impl Projection for SubjectAttributesProjector {
+    fn name(&self) -> &'static str {
+        SUBJECT_ATTRIBUTES
+    }
+
+    fn stream_types(&self) -> &[&'static str] {
+        &[SubjectImport::STREAM_TYPE]
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        vec![ATTRIBUTES_MODEL.table]
+    }
 
     fn options(&self) -> ProjectorOptions {
         // Import events are large (1,000 rows each): fewer per batch.
@@ -349,47 +351,24 @@ impl Projector for SubjectAttributesProjector {
         }
     }
 
-    /// One statement pair per import batch (ids are distinct within a batch).
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: Vec<Envelope<SubjectImportEvent>>,
-    ) -> anyhow::Result<()> {
+    /// One statement per import batch (ids are distinct within a batch, not across).
+    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let merge = tx.prepare(MERGE_ATTRIBUTES_SQL).await?;
-        let sources = tx.prepare(MERGE_SOURCES_SQL).await?;
-        for e in events {
-            let SubjectImportEvent::RowsImported(batch) = e.event else {
-                continue;
-            };
-            let mut ids = Vec::with_capacity(batch.rows.len());
-            let mut attrs = Vec::with_capacity(batch.rows.len());
-            let mut times = Vec::with_capacity(batch.rows.len());
-            for r in batch.rows {
-                ids.push(r.id);
-                attrs.push(Value::Object(r.attrs));
-                times.push(r.updated_time);
-            }
-            tx.execute(
-                &merge,
-                &[
-                    &e.tenant_id,
-                    &batch.kind,
-                    &batch.primary,
-                    &batch.columns,
-                    &ids,
-                    &attrs,
-                ],
-            )
-            .await?;
-            tx.execute(
-                &sources,
-                &[&e.tenant_id, &batch.kind, &batch.source, &ids, &times],
-            )
-            .await?;
+        for e in events.iter().filter(|e| e.event_type == ROWS_IMPORTED) {
+            anyhow::ensure!(
+                e.schema_version == 1,
+                "RowsImported v{} has no upcaster",
+                e.schema_version
+            );
+            let payload = tokio_postgres::types::Json(&e.payload);
+            tx.execute(&merge, &[&e.tenant_id, &payload]).await?;
         }
         Ok(())
     }
 }
+
+/// `event_type` of `SubjectImportEvent::RowsImported`.
+const ROWS_IMPORTED: &str = "RowsImported";
 
 static SUBJECT_TAGS_MODEL: ReadModel = ReadModel {
     table: "subject_tags",
@@ -399,7 +378,7 @@ static SUBJECT_TAGS_MODEL: ReadModel = ReadModel {
         col("kind", Type::TEXT),
         col("subject_id", Type::TEXT),
         col("tag_ids", Type::JSONB),
-        col("tag_details", Type::JSONB),
+        col("assigned", Type::JSONB),
         col("created_at", Type::TIMESTAMPTZ),
         col("updated_at", Type::TIMESTAMPTZ),
     ],
@@ -430,6 +409,7 @@ static CHANGE_SETS_MODEL: ReadModel = ReadModel {
     columns: &[
         col("tenant_id", Type::TEXT),
         col("position", Type::INT8),
+        col("at", Type::TIMESTAMPTZ),
         col("run_id", Type::UUID),
         col("tags", Type::JSONB),
     ],
@@ -439,13 +419,14 @@ static CHANGE_SETS_MODEL: ReadModel = ReadModel {
 
 /// The current tags of the subjects a batch touches, by primary key.
 const CURRENT_TAGS_SQL: &str = "\
-SELECT subject_id, tag_ids, tag_details, created_at, updated_at FROM subject_tags
+SELECT subject_id, tag_ids, assigned, created_at, updated_at FROM subject_tags
  WHERE tenant_id = $1 AND kind = $2 AND subject_id = ANY($3)";
 
 /// A subject's tags while a batch is applied.
 struct TagSet {
     ids: std::collections::BTreeSet<i32>,
-    details: serde_json::Map<String, Value>,
+    /// Tag id → position of the event that assigned it.
+    assigned: serde_json::Map<String, Value>,
     created_at: Option<DateTime<Utc>>,
     updated_at: Option<DateTime<Utc>>,
 }
@@ -455,7 +436,7 @@ struct SubjectTagsRow {
     kind: String,
     subject_id: String,
     tag_ids: Value,
-    tag_details: Value,
+    assigned: Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -467,7 +448,7 @@ impl Row for SubjectTagsRow {
             &self.kind,
             &self.subject_id,
             &self.tag_ids,
-            &self.tag_details,
+            &self.assigned,
             &self.created_at,
             &self.updated_at,
         ]
@@ -503,13 +484,20 @@ impl Row for HistoryRow {
 struct ChangeSetRow {
     tenant_id: String,
     position: i64,
+    at: DateTime<Utc>,
     run_id: Option<uuid::Uuid>,
     tags: Value,
 }
 
 impl Row for ChangeSetRow {
     fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
-        vec![&self.tenant_id, &self.position, &self.run_id, &self.tags]
+        vec![
+            &self.tenant_id,
+            &self.position,
+            &self.at,
+            &self.run_id,
+            &self.tags,
+        ]
     }
 }
 
@@ -651,13 +639,13 @@ impl Projection for SubjectTagsProjector {
             ids.dedup();
             for r in tx.query(CURRENT_TAGS_SQL, &[&tenant, &kind, &ids]).await? {
                 let tag_ids: tokio_postgres::types::Json<Vec<i32>> = r.try_get(1)?;
-                let details: tokio_postgres::types::Json<serde_json::Map<String, Value>> =
+                let assigned: tokio_postgres::types::Json<serde_json::Map<String, Value>> =
                     r.try_get(2)?;
                 sets.insert(
                     (tenant.clone(), kind.clone(), r.try_get(0)?),
                     TagSet {
                         ids: tag_ids.0.into_iter().collect(),
-                        details: details.0,
+                        assigned: assigned.0,
                         created_at: Some(r.try_get(3)?),
                         updated_at: Some(r.try_get(4)?),
                     },
@@ -669,24 +657,13 @@ impl Projection for SubjectTagsProjector {
         let mut change_sets = Vec::new();
         let mut touched: Vec<SubjectKey> = Vec::new();
         for c in decoded {
-            let details: BTreeMap<i32, Value> = c
-                .tags
-                .iter()
-                .map(|(id, t)| {
-                    (
-                        *id,
-                        json!({"code": t.code, "name": t.name, "category": t.category,
-                               "rule_version": t.rule_version, "assigned_at": c.at}),
-                    )
-                })
-                .collect();
             for change in c.changes {
                 let key = (c.tenant_id.clone(), c.kind.clone(), change.subject_id);
                 let set = sets.entry(key.clone()).or_insert_with(|| {
                     touched.push(key.clone());
                     TagSet {
                         ids: Default::default(),
-                        details: Default::default(),
+                        assigned: Default::default(),
                         created_at: None,
                         updated_at: None,
                     }
@@ -694,12 +671,11 @@ impl Projection for SubjectTagsProjector {
                 let before = set.ids.clone();
                 for t in &change.removed {
                     set.ids.remove(t);
-                    set.details.remove(&t.to_string());
+                    set.assigned.remove(&t.to_string());
                 }
                 for t in &change.added {
-                    set.ids.insert(*t);
-                    if let Some(d) = details.get(t) {
-                        set.details.insert(t.to_string(), d.clone());
+                    if set.ids.insert(*t) {
+                        set.assigned.insert(t.to_string(), json!(c.position));
                     }
                 }
                 if set.ids != before {
@@ -721,6 +697,7 @@ impl Projection for SubjectTagsProjector {
             change_sets.push(ChangeSetRow {
                 tenant_id: c.tenant_id,
                 position: c.position,
+                at: c.at,
                 run_id: c.run_id,
                 tags: serde_json::to_value(&c.tags)?,
             });
@@ -739,7 +716,7 @@ impl Projection for SubjectTagsProjector {
                     kind: key.1,
                     subject_id: key.2,
                     tag_ids: json!(set.ids),
-                    tag_details: Value::Object(set.details),
+                    assigned: Value::Object(set.assigned),
                     created_at,
                     updated_at,
                 })

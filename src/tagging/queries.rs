@@ -41,9 +41,16 @@ const TAGS_SQL: &str = concat!(
         AND ($3::text IS NULL OR subject_kind = $3) AND ($4::text IS NULL OR tag_kind = $4)
         AND (NOT retired OR $5) ORDER BY id"
 );
+/// The details of each tag are those of the event that assigned it.
 const SUBJECT_TAGS_SQL: &str = "\
-SELECT tag_ids, tag_details, created_at, updated_at FROM subject_tags
- WHERE tenant_id = $1 AND kind = $2 AND subject_id = $3";
+SELECT t.tag_ids,
+       (SELECT coalesce(jsonb_object_agg(a.key, (c.tags -> a.key)
+                          || jsonb_build_object('assigned_at', c.at)), '{}'::jsonb)
+          FROM jsonb_each(t.assigned) a
+          JOIN tag_change_sets c ON c.position = a.value::bigint),
+       t.created_at, t.updated_at
+  FROM subject_tags t
+ WHERE t.tenant_id = $1 AND t.kind = $2 AND t.subject_id = $3";
 const SUBJECT_SQL: &str = "\
 SELECT is_subject, attrs FROM subject_attributes
  WHERE tenant_id = $1 AND kind = $2 AND subject_id = $3";

@@ -41,10 +41,13 @@ const TAGS_SQL: &str = "\
 SELECT id, code, name, category, tag_kind, rule, rule_version, retired FROM tags
  WHERE tenant_id = $1 AND subject_kind = $2 ORDER BY id";
 
-/// Subjects with a source row updated in the window (the incremental scope).
+/// Subjects with a source row updated in the window (the incremental scope): candidates
+/// by the index on the latest update ever seen, then the exact check per source.
 const CHANGED_SQL: &str = "\
-SELECT DISTINCT subject_id FROM subject_sources
- WHERE tenant_id = $1 AND kind = $2 AND updated_time BETWEEN $3 AND $4";
+SELECT subject_id FROM subject_attributes
+ WHERE tenant_id = $1 AND kind = $2 AND max_updated >= $3
+   AND EXISTS (SELECT 1 FROM jsonb_each_text(source_times) t
+                WHERE t.value::timestamptz BETWEEN $3 AND $4)";
 
 struct TagRow {
     id: i32,
@@ -237,12 +240,26 @@ fn plan(
         format!("array_remove(ARRAY[{}]::int[], NULL)", cases.join(", "))
     };
     // The difference with the current tags is computed by the caller, per row in memory.
+    // Current tags: for a scope of ids, by primary key each; for all subjects, one join
+    // (the caller runs it with nested loops off, so it is a hash or merge join).
+    let (current, join) = if scope.is_some() {
+        (
+            "(SELECT t.tag_ids::text FROM subject_tags t
+               WHERE t.tenant_id = $1 AND t.kind = $2 AND t.subject_id = sc.subject_id)",
+            "",
+        )
+    } else {
+        (
+            "t.tag_ids::text",
+            "LEFT JOIN subject_tags t
+               ON t.tenant_id = sc.tenant_id AND t.kind = sc.kind AND t.subject_id = sc.subject_id",
+        )
+    };
     let sql = format!(
-        "SELECT sc.subject_id, {matched} AS matched,
-                (SELECT t.tag_ids::text FROM subject_tags t
-                  WHERE t.tenant_id = $1 AND t.kind = $2 AND t.subject_id = sc.subject_id)
+        "SELECT sc.subject_id, {matched} AS matched, {current}
            FROM {from}
           CROSS JOIN LATERAL ({extract} OFFSET 0) f
+          {join}
           WHERE sc.tenant_id = $1 AND sc.kind = $2 AND sc.is_subject"
     );
     Plan { sql, params }
@@ -262,7 +279,7 @@ async fn execute(
         env.wait_for(name, job.position, CATCH_UP).await?;
         job.check_stop()?;
     }
-    let client = crate::db::connect(&env.conn).await?;
+    let mut client = crate::db::connect(&env.conn).await?;
     let tenant = job.tenant_id.as_str();
     let kind = request.subject_kind.as_str();
     let row = client
@@ -370,7 +387,13 @@ async fn execute(
         .iter()
         .map(|p| &**p as &(dyn ToSql + Sync))
         .collect();
-    let rows = client.query_raw(&plan.sql, params).await?;
+    // A read-only transaction (no transaction id: the writer protocol is not involved)
+    // so the planner setting stays local to this statement.
+    let tx = client.transaction().await?;
+    if scope.is_none() {
+        tx.batch_execute("SET LOCAL enable_nestloop = off").await?;
+    }
+    let rows = tx.query_raw(&plan.sql, params).await?;
     pin_mut!(rows);
     let mut outcome = RunOutcome::default();
     for id in &covered {

@@ -732,11 +732,10 @@ async fn rebuilt_tagging_read_models_equal_the_live_ones() {
     let v = run(&app, json!({"subject_kind": "user"})).await;
     assert_eq!(v["state"], "succeeded");
     let tables = [
-        ("subject_tags", "SELECT concat_ws('|', tenant_id, kind, subject_id, tag_ids, tag_details, created_at, updated_at) FROM subject_tags"),
+        ("subject_tags", "SELECT concat_ws('|', tenant_id, kind, subject_id, tag_ids, assigned, created_at, updated_at) FROM subject_tags"),
         ("subject_tags", "SELECT concat_ws('|', subject_id, position, at, run_id, added, removed) FROM subject_tag_history"),
-        ("subject_tags", "SELECT concat_ws('|', position, run_id, tags) FROM tag_change_sets"),
-        ("subject_attributes", "SELECT concat_ws('|', subject_id, is_subject, attrs) FROM subject_attributes"),
-        ("subject_attributes", "SELECT concat_ws('|', subject_id, source, updated_time) FROM subject_sources"),
+        ("subject_tags", "SELECT concat_ws('|', position, at, run_id, tags) FROM tag_change_sets"),
+        ("subject_attributes", "SELECT concat_ws('|', subject_id, is_subject, attrs, source_times, max_updated) FROM subject_attributes"),
         ("tags", "SELECT concat_ws('|', id, code, rule, rule_version, retired, version, created_at, updated_at) FROM tags"),
         ("subject_kinds", "SELECT concat_ws('|', kind, attributes, version) FROM subject_kinds"),
     ];
