@@ -109,7 +109,10 @@ CREATE TABLE subject_tags (
     updated_at  timestamptz NOT NULL,
     PRIMARY KEY (tenant_id, kind, subject_id)
 );
-CREATE INDEX subject_tags_ids ON subject_tags USING gin (tag_ids jsonb_path_ops);
+-- A larger pending list: a run's bulk upsert appends to it and merges it in big sorted
+-- steps instead of every 4 MB.
+CREATE INDEX subject_tags_ids ON subject_tags USING gin (tag_ids jsonb_path_ops)
+    WITH (gin_pending_list_limit = 32768);
 
 -- Every change of a subject's tags, with its cause: one row per subject and event.
 CREATE TABLE subject_tag_history (

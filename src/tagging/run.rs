@@ -41,13 +41,17 @@ const TAGS_SQL: &str = "\
 SELECT id, code, name, category, tag_kind, rule, rule_version, retired FROM tags
  WHERE tenant_id = $1 AND subject_kind = $2 ORDER BY id";
 
-/// Subjects with a source row updated in the window (the incremental scope): candidates
-/// by the index on the latest update ever seen, then the exact check per source.
-const CHANGED_SQL: &str = "\
-SELECT subject_id FROM subject_attributes
- WHERE tenant_id = $1 AND kind = $2 AND max_updated >= $3
-   AND EXISTS (SELECT 1 FROM jsonb_each_text(source_times) t
-                WHERE t.value::timestamptz BETWEEN $3 AND $4)";
+/// Which subjects a run evaluates.
+enum Scope {
+    All,
+    /// The given ids (distinct).
+    Ids(Vec<String>),
+    /// Subjects with a source row updated in `[from, to]`.
+    Changed {
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    },
+}
 
 struct TagRow {
     id: i32,
@@ -184,7 +188,7 @@ fn plan(
     tenant: &str,
     request: &RunRequest,
     schema: &KindSchema,
-    scope: Option<&[String]>,
+    scope: &Scope,
     recomputed: &[(i32, rules::Rule)],
 ) -> Plan {
     let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
@@ -194,17 +198,35 @@ fn plan(
     // A scope of ids drives the statement from them (an index lookup each): an
     // incremental run touches what changed, and no estimate can turn that into a scan
     // per subject (the change window lies beyond the statistics of fresh imports).
-    let from = match scope {
-        Some(ids) => {
+    let (from, window) = match scope {
+        Scope::Ids(ids) => {
             params.push(Box::new(ids.to_vec()));
-            format!(
-                "unnest(${}::text[]) AS s(id)
-                 JOIN subject_attributes sc
-                   ON sc.tenant_id = $1 AND sc.kind = $2 AND sc.subject_id = s.id",
-                params.len()
+            (
+                format!(
+                    "unnest(${}::text[]) AS s(id)
+                     JOIN subject_attributes sc
+                       ON sc.tenant_id = $1 AND sc.kind = $2 AND sc.subject_id = s.id",
+                    params.len()
+                ),
+                String::new(),
             )
         }
-        None => "subject_attributes sc".to_owned(),
+        // Candidates by the index on the latest update ever seen, then the exact check
+        // per source.
+        Scope::Changed { from, to } => {
+            params.push(Box::new(*from));
+            params.push(Box::new(*to));
+            let (lo, hi) = (params.len() - 1, params.len());
+            (
+                "subject_attributes sc".to_owned(),
+                format!(
+                    " AND sc.max_updated >= ${lo}
+                      AND EXISTS (SELECT 1 FROM jsonb_each_text(sc.source_times) u
+                                   WHERE u.value::timestamptz BETWEEN ${lo} AND ${hi})"
+                ),
+            )
+        }
+        Scope::All => ("subject_attributes sc".to_owned(), String::new()),
     };
     // Each field a rule reads is extracted once per subject (the `OFFSET 0` keeps the
     // planner from folding the subquery back and extracting per condition).
@@ -242,7 +264,7 @@ fn plan(
     // The difference with the current tags is computed by the caller, per row in memory.
     // Current tags: for a scope of ids, by primary key each; for all subjects, one join
     // (the caller runs it with nested loops off, so it is a hash or merge join).
-    let (current, join) = if scope.is_some() {
+    let (current, join) = if !matches!(scope, Scope::All) {
         (
             "(SELECT t.tag_ids::text FROM subject_tags t
                WHERE t.tenant_id = $1 AND t.kind = $2 AND t.subject_id = sc.subject_id)",
@@ -260,7 +282,7 @@ fn plan(
            FROM {from}
           CROSS JOIN LATERAL ({extract} OFFSET 0) f
           {join}
-          WHERE sc.tenant_id = $1 AND sc.kind = $2 AND sc.is_subject"
+          WHERE sc.tenant_id = $1 AND sc.kind = $2 AND sc.is_subject{window}"
     );
     Plan { sql, params }
 }
@@ -365,22 +387,15 @@ async fn execute(
             let mut ids = ids.clone();
             ids.sort_unstable();
             ids.dedup();
-            Some(ids)
+            Scope::Ids(ids)
         }
-        (None, Some(days)) => {
-            let lo = request.as_of - chrono::Duration::days(i64::from(days));
-            let rows = client
-                .query(CHANGED_SQL, &[&tenant, &kind, &lo, &request.as_of])
-                .await?;
-            Some(
-                rows.iter()
-                    .map(|r| r.try_get(0))
-                    .collect::<Result<Vec<String>, _>>()?,
-            )
-        }
-        (None, None) => None,
+        (None, Some(days)) => Scope::Changed {
+            from: request.as_of - chrono::Duration::days(i64::from(days)),
+            to: request.as_of,
+        },
+        (None, None) => Scope::All,
     };
-    let plan = plan(tenant, request, &schema, scope.as_deref(), &recomputed);
+    let plan = plan(tenant, request, &schema, &scope, &recomputed);
     job.progress.set(json!({"phase": "evaluating"}));
     let params: Vec<&(dyn ToSql + Sync)> = plan
         .params
@@ -390,7 +405,7 @@ async fn execute(
     // A read-only transaction (no transaction id: the writer protocol is not involved)
     // so the planner setting stays local to this statement.
     let tx = client.transaction().await?;
-    if scope.is_none() {
+    if matches!(scope, Scope::All) {
         tx.batch_execute("SET LOCAL enable_nestloop = off").await?;
     }
     let rows = tx.query_raw(&plan.sql, params).await?;
@@ -472,7 +487,7 @@ async fn execute(
     )
     .await?;
     outcome.subjects_in_scope = outcome.subjects_evaluated;
-    if let (Some(ids), Some(_)) = (&scope, &request.subject_ids) {
+    if let Scope::Ids(ids) = &scope {
         outcome.unknown_subject_ids = ids.len() as i64 - outcome.subjects_evaluated;
     }
     job.progress.set(json!({
