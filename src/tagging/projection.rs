@@ -429,6 +429,8 @@ struct TagSet {
     assigned: serde_json::Map<String, Value>,
     created_at: Option<DateTime<Utc>>,
     updated_at: Option<DateTime<Utc>>,
+    /// Whether the row exists in the table (else it is written with a plain COPY).
+    stored: bool,
 }
 
 struct SubjectTagsRow {
@@ -648,6 +650,7 @@ impl Projection for SubjectTagsProjector {
                         assigned: assigned.0,
                         created_at: Some(r.try_get(3)?),
                         updated_at: Some(r.try_get(4)?),
+                        stored: true,
                     },
                 );
             }
@@ -666,6 +669,7 @@ impl Projection for SubjectTagsProjector {
                         assigned: Default::default(),
                         created_at: None,
                         updated_at: None,
+                        stored: false,
                     }
                 });
                 let before = set.ids.clone();
@@ -704,25 +708,33 @@ impl Projection for SubjectTagsProjector {
         }
         touched.sort_unstable();
         touched.dedup();
-        let rows: Vec<SubjectTagsRow> = touched
-            .into_iter()
-            .filter_map(|key| {
-                let set = sets.remove(&key)?;
-                let (Some(created_at), Some(updated_at)) = (set.created_at, set.updated_at) else {
-                    return None; // never held a tag: no row
-                };
-                Some(SubjectTagsRow {
-                    tenant_id: key.0,
-                    kind: key.1,
-                    subject_id: key.2,
-                    tag_ids: json!(set.ids),
-                    assigned: Value::Object(set.assigned),
-                    created_at,
-                    updated_at,
-                })
-            })
-            .collect();
-        SUBJECT_TAGS_MODEL.upsert(tx, &rows).await?;
+        let (mut new, mut stored) = (Vec::new(), Vec::new());
+        for key in touched {
+            let Some(set) = sets.remove(&key) else {
+                continue;
+            };
+            let (Some(created_at), Some(updated_at)) = (set.created_at, set.updated_at) else {
+                continue; // never held a tag: no row
+            };
+            let row = SubjectTagsRow {
+                tenant_id: key.0,
+                kind: key.1,
+                subject_id: key.2,
+                tag_ids: json!(set.ids),
+                assigned: Value::Object(set.assigned),
+                created_at,
+                updated_at,
+            };
+            if set.stored {
+                stored.push(row);
+            } else {
+                new.push(row);
+            }
+        }
+        // Subjects tagged for the first time (all of them in a first run) go in with a
+        // plain COPY; the others through the staged upsert.
+        SUBJECT_TAGS_MODEL.insert(tx, &new).await?;
+        SUBJECT_TAGS_MODEL.upsert(tx, &stored).await?;
         HISTORY_MODEL.insert(tx, &history).await?;
         CHANGE_SETS_MODEL.insert(tx, &change_sets).await
     }
