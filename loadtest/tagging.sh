@@ -104,7 +104,7 @@ run() { # LABEL BODY
     sleep 0.02
   done
   t1=$(now)
-  echo "$1: $(secs "$t0" "$t1") s command→succeeded; $(jq -c '{state, subjects_in_scope, tags_added, tags_removed, duration_ms, error}' <<<"$v")"
+  echo "$1: $(secs "$t0" "$t1") s command→succeeded; $(jq -c '{state, subjects_in_scope, tags_added, tags_removed, duration_ms, phases_ms, error}' <<<"$v")"
 }
 
 echo "== runs (as_of $AS_OF)"

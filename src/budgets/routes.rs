@@ -11,7 +11,7 @@ use super::projection::NAME as PROJECTION;
 use super::queries::{self, BudgetPage, BudgetView, ListFilter};
 use super::Budget;
 use crate::http::error::{ApiError, Problem};
-use crate::http::extract::{command_context, if_match, tenant, JsonBody};
+use crate::http::extract::{command_context, if_match, min_position, tenant, JsonBody, ReadParams};
 use crate::http::AppState;
 use crate::pipeline::{self, CommandResult, Expect};
 
@@ -123,22 +123,6 @@ pub async fn remove(
     )
     .await?;
     Ok(accepted(StatusCode::OK, result))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct ReadParams {
-    /// Wait (up to about 5 s) until the read model reflects this global position (a
-    /// position never handed out: 422).
-    #[param(minimum = 0)]
-    pub min_position: Option<i64>,
-}
-
-/// `min_position`, checked.
-fn min_position(p: Option<i64>) -> Result<Option<i64>, ApiError> {
-    match p {
-        Some(p) if p < 0 => Err(ApiError::validation("min_position", "must not be negative")),
-        p => Ok(p),
-    }
 }
 
 /// One budget, with its version as ETag.

@@ -128,6 +128,23 @@ pub fn command_context(req: &HttpRequest, body: &[u8]) -> Result<CommandContext,
     Ok(ctx)
 }
 
+/// `?min_position=`: the query parameter every read takes (read-your-writes).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct ReadParams {
+    /// Wait (up to about 5 s) until the read model reflects this global position (a
+    /// position never handed out: 422).
+    #[param(minimum = 0)]
+    pub min_position: Option<i64>,
+}
+
+/// `min_position`, checked.
+pub fn min_position(p: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match p {
+        Some(p) if p < 0 => Err(ApiError::validation("min_position", "must not be negative")),
+        p => Ok(p),
+    }
+}
+
 /// The tenant from `X-Tenant-Id` (default `default`), checked against `[a-z0-9_-]{1,64}`.
 pub fn tenant(req: &HttpRequest) -> Result<String, ApiError> {
     let Some(t) = header_str(req, "x-tenant-id")? else {

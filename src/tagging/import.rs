@@ -274,6 +274,20 @@ async fn stage(
     Ok(())
 }
 
+/// Stages the pending rows once they fill an event.
+async fn stage_full(
+    b: &mut Batcher<'_>,
+    store: &EventStore,
+    import_id: Uuid,
+    staged: &mut i32,
+) -> Result<(), ImportError> {
+    if b.rows.len() < ROWS_PER_EVENT {
+        return Ok(());
+    }
+    let batch = b.take_batch();
+    stage(store, import_id, staged, batch).await
+}
+
 async fn read_csv<R: AsyncRead + Unpin + Send>(
     body: R,
     b: &mut Batcher<'_>,
@@ -316,10 +330,7 @@ async fn read_csv<R: AsyncRead + Unpin + Send>(
             })
             .collect();
         b.push(cells, true)?;
-        if b.rows.len() == ROWS_PER_EVENT {
-            let batch = b.take_batch();
-            stage(store, import_id, staged, batch).await?;
-        }
+        stage_full(b, store, import_id, staged).await?;
     }
     Ok(())
 }
@@ -352,10 +363,7 @@ async fn read_ndjson<R: AsyncRead + Unpin + Send>(
             .map(|(k, v)| (k.as_str(), (!v.is_null()).then(|| v.clone())))
             .collect();
         b.push(cells, false)?;
-        if b.rows.len() == ROWS_PER_EVENT {
-            let batch = b.take_batch();
-            stage(store, import_id, staged, batch).await?;
-        }
+        stage_full(b, store, import_id, staged).await?;
     }
     Ok(())
 }

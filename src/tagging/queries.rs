@@ -209,6 +209,10 @@ pub struct RunView {
     pub error: Option<String>,
     #[schema(value_type = Object)]
     pub request: Value,
+    /// A finished run: milliseconds spent evaluating (changes staged meanwhile),
+    /// appending, and until the tags were readable.
+    #[schema(value_type = Option<Object>)]
+    pub phases_ms: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -645,6 +649,7 @@ fn run_view(r: &tokio_postgres::Row) -> Result<RunView, QueryError> {
         started_at: r.try_get(9)?,
         finished_at: r.try_get(10)?,
         duration_ms: int("duration_ms"),
+        phases_ms: progress.get("phases_ms").cloned(),
         request,
     })
 }

@@ -27,7 +27,7 @@ use super::queries::{
 use super::{rules, stream_id};
 use crate::eventstore::{codec, StreamEvents};
 use crate::http::error::{ApiError, Problem};
-use crate::http::extract::{command_context, if_match, tenant, JsonBody};
+use crate::http::extract::{command_context, if_match, min_position, tenant, JsonBody, ReadParams};
 use crate::http::AppState;
 use crate::pipeline::{self, CommandError, CommandResult, EventSourced, Expect};
 
@@ -53,21 +53,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(tag_history)
         .service(assign_manual)
         .service(remove_manual);
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct ReadParams {
-    /// Wait (up to about 5 s) until the read model reflects this global position (a
-    /// position never handed out: 422).
-    #[param(minimum = 0)]
-    pub min_position: Option<i64>,
-}
-
-fn min_position(p: Option<i64>) -> Result<Option<i64>, ApiError> {
-    match p {
-        Some(p) if p < 0 => Err(ApiError::validation("min_position", "must not be negative")),
-        p => Ok(p),
-    }
 }
 
 fn with_etag(status: StatusCode, version: i64, body: impl Serialize) -> HttpResponse {

@@ -436,21 +436,16 @@ async fn execute(
             .filter(|t| covered.binary_search(t).is_ok() && matched.binary_search(t).is_err())
             .copied()
             .collect();
-        for t in &matched {
-            if let Some(s) = outcome.per_tag.get_mut(t) {
-                s.matched += 1;
+        let mut count = |tags: &[i32], field: fn(&mut TagRunStats) -> &mut i64| {
+            for t in tags {
+                if let Some(s) = outcome.per_tag.get_mut(t) {
+                    *field(s) += 1;
+                }
             }
-        }
-        for t in &added {
-            if let Some(s) = outcome.per_tag.get_mut(t) {
-                s.added += 1;
-            }
-        }
-        for t in &removed {
-            if let Some(s) = outcome.per_tag.get_mut(t) {
-                s.removed += 1;
-            }
-        }
+        };
+        count(&matched, |s| &mut s.matched);
+        count(&added, |s| &mut s.added);
+        count(&removed, |s| &mut s.removed);
         outcome.tags_added += added.len() as i64;
         outcome.tags_removed += removed.len() as i64;
         if !added.is_empty() || !removed.is_empty() {
@@ -496,7 +491,8 @@ async fn execute(
         "subjects_evaluated": outcome.subjects_evaluated,
     }));
     job.check_stop()?;
-    outcome.duration_ms = started.elapsed().as_millis() as i64;
+    let evaluated = started.elapsed();
+    outcome.duration_ms = evaluated.as_millis() as i64;
     let completed = codec::encode(&TagRunEvent::TagRunCompleted(outcome.clone()))?;
     let (appended, _) = env
         .store
@@ -508,12 +504,22 @@ async fn execute(
             &json!({"job_id": job.id}),
         )
         .await?;
+    let committed = started.elapsed();
     job.progress.set(json!({"phase": "updating read model"}));
     // `succeeded` means the tags are readable.
     env.wait_for(SUBJECT_TAGS, appended.position, CATCH_UP)
         .await?;
-    outcome.duration_ms = started.elapsed().as_millis() as i64;
-    Ok((result(&outcome, appended.position), outcome))
+    let done = started.elapsed();
+    outcome.duration_ms = done.as_millis() as i64;
+    let mut answer = result(&outcome, appended.position);
+    // Where the time went: waiting and evaluating (changes staged meanwhile), the append,
+    // the read model catching up.
+    answer["phases_ms"] = json!({
+        "evaluate_and_stage": evaluated.as_millis() as i64,
+        "append": (committed - evaluated).as_millis() as i64,
+        "read_model": (done - committed).as_millis() as i64,
+    });
+    Ok((answer, outcome))
 }
 
 /// Stages the pending changes as one `TagsChanged` event.
