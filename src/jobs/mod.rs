@@ -320,39 +320,43 @@ async fn next(
             .await?;
         return Ok(true);
     };
+    let id = job.id;
     let started = std::time::Instant::now();
+    // The handler runs as a task of its own: a panic in it fails the job instead of
+    // ending the runner.
+    let progress = job.progress.clone();
     let outcome = {
-        let work = handler.run(&job, env);
+        let (handler, env) = (handler.clone(), env.clone());
+        let work = tokio::spawn(async move { handler.run(&job, &env).await });
         tokio::pin!(work);
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         loop {
             tokio::select! {
-                outcome = &mut work => break outcome,
-                _ = tick.tick() => flush(client, &job).await,
+                outcome = &mut work => break outcome.unwrap_or_else(|e| {
+                    Err(anyhow::anyhow!("job {id} panicked: {e}"))
+                }),
+                _ = tick.tick() => flush(client, id, &progress).await,
             }
         }
     };
-    flush(client, &job).await;
+    flush(client, id, &progress).await;
     let label = match &outcome {
         Ok(result) => {
             client
-                .execute(
-                    FINISH_SQL,
-                    &[&job.id, &"succeeded", result, &None::<String>],
-                )
+                .execute(FINISH_SQL, &[&id, &"succeeded", result, &None::<String>])
                 .await?;
             "succeeded"
         }
         Err(e) if e.is::<Interrupted>() => {
-            client.execute(BACK_TO_QUEUE_SQL, &[&job.id]).await?;
+            client.execute(BACK_TO_QUEUE_SQL, &[&id]).await?;
             "interrupted"
         }
         Err(e) => {
-            tracing::warn!(job = %job.id, kind, error = format!("{e:#}"), "job failed");
+            tracing::warn!(job = %id, kind, error = format!("{e:#}"), "job failed");
             client
                 .execute(
                     FINISH_SQL,
-                    &[&job.id, &"failed", &None::<Value>, &format!("{e:#}")],
+                    &[&id, &"failed", &None::<Value>, &format!("{e:#}")],
                 )
                 .await?;
             "failed"
@@ -369,9 +373,9 @@ async fn next(
     Ok(true)
 }
 
-async fn flush(client: &tokio_postgres::Client, job: &Job) {
-    if let Some(p) = job.progress.take_changed() {
-        if let Err(e) = client.execute(PROGRESS_SQL, &[&job.id, &p]).await {
+async fn flush(client: &tokio_postgres::Client, id: Uuid, progress: &JobProgress) {
+    if let Some(p) = progress.take_changed() {
+        if let Err(e) = client.execute(PROGRESS_SQL, &[&id, &p]).await {
             tracing::debug!(error = %e, "cannot record job progress");
         }
     }

@@ -13,9 +13,10 @@ use tokio::sync::watch;
 
 use crate::helpers::*;
 
-/// Runs until told to stop (`block`), or finishes at once.
+/// Runs until told to stop (`block`), panics (`panic`), or finishes at once.
 struct Handler {
     block: bool,
+    panic: bool,
 }
 
 #[async_trait]
@@ -28,6 +29,9 @@ impl JobHandler for Handler {
     }
     async fn run(&self, job: &Job, _: &JobEnv) -> anyhow::Result<Value> {
         job.progress.set(json!({"phase": "working"}));
+        if self.panic {
+            panic!("a bug in a handler");
+        }
         if self.block {
             let mut stop = job.stop.clone();
             let _ = stop.wait_for(|s| *s).await;
@@ -82,7 +86,10 @@ async fn an_orphaned_job_runs_again_and_shutdown_queues_a_running_one() {
         )
         .await
         .unwrap();
-    let blocking: jobs::Handlers = Arc::new(vec![Arc::new(Handler { block: true })]);
+    let blocking: jobs::Handlers = Arc::new(vec![Arc::new(Handler {
+        block: true,
+        panic: false,
+    })]);
 
     // A runner takes the job; its process dies (task aborted, connection gone).
     let (_keep, never) = watch::channel(false);
@@ -116,7 +123,10 @@ async fn an_orphaned_job_runs_again_and_shutdown_queues_a_running_one() {
     );
 
     // A runner that finishes it.
-    let done: jobs::Handlers = Arc::new(vec![Arc::new(Handler { block: false })]);
+    let done: jobs::Handlers = Arc::new(vec![Arc::new(Handler {
+        block: false,
+        panic: false,
+    })]);
     let (stop, stop_rx) = watch::channel(false);
     let c = tokio::spawn(jobs::run(env(&conn), done, stop_rx));
     let (_, attempts, restarts, progress) = until(&conn, id, "succeeded").await;
@@ -127,4 +137,38 @@ async fn an_orphaned_job_runs_again_and_shutdown_queues_a_running_one() {
     );
     stop.send(true).unwrap();
     c.await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_panicking_handler_fails_its_job_and_the_runner_goes_on() {
+    let conn = fresh_database().await;
+    let client = cloudlens::db::connect(&conn).await.unwrap();
+    let (first, second) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    for (id, position) in [(first, 1_i64), (second, 2)] {
+        client
+            .execute(
+                "INSERT INTO jobs (id, tenant_id, kind, params, position, requested_at)
+                 VALUES ($1, 't', 'test.job', '{}', $2, now())",
+                &[&id, &position],
+            )
+            .await
+            .unwrap();
+    }
+    let panicking: jobs::Handlers = Arc::new(vec![Arc::new(Handler {
+        block: false,
+        panic: true,
+    })]);
+    let (stop, stop_rx) = watch::channel(false);
+    let runner = tokio::spawn(jobs::run(env(&conn), panicking, stop_rx));
+    // Both fail: the first panic did not end the runner.
+    until(&conn, first, "failed").await;
+    until(&conn, second, "failed").await;
+    let error: String = client
+        .query_one("SELECT error FROM jobs WHERE id = $1", &[&first])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(error.contains("panicked"), "{error}");
+    stop.send(true).unwrap();
+    runner.await.unwrap();
 }
