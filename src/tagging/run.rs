@@ -121,7 +121,8 @@ impl JobHandler for TagRunJob {
                 let failed = codec::encode(&TagRunEvent::TagRunFailed {
                     error: format!("{e:#}"),
                 })?;
-                let _ = env
+                // The job row says `failed` anyway; the event is for the run's history.
+                if let Err(a) = env
                     .store
                     .append_streams(
                         &job.tenant_id,
@@ -133,7 +134,10 @@ impl JobHandler for TagRunJob {
                             events: vec![failed],
                         }],
                     )
-                    .await;
+                    .await
+                {
+                    tracing::warn!(run = %job.id, error = %a, "cannot record TagRunFailed");
+                }
                 Err(e)
             }
         }
