@@ -71,6 +71,19 @@ impl CommandContext {
     }
 }
 
+impl CommandContext {
+    /// The metadata every event of the command carries.
+    pub fn metadata(&self) -> serde_json::Value {
+        json!({
+            "command_id": self.command_id,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id.unwrap_or(self.command_id),
+            "actor": self.actor,
+            "tenant_id": self.tenant_id,
+        })
+    }
+}
+
 /// What the command expects of the stream before it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
@@ -276,13 +289,7 @@ async fn decide_and_append<A: EventSourced>(
         .iter()
         .map(codec::encode)
         .collect::<Result<Vec<_>, _>>()?;
-    let metadata = json!({
-        "command_id": ctx.command_id,
-        "correlation_id": ctx.correlation_id,
-        "causation_id": ctx.causation_id.unwrap_or(ctx.command_id),
-        "actor": ctx.actor,
-        "tenant_id": ctx.tenant_id,
-    });
+    let metadata = ctx.metadata();
     let appended = store
         .append(AppendRequest {
             tenant_id: &ctx.tenant_id,

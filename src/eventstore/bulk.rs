@@ -116,26 +116,25 @@ impl EventStore {
             )
             .await
             .map_err(append_error)?;
-        let mut result = Vec::with_capacity(streams.len());
-        for s in streams {
-            let mut last = None;
-            for r in &rows {
-                let (t, id): (&str, Uuid) = (r.try_get(0)?, r.try_get(1)?);
-                if t == s.stream_type && id == s.stream_id {
-                    let a = Appended {
-                        version: r.try_get(2)?,
-                        position: r.try_get(3)?,
-                    };
-                    last = Some(
-                        last.map_or(a, |l: Appended| if a.version > l.version { a } else { l }),
-                    );
-                }
-            }
-            result.push(last.unwrap_or(Appended {
-                version: s.expected_version,
-                position: 0,
-            }));
+        // Each stream's new version is known; its position is that of its last event.
+        let mut last: std::collections::HashMap<(String, Uuid), i64> = Default::default();
+        for r in &rows {
+            let position: i64 = r.try_get(3)?;
+            let p = last
+                .entry((r.try_get(0)?, r.try_get(1)?))
+                .or_insert(position);
+            *p = (*p).max(position);
         }
+        let result = streams
+            .iter()
+            .map(|s| Appended {
+                version: s.expected_version + s.events.len() as i64,
+                position: last
+                    .get(&(s.stream_type.to_owned(), s.stream_id))
+                    .copied()
+                    .unwrap_or(0),
+            })
+            .collect();
         for s in streams {
             METRICS
                 .events_appended

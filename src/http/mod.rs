@@ -47,14 +47,28 @@ impl AppState {
         projection: &str,
         min_position: Option<i64>,
     ) -> Result<Arc<ReadConnection>, ApiError> {
+        self.read_models(&[projection], min_position).await
+    }
+
+    /// `read_model` for a query that reads the tables of several projectors: waits until
+    /// each reflects `min_position`.
+    pub async fn read_models(
+        &self,
+        projections: &[&str],
+        min_position: Option<i64>,
+    ) -> Result<Arc<ReadConnection>, ApiError> {
         if let Some(target) = min_position.filter(|p| *p > 0) {
-            let p = self
-                .projections
-                .iter()
-                .find(|p| p.name() == projection)
-                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no projection {projection}")))?;
-            let timeout = self.settings.min_position_timeout;
-            wait::wait_for(&self.reads, &self.progress, &**p, target, timeout).await?;
+            for projection in projections {
+                let p = self
+                    .projections
+                    .iter()
+                    .find(|p| p.name() == *projection)
+                    .ok_or_else(|| {
+                        ApiError::Internal(anyhow::anyhow!("no projection {projection}"))
+                    })?;
+                let timeout = self.settings.min_position_timeout;
+                wait::wait_for(&self.reads, &self.progress, &**p, target, timeout).await?;
+            }
         }
         Ok(self.reads.get().await?)
     }

@@ -535,18 +535,12 @@ impl Aggregate for SubjectManualTags {
         command: ManualTagCommand,
         services: &ManualServices,
     ) -> Result<Vec<ManualTagEvent>, TaggingError> {
-        let (subject_kind, subject_id, tag_id, assign) = match command {
-            ManualTagCommand::Assign {
-                subject_kind,
-                subject_id,
-                tag_id,
-            } => (subject_kind, subject_id, tag_id, true),
-            ManualTagCommand::Remove {
-                subject_kind,
-                subject_id,
-                tag_id,
-            } => (subject_kind, subject_id, tag_id, false),
-        };
+        let ManualTagCommand {
+            subject_kind,
+            subject_id,
+            tag_id,
+            assign,
+        } = command;
         let tag = services
             .tag
             .as_ref()

@@ -100,15 +100,10 @@ pub enum TagRunCommand {
 
 /// `PUT` / `DELETE /api/v1/subjects/{kind}/{id}/tags/{tag_id}`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-pub enum ManualTagCommand {
-    Assign {
-        subject_kind: String,
-        subject_id: String,
-        tag_id: i32,
-    },
-    Remove {
-        subject_kind: String,
-        subject_id: String,
-        tag_id: i32,
-    },
+pub struct ManualTagCommand {
+    pub subject_kind: String,
+    pub subject_id: String,
+    pub tag_id: i32,
+    /// Put on (`true`) or take off.
+    pub assign: bool,
 }

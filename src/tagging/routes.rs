@@ -4,7 +4,6 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -193,8 +192,7 @@ pub async fn import_rows(
     }
     let body = tokio_util::io::StreamReader::new(forward(payload));
     let ctx = command_context(&req, b"")?;
-    let metadata = json!({"command_id": ctx.command_id, "correlation_id": ctx.correlation_id,
-                          "actor": ctx.actor, "tenant_id": ctx.tenant_id});
+    let metadata = ctx.metadata();
     let imported = super::import::import(
         &state.store,
         &tenant,
@@ -338,8 +336,7 @@ pub async fn create_tag(
     let encode = |e: &TagEvent| codec::encode(e).map_err(|e| ApiError::Internal(e.into()));
     let claim = encode(&TagEvent::TagCodeClaimed { tag_id: id })?;
     let created = events.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
-    let metadata = json!({"command_id": ctx.command_id, "correlation_id": ctx.correlation_id,
-                          "causation_id": ctx.command_id, "actor": ctx.actor, "tenant_id": tenant});
+    let metadata = ctx.metadata();
     // The tag's stream and its code's stream, both new, in one append: a taken code
     // fails the whole command.
     let appended = state
@@ -717,8 +714,9 @@ pub async fn subject_tags(
     let (kind, id) = path.into_inner();
     let tenant = tenant(&req)?;
     let at = min_position(params.min_position)?;
-    state.read_model(SUBJECT_ATTRIBUTES, at).await?;
-    let conn = state.read_model(SUBJECT_TAGS, at).await?;
+    let conn = state
+        .read_models(&[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
+        .await?;
     let view: SubjectTagsView = queries::subject_tags(&conn, &tenant, &kind, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound("subject".into()))?;
@@ -796,8 +794,9 @@ pub async fn list_subjects(
         count: p.count.unwrap_or(false),
     };
     let at = min_position(p.min_position)?;
-    state.read_model(SUBJECT_ATTRIBUTES, at).await?;
-    let conn = state.read_model(SUBJECT_TAGS, at).await?;
+    let conn = state
+        .read_models(&[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
+        .await?;
     let page: SubjectPage = queries::subjects(&conn, &tenant, &kind, &filter).await?;
     Ok(HttpResponse::Ok().json(page))
 }
@@ -820,8 +819,9 @@ pub async fn explain(
     let tag_id = tag_id(&tag)?;
     let tenant = tenant(&req)?;
     let at = min_position(params.min_position)?;
-    state.read_model(SUBJECT_ATTRIBUTES, at).await?;
-    let conn = state.read_model(SUBJECT_TAGS, at).await?;
+    let conn = state
+        .read_models(&[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
+        .await?;
     let tag = queries::tag(&conn, &tenant, tag_id)
         .await?
         .filter(|t| t.subject_kind == kind)
@@ -900,8 +900,9 @@ pub async fn tag_history(
     let (kind, id) = path.into_inner();
     let tenant = tenant(&req)?;
     let at = min_position(params.min_position)?;
-    state.read_model(SUBJECT_ATTRIBUTES, at).await?;
-    let conn = state.read_model(SUBJECT_TAGS, at).await?;
+    let conn = state
+        .read_models(&[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
+        .await?;
     if queries::attributes(&conn, &tenant, &kind, &id)
         .await?
         .is_none()
@@ -939,18 +940,11 @@ async fn manual(
         tag: Some(tag),
         subject_exists,
     };
-    let command = if assign {
-        ManualTagCommand::Assign {
-            subject_kind: kind.clone(),
-            subject_id: id.clone(),
-            tag_id,
-        }
-    } else {
-        ManualTagCommand::Remove {
-            subject_kind: kind.clone(),
-            subject_id: id.clone(),
-            tag_id,
-        }
+    let command = ManualTagCommand {
+        subject_kind: kind.clone(),
+        subject_id: id.clone(),
+        tag_id,
+        assign,
     };
     let (result, _) = pipeline::execute::<SubjectManualTags>(
         &state.store,

@@ -418,8 +418,15 @@ async fn execute(
     for id in &covered {
         outcome.per_tag.insert(*id, TagRunStats::default());
     }
-    let mut pending: Vec<SubjectChange> = Vec::with_capacity(CHANGES_PER_EVENT);
-    let mut staged = 0;
+    let mut stager = Stager {
+        env,
+        subject_kind: &request.subject_kind,
+        run_id: job.id,
+        batch_id,
+        staged: 0,
+        applied: &applied,
+        pending: Vec::with_capacity(CHANGES_PER_EVENT),
+    };
     while let Some(row) = rows.try_next().await? {
         outcome.subjects_evaluated += 1;
         let mut matched: Vec<i32> = row.try_get(1)?;
@@ -453,38 +460,19 @@ async fn execute(
         outcome.tags_added += added.len() as i64;
         outcome.tags_removed += removed.len() as i64;
         if !added.is_empty() || !removed.is_empty() {
-            pending.push(SubjectChange {
+            let change = SubjectChange {
                 subject_id: row.try_get(0)?,
                 added,
                 removed,
-            });
-        }
-        if pending.len() == CHANGES_PER_EVENT {
-            stage(
-                env,
-                job,
-                request,
-                batch_id,
-                &mut staged,
-                &applied,
-                &mut pending,
-            )
-            .await?;
-            job.progress
-                .set(json!({"subjects_evaluated": outcome.subjects_evaluated}));
-            job.check_stop()?;
+            };
+            if stager.push(change).await? {
+                job.progress
+                    .set(json!({"subjects_evaluated": outcome.subjects_evaluated}));
+                job.check_stop()?;
+            }
         }
     }
-    stage(
-        env,
-        job,
-        request,
-        batch_id,
-        &mut staged,
-        &applied,
-        &mut pending,
-    )
-    .await?;
+    stager.flush().await?;
     outcome.subjects_in_scope = outcome.subjects_evaluated;
     if let Scope::Ids(ids) = &scope {
         outcome.unknown_subject_ids = ids.len() as i64 - outcome.subjects_evaluated;
@@ -526,37 +514,57 @@ async fn execute(
     Ok((answer, outcome))
 }
 
-/// Stages the pending changes as one `TagsChanged` event.
-async fn stage(
-    env: &JobEnv,
-    job: &Job,
-    request: &RunRequest,
+/// Stages a run's changes as `TagsChanged` events of up to `CHANGES_PER_EVENT` subjects.
+struct Stager<'a> {
+    env: &'a JobEnv,
+    subject_kind: &'a str,
+    run_id: Uuid,
     batch_id: Uuid,
-    staged: &mut i32,
-    applied: &BTreeMap<i32, AppliedTag>,
-    pending: &mut Vec<SubjectChange>,
-) -> anyhow::Result<()> {
-    if pending.is_empty() {
-        return Ok(());
+    staged: i32,
+    /// The tags the run decides, as the events describe them.
+    applied: &'a BTreeMap<i32, AppliedTag>,
+    pending: Vec<SubjectChange>,
+}
+
+impl Stager<'_> {
+    /// Adds a subject's changes; stages an event once `CHANGES_PER_EVENT` are pending.
+    /// True when it staged one.
+    async fn push(&mut self, change: SubjectChange) -> anyhow::Result<bool> {
+        self.pending.push(change);
+        if self.pending.len() < CHANGES_PER_EVENT {
+            return Ok(false);
+        }
+        self.flush().await?;
+        Ok(true)
     }
-    let changes = std::mem::take(pending);
-    let mut used: Vec<i32> = changes
-        .iter()
-        .flat_map(|c| c.added.iter().chain(&c.removed).copied())
-        .collect();
-    used.sort_unstable();
-    used.dedup();
-    let tags = used
-        .iter()
-        .filter_map(|id| applied.get(id).map(|t| (*id, t.clone())))
-        .collect();
-    let event: NewEvent = codec::encode(&TagRunEvent::TagsChanged {
-        subject_kind: request.subject_kind.clone(),
-        run_id: job.id,
-        tags,
-        changes,
-    })?;
-    env.store.stage(batch_id, *staged, &[event]).await?;
-    *staged += 1;
-    Ok(())
+
+    /// Stages what is pending as one event.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let changes = std::mem::take(&mut self.pending);
+        let mut used: Vec<i32> = changes
+            .iter()
+            .flat_map(|c| c.added.iter().chain(&c.removed).copied())
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        let tags = used
+            .iter()
+            .filter_map(|id| self.applied.get(id).map(|t| (*id, t.clone())))
+            .collect();
+        let event: NewEvent = codec::encode(&TagRunEvent::TagsChanged {
+            subject_kind: self.subject_kind.to_owned(),
+            run_id: self.run_id,
+            tags,
+            changes,
+        })?;
+        self.env
+            .store
+            .stage(self.batch_id, self.staged, &[event])
+            .await?;
+        self.staged += 1;
+        Ok(())
+    }
 }
