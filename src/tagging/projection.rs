@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 
 use super::aggregate::{SubjectImport, SubjectKind, SubjectManualTags, Tag, TagCategory, TagRun};
 use super::events::{
-    AppliedTag, KindSchema, ManualTagEvent, SubjectChange, SubjectKindEvent, TagCategoryEvent,
-    TagEvent, TagRunEvent,
+    AppliedTag, ManualTagEvent, SubjectChange, SubjectKindEvent, TagCategoryEvent, TagEvent,
+    TagRunEvent,
 };
 use crate::eventstore::{codec, RecordedEvent};
 use crate::pipeline::EventSourced;
@@ -738,19 +738,4 @@ impl Projection for SubjectTagsProjector {
         HISTORY_MODEL.insert(tx, &history).await?;
         CHANGE_SETS_MODEL.insert(tx, &change_sets).await
     }
-}
-
-/// The schema row of a kind, as the queries read it.
-pub fn schema_from_row(
-    kind: String,
-    id_field: String,
-    primary_source: String,
-    attributes: Value,
-) -> anyhow::Result<KindSchema> {
-    Ok(KindSchema {
-        kind,
-        id_field,
-        primary_source,
-        attributes: serde_json::from_value(attributes)?,
-    })
 }

@@ -23,6 +23,7 @@ use super::events::{
 };
 use super::metrics::TAGGING;
 use super::projection::{SUBJECT_ATTRIBUTES, SUBJECT_KINDS, SUBJECT_TAGS, TAGS};
+use super::queries::TagView;
 use super::rules::{self, AttrType, SqlParam};
 use crate::eventstore::{codec, NewEvent};
 use crate::jobs::{Job, JobEnv, JobHandler};
@@ -34,13 +35,6 @@ const CHANGES_PER_EVENT: usize = 1_000;
 /// How long a run waits for the read models it reads to reach its request.
 const CATCH_UP: Duration = Duration::from_secs(600);
 
-const SCHEMA_SQL: &str = "\
-SELECT kind, id_field, primary_source, attributes FROM subject_kinds
- WHERE tenant_id = $1 AND kind = $2";
-const TAGS_SQL: &str = "\
-SELECT id, code, name, category, tag_kind, rule, rule_version, retired FROM tags
- WHERE tenant_id = $1 AND subject_kind = $2 ORDER BY id";
-
 /// Which subjects a run evaluates.
 enum Scope {
     All,
@@ -51,17 +45,6 @@ enum Scope {
         from: chrono::DateTime<chrono::Utc>,
         to: chrono::DateTime<chrono::Utc>,
     },
-}
-
-struct TagRow {
-    id: i32,
-    code: String,
-    name: String,
-    category: String,
-    auto: bool,
-    rule: Option<Value>,
-    rule_version: i32,
-    retired: bool,
 }
 
 pub struct TagRunJob;
@@ -308,37 +291,25 @@ async fn execute(
     let mut client = crate::db::connect(&env.conn).await?;
     let tenant = job.tenant_id.as_str();
     let kind = request.subject_kind.as_str();
-    let row = client
-        .query_opt(SCHEMA_SQL, &[&tenant, &kind])
+    // The read models reflect the request (waited for above).
+    let reads = env.reads.get().await?;
+    let schema = super::queries::kind(&reads, tenant, kind)
         .await?
-        .with_context(|| format!("subject kind {kind:?} does not exist"))?;
-    let schema = super::projection::schema_from_row(
-        row.try_get(0)?,
-        row.try_get(1)?,
-        row.try_get(2)?,
-        row.try_get(3)?,
-    )?;
-    let tags: Vec<TagRow> = client
-        .query(TAGS_SQL, &[&tenant, &kind])
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(TagRow {
-                id: r.try_get(0)?,
-                code: r.try_get(1)?,
-                name: r.try_get(2)?,
-                category: r.try_get(3)?,
-                auto: r.try_get::<_, &str>(4)? == "AUTO",
-                rule: r.try_get(5)?,
-                rule_version: r.try_get(6)?,
-                retired: r.try_get(7)?,
-            })
-        })
-        .collect::<Result<_, tokio_postgres::Error>>()?;
-    let by_id: HashMap<i32, &TagRow> = tags.iter().map(|t| (t.id, t)).collect();
+        .with_context(|| format!("subject kind {kind:?} does not exist"))?
+        .schema();
+    let filter = super::queries::TagFilter {
+        subject_kind: Some(kind.to_owned()),
+        include_retired: true,
+        ..Default::default()
+    };
+    let tags = super::queries::tags(&reads, tenant, &filter).await?.items;
+    let by_id: HashMap<i32, &TagView> = tags.iter().map(|t| (t.id, t)).collect();
     // Which tags this run decides: recomputed (live AUTO) and revoked (retired).
-    let chosen: Vec<&TagRow> = match &request.tag_ids {
-        None => tags.iter().filter(|t| t.auto || t.retired).collect(),
+    let chosen: Vec<&TagView> = match &request.tag_ids {
+        None => tags
+            .iter()
+            .filter(|t| t.kind == "AUTO" || t.retired)
+            .collect(),
         Some(ids) => {
             let mut chosen = Vec::new();
             for id in ids {
@@ -346,7 +317,7 @@ async fn execute(
                     .get(id)
                     .with_context(|| format!("tag {id} is not a tag of subject kind {kind:?}"))?;
                 anyhow::ensure!(
-                    t.auto || t.retired,
+                    t.kind == "AUTO" || t.retired,
                     "tag {id} is a MANUAL tag: runs only compute AUTO tags"
                 );
                 chosen.push(*t);
@@ -356,11 +327,13 @@ async fn execute(
     };
     let mut recomputed = Vec::new();
     for t in chosen.iter().filter(|t| !t.retired) {
-        let rule = t
+        let rule: Value = t
             .rule
             .as_ref()
+            .map(|r| serde_json::from_str(r.get()))
+            .transpose()?
             .with_context(|| format!("AUTO tag {} has no rule", t.id))?;
-        let rule = rules::parse(rule, &|f| schema.type_of(f)).map_err(|e| {
+        let rule = rules::parse(&rule, &|f| schema.type_of(f)).map_err(|e| {
             anyhow::anyhow!(
                 "the rule of tag {} no longer fits the schema of {kind:?}: {e}",
                 t.id
