@@ -189,10 +189,12 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         handles: Arc::default(),
         stop: shutdown_rx,
     };
+    let scans = db::pool(&conn, settings.read_pool_size.max(2))?;
     let state = web::Data::new(AppState {
         settings,
         store,
         reads,
+        scans,
         projections: registry,
         conn,
         progress,

@@ -25,7 +25,11 @@ pub struct BoundedContext {
 
 /// Every bounded context the server runs.
 pub fn all() -> Vec<BoundedContext> {
-    vec![crate::budgets::context(), crate::tagging::context()]
+    vec![
+        crate::budgets::context(),
+        crate::tagging::context(),
+        crate::costs::context(),
+    ]
 }
 
 /// Every projector of every context, and the `jobs` projector that enqueues their jobs.

@@ -9,9 +9,11 @@
 //! - `pipeline`     command handling around cqrs-es aggregates (idempotency, concurrency);
 //! - `projections`  the projection runtime: typed projectors, checkpoints, election,
 //!   rebuilds, read-your-writes;
+//! - `jobs`         background jobs requested by events, run by one elected runner;
+//! - `imports`      streamed bulk imports: CSV rows, row errors, staged appends;
 //! - `scheduled`    periodic work done by one elected process (retention purges);
 //! - `http`         actix-web app, error mapping, admin and operations endpoints;
-//! - `budgets`      the first bounded context, end to end.
+//! - `budgets`, `tagging`, `costs`   the bounded contexts.
 //!
 //! The binary (`main.rs`) only parses the command line and calls [`app`].
 
@@ -19,9 +21,11 @@ pub mod app;
 pub mod budgets;
 pub mod config;
 pub mod context;
+pub mod costs;
 pub mod db;
 pub mod eventstore;
 pub mod http;
+pub mod imports;
 pub mod jobs;
 pub mod pipeline;
 pub mod projections;

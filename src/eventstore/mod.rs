@@ -167,6 +167,12 @@ const LOAD_STREAM_SQL: &str = concat!(
     " FROM events WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version"
 );
 
+const LAST_EVENT_SQL: &str = concat!(
+    "SELECT ",
+    global::event_columns!(),
+    " FROM events WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version DESC LIMIT 1"
+);
+
 const FIND_IDEMPOTENT_SQL: &str = "\
 SELECT request_hash, stream_id, stream_version, position FROM idempotency_keys
  WHERE tenant_id = $1 AND key = $2";
@@ -281,6 +287,18 @@ impl EventStore {
         let stmt = client.prepare_cached(LOAD_STREAM_SQL).await?;
         let rows = client.query(&stmt, &[&stream_type, &stream_id]).await?;
         rows.iter().map(recorded_event).collect()
+    }
+
+    /// The last event of a stream (its version and position tell where the stream is).
+    pub async fn last_event(
+        &self,
+        stream_type: &str,
+        stream_id: Uuid,
+    ) -> Result<Option<RecordedEvent>, StoreError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(LAST_EVENT_SQL).await?;
+        let row = client.query_opt(&stmt, &[&stream_type, &stream_id]).await?;
+        row.as_ref().map(recorded_event).transpose()
     }
 
     /// What an earlier append under this idempotency key produced, if any.

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use crate::db::QueryError;
 use crate::eventstore::StoreError;
+use crate::imports::ImportError;
 use crate::pipeline::{CommandError, DomainError, Rejection};
 use crate::projections::wait::WaitError;
 
@@ -225,6 +226,25 @@ fn bad_value(message: String) -> ApiError {
         "request",
         format!("a value of the request was refused: {message}"),
     )
+}
+
+impl From<ImportError> for ApiError {
+    fn from(e: ImportError) -> Self {
+        match e {
+            ImportError::BadRow {
+                row,
+                column,
+                message,
+            } => ApiError::InvalidRow {
+                row,
+                column,
+                message,
+            },
+            ImportError::Body(m) => ApiError::MalformedBody(m),
+            ImportError::Store(s) => s.into(),
+            ImportError::Codec(c) => ApiError::Internal(c.into()),
+        }
+    }
 }
 
 impl From<QueryError> for ApiError {

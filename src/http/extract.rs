@@ -189,3 +189,31 @@ fn header_str<'a>(req: &'a HttpRequest, name: &'static str) -> Result<Option<&'a
             }),
     }
 }
+
+/// The media type of the request body (`Content-Type` without parameters, lowercase).
+pub fn media_type(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+}
+
+/// A streamed request body as an `AsyncRead` (for `imports::CsvRows` and NDJSON readers).
+/// Chunks are forwarded from actix's task, so the reader may run in a `Send` future.
+pub fn streamed_body(
+    mut payload: web::Payload,
+) -> impl tokio::io::AsyncRead + Unpin + Send + 'static {
+    use futures::{SinkExt, StreamExt};
+    let (mut tx, rx) = futures::channel::mpsc::channel(8);
+    actix_web::rt::spawn(async move {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    tokio_util::io::StreamReader::new(rx)
+}

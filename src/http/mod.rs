@@ -30,6 +30,9 @@ pub struct AppState {
     /// Queries read through connections of their own. (A replica could serve the queries
     /// later; the `min_position` check reads the writers' locks and stays on the primary.)
     pub reads: Reader,
+    /// Queries that scan many rows (cost breakdowns) get pooled connections of their own,
+    /// so they never hold up the point reads pipelined on `reads`.
+    pub scans: deadpool_postgres::Pool,
     pub projections: Registry,
     /// Connection string for dedicated connections (rebuilds).
     pub conn: String,
@@ -71,6 +74,21 @@ impl AppState {
             }
         }
         Ok(self.reads.get().await?)
+    }
+
+    /// A pooled connection of `scans` for a query that reads `projections`' tables, once
+    /// each reflects `min_position`.
+    pub async fn scan(
+        &self,
+        projections: &[&str],
+        min_position: Option<i64>,
+    ) -> Result<deadpool_postgres::Object, ApiError> {
+        self.read_models(projections, min_position).await?;
+        Ok(self
+            .scans
+            .get()
+            .await
+            .map_err(crate::db::QueryError::from)?)
     }
 }
 

@@ -118,17 +118,6 @@ impl ReadModel {
     /// Inserts rows or updates the existing ones (guarded by [`ReadModel::newer`]). The
     /// rows must have distinct keys (fold the batch first).
     pub async fn upsert<R: Row>(&self, tx: &Transaction<'_>, rows: &[R]) -> anyhow::Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let stage = self.stage();
-        tx.batch_execute(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-            self.table
-        ))
-        .await?;
-        self.copy(tx, &format!("pg_temp.{stage}"), rows).await?;
-        let cols = self.column_list();
         let set = self
             .columns
             .iter()
@@ -140,12 +129,58 @@ impl ReadModel {
             .newer
             .map(|v| format!(" WHERE {}.{v} < EXCLUDED.{v}", self.table))
             .unwrap_or_default();
+        self.merge(tx, rows, &format!("{set}{guard}")).await
+    }
+
+    /// Inserts rows, or adds the `sums` columns of each to the existing row with its key
+    /// (rollups: a batch's sums are added to what earlier batches summed). The other
+    /// columns of an existing row stay. The rows must have distinct keys.
+    pub async fn accumulate<R: Row>(
+        &self,
+        tx: &Transaction<'_>,
+        rows: &[R],
+        sums: &[&str],
+    ) -> anyhow::Result<()> {
+        for s in sums {
+            anyhow::ensure!(
+                self.columns.iter().any(|c| c.name == *s) && !self.key.contains(s),
+                "read model {}: {s} is not a value column",
+                self.table
+            );
+        }
+        let set = sums
+            .iter()
+            .map(|c| format!("{c} = {}.{c} + EXCLUDED.{c}", self.table))
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.merge(tx, rows, &set).await
+    }
+
+    /// Copies rows into the staging table and merges them with one `INSERT … SELECT … ON
+    /// CONFLICT (key) DO UPDATE SET {set}`.
+    async fn merge<R: Row>(
+        &self,
+        tx: &Transaction<'_>,
+        rows: &[R],
+        set: &str,
+    ) -> anyhow::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let stage = self.stage();
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+            self.table
+        ))
+        .await?;
+        self.copy(tx, &format!("pg_temp.{stage}"), rows).await?;
+        let cols = self.column_list();
         // Emptied in the same statement (a rebuild's swap applies several batches in one
         // transaction; TRUNCATE would give the temporary table a new file every batch).
         tx.batch_execute(&format!(
             "WITH staged AS (DELETE FROM pg_temp.{stage} RETURNING {cols})
              INSERT INTO {table} ({cols}) SELECT {cols} FROM staged
-             ON CONFLICT ({key}) DO UPDATE SET {set}{guard}",
+             ON CONFLICT ({key}) DO UPDATE SET {set}",
             table = self.table,
             key = self.key.join(", "),
         ))

@@ -6,7 +6,6 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use uuid::Uuid;
@@ -14,7 +13,9 @@ use uuid::Uuid;
 use super::aggregate::SubjectImport;
 use super::events::{ImportedRow, KindSchema, RowsImported, SubjectImportEvent};
 use super::rules::{self, AttrType};
-use crate::eventstore::{codec, Appended, EventStore, StoreError};
+use crate::eventstore::{codec, Appended, EventStore};
+pub use crate::imports::ImportError;
+use crate::imports::{bad_row as bad, CsvRows, Staging};
 use crate::pipeline::EventSourced;
 
 /// Rows per `RowsImported` event.
@@ -28,31 +29,6 @@ pub const MAX_ROWS: i64 = 10_000_000;
 pub enum Format {
     Csv,
     Ndjson,
-}
-
-/// Why an import was refused. `row` counts data rows from 1 (a CSV header is row 0).
-#[derive(Debug, thiserror::Error)]
-pub enum ImportError {
-    #[error("row {row}, column {column}: {message}")]
-    BadRow {
-        row: i64,
-        column: String,
-        message: String,
-    },
-    #[error("cannot read the body: {0}")]
-    Body(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Codec(#[from] codec::CodecError),
-}
-
-fn bad(row: i64, column: &str, message: impl Into<String>) -> ImportError {
-    ImportError::BadRow {
-        row,
-        column: column.to_owned(),
-        message: message.into(),
-    }
 }
 
 /// What an import appended.
@@ -192,7 +168,7 @@ impl<'a> Batcher<'a> {
 }
 
 /// Streams `body` into the store as an import of `source` rows of `schema`'s kind.
-pub async fn import<R: AsyncRead + Unpin + Send>(
+pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
     store: &EventStore,
     tenant: &str,
     schema: &KindSchema,
@@ -221,25 +197,24 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
         },
         count: 0,
     };
-    let mut staged = 0;
+    let mut staging = Staging::new(store, import_id);
     let outcome = async {
         match format {
-            Format::Csv => read_csv(body, &mut b, store, import_id, &mut staged).await?,
-            Format::Ndjson => read_ndjson(body, &mut b, store, import_id, &mut staged).await?,
+            Format::Csv => read_csv(body, &mut b, &mut staging).await?,
+            Format::Ndjson => read_ndjson(body, &mut b, &mut staging).await?,
         }
         if !b.rows.is_empty() {
-            stage(store, import_id, &mut staged, b.take_batch()).await?;
+            staging.push(&b.take_batch()).await?;
         }
         let completed = codec::encode(&SubjectImportEvent::ImportCompleted {
             kind: schema.kind.clone(),
             source: source.to_owned(),
             rows: b.count,
         })?;
-        let (appended, _) = store
-            .commit_staged(
+        let appended = staging
+            .commit(
                 tenant,
                 (SubjectImport::STREAM_TYPE, import_id, 0),
-                import_id,
                 &[completed],
                 metadata,
             )
@@ -254,71 +229,34 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
             appended,
         }),
         Err(e) => {
-            if let Err(d) = store.discard_staged(import_id).await {
-                tracing::warn!(error = %d, "cannot discard a failed import's staged events; the purge job removes them");
-            }
+            staging.discard().await;
             Err(e)
         }
     }
 }
 
-async fn stage(
-    store: &EventStore,
-    import_id: Uuid,
-    staged: &mut i32,
-    event: SubjectImportEvent,
-) -> Result<(), ImportError> {
-    let event = codec::encode(&event)?;
-    store.stage(import_id, *staged, &[event]).await?;
-    *staged += 1;
-    Ok(())
-}
-
 /// Stages the pending rows once they fill an event.
-async fn stage_full(
-    b: &mut Batcher<'_>,
-    store: &EventStore,
-    import_id: Uuid,
-    staged: &mut i32,
-) -> Result<(), ImportError> {
+async fn stage_full(b: &mut Batcher<'_>, staging: &mut Staging<'_>) -> Result<(), ImportError> {
     if b.rows.len() < ROWS_PER_EVENT {
         return Ok(());
     }
-    let batch = b.take_batch();
-    stage(store, import_id, staged, batch).await
+    staging.push(&b.take_batch()).await
 }
 
-async fn read_csv<R: AsyncRead + Unpin + Send>(
+async fn read_csv<R: AsyncRead + Unpin + Send + 'static>(
     body: R,
     b: &mut Batcher<'_>,
-    store: &EventStore,
-    import_id: Uuid,
-    staged: &mut i32,
+    staging: &mut Staging<'_>,
 ) -> Result<(), ImportError> {
-    let mut reader = csv_async::AsyncReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .create_reader(body);
-    let headers: Vec<String> = reader
-        .headers()
-        .await
-        .map_err(|e| bad(0, "", format!("cannot read the header row: {e}")))?
-        .iter()
-        .map(|h| h.trim().to_owned())
-        .collect();
-    let mut seen = HashSet::new();
+    let mut rows = CsvRows::open(body).await?;
+    let headers = rows.headers().to_vec();
     for h in &headers {
-        if !seen.insert(h.as_str()) {
-            return Err(bad(0, h, "appears twice in the header"));
-        }
         b.column(0, h)?;
     }
     if !headers.contains(&b.schema.id_field) {
         return Err(bad(0, &b.schema.id_field, "the header has no id column"));
     }
-    let mut records = reader.records();
-    while let Some(record) = records.next().await {
-        let record = record.map_err(|e| bad(b.count + 1, "", format!("not valid CSV: {e}")))?;
+    while let Some(record) = rows.next().await? {
         let cells: Cells<'_> = headers
             .iter()
             .zip(record.iter())
@@ -330,7 +268,7 @@ async fn read_csv<R: AsyncRead + Unpin + Send>(
             })
             .collect();
         b.push(cells, true)?;
-        stage_full(b, store, import_id, staged).await?;
+        stage_full(b, staging).await?;
     }
     Ok(())
 }
@@ -338,9 +276,7 @@ async fn read_csv<R: AsyncRead + Unpin + Send>(
 async fn read_ndjson<R: AsyncRead + Unpin + Send>(
     body: R,
     b: &mut Batcher<'_>,
-    store: &EventStore,
-    import_id: Uuid,
-    staged: &mut i32,
+    staging: &mut Staging<'_>,
 ) -> Result<(), ImportError> {
     let mut lines = BufReader::new(body).lines();
     while let Some(line) = lines
@@ -363,7 +299,7 @@ async fn read_ndjson<R: AsyncRead + Unpin + Send>(
             .map(|(k, v)| (k.as_str(), (!v.is_null()).then(|| v.clone())))
             .collect();
         b.push(cells, false)?;
-        stage_full(b, store, import_id, staged).await?;
+        stage_full(b, staging).await?;
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use super::commands::{
     TagCommand, TagDraft, TagRunCommand,
 };
 use super::events::TagEvent;
-use super::import::{Format, ImportError};
+use super::import::Format;
 use super::projection::{SUBJECT_ATTRIBUTES, SUBJECT_KINDS, SUBJECT_TAGS, TAGS, TAG_CATEGORIES};
 use super::queries::{
     self, CategoryView, ExplainView, HistoryView, ImportResult, KindView, Preview, RunAccepted,
@@ -26,7 +26,10 @@ use super::queries::{
 use super::{rules, stream_id};
 use crate::eventstore::{codec, StreamEvents};
 use crate::http::error::{ApiError, Problem};
-use crate::http::extract::{command_context, if_match, min_position, tenant, JsonBody, ReadParams};
+use crate::http::extract::{
+    command_context, if_match, media_type, min_position, streamed_body, tenant, JsonBody,
+    ReadParams,
+};
 use crate::http::AppState;
 use crate::pipeline::{self, CommandError, CommandResult, EventSourced, Expect};
 
@@ -155,12 +158,7 @@ pub async fn import_rows(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
-    let media = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase());
+    let media = media_type(&req);
     let format = match media.as_deref() {
         Some("text/csv") => Format::Csv,
         Some("application/x-ndjson") => Format::Ndjson,
@@ -190,7 +188,7 @@ pub async fn import_rows(
             ),
         ));
     }
-    let body = tokio_util::io::StreamReader::new(forward(payload));
+    let body = streamed_body(payload);
     let ctx = command_context(&req, b"")?;
     let metadata = ctx.metadata();
     let imported = super::import::import(
@@ -203,20 +201,7 @@ pub async fn import_rows(
         &metadata,
     )
     .await
-    .map_err(|e| match e {
-        ImportError::BadRow {
-            row,
-            column,
-            message,
-        } => ApiError::InvalidRow {
-            row,
-            column,
-            message,
-        },
-        ImportError::Body(m) => ApiError::MalformedBody(m),
-        ImportError::Store(s) => s.into(),
-        ImportError::Codec(c) => ApiError::Internal(c.into()),
-    })?;
+    .map_err(ApiError::from)?;
     super::metrics::rows_imported(&params.source, imported.rows);
     Ok(HttpResponse::Ok().json(ImportResult {
         import_id: imported.import_id,
@@ -996,24 +981,4 @@ pub async fn remove_manual(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     manual(&state, &req, path.into_inner(), false).await
-}
-
-/// The request body as a `Send` stream (actix's payload is bound to its worker thread; the
-/// CSV reader wants `Send`): a local task forwards the chunks, errors included, so a body
-/// cut short fails the import instead of ending it early.
-fn forward(
-    mut payload: web::Payload,
-) -> futures::channel::mpsc::Receiver<Result<web::Bytes, std::io::Error>> {
-    use futures::{SinkExt, StreamExt};
-    let (mut tx, rx) = futures::channel::mpsc::channel(8);
-    actix_web::rt::spawn(async move {
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
-            let failed = chunk.is_err();
-            if tx.send(chunk).await.is_err() || failed {
-                break;
-            }
-        }
-    });
-    rx
 }

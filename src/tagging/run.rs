@@ -25,7 +25,8 @@ use super::metrics::TAGGING;
 use super::projection::{SUBJECT_ATTRIBUTES, SUBJECT_KINDS, SUBJECT_TAGS, TAGS};
 use super::queries::TagView;
 use super::rules::{self, AttrType, SqlParam};
-use crate::eventstore::{codec, NewEvent};
+use crate::eventstore::codec;
+use crate::imports::Staging;
 use crate::jobs::{Job, JobEnv, JobHandler};
 use crate::pipeline::{self, EventSourced};
 
@@ -392,11 +393,9 @@ async fn execute(
         outcome.per_tag.insert(*id, TagRunStats::default());
     }
     let mut stager = Stager {
-        env,
+        staging: Staging::new(&env.store, batch_id),
         subject_kind: &request.subject_kind,
         run_id: job.id,
-        batch_id,
-        staged: 0,
         applied: &applied,
         pending: Vec::with_capacity(CHANGES_PER_EVENT),
     };
@@ -489,11 +488,9 @@ async fn execute(
 
 /// Stages a run's changes as `TagsChanged` events of up to `CHANGES_PER_EVENT` subjects.
 struct Stager<'a> {
-    env: &'a JobEnv,
+    staging: Staging<'a>,
     subject_kind: &'a str,
     run_id: Uuid,
-    batch_id: Uuid,
-    staged: i32,
     /// The tags the run decides, as the events describe them.
     applied: &'a BTreeMap<i32, AppliedTag>,
     pending: Vec<SubjectChange>,
@@ -527,17 +524,14 @@ impl Stager<'_> {
             .iter()
             .filter_map(|id| self.applied.get(id).map(|t| (*id, t.clone())))
             .collect();
-        let event: NewEvent = codec::encode(&TagRunEvent::TagsChanged {
-            subject_kind: self.subject_kind.to_owned(),
-            run_id: self.run_id,
-            tags,
-            changes,
-        })?;
-        self.env
-            .store
-            .stage(self.batch_id, self.staged, &[event])
+        self.staging
+            .push(&TagRunEvent::TagsChanged {
+                subject_kind: self.subject_kind.to_owned(),
+                run_id: self.run_id,
+                tags,
+                changes,
+            })
             .await?;
-        self.staged += 1;
         Ok(())
     }
 }

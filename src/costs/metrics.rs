@@ -1,0 +1,72 @@
+//! The costs context's Prometheus metrics, registered in the server's registry.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts,
+};
+
+use crate::telemetry::{reg, METRICS};
+
+pub struct CostsMetrics {
+    pub imports: IntCounterVec,
+    pub lines_imported: IntCounterVec,
+    pub import_duration: Histogram,
+    pub query_duration: HistogramVec,
+}
+
+fn build() -> Result<CostsMetrics, prometheus::Error> {
+    let r = &METRICS.registry;
+    Ok(CostsMetrics {
+        imports: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_costs_imports_total",
+                    "Bill imports, by outcome (accepted, duplicate, rejected)",
+                ),
+                &["outcome"],
+            )?,
+        )?,
+        lines_imported: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_costs_lines_imported_total",
+                    "Bill lines accepted by imports, by format (cloudlens, focus)",
+                ),
+                &["format"],
+            )?,
+        )?,
+        import_duration: reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "cloudlens_costs_import_duration_seconds",
+                    "Time to read, check and append one accepted bill file",
+                )
+                .buckets(exponential_buckets(0.01, 2.0, 16)?),
+            )?,
+        )?,
+        query_duration: reg(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "cloudlens_costs_query_duration_seconds",
+                    "Time of cost queries in the database, by query (breakdown, top) and source (rollup, lines)",
+                )
+                .buckets(exponential_buckets(0.001, 2.0, 16)?),
+                &["query", "source"],
+            )?,
+        )?,
+    })
+}
+
+#[allow(clippy::expect_used)] // metric definitions are constants: a failure is a programming error
+pub static COSTS: LazyLock<CostsMetrics> =
+    LazyLock::new(|| build().expect("costs metric definitions are valid"));
+
+/// Registers the metrics (so they show on `/metrics` before the first import).
+pub fn init() {
+    LazyLock::force(&COSTS);
+}

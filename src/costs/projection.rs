@@ -1,0 +1,458 @@
+//! Projectors of the costs context.
+//!
+//! - `cost_accounts` keeps one row per account.
+//! - `cost_lines` keeps the bill lines (hypertable `cost_lines`), their daily rollup
+//!   (`cost_daily`, same transaction) and the imports (`cost_imports`). A batch is applied
+//!   in log order: lines are buffered and written set-wise (binary COPY for the lines, one
+//!   additive merge for the rollup) before the next `BillImportStarted`, which restates
+//!   its periods: the rollup loses the sums of the lines it supersedes, then those lines go.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde_json::Value;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Transaction;
+use uuid::Uuid;
+
+use super::aggregate::{Account, BillImport};
+use super::events::{AccountEvent, BillImportEvent, BillLine, ImportStarted};
+use crate::projections::readmodel::{col, ReadModel, Row};
+use crate::projections::{Envelope, Projector, ProjectorOptions};
+
+pub const COST_ACCOUNTS: &str = "cost_accounts";
+pub const COST_LINES: &str = "cost_lines";
+
+static ACCOUNTS_MODEL: ReadModel = ReadModel {
+    table: "cost_accounts",
+    key: &["tenant_id", "name"],
+    columns: &[
+        col("tenant_id", Type::TEXT),
+        col("name", Type::TEXT),
+        col("provider", Type::TEXT),
+        col("external_id", Type::TEXT),
+        col("currency", Type::TEXT),
+        col("created_at", Type::TIMESTAMPTZ),
+        col("last_position", Type::INT8),
+    ],
+    keep_on_update: &[],
+    newer: None,
+};
+
+struct AccountRow {
+    tenant: String,
+    name: String,
+    provider: &'static str,
+    external_id: Option<String>,
+    currency: String,
+    created_at: DateTime<Utc>,
+    position: i64,
+}
+
+impl Row for AccountRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.tenant,
+            &self.name,
+            &self.provider,
+            &self.external_id,
+            &self.currency,
+            &self.created_at,
+            &self.position,
+        ]
+    }
+}
+
+pub struct AccountsProjector;
+
+#[async_trait]
+impl Projector for AccountsProjector {
+    type Aggregate = Account;
+    const NAME: &'static str = COST_ACCOUNTS;
+    const READ_MODELS: &'static [&'static ReadModel] = &[&ACCOUNTS_MODEL];
+
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: Vec<Envelope<AccountEvent>>,
+    ) -> anyhow::Result<()> {
+        let rows: Vec<AccountRow> = events
+            .into_iter()
+            .map(|e| {
+                let AccountEvent::AccountOpened(d) = e.event;
+                AccountRow {
+                    tenant: e.tenant_id,
+                    name: d.name,
+                    provider: d.provider.as_str(),
+                    external_id: d.external_id,
+                    currency: d.currency,
+                    created_at: e.recorded_at,
+                    position: e.position,
+                }
+            })
+            .collect();
+        // An account stream has one event: every row is new.
+        ACCOUNTS_MODEL.insert(tx, &rows).await
+    }
+}
+
+pub static LINES_MODEL: ReadModel = ReadModel {
+    table: "cost_lines",
+    key: &["import_id", "line_no"],
+    columns: &[
+        col("tenant_id", Type::TEXT),
+        col("charge_start", Type::TIMESTAMPTZ),
+        col("charge_end", Type::TIMESTAMPTZ),
+        col("billing_period", Type::DATE),
+        col("account", Type::TEXT),
+        col("provider", Type::TEXT),
+        col("import_id", Type::UUID),
+        col("line_no", Type::INT4),
+        col("currency", Type::TEXT),
+        col("cost", Type::NUMERIC),
+        col("effective_cost", Type::NUMERIC),
+        col("list_cost", Type::NUMERIC),
+        col("service", Type::TEXT),
+        col("service_name", Type::TEXT),
+        col("category", Type::TEXT),
+        col("region", Type::TEXT),
+        col("resource", Type::TEXT),
+        col("sub_account", Type::TEXT),
+        col("charge_category", Type::TEXT),
+        col("tags", Type::JSONB),
+        col("extra", Type::JSONB),
+    ],
+    keep_on_update: &[],
+    newer: None,
+};
+
+pub static DAILY_MODEL: ReadModel = ReadModel {
+    table: "cost_daily",
+    key: &[
+        "tenant_id",
+        "account",
+        "service",
+        "region",
+        "currency",
+        "day",
+    ],
+    columns: &[
+        col("tenant_id", Type::TEXT),
+        col("day", Type::TIMESTAMPTZ),
+        col("account", Type::TEXT),
+        col("service", Type::TEXT),
+        col("region", Type::TEXT),
+        col("currency", Type::TEXT),
+        col("cost", Type::NUMERIC),
+        col("lines", Type::INT8),
+    ],
+    keep_on_update: &[],
+    newer: None,
+};
+
+static IMPORTS_MODEL: ReadModel = ReadModel {
+    table: "cost_imports",
+    key: &["import_id"],
+    columns: &[
+        col("import_id", Type::UUID),
+        col("tenant_id", Type::TEXT),
+        col("account", Type::TEXT),
+        col("format", Type::TEXT),
+        col("sha256", Type::TEXT),
+        col("periods", Type::DATE_ARRAY),
+        col("lines", Type::INT8),
+        col("lines_loaded", Type::INT8),
+        col("totals", Type::JSONB),
+        col("state", Type::TEXT),
+        col("started_at", Type::TIMESTAMPTZ),
+        col("position", Type::INT8),
+    ],
+    keep_on_update: &[],
+    newer: None,
+};
+
+/// What every line of one import shares.
+struct ImportContext {
+    tenant: String,
+    account: String,
+    provider: &'static str,
+    import_id: Uuid,
+}
+
+struct LineRow {
+    import: Arc<ImportContext>,
+    line: BillLine,
+}
+
+impl Row for LineRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let (i, l) = (&*self.import, &self.line);
+        vec![
+            &i.tenant,
+            &l.charge_start,
+            &l.charge_end,
+            &l.billing_period,
+            &i.account,
+            &i.provider,
+            &i.import_id,
+            &l.line,
+            &l.currency,
+            &l.cost,
+            &l.effective_cost,
+            &l.list_cost,
+            &l.service,
+            &l.service_name,
+            &l.category,
+            &l.region,
+            &l.resource,
+            &l.sub_account,
+            &l.charge_category,
+            &l.tags,
+            &l.extra,
+        ]
+    }
+}
+
+/// A key of `cost_daily`: tenant, day, account, service, region, currency.
+type DayKey = (String, DateTime<Utc>, String, String, String, String);
+
+struct DailyRow {
+    key: DayKey,
+    cost: Decimal,
+    lines: i64,
+}
+
+impl Row for DailyRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let k = &self.key;
+        vec![&k.0, &k.1, &k.2, &k.3, &k.4, &k.5, &self.cost, &self.lines]
+    }
+}
+
+struct ImportRow {
+    id: Uuid,
+    format: &'static str,
+    tenant: String,
+    started: ImportStarted,
+    periods: Vec<chrono::NaiveDate>,
+    totals: Value,
+    at: DateTime<Utc>,
+    position: i64,
+}
+
+impl Row for ImportRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.id,
+            &self.tenant,
+            &self.started.account,
+            &self.format,
+            &self.started.sha256,
+            &self.periods,
+            &self.started.lines,
+            &0_i64,
+            &self.totals,
+            &"loading",
+            &self.at,
+            &self.position,
+        ]
+    }
+}
+
+/// The lines a batch has read and not yet written.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<LineRow>,
+    daily: HashMap<DayKey, (Decimal, i64)>,
+    loaded: HashMap<Uuid, i64>,
+}
+
+impl Pending {
+    fn add(&mut self, import: &Arc<ImportContext>, lines: Vec<BillLine>) {
+        *self.loaded.entry(import.import_id).or_default() += lines.len() as i64;
+        for line in lines {
+            let day = line
+                .charge_start
+                .date_naive()
+                .and_hms_opt(0, 0, 0)
+                .unwrap_or_default()
+                .and_utc();
+            let sums = self
+                .daily
+                .entry((
+                    import.tenant.clone(),
+                    day,
+                    import.account.clone(),
+                    line.service.clone(),
+                    line.region.clone(),
+                    line.currency.clone(),
+                ))
+                .or_default();
+            sums.0 += line.cost;
+            sums.1 += 1;
+            self.lines.push(LineRow {
+                import: import.clone(),
+                line,
+            });
+        }
+    }
+
+    async fn flush(&mut self, tx: &Transaction<'_>) -> anyhow::Result<()> {
+        if self.lines.is_empty() {
+            return Ok(());
+        }
+        LINES_MODEL.insert(tx, &self.lines).await?;
+        let daily: Vec<DailyRow> = self
+            .daily
+            .drain()
+            .map(|(key, (cost, lines))| DailyRow { key, cost, lines })
+            .collect();
+        DAILY_MODEL
+            .accumulate(tx, &daily, &["cost", "lines"])
+            .await?;
+        let (ids, counts): (Vec<Uuid>, Vec<i64>) = self.loaded.drain().unzip();
+        tx.execute(LOADED_SQL, &[&ids, &counts]).await?;
+        self.lines.clear();
+        Ok(())
+    }
+}
+
+const LOADED_SQL: &str = "\
+UPDATE cost_imports i SET lines_loaded = i.lines_loaded + u.n
+  FROM unnest($1::uuid[], $2::bigint[]) AS u(id, n) WHERE i.import_id = u.id";
+
+/// A restatement: the rollup loses the sums of the superseded lines.
+const RESTATE_DAILY_SQL: &str = "\
+UPDATE cost_daily d SET cost = d.cost - g.cost, lines = d.lines - g.lines
+  FROM (SELECT time_bucket('1 day', charge_start) AS day, service, region, currency,
+               sum(cost) AS cost, count(*) AS lines
+          FROM cost_lines
+         WHERE tenant_id = $1 AND account = $2 AND billing_period = ANY($3)
+         GROUP BY 1, 2, 3, 4) g
+ WHERE d.tenant_id = $1 AND d.account = $2 AND d.day = g.day AND d.service = g.service
+   AND d.region = g.region AND d.currency = g.currency";
+const DROP_EMPTY_DAYS_SQL: &str =
+    "DELETE FROM cost_daily WHERE tenant_id = $1 AND account = $2 AND lines = 0";
+const RESTATE_LINES_SQL: &str =
+    "DELETE FROM cost_lines WHERE tenant_id = $1 AND account = $2 AND billing_period = ANY($3)";
+const RESTATED_BY_SQL: &str = "\
+UPDATE cost_imports SET restated_by = $4
+ WHERE tenant_id = $1 AND account = $2 AND periods && $3 AND import_id <> $4
+   AND restated_by IS NULL";
+const COMPLETED_SQL: &str = "\
+UPDATE cost_imports SET state = 'complete', completed_at = $2, position = $3
+ WHERE import_id = $1";
+
+pub struct CostLinesProjector;
+
+#[async_trait]
+impl Projector for CostLinesProjector {
+    type Aggregate = BillImport;
+    const NAME: &'static str = COST_LINES;
+    const READ_MODELS: &'static [&'static ReadModel] =
+        &[&LINES_MODEL, &DAILY_MODEL, &IMPORTS_MODEL];
+
+    fn options(&self) -> ProjectorOptions {
+        // Line events are large (1,000 lines each): 20 per batch.
+        ProjectorOptions {
+            durable_commit: false,
+            batch_size: Some(20),
+        }
+    }
+
+    async fn prepare_shadow(&self, tx: &Transaction<'_>, schema: &str) -> anyhow::Result<()> {
+        tx.batch_execute(&format!(
+            "SELECT create_hypertable('{schema}.cost_lines', 'charge_start',
+                 chunk_time_interval => interval '7 days', create_default_indexes => false);
+             SELECT create_hypertable('{schema}.cost_daily', 'day',
+                 chunk_time_interval => interval '90 days', create_default_indexes => false);"
+        ))
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: Vec<Envelope<BillImportEvent>>,
+    ) -> anyhow::Result<()> {
+        let mut pending = Pending::default();
+        let mut imports: HashMap<Uuid, Arc<ImportContext>> = HashMap::new();
+        for e in events {
+            match e.event {
+                BillImportEvent::BillImportStarted(started) => {
+                    pending.flush(tx).await?;
+                    let periods = started.periods.clone();
+                    let restate: [&(dyn ToSql + Sync); 3] =
+                        [&e.tenant_id, &started.account, &periods];
+                    tx.execute(RESTATE_DAILY_SQL, &restate).await?;
+                    tx.execute(DROP_EMPTY_DAYS_SQL, &restate[..2]).await?;
+                    tx.execute(RESTATE_LINES_SQL, &restate).await?;
+                    tx.execute(
+                        RESTATED_BY_SQL,
+                        &[&e.tenant_id, &started.account, &periods, &e.stream_id],
+                    )
+                    .await?;
+                    imports.insert(
+                        e.stream_id,
+                        Arc::new(ImportContext {
+                            tenant: e.tenant_id.clone(),
+                            account: started.account.clone(),
+                            provider: started.provider.as_str(),
+                            import_id: e.stream_id,
+                        }),
+                    );
+                    let row = ImportRow {
+                        id: e.stream_id,
+                        format: started.format.as_str(),
+                        tenant: e.tenant_id,
+                        totals: serde_json::to_value(&started.totals)?,
+                        periods,
+                        started,
+                        at: e.recorded_at,
+                        position: e.position,
+                    };
+                    IMPORTS_MODEL.insert(tx, &[row]).await?;
+                }
+                BillImportEvent::BillLinesImported(batch) => {
+                    let import = imports
+                        .entry(e.stream_id)
+                        .or_insert_with(|| {
+                            Arc::new(ImportContext {
+                                tenant: e.tenant_id.clone(),
+                                account: batch.account.clone(),
+                                provider: batch.provider.as_str(),
+                                import_id: e.stream_id,
+                            })
+                        })
+                        .clone();
+                    pending.add(&import, batch.lines);
+                }
+                BillImportEvent::BillImportCompleted { .. } => {
+                    pending.flush(tx).await?;
+                    tx.execute(COMPLETED_SQL, &[&e.stream_id, &e.recorded_at, &e.position])
+                        .await?;
+                }
+            }
+        }
+        pending.flush(tx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_read_model_declarations_are_valid() {
+        for m in [
+            &super::ACCOUNTS_MODEL,
+            &super::LINES_MODEL,
+            &super::DAILY_MODEL,
+            &super::IMPORTS_MODEL,
+        ] {
+            m.check().unwrap();
+        }
+    }
+}

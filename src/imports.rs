@@ -1,0 +1,181 @@
+//! Bulk imports, shared by every context that takes large files (ADR 0007).
+//!
+//! - [`CsvRows`] reads a streamed CSV body record by record, with a checked header; the
+//!   body is never held whole in memory.
+//! - [`ImportError::BadRow`] names the row (data rows count from 1, the header is row 0)
+//!   and the column of the first bad cell; the route answers 422 `invalid_row`.
+//! - [`Staging`] stages the events of one import while the body streams in and commits
+//!   them to one stream in one statement at the end, or discards them: an import is all or
+//!   nothing. Batch events stay batches (one event per N rows, never one per row).
+
+use std::collections::HashSet;
+
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::io::AsyncRead;
+use uuid::Uuid;
+
+use crate::eventstore::{codec, Appended, EventStore, NewEvent, StoreError};
+
+/// Why an import was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("row {row}, column {column}: {message}")]
+    BadRow {
+        row: i64,
+        column: String,
+        message: String,
+    },
+    /// The body could not be read (the client went away, the stream broke).
+    #[error("cannot read the body: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Codec(#[from] codec::CodecError),
+}
+
+/// A bad row or cell.
+pub fn bad_row(row: i64, column: &str, message: impl Into<String>) -> ImportError {
+    ImportError::BadRow {
+        row,
+        column: column.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The records of a CSV body after its header row.
+pub struct CsvRows<R: AsyncRead + Unpin + Send> {
+    records: csv_async::StringRecordsIntoStream<'static, R>,
+    headers: Vec<String>,
+    row: i64,
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> CsvRows<R> {
+    /// Reads the header row: names trimmed, each at most once.
+    pub async fn open(body: R) -> Result<Self, ImportError> {
+        let mut reader = csv_async::AsyncReaderBuilder::new()
+            .has_headers(true)
+            .flexible(false)
+            .create_reader(body);
+        let headers: Vec<String> = reader
+            .headers()
+            .await
+            .map_err(|e| csv_error(0, e))?
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .collect();
+        let mut seen = HashSet::new();
+        for h in &headers {
+            if !seen.insert(h.as_str()) {
+                return Err(bad_row(0, h, "appears twice in the header"));
+            }
+        }
+        Ok(Self {
+            records: reader.into_records(),
+            headers,
+            row: 0,
+        })
+    }
+
+    pub fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
+    /// The number of the last record returned (1 for the first data row).
+    pub fn row(&self) -> i64 {
+        self.row
+    }
+
+    /// The next record, `None` at the end of the body.
+    pub async fn next(&mut self) -> Result<Option<csv_async::StringRecord>, ImportError> {
+        match self.records.next().await {
+            None => Ok(None),
+            Some(r) => {
+                self.row += 1;
+                r.map(Some).map_err(|e| csv_error(self.row, e))
+            }
+        }
+    }
+}
+
+/// A broken stream is the body's fault (400); anything else is the row's (422).
+fn csv_error(row: i64, e: csv_async::Error) -> ImportError {
+    match e.kind() {
+        csv_async::ErrorKind::Io(io) => ImportError::Body(io.to_string()),
+        _ => bad_row(row, "", format!("not valid CSV: {e}")),
+    }
+}
+
+/// The events of one import, staged while its body streams in. Sequence 1 is kept for a
+/// head event that can only be written at the end (totals, the periods a file covers) but
+/// must come first in the stream.
+pub struct Staging<'a> {
+    store: &'a EventStore,
+    pub id: Uuid,
+    next: i32,
+    staged: i64,
+}
+
+impl<'a> Staging<'a> {
+    pub fn new(store: &'a EventStore, id: Uuid) -> Self {
+        Self {
+            store,
+            id,
+            next: 1,
+            staged: 0,
+        }
+    }
+
+    /// Events staged so far.
+    pub fn staged(&self) -> i64 {
+        self.staged
+    }
+
+    /// Stages an event after the ones staged before.
+    pub async fn push<E: serde::Serialize + cqrs_es::DomainEvent>(
+        &mut self,
+        event: &E,
+    ) -> Result<(), ImportError> {
+        let event = codec::encode(event)?;
+        self.store.stage(self.id, self.next, &[event]).await?;
+        self.next += 1;
+        self.staged += 1;
+        Ok(())
+    }
+
+    /// Stages the head event: it comes before every other staged event.
+    pub async fn head<E: serde::Serialize + cqrs_es::DomainEvent>(
+        &mut self,
+        event: &E,
+    ) -> Result<(), ImportError> {
+        let event = codec::encode(event)?;
+        self.store.stage(self.id, 0, &[event]).await?;
+        self.staged += 1;
+        Ok(())
+    }
+
+    /// Moves the staged events, then `tail`, into the stream (type, id, expected
+    /// version) in one statement.
+    pub async fn commit(
+        &self,
+        tenant: &str,
+        stream: (&'static str, Uuid, i64),
+        tail: &[NewEvent],
+        metadata: &Value,
+    ) -> Result<Appended, StoreError> {
+        let (appended, _) = self
+            .store
+            .commit_staged(tenant, stream, self.id, tail, metadata)
+            .await?;
+        Ok(appended)
+    }
+
+    /// Drops what was staged (after a failure). A failure to drop is only logged: the
+    /// elected purge job removes stale stages.
+    pub async fn discard(&self) {
+        if let Err(e) = self.store.discard_staged(self.id).await {
+            tracing::warn!(error = %e, "cannot discard staged events; the purge job removes them");
+        }
+    }
+}
