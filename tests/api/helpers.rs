@@ -89,7 +89,7 @@ pub struct TestApp {
     pub client: awc::Client,
 }
 
-type Response = awc::ClientResponse<actix_web::dev::Decompress<actix_web::dev::Payload>>;
+pub type Response = awc::ClientResponse<actix_web::dev::Decompress<actix_web::dev::Payload>>;
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
@@ -271,4 +271,40 @@ pub async fn stream_len(conn: &str, id: uuid::Uuid) -> i64 {
 pub async fn count(conn: &str, sql: &str) -> i64 {
     let c = db::connect(conn).await.unwrap();
     c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// A response body as JSON (up to 64 MiB).
+pub async fn body(mut res: Response) -> Value {
+    res.json::<Value>().limit(64 << 20).await.unwrap()
+}
+
+/// Rows of a query (one text column) sorted, for comparing a rebuilt read model with the
+/// live one.
+pub async fn snapshot(conn: &str, sql: &str) -> Vec<String> {
+    let client = db::connect(conn).await.unwrap();
+    let mut rows: Vec<String> = client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Rebuilds `name` over HTTP and waits until the rebuild is done.
+pub async fn rebuild_and_wait(app: &TestApp, name: &str) {
+    app.start_rebuild(name).await;
+    let done = eventually(Duration::from_secs(60), || async {
+        let v = body(app.get("/api/v1/admin/projections").await).await;
+        let p = v["projections"]
+            .as_array()?
+            .iter()
+            .find(|p| p["name"] == name)?
+            .clone();
+        (p["rebuild"]["state"] == "done").then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "rebuild of {name} finished");
 }

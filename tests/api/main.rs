@@ -5,6 +5,7 @@
 mod helpers;
 
 mod cluster;
+mod costs;
 mod http_api;
 mod jobs;
 mod projections;

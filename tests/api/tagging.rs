@@ -14,10 +14,6 @@ async fn put_json(app: &TestApp, path: &str, body: &Value) -> Response {
     app.client.put(app.url(path)).send_json(body).await.unwrap()
 }
 
-async fn body(mut res: Response) -> Value {
-    res.json::<Value>().limit(64 << 20).await.unwrap()
-}
-
 async fn import(app: &TestApp, source: &str, content_type: &str, data: &str) -> Response {
     app.client
         .post(app.url(&format!("/api/v1/subjects/user/import?source={source}")))
@@ -677,35 +673,6 @@ e,1000000000000.000001,,2020-01-01,
     );
 }
 
-/// Rows of a table as sorted text, for comparing a rebuilt read model with the live one.
-async fn snapshot(conn: &str, sql: &str) -> Vec<String> {
-    let client = cloudlens::db::connect(conn).await.unwrap();
-    let mut rows: Vec<String> = client
-        .query(sql, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect();
-    rows.sort();
-    rows
-}
-
-async fn rebuild(app: &TestApp, name: &str) {
-    app.start_rebuild(name).await;
-    let done = eventually(Duration::from_secs(60), || async {
-        let v = body(app.get("/api/v1/admin/projections").await).await;
-        let p = v["projections"]
-            .as_array()?
-            .iter()
-            .find(|p| p["name"] == name)?
-            .clone();
-        (p["rebuild"]["state"] == "done").then_some(())
-    })
-    .await;
-    assert!(done.is_some(), "rebuild of {name} finished");
-}
-
 #[actix_web::test]
 async fn rebuilt_tagging_read_models_equal_the_live_ones() {
     let app = seeded_app().await;
@@ -751,7 +718,7 @@ async fn rebuilt_tagging_read_models_equal_the_live_ones() {
         "tags",
         "subject_kinds",
     ] {
-        rebuild(&app, name).await;
+        rebuild_and_wait(&app, name).await;
     }
     for ((_, sql), before) in tables.iter().zip(live) {
         assert_eq!(snapshot(&app.conn, sql).await, before, "{sql}");

@@ -1,0 +1,571 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The costs context end to end: accounts, bill imports in both layouts, restatement and
+//! identical re-imports, breakdowns from the rollup and from the raw lines, drill-down,
+//! bad input, and the rebuild of every cost read model.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn open_account(app: &TestApp, name: &str, currency: &str) {
+    let res = app
+        .post_json(
+            "/api/v1/accounts",
+            &json!({"provider": "aliyun", "name": name, "currency": currency}),
+        )
+        .await;
+    assert_eq!(res.status(), 201, "open account {name}");
+}
+
+async fn post_bill(app: &TestApp, account: &str, format: &str, csv: &str) -> Response {
+    app.client
+        .post(app.url(&format!(
+            "/api/v1/costs/imports?account={account}&format={format}"
+        )))
+        .insert_header(("Content-Type", "text/csv"))
+        .send_body(csv.to_owned())
+        .await
+        .unwrap()
+}
+
+/// Imports and waits until the import is visible; returns the answer.
+async fn import_ok(app: &TestApp, account: &str, format: &str, csv: &str) -> Value {
+    let res = post_bill(app, account, format, csv).await;
+    assert_eq!(res.status(), 202, "import into {account}");
+    let v = body(res).await;
+    let state = body(
+        app.get(&format!(
+            "/api/v1/costs/imports/{}?min_position={}",
+            v["import_id"].as_str().unwrap(),
+            v["position"]
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(state["state"], "complete", "{state}");
+    assert_eq!(state["lines_loaded"], v["lines"]);
+    v
+}
+
+const HEADER: &str = "billing_cycle,billing_date,product_code,product_name,product_type,subscription_type,instance_id,region,zone,resource_group,billing_item,list_price,invoice_discount,pretax_amount,deducted_by_coupons,payment_amount,currency,tag";
+
+/// A deterministic cloudlens bill of `n` lines in `period` (YYYY-MM); returns the CSV and
+/// the exact sum per (day, service) and per team tag.
+fn bill(period: &str, n: usize, seed: u64) -> (String, BTreeMap<(String, String), Decimal>) {
+    let mut csv = String::from(HEADER);
+    csv.push('\n');
+    let mut sums = BTreeMap::new();
+    let mut x = seed;
+    let services = ["ecs", "oss", "rds", "slb"];
+    let regions = ["cn-hangzhou", "cn-beijing"];
+    for i in 0..n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let day = (x >> 33) % 28 + 1;
+        let service = services[((x >> 20) % 4) as usize];
+        let region = regions[((x >> 10) % 2) as usize];
+        let cents = (x >> 40) % 100_000;
+        let amount = Decimal::new(cents as i64, 4); // up to 4 decimals, exact
+                                                    // Every 7th line has no charge day: it belongs on the period's first day.
+        let (date, day_key) = if i % 7 == 3 {
+            (String::new(), format!("{period}-01"))
+        } else {
+            let d = format!("{period}-{day:02}");
+            (d.clone(), d)
+        };
+        let tag = match i % 3 {
+            0 => format!("\"{{\"\"team\"\":\"\"t{}\"\"}}\"", i % 4),
+            1 => format!("team:t{};env:prod", i % 4),
+            _ => String::new(),
+        };
+        csv.push_str(&format!(
+            "{period},{date},{service},{service} name,usage,PayAsYouGo,i-{i},{region},{region}-a,rg,item,9.99,0,{amount},0,{amount},CNY,{tag}\n"
+        ));
+        *sums.entry((day_key, service.to_owned())).or_default() += amount;
+    }
+    (csv, sums)
+}
+
+fn dec(v: &Value) -> Decimal {
+    Decimal::from_str(v.as_str().unwrap()).unwrap()
+}
+
+/// Sum per (day, service) of a day × service breakdown.
+fn by_day_service(v: &Value) -> BTreeMap<(String, String), Decimal> {
+    let mut out = BTreeMap::new();
+    for b in v["buckets"].as_array().unwrap() {
+        let day = b["start"].as_str().unwrap()[..10].to_owned();
+        for g in b["groups"].as_array().unwrap() {
+            let service = g["key"]["service"].as_str().unwrap().to_owned();
+            *out.entry((day.clone(), service)).or_default() += dec(&g["cost"]);
+        }
+    }
+    out
+}
+
+async fn costs(app: &TestApp, query: &str) -> Value {
+    let res = app.get(&format!("/api/v1/costs?{query}")).await;
+    assert_eq!(res.status(), 200, "{query}");
+    body(res).await
+}
+
+#[actix_web::test]
+async fn a_bill_sums_exactly_in_every_grouping_from_the_rollup_and_from_the_lines() {
+    let app = spawn_app().await;
+    open_account(&app, "prod", "CNY").await;
+    // 2,500 lines: three line events, several projector batches.
+    let (csv, expected) = bill("2024-03", 2_500, 7);
+    let v = import_ok(&app, "prod", "cloudlens", &csv).await;
+    assert_eq!(v["lines"], 2_500);
+    assert_eq!(v["duplicate"], false);
+    let total: Decimal = expected.values().copied().sum();
+
+    let q = "from=2024-03-01&to=2024-04-01&group_by=service";
+    let rollup = costs(&app, q).await;
+    assert_eq!(rollup["source"], "rollup");
+    assert_eq!(rollup["currency"], "CNY");
+    assert_eq!(dec(&rollup["total"]), total, "to the last digit");
+    assert_eq!(by_day_service(&rollup), expected);
+    let lines = costs(&app, &format!("{q}&source=lines")).await;
+    assert_eq!(lines["source"], "lines");
+    assert_eq!(lines["buckets"], rollup["buckets"]);
+
+    // Weeks start on Monday (2024-02-26), months on the 1st; every grouping sums to the
+    // same total.
+    let week = costs(&app, "from=2024-03-01&to=2024-04-01&bucket=week").await;
+    assert_eq!(week["buckets"][0]["start"], "2024-02-26T00:00:00Z");
+    let month = costs(
+        &app,
+        "from=2024-03-01&to=2024-04-01&bucket=month&group_by=account,region,service",
+    )
+    .await;
+    assert_eq!(month["buckets"].as_array().unwrap().len(), 1);
+    assert_eq!(month["buckets"][0]["start"], "2024-03-01T00:00:00Z");
+    assert_eq!(
+        month["buckets"][0]["groups"].as_array().unwrap().len(),
+        8,
+        "1 account × 2 regions × 4 services"
+    );
+    for v in [&week, &month] {
+        assert_eq!(dec(&v["total"]), total);
+    }
+    // A tag grouping reads the lines; both tag spellings count, untagged lines are null.
+    let teams = costs(
+        &app,
+        "from=2024-03-01&to=2024-04-01&bucket=month&group_by=tag:team",
+    )
+    .await;
+    assert_eq!(teams["source"], "lines");
+    let keys: Vec<Value> = teams["buckets"][0]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["key"]["tag:team"].clone())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            json!("t0"),
+            json!("t1"),
+            json!("t2"),
+            json!("t3"),
+            Value::Null
+        ]
+    );
+    assert_eq!(dec(&teams["total"]), total);
+    let filtered = costs(
+        &app,
+        "from=2024-03-01&to=2024-04-01&bucket=month&tag=team:t1&service=ecs",
+    )
+    .await;
+    let direct = costs(
+        &app,
+        "from=2024-03-01&to=2024-04-01&bucket=month&group_by=tag:team,service",
+    )
+    .await;
+    let t1_ecs: Decimal = direct["buckets"][0]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["key"]["tag:team"] == "t1" && g["key"]["service"] == "ecs")
+        .map(|g| dec(&g["cost"]))
+        .sum();
+    assert_eq!(dec(&filtered["total"]), t1_ecs);
+    // The line without a charge day landed on the period's first day.
+    let first_day = costs(&app, "from=2024-03-01&to=2024-03-02").await;
+    let expected_first: Decimal = expected
+        .iter()
+        .filter(|((d, _), _)| d == "2024-03-01")
+        .map(|(_, v)| *v)
+        .sum();
+    assert_eq!(dec(&first_day["total"]), expected_first);
+
+    // Top services, ranked.
+    let top = body(
+        app.get("/api/v1/costs/top?by=service&from=2024-03-01&to=2024-04-01&limit=2")
+            .await,
+    )
+    .await;
+    let items = top["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(dec(&items[0]["cost"]) >= dec(&items[1]["cost"]));
+    let mut per_service: BTreeMap<String, Decimal> = BTreeMap::new();
+    for ((_, s), v) in &expected {
+        *per_service.entry(s.clone()).or_default() += *v;
+    }
+    let best = per_service.iter().max_by_key(|(_, v)| **v).unwrap();
+    assert_eq!(items[0]["key"], best.0.as_str());
+    assert_eq!(dec(&items[0]["cost"]), *best.1);
+
+    // Drill-down: pages of lines in charge order reach every line once.
+    let mut seen = std::collections::HashSet::new();
+    let mut sum = Decimal::ZERO;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/api/v1/costs/lines?from=2024-03-01&to=2024-04-01&limit=1000".to_owned();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page = body(app.get(&path).await).await;
+        for l in page["items"].as_array().unwrap() {
+            assert!(seen.insert(l["line"].as_i64().unwrap()));
+            sum += dec(&l["cost"]);
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 2_500);
+    assert_eq!(sum, total);
+}
+
+#[actix_web::test]
+async fn an_identical_file_changes_nothing_and_a_new_file_restates_its_periods() {
+    let app = spawn_app().await;
+    open_account(&app, "prod", "CNY").await;
+    open_account(&app, "dev", "CNY").await;
+    let (jan, _) = bill("2024-01", 300, 1);
+    let (feb, _) = bill("2024-02", 300, 2);
+    let jan_feb = format!("{jan}{}", feb.split_once('\n').unwrap().1);
+    let first = import_ok(&app, "prod", "cloudlens", &jan_feb).await;
+    import_ok(&app, "dev", "cloudlens", &jan).await;
+    let totals = |v: &Value| -> BTreeMap<String, Decimal> {
+        v["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let sum = b["groups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|g| dec(&g["cost"]))
+                    .sum();
+                (b["start"].as_str().unwrap()[..7].to_owned(), sum)
+            })
+            .collect()
+    };
+    let q = "from=2024-01-01&to=2024-03-01&bucket=month&account=prod";
+    let before = costs(&app, q).await;
+
+    // The same bytes again: the first import, nothing appended.
+    let events = "SELECT count(*) FROM events";
+    let events_before = count(&app.conn, events).await;
+    let res = post_bill(&app, "prod", "cloudlens", &jan_feb).await;
+    assert_eq!(res.status(), 200);
+    let again = body(res).await;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["import_id"], first["import_id"]);
+    assert_eq!(again["position"], first["position"]);
+    assert_eq!(count(&app.conn, events).await, events_before);
+    assert_eq!(
+        count(
+            &app.conn,
+            "SELECT count(DISTINCT stream_id) FROM events WHERE stream_type = 'bill_import'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(costs(&app, q).await["buckets"], before["buckets"]);
+
+    // A corrected February: February's lines are replaced, January's stay.
+    let (feb2, feb2_sums) = bill("2024-02", 50, 99);
+    let second = import_ok(&app, "prod", "cloudlens", &feb2).await;
+    let after = costs(&app, &format!("{q}&min_position={}", second["position"])).await;
+    let t = totals(&after);
+    assert_eq!(t["2024-01"], totals(&before)["2024-01"]);
+    assert_eq!(t["2024-02"], feb2_sums.values().copied().sum::<Decimal>());
+    // Other accounts are untouched.
+    let dev_total = costs(
+        &app,
+        "from=2024-01-01&to=2024-03-01&bucket=month&account=dev",
+    )
+    .await;
+    assert_eq!(
+        dec(&dev_total["total"]),
+        totals(&before)["2024-01"],
+        "same January file"
+    );
+    // The rollup still equals the lines, row for row; no empty rollup rows remain.
+    assert_eq!(
+        snapshot(&app.conn, "SELECT concat_ws('|', account, day, service, region, currency, cost, lines) FROM cost_daily").await,
+        snapshot(&app.conn, "SELECT concat_ws('|', account, d, service, region, currency, c, n) FROM (SELECT account, time_bucket('1 day', charge_start) AS d, service, region, currency, sum(cost) AS c, count(*) AS n FROM cost_lines GROUP BY 1, 2, 3, 4, 5) s").await
+    );
+    let old = body(
+        app.get(&format!(
+            "/api/v1/costs/imports/{}",
+            first["import_id"].as_str().unwrap()
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(old["restated_by"], second["import_id"]);
+    assert_eq!(old["periods"], json!(["2024-01-01", "2024-02-01"]));
+    let list = body(app.get("/api/v1/costs/imports?account=prod").await).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+}
+
+const FOCUS: &str = "BillingAccountId,BillingPeriodStart,BillingPeriodEnd,ChargePeriodStart,ChargePeriodEnd,ChargeCategory,BilledCost,EffectiveCost,ListCost,BillingCurrency,ServiceName,ServiceCategory,ResourceId,RegionId,SubAccountId,Tags,AllocatedMethodId,AllocatedResourceId,AllocatedTags,x_CostCenter
+ba-1,2025-06-01T00:00:00Z,2025-07-01T00:00:00Z,2025-06-03T00:00:00Z,2025-06-04T00:00:00Z,Usage,10.0000000001,9.5,12,USD,Amazon EC2,Compute,i-1,us-east-1,sub-1,\"{\"\"team\"\":\"\"web\"\"}\",,,,cc-7
+ba-1,2025-06-01T00:00:00Z,2025-07-01T00:00:00Z,2025-06-03T12:00:00Z,2025-06-03T13:00:00Z,Usage,0.25,0.25,,USD,Amazon S3,Storage,bucket-a,us-east-1,sub-1,{},split-1,i-9,\"{\"\"team\"\":\"\"data\"\"}\",
+ba-1,2025-06-01T00:00:00Z,2025-07-01T00:00:00Z,2025-06-20T00:00:00Z,2025-06-21T00:00:00Z,Purchase,100,0,,EUR,Support,Other,,global,sub-2,,,,,
+";
+
+#[actix_web::test]
+async fn a_focus_file_imports_with_its_split_allocation_and_custom_columns() {
+    let app = spawn_app().await;
+    open_account(&app, "aws", "USD").await;
+    import_ok(&app, "aws", "focus", FOCUS).await;
+    // Two currencies: never summed together.
+    let v = costs(
+        &app,
+        "from=2025-06-01&to=2025-07-01&bucket=month&group_by=service",
+    )
+    .await;
+    assert_eq!(v["currency"], Value::Null);
+    assert_eq!(v["total"], Value::Null);
+    let totals: BTreeMap<String, Decimal> = v["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["currency"].as_str().unwrap().to_owned(), dec(&t["total"])))
+        .collect();
+    assert_eq!(totals["USD"], Decimal::from_str("10.2500000001").unwrap());
+    assert_eq!(totals["EUR"], Decimal::from(100));
+    let usd = costs(
+        &app,
+        "from=2025-06-01&to=2025-07-01&bucket=month&currency=USD",
+    )
+    .await;
+    assert_eq!(usd["currency"], "USD");
+    assert_eq!(
+        dec(&usd["total"]),
+        Decimal::from_str("10.2500000001").unwrap()
+    );
+    // A bound that is not midnight reads the lines: 12:00-13:00 holds the S3 line only.
+    let noon = costs(
+        &app,
+        "from=2025-06-03T12:00:00Z&to=2025-06-03T13:00:00Z&group_by=service",
+    )
+    .await;
+    assert_eq!(noon["source"], "lines");
+    assert_eq!(dec(&noon["total"]), Decimal::from_str("0.25").unwrap());
+    let page = body(
+        app.get("/api/v1/costs/lines?from=2025-06-01&to=2025-07-01&resource=bucket-a")
+            .await,
+    )
+    .await;
+    let line = &page["items"][0];
+    assert_eq!(line["service"], "Amazon S3");
+    assert_eq!(line["extra"]["AllocatedMethodId"], "split-1");
+    assert_eq!(line["extra"]["AllocatedTags"], "{\"team\":\"data\"}");
+    assert_eq!(line["extra"]["BillingAccountId"], "ba-1");
+    let first = body(
+        app.get("/api/v1/costs/lines?from=2025-06-01&to=2025-07-01&resource=i-1")
+            .await,
+    )
+    .await;
+    assert_eq!(first["items"][0]["extra"]["x_CostCenter"], "cc-7");
+    assert_eq!(first["items"][0]["tags"], json!({"team": "web"}));
+    assert_eq!(first["items"][0]["effective_cost"], "9.5");
+}
+
+#[actix_web::test]
+async fn a_bad_bill_is_refused_whole_with_row_and_column_and_writes_nothing() {
+    let app = spawn_app().await;
+    open_account(&app, "prod", "CNY").await;
+    let (good, _) = bill("2024-03", 1_500, 3);
+    // Line 1,201: past the first staged event, so staging must be undone.
+    let mut late: Vec<String> = good.lines().map(String::from).collect();
+    late[1201] = late[1201].replace(",CNY,", ",XYZ,");
+    let cases: Vec<(String, i64, &str)> = vec![
+        (late.join("\n"), 1201, "currency"),
+        (
+            format!("{HEADER}\n2024-03,2024-03-02,ecs,,,,,,,,,,,abc,,,CNY,\n"),
+            1,
+            "pretax_amount",
+        ),
+        (
+            format!("{HEADER}\n2024-03,2024-03-32,ecs,,,,,,,,,,,1,,,CNY,\n"),
+            1,
+            "billing_date",
+        ),
+        (
+            format!("{HEADER}\n2024-3,,ecs,,,,,,,,,,,1,,,CNY,\n"),
+            1,
+            "billing_cycle",
+        ),
+        (
+            format!("{HEADER}\n2024-03,,ecs,,,,,,,,,,,1,,,CNY,team=a\n"),
+            1,
+            "tag",
+        ),
+        (
+            format!("{HEADER}\n2024-03,,ecs,,,,,,,,,,,1,,,CNY,\"[1,2]\"\n"),
+            1,
+            "tag",
+        ),
+        (
+            format!("{HEADER}\n2024-03,,ecs,,,,,,,,,,,,,,CNY,\n"),
+            1,
+            "pretax_amount",
+        ),
+        (
+            "billing_cycle,product_code,currency\n2024-03,ecs,CNY\n".into(),
+            0,
+            "pretax_amount",
+        ),
+        (
+            "billing_cycle,product_code,pretax_amount,currency,colour\n2024-03,ecs,1,CNY,red\n"
+                .into(),
+            0,
+            "colour",
+        ),
+        (format!("{HEADER}\n"), 1, ""),
+    ];
+    for (csv, row, column) in &cases {
+        let res = post_bill(&app, "prod", "cloudlens", csv).await;
+        assert_eq!(res.status(), 422, "row {row} column {column}");
+        assert_eq!(
+            res.headers().get("content-type").unwrap(),
+            "application/problem+json"
+        );
+        let p = body(res).await;
+        assert_eq!(p["code"], "invalid_row", "{p}");
+        assert_eq!(p["row"], *row, "{p}");
+        assert_eq!(p["field"], *column, "{p}");
+    }
+    let res = app
+        .client
+        .post(app.url("/api/v1/costs/imports?account=prod&format=cloudlens"))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body("{}")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+    let res = post_bill(&app, "nobody", "cloudlens", &good).await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(body(res).await["field"], "account");
+    let res = post_bill(&app, "prod", "csv", &good).await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(body(res).await["field"], "format");
+    // Nothing of any of them reached the log or stayed staged.
+    assert_eq!(
+        count(
+            &app.conn,
+            "SELECT count(*) FROM events WHERE stream_type = 'bill_import'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&app.conn, "SELECT count(*) FROM staged_events").await,
+        0
+    );
+    // An account name is unique; a bad currency names its field.
+    let res = app
+        .post_json(
+            "/api/v1/accounts",
+            &json!({"provider": "aws", "name": "prod", "currency": "CNY"}),
+        )
+        .await;
+    assert_eq!(res.status(), 409);
+    let res = app
+        .post_json(
+            "/api/v1/accounts",
+            &json!({"provider": "aws", "name": "x", "currency": "RMB"}),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(body(res).await["field"], "currency");
+    // Queries name the offending parameter.
+    for (query, field) in [
+        ("from=2024-03-01&to=2024-02-01", "to"),
+        ("from=yesterday&to=2024-02-01", "from"),
+        ("from=2024-01-01&to=2024-02-01&group_by=colour", "group_by"),
+        (
+            "from=2024-01-01&to=2024-02-01&group_by=service,service",
+            "group_by",
+        ),
+        ("from=2024-01-01&to=2024-02-01&bucket=hour", "bucket"),
+        ("from=2024-01-01&to=2024-02-01&currency=RMB", "currency"),
+        ("from=2024-01-01&to=2024-02-01&tag=team", "tag"),
+    ] {
+        let res = app.get(&format!("/api/v1/costs?{query}")).await;
+        assert_eq!(res.status(), 422, "{query}");
+        assert_eq!(body(res).await["field"], field, "{query}");
+    }
+    let res = app
+        .get("/api/v1/costs/lines?from=2024-01-01&to=2024-02-01&cursor=xyz")
+        .await;
+    assert_eq!(res.status(), 422);
+    let res = app
+        .get("/api/v1/costs/top?by=colour&from=2024-01-01&to=2024-02-01")
+        .await;
+    assert_eq!(res.status(), 422);
+}
+
+#[actix_web::test]
+async fn rebuilt_cost_read_models_equal_the_live_ones() {
+    let app = spawn_app().await;
+    open_account(&app, "prod", "CNY").await;
+    import_ok(&app, "prod", "cloudlens", &bill("2024-01", 1_200, 5).0).await;
+    import_ok(&app, "prod", "cloudlens", &bill("2024-02", 800, 6).0).await;
+    // A restatement of January between them in the log.
+    import_ok(&app, "prod", "cloudlens", &bill("2024-01", 100, 8).0).await;
+    import_ok(&app, "prod", "focus", FOCUS).await;
+    let tables = [
+        "SELECT concat_ws('|', tenant_id, charge_start, charge_end, billing_period, account, provider, import_id, line_no, currency, cost, effective_cost, list_cost, service, service_name, category, region, resource, sub_account, charge_category, tags, vtags, extra) FROM cost_lines",
+        "SELECT concat_ws('|', tenant_id, day, account, service, region, currency, cost, lines) FROM cost_daily",
+        "SELECT concat_ws('|', import_id, account, format, sha256, periods, lines, lines_loaded, totals, state, started_at, completed_at, position, restated_by) FROM cost_imports",
+        "SELECT concat_ws('|', tenant_id, name, provider, external_id, currency, created_at, last_position) FROM cost_accounts",
+    ];
+    let mut live = Vec::new();
+    for sql in &tables {
+        let rows = snapshot(&app.conn, sql).await;
+        assert!(!rows.is_empty(), "{sql}");
+        live.push(rows);
+    }
+    assert_eq!(
+        live[0].len(),
+        800 + 100 + 3,
+        "January restated by the 100-line file"
+    );
+    for name in ["cost_lines", "cost_accounts"] {
+        rebuild_and_wait(&app, name).await;
+    }
+    for (sql, before) in tables.iter().zip(live) {
+        assert_eq!(snapshot(&app.conn, sql).await, before, "{sql}");
+    }
+    // Still a hypertable after the swap.
+    assert_eq!(
+        count(&app.conn, "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name IN ('cost_lines', 'cost_daily')").await,
+        2
+    );
+}
