@@ -149,6 +149,38 @@ async fn drive_tagging(app: &TestApp) {
     assert!(done.is_some(), "the tagging run succeeds");
 }
 
+/// Bill imports (accepted, duplicate, rejected) and cost queries from both sources.
+async fn drive_costs(app: &TestApp) {
+    let res = app
+        .post_json(
+            "/api/v1/accounts",
+            &serde_json::json!({"provider": "aws", "name": "prod", "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let bill = "billing_cycle,billing_date,product_code,pretax_amount,currency,tag
+2024-03,2024-03-02,ecs,1.25,USD,team:a
+2024-03,,oss,2,USD,
+";
+    for (csv, status) in [(bill, 202), (bill, 200), ("billing_cycle\n2024-03\n", 422)] {
+        let res = app
+            .client
+            .post(app.url("/api/v1/costs/imports?account=prod&format=cloudlens"))
+            .insert_header(("Content-Type", "text/csv"))
+            .send_body(csv)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status);
+    }
+    for q in [
+        "/api/v1/costs?from=2024-03-01&to=2024-04-01&group_by=service",
+        "/api/v1/costs?from=2024-03-01&to=2024-04-01&group_by=tag:team",
+        "/api/v1/costs/top?by=service&from=2024-03-01&to=2024-04-01",
+    ] {
+        assert_eq!(app.get(q).await.status(), 200, "{q}");
+    }
+}
+
 async fn drive_load(app: &TestApp) {
     for i in 0..20 {
         let mut res = app
@@ -213,6 +245,7 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     // Load in two rounds a few seconds apart, so rates see samples before and after.
     drive_load(&app).await;
     drive_tagging(&app).await;
+    drive_costs(&app).await;
     let scraped = eventually(Duration::from_secs(60), || async {
         let v = query(
             &client,
