@@ -9,10 +9,12 @@
 //!   between its HTTP write runs);
 //! - `catchup` replays a log of N budget events (creates, updates, deletes) into a fresh
 //!   read model (a rebuild) and, in the same round, COPYs N rows into an identically
-//!   shaped table, in rounds.
+//!   shaped table, in rounds;
+//! - `bills` writes seeded bill files (cloudlens format) and their exact sums.
 //!
 //! Numbers are printed, never asserted: see loadtest/RESULTS.md and loadtest/run.sh.
 
+mod bills;
 mod db_bench;
 mod http_load;
 mod stats;
@@ -36,6 +38,8 @@ enum Command {
     RawInsert(db_bench::RawInsertArgs),
     /// Projection catch-up (rebuild) vs raw COPY benchmark.
     Catchup(db_bench::CatchupArgs),
+    /// Seeded bill files for the costs benchmark (loadtest/costs.sh).
+    Bills(bills::BillArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => db_bench::store(args),
         Command::RawInsert(args) => db_bench::raw_insert(args),
         Command::Catchup(args) => db_bench::catchup(args),
+        Command::Bills(args) => bills::run(args),
     }
 }
