@@ -55,7 +55,9 @@ const REGIONS: &[&str] = &[
     "ap-southeast-1",
     "us-west-1",
 ];
-const TEAMS: &[&str] = &["web", "data", "infra", "ml", "mobile", "search", "ads", "pay"];
+const TEAMS: &[&str] = &[
+    "web", "data", "infra", "ml", "mobile", "search", "ads", "pay",
+];
 
 pub fn run(a: BillArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out)?;
@@ -120,5 +122,3 @@ pub fn run(a: BillArgs) -> anyhow::Result<()> {
     w.flush()?;
     Ok(())
 }
-
-

@@ -344,12 +344,11 @@ async fn store_append(
             let mut rows = 0u64;
             while Instant::now() < until {
                 let events = (0..per_command)
-                    .map(|k| NewEvent {
-                        event_type: "BudgetCreated".into(),
-                        schema_version: 2,
-                        payload: payload(seed + i as u64 * 1_000_000 + rows + k),
+                    .map(|k| {
+                        let p = payload(seed + i as u64 * 1_000_000 + rows + k);
+                        NewEvent::from_value("BudgetCreated", 2, &p)
                     })
-                    .collect();
+                    .collect::<Result<_, _>>()?;
                 store
                     .append(AppendRequest {
                         tenant_id: "default",

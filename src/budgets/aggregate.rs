@@ -383,7 +383,7 @@ mod tests {
             BudgetEvent::BudgetDeleted {},
         ] {
             let row = codec::encode(&e).unwrap();
-            let raw = serde_json::value::to_raw_value(&row.payload).unwrap();
+            let raw = row.payload;
             let back: BudgetEvent = codec::decode(
                 &row.event_type,
                 row.schema_version,
@@ -436,7 +436,7 @@ mod tests {
             fn events_round_trip_exactly(d in any_details()) {
                 let e = BudgetEvent::BudgetUpdated(d);
                 let row = codec::encode(&e).unwrap();
-                let raw = serde_json::value::to_raw_value(&row.payload).unwrap();
+                let raw = row.payload;
                 let back: BudgetEvent =
                     codec::decode(&row.event_type, row.schema_version, &raw, Budget::upcasters()).unwrap();
                 prop_assert_eq!(&back, &e);

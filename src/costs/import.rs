@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use rust_decimal::Decimal;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -22,7 +23,7 @@ use uuid::Uuid;
 
 use super::aggregate::{is_currency, BillImport};
 use super::events::{
-    AccountDetails, BillFormat, BillImportEvent, BillLine, CurrencyTotal, ImportStarted,
+    AccountDetails, BillFormat, BillImportEvent, BillLine, CurrencyTotal, ImportStarted, JsonText,
     LinesImported,
 };
 use super::reference::FOCUS_COLUMNS;
@@ -192,11 +193,11 @@ impl Layout {
             resource: String::new(),
             sub_account: String::new(),
             charge_category: String::new(),
-            tags: Value::Object(Map::new()),
-            extra: Value::Null,
+            tags: JsonText(json_object(&[])),
+            extra: JsonText(json_object(&[])),
         };
         let mut cost = None;
-        let mut extra = Map::new();
+        let mut extra: Vec<(&str, &str)> = Vec::new();
         for ((name, field), cell) in self.columns.iter().zip(record.iter()) {
             let cell = cell.trim();
             if cell.is_empty() {
@@ -241,20 +242,22 @@ impl Layout {
                 Field::SubAccount => cell.clone_into(&mut line.sub_account),
                 Field::ChargeCategory => cell.clone_into(&mut line.charge_category),
                 Field::Tags => {
-                    line.tags = parse_tags(cell, self.format == BillFormat::Cloudlens)
-                        .map_err(|m| bad_row(row, name, m))?
+                    let tags = parse_tags(cell, self.format == BillFormat::Cloudlens)
+                        .map_err(|m| bad_row(row, name, m))?;
+                    line.tags = JsonText(
+                        serde_json::value::to_raw_value(&tags)
+                            .map_err(|e| bad_row(row, name, e.to_string()))?,
+                    );
                 }
                 Field::DecimalExtra => {
                     decimal(cell).ok_or_else(|| bad("a decimal number"))?;
-                    extra.insert(name.clone(), Value::String(cell.to_owned()));
+                    extra.push((name, cell));
                 }
                 Field::ObjectExtra => {
                     parse_tags(cell, false).map_err(|m| bad_row(row, name, m))?;
-                    extra.insert(name.clone(), Value::String(cell.to_owned()));
+                    extra.push((name, cell));
                 }
-                Field::Extra => {
-                    extra.insert(name.clone(), Value::String(cell.to_owned()));
-                }
+                Field::Extra => extra.push((name, cell)),
             }
         }
         let (period_column, cost_column, currency_column, start_column) = match self.format {
@@ -299,9 +302,36 @@ impl Layout {
                 line.charge_end = end;
             }
         }
-        line.extra = Value::Object(extra);
+        if !extra.is_empty() {
+            line.extra = JsonText(json_object(&extra));
+        }
         Ok(line)
     }
+}
+
+/// A JSON object of text values, written straight to text (header names are distinct).
+fn json_object(pairs: &[(&str, &str)]) -> Box<RawValue> {
+    let mut out = Vec::with_capacity(
+        2 + pairs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum::<usize>(),
+    );
+    out.push(b'{');
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, k);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut out, v);
+    }
+    out.push(b'}');
+    // Text written by serde_json from `&str`s is UTF-8 and a valid object: the checks of
+    // `from_utf8_lossy` and `from_string` never fail (`null` would stand in).
+    RawValue::from_string(String::from_utf8_lossy(&out).into_owned())
+        .unwrap_or_else(|_| RawValue::NULL.to_owned())
 }
 
 /// `YYYY-MM` as the month's first day.

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use serde_json::value::RawValue;
 use serde_json::Value;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
@@ -182,36 +183,78 @@ struct ImportContext {
     import_id: Uuid,
 }
 
+/// A line as written: the JSON columns are passed to COPY as the text they arrived in.
 struct LineRow {
     import: Arc<ImportContext>,
-    line: BillLine,
+    line: i32,
+    charge_start: DateTime<Utc>,
+    charge_end: Option<DateTime<Utc>>,
+    billing_period: chrono::NaiveDate,
+    currency: String,
+    cost: Decimal,
+    effective_cost: Option<Decimal>,
+    list_cost: Option<Decimal>,
+    service: String,
+    service_name: String,
+    category: String,
+    region: String,
+    resource: String,
+    sub_account: String,
+    charge_category: String,
+    tags: Json<Box<RawValue>>,
+    extra: Json<Box<RawValue>>,
+}
+
+impl LineRow {
+    fn new(import: Arc<ImportContext>, l: BillLine) -> Self {
+        Self {
+            import,
+            line: l.line,
+            charge_start: l.charge_start,
+            charge_end: l.charge_end,
+            billing_period: l.billing_period,
+            currency: l.currency,
+            cost: l.cost,
+            effective_cost: l.effective_cost,
+            list_cost: l.list_cost,
+            service: l.service,
+            service_name: l.service_name,
+            category: l.category,
+            region: l.region,
+            resource: l.resource,
+            sub_account: l.sub_account,
+            charge_category: l.charge_category,
+            tags: Json(l.tags.0),
+            extra: Json(l.extra.0),
+        }
+    }
 }
 
 impl Row for LineRow {
     fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
-        let (i, l) = (&*self.import, &self.line);
+        let i = &*self.import;
         vec![
             &i.tenant,
-            &l.charge_start,
-            &l.charge_end,
-            &l.billing_period,
+            &self.charge_start,
+            &self.charge_end,
+            &self.billing_period,
             &i.account,
             &i.provider,
             &i.import_id,
-            &l.line,
-            &l.currency,
-            &l.cost,
-            &l.effective_cost,
-            &l.list_cost,
-            &l.service,
-            &l.service_name,
-            &l.category,
-            &l.region,
-            &l.resource,
-            &l.sub_account,
-            &l.charge_category,
-            &l.tags,
-            &l.extra,
+            &self.line,
+            &self.currency,
+            &self.cost,
+            &self.effective_cost,
+            &self.list_cost,
+            &self.service,
+            &self.service_name,
+            &self.category,
+            &self.region,
+            &self.resource,
+            &self.sub_account,
+            &self.charge_category,
+            &self.tags,
+            &self.extra,
         ]
     }
 }
@@ -293,10 +336,7 @@ impl Pending {
                 .or_default();
             sums.0 += line.cost;
             sums.1 += 1;
-            self.lines.push(LineRow {
-                import: import.clone(),
-                line,
-            });
+            self.lines.push(LineRow::new(import.clone(), line));
         }
     }
 

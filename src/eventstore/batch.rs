@@ -11,8 +11,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::{Appended, StoreError, APPEND_ONE_SQL};
@@ -42,7 +44,7 @@ pub struct OneEvent {
     pub version: i64,
     pub event_type: String,
     pub schema_version: i32,
-    pub payload: Value,
+    pub payload: Box<RawValue>,
     pub metadata: Value,
 }
 
@@ -129,7 +131,7 @@ async fn write_many(pool: &Pool, batch: &[(OneEvent, Reply)]) -> Result<Written,
     let ids: Vec<Uuid> = batch.iter().map(|(e, _)| e.stream_id).collect();
     let versions: Vec<i64> = batch.iter().map(|(e, _)| e.version).collect();
     let schema_versions: Vec<i32> = batch.iter().map(|(e, _)| e.schema_version).collect();
-    let payloads: Vec<&Value> = batch.iter().map(|(e, _)| &e.payload).collect();
+    let payloads: Vec<Json<&RawValue>> = batch.iter().map(|(e, _)| Json(&*e.payload)).collect();
     let metadata: Vec<&Value> = batch.iter().map(|(e, _)| &e.metadata).collect();
     let rows = client
         .query(
@@ -174,7 +176,7 @@ async fn write_one(pool: &Pool, e: &OneEvent) -> Result<Appended, StoreError> {
                 &e.version,
                 &e.event_type,
                 &e.schema_version,
-                &e.payload,
+                &Json(&*e.payload),
                 &e.metadata,
             ],
         )

@@ -9,7 +9,9 @@
 //!   for the upload, so a slow client never holds back the projectors; a request that
 //!   fails half-way discards its staged events and nothing reaches the log.
 
+use serde_json::value::RawValue;
 use serde_json::Value;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::{append_error, Appended, EventStore, NewEvent, StoreError};
@@ -66,11 +68,11 @@ const PURGE_STAGED_SQL: &str =
     "DELETE FROM staged_events WHERE created_at < now() - make_interval(secs => $1)";
 
 /// Column arrays of a list of events.
-fn columns(events: &[&NewEvent]) -> (Vec<String>, Vec<i32>, Vec<Value>) {
+fn columns<'a>(events: &[&'a NewEvent]) -> (Vec<&'a str>, Vec<i32>, Vec<Json<&'a RawValue>>) {
     (
-        events.iter().map(|e| e.event_type.clone()).collect(),
+        events.iter().map(|e| e.event_type.as_str()).collect(),
         events.iter().map(|e| e.schema_version).collect(),
-        events.iter().map(|e| e.payload.clone()).collect(),
+        events.iter().map(|e| Json(&*e.payload)).collect(),
     )
 }
 

@@ -33,6 +33,13 @@ pub enum CodecError {
     Version(String),
 }
 
+/// The adjacently tagged form of an event, `data` left as text.
+#[derive(serde::Deserialize)]
+struct Tagged<'a> {
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
 /// Turns a typed event into the row parts the store writes.
 pub fn encode<E: DomainEvent>(event: &E) -> Result<NewEvent, CodecError> {
     let schema_version: i32 = event
@@ -41,11 +48,17 @@ pub fn encode<E: DomainEvent>(event: &E) -> Result<NewEvent, CodecError> {
         .ok()
         .filter(|v| *v > 0)
         .ok_or_else(|| CodecError::Version(event.event_version()))?;
-    let tagged = serde_json::to_value(event).map_err(|e| CodecError::Shape(e.to_string()))?;
-    let Value::Object(mut map) = tagged else {
-        return Err(CodecError::Shape("not an object".into()));
+    // Written as text and the `data` member cut out of it: no JSON tree is built, which
+    // matters for batch events of a thousand rows.
+    let text = serde_json::to_string(event).map_err(|e| CodecError::Shape(e.to_string()))?;
+    let tagged: Tagged<'_> =
+        serde_json::from_str(&text).map_err(|e| CodecError::Shape(e.to_string()))?;
+    let payload = match tagged.data {
+        Some(data) => data.to_owned(),
+        None => {
+            RawValue::from_string("{}".to_owned()).map_err(|e| CodecError::Shape(e.to_string()))?
+        }
     };
-    let payload = map.remove("data").unwrap_or_else(|| json!({}));
     Ok(NewEvent {
         event_type: event.event_type(),
         schema_version,

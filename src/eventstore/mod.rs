@@ -55,7 +55,23 @@ pub struct RecordedEvent {
 pub struct NewEvent {
     pub event_type: String,
     pub schema_version: i32,
-    pub payload: Value,
+    /// The event's data as JSON text (written as is: no JSON tree is built per event).
+    pub payload: Box<RawValue>,
+}
+
+impl NewEvent {
+    /// An event from a JSON value (tests, tools); contexts use `codec::encode`.
+    pub fn from_value(
+        event_type: impl Into<String>,
+        schema_version: i32,
+        payload: &Value,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            event_type: event_type.into(),
+            schema_version,
+            payload: serde_json::value::to_raw_value(payload)?,
+        })
+    }
 }
 
 /// An idempotency key and the hash of the request it stands for, recorded with the
@@ -236,7 +252,8 @@ impl EventStore {
                 let stmt = client.prepare_cached(APPEND_SQL).await?;
                 let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
                 let versions: Vec<i32> = events.iter().map(|e| e.schema_version).collect();
-                let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+                let payloads: Vec<Json<&RawValue>> =
+                    events.iter().map(|e| Json(&*e.payload)).collect();
                 let (key, hash) = match idempotency {
                     Some(r) => (Some(r.key.as_str()), Some(r.request_hash.as_slice())),
                     None => (None, None),

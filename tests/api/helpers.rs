@@ -241,10 +241,9 @@ pub fn counter_command(
         stream_id: id,
         expected_version,
         events: (1..=events)
-            .map(|k| cloudlens::eventstore::NewEvent {
-                event_type: "Counted".into(),
-                schema_version: 1,
-                payload: serde_json::json!({"n": expected_version + k}),
+            .map(|k| {
+                let n = serde_json::json!({"n": expected_version + k});
+                cloudlens::eventstore::NewEvent::from_value("Counted", 1, &n).unwrap()
             })
             .collect(),
         metadata: serde_json::json!({}),

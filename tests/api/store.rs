@@ -77,11 +77,7 @@ async fn stale_version_conflicts_and_writes_nothing() {
             stream_type: "budget",
             stream_id: id,
             expected_version: 1,
-            events: vec![NewEvent {
-                event_type: "BudgetDeleted".into(),
-                schema_version: 1,
-                payload: serde_json::json!({}),
-            }],
+            events: vec![NewEvent::from_value("BudgetDeleted", 1, &serde_json::json!({})).unwrap()],
             metadata: serde_json::json!({}),
             idempotency: None,
         })
@@ -212,11 +208,7 @@ async fn an_old_schema_version_event_is_upcast_when_loaded() {
             stream_type: "budget",
             stream_id: id,
             expected_version: 0,
-            events: vec![NewEvent {
-                event_type: "BudgetCreated".into(),
-                schema_version: 1,
-                payload: v1,
-            }],
+            events: vec![NewEvent::from_value("BudgetCreated", 1, &v1).unwrap()],
             metadata: serde_json::json!({}),
             idempotency: None,
         })
@@ -509,11 +501,7 @@ async fn a_bulk_append_across_streams_writes_all_or_nothing() {
     use cloudlens::eventstore::{NewEvent, StreamEvents};
     let conn = fresh_database().await;
     let store = store(&conn, 2);
-    let event = || NewEvent {
-        event_type: "Tick".into(),
-        schema_version: 1,
-        payload: serde_json::json!({}),
-    };
+    let event = || NewEvent::from_value("Tick", 1, &serde_json::json!({})).unwrap();
     let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     let both = |va: i64, vb: i64| {
         vec![
@@ -553,11 +541,7 @@ async fn staged_events_reach_the_log_only_when_committed() {
     use cloudlens::eventstore::NewEvent;
     let conn = fresh_database().await;
     let store = store(&conn, 2);
-    let event = |i: i32| NewEvent {
-        event_type: "Tick".into(),
-        schema_version: 1,
-        payload: serde_json::json!({ "i": i }),
-    };
+    let event = |i: i32| NewEvent::from_value("Tick", 1, &serde_json::json!({ "i": i })).unwrap();
     let (batch, stream) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
     store.stage(batch, 0, &[event(0), event(1)]).await.unwrap();
     store.stage(batch, 2, &[event(2)]).await.unwrap();
