@@ -129,6 +129,9 @@ const FOCUS_REQUIRED: &[&str] = &[
 struct Layout {
     format: BillFormat,
     columns: Vec<(String, Field)>,
+    /// The columns kept as text, in header order, and each column's place among them.
+    extra_columns: Vec<String>,
+    extra_slot: Vec<usize>,
 }
 
 impl Layout {
@@ -168,7 +171,26 @@ impl Layout {
                 return Err(bad_row(0, r, "is a required column and is missing"));
             }
         }
-        Ok(Self { format, columns })
+        let kept = |f: &Field| matches!(f, Field::Extra | Field::DecimalExtra | Field::ObjectExtra);
+        let extra_columns = columns
+            .iter()
+            .filter(|(_, f)| kept(f))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let extra_slot = columns
+            .iter()
+            .scan(0, |next, (_, f)| {
+                let slot = *next;
+                *next += usize::from(kept(f));
+                Some(slot)
+            })
+            .collect();
+        Ok(Self {
+            format,
+            columns,
+            extra_columns,
+            extra_slot,
+        })
     }
 
     /// One record as a bill line. `row` counts data rows from 1.
@@ -194,11 +216,11 @@ impl Layout {
             sub_account: String::new(),
             charge_category: String::new(),
             tags: JsonText(json_object(&[])),
-            extra: JsonText(json_object(&[])),
+            extra: vec![None; self.extra_columns.len()],
         };
         let mut cost = None;
-        let mut extra: Vec<(&str, &str)> = Vec::new();
-        for ((name, field), cell) in self.columns.iter().zip(record.iter()) {
+        for (i, ((name, field), cell)) in self.columns.iter().zip(record.iter()).enumerate() {
+            let slot = self.extra_slot[i];
             let cell = cell.trim();
             if cell.is_empty() {
                 continue;
@@ -251,13 +273,13 @@ impl Layout {
                 }
                 Field::DecimalExtra => {
                     decimal(cell).ok_or_else(|| bad("a decimal number"))?;
-                    extra.push((name, cell));
+                    line.extra[slot] = Some(cell.to_owned());
                 }
                 Field::ObjectExtra => {
                     parse_tags(cell, false).map_err(|m| bad_row(row, name, m))?;
-                    extra.push((name, cell));
+                    line.extra[slot] = Some(cell.to_owned());
                 }
-                Field::Extra => extra.push((name, cell)),
+                Field::Extra => line.extra[slot] = Some(cell.to_owned()),
             }
         }
         let (period_column, cost_column, currency_column, start_column) = match self.format {
@@ -302,15 +324,12 @@ impl Layout {
                 line.charge_end = end;
             }
         }
-        if !extra.is_empty() {
-            line.extra = JsonText(json_object(&extra));
-        }
         Ok(line)
     }
 }
 
 /// A JSON object of text values, written straight to text (header names are distinct).
-fn json_object(pairs: &[(&str, &str)]) -> Box<RawValue> {
+pub fn json_object(pairs: &[(&str, &str)]) -> Box<RawValue> {
     let mut out = Vec::with_capacity(
         2 + pairs
             .iter()
@@ -464,7 +483,7 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
             batch.push(line);
             if batch.len() == LINES_PER_EVENT {
                 staging
-                    .push(&lines_event(account, std::mem::take(&mut batch)))
+                    .push(&lines_event(account, &layout, std::mem::take(&mut batch)))
                     .await?;
             }
         }
@@ -472,7 +491,7 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
             return Err(bad_row(1, "", "the file has no lines"));
         }
         if !batch.is_empty() {
-            staging.push(&lines_event(account, batch)).await?;
+            staging.push(&lines_event(account, &layout, batch)).await?;
         }
         let sha256 = hasher
             .lock()
@@ -553,10 +572,11 @@ async fn earlier(store: &EventStore, stream: Uuid) -> Result<Imported, ImportErr
     })
 }
 
-fn lines_event(account: &AccountDetails, lines: Vec<BillLine>) -> BillImportEvent {
+fn lines_event(account: &AccountDetails, layout: &Layout, lines: Vec<BillLine>) -> BillImportEvent {
     BillImportEvent::BillLinesImported(LinesImported {
         account: account.name.clone(),
         provider: account.provider,
+        extra_columns: layout.extra_columns.clone(),
         lines,
     })
 }

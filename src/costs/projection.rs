@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::aggregate::{Account, BillImport};
 use super::events::{AccountEvent, BillImportEvent, BillLine, ImportStarted};
+use super::import::json_object;
 use crate::projections::readmodel::{col, ReadModel, Row};
 use crate::projections::{Envelope, Projector, ProjectorOptions};
 
@@ -206,7 +207,12 @@ struct LineRow {
 }
 
 impl LineRow {
-    fn new(import: Arc<ImportContext>, l: BillLine) -> Self {
+    fn new(import: Arc<ImportContext>, extra_columns: &[String], l: BillLine) -> Self {
+        let extra: Vec<(&str, &str)> = extra_columns
+            .iter()
+            .zip(&l.extra)
+            .filter_map(|(name, v)| Some((name.as_str(), v.as_deref()?)))
+            .collect();
         Self {
             import,
             line: l.line,
@@ -225,7 +231,7 @@ impl LineRow {
             sub_account: l.sub_account,
             charge_category: l.charge_category,
             tags: Json(l.tags.0),
-            extra: Json(l.extra.0),
+            extra: Json(json_object(&extra)),
         }
     }
 }
@@ -314,7 +320,7 @@ struct Pending {
 }
 
 impl Pending {
-    fn add(&mut self, import: &Arc<ImportContext>, lines: Vec<BillLine>) {
+    fn add(&mut self, import: &Arc<ImportContext>, extra_columns: &[String], lines: Vec<BillLine>) {
         *self.loaded.entry(import.import_id).or_default() += lines.len() as i64;
         for line in lines {
             let day = line
@@ -336,7 +342,8 @@ impl Pending {
                 .or_default();
             sums.0 += line.cost;
             sums.1 += 1;
-            self.lines.push(LineRow::new(import.clone(), line));
+            self.lines
+                .push(LineRow::new(import.clone(), extra_columns, line));
         }
     }
 
@@ -469,7 +476,7 @@ impl Projector for CostLinesProjector {
                             })
                         })
                         .clone();
-                    pending.add(&import, batch.lines);
+                    pending.add(&import, &batch.extra_columns, batch.lines);
                 }
                 BillImportEvent::BillImportCompleted { .. } => {
                     pending.flush(tx).await?;
