@@ -110,11 +110,18 @@ fn csv_error(row: i64, e: csv_async::Error) -> ImportError {
 /// The events of one import, staged while its body streams in. Sequence 1 is kept for a
 /// head event that can only be written at the end (totals, the periods a file covers) but
 /// must come first in the stream.
+///
+/// One staging write runs in the background while the caller reads and checks the next
+/// rows (the database and the server work at the same time); the next write, the commit
+/// and the discard wait for it first. Commit through [`Staging::commit`], never
+/// `EventStore::commit_staged` directly, so that the last write is in. (A request dropped
+/// mid-way may leave a write that lands after it; the purge job removes such stages.)
 pub struct Staging<'a> {
     store: &'a EventStore,
     pub id: Uuid,
     next: i32,
     staged: i64,
+    in_flight: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
 }
 
 impl<'a> Staging<'a> {
@@ -124,6 +131,17 @@ impl<'a> Staging<'a> {
             id,
             next: 1,
             staged: 0,
+            in_flight: None,
+        }
+    }
+
+    /// Waits for the staging write in the background, if any.
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        match self.in_flight.take() {
+            None => Ok(()),
+            Some(h) => h
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("staging task failed: {e}")))?,
         }
     }
 
@@ -138,7 +156,11 @@ impl<'a> Staging<'a> {
         event: &E,
     ) -> Result<(), ImportError> {
         let event = codec::encode(event)?;
-        self.store.stage(self.id, self.next, &[event]).await?;
+        self.settle().await?;
+        let (store, id, seq) = (self.store.clone(), self.id, self.next);
+        self.in_flight = Some(tokio::spawn(async move {
+            store.stage(id, seq, &[event]).await
+        }));
         self.next += 1;
         self.staged += 1;
         Ok(())
@@ -150,6 +172,7 @@ impl<'a> Staging<'a> {
         event: &E,
     ) -> Result<(), ImportError> {
         let event = codec::encode(event)?;
+        self.settle().await?;
         self.store.stage(self.id, 0, &[event]).await?;
         self.staged += 1;
         Ok(())
@@ -158,12 +181,13 @@ impl<'a> Staging<'a> {
     /// Moves the staged events, then `tail`, into the stream (type, id, expected
     /// version) in one statement.
     pub async fn commit(
-        &self,
+        &mut self,
         tenant: &str,
         stream: (&'static str, Uuid, i64),
         tail: &[NewEvent],
         metadata: &Value,
     ) -> Result<Appended, StoreError> {
+        self.settle().await?;
         let (appended, _) = self
             .store
             .commit_staged(tenant, stream, self.id, tail, metadata)
@@ -173,7 +197,10 @@ impl<'a> Staging<'a> {
 
     /// Drops what was staged (after a failure). A failure to drop is only logged: the
     /// elected purge job removes stale stages.
-    pub async fn discard(&self) {
+    pub async fn discard(&mut self) {
+        if let Err(e) = self.settle().await {
+            tracing::debug!(error = %e, "a staging write failed before the discard");
+        }
         if let Err(e) = self.store.discard_staged(self.id).await {
             tracing::warn!(error = %e, "cannot discard staged events; the purge job removes them");
         }

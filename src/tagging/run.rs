@@ -458,12 +458,11 @@ async fn execute(
     let evaluated = started.elapsed();
     outcome.duration_ms = evaluated.as_millis() as i64;
     let completed = codec::encode(&TagRunEvent::TagRunCompleted(outcome.clone()))?;
-    let (appended, _) = env
-        .store
-        .commit_staged(
+    let appended = stager
+        .staging
+        .commit(
             tenant,
             (TagRun::STREAM_TYPE, job.id, run_version),
-            batch_id,
             &[completed],
             &json!({"job_id": job.id}),
         )
