@@ -15,7 +15,9 @@
 #    the grand total to the last digit.
 # 4. Times each breakdown REPS times (sequential, curl's total time) from the rollup, and
 #    RAW_REPS times over the raw lines; prints p50/p95/max.
-# 5. Memory high-water marks (VmHWM) of the server and PostgreSQL's largest process;
+# 5. Budget status p95 for three budgets (an account and a service; every account over a
+#    quarter; an account and a tag filter, which reads the lines).
+# 6. Memory high-water marks (VmHWM) of the server and PostgreSQL's largest process;
 #    table sizes.
 #
 # Environment: LOADTEST_PORT (8091).
@@ -116,6 +118,19 @@ echo "tag query (raw lines; the rollup has no tags): bucket=month&group_by=tag:t
 echo "  lines:  $(timed "$RAW_REPS" "/api/v1/costs?from=$FROM&to=$TO&bucket=month&group_by=tag:team")"
 echo "top resources (raw lines): $(timed "$RAW_REPS" "/api/v1/costs/top?by=resource&from=$FROM&to=$TO&limit=10")"
 echo "drill-down page (100 lines of one service and day): $(timed "$REPS" "/api/v1/costs/lines?from=2024-02-01&to=2024-02-02&service=ecs&limit=100")"
+
+echo "== budget status (as_of 2024-02-15)"
+budget() { curl -sf -H 'Content-Type: application/json' "$URL/api/v1/budgets" -d "$1" | field "['id']"; }
+b1=$(budget '{"name": "ecs", "amount": "5000000", "currency": "CNY", "period": "monthly", "type": "cost",
+  "start_date": "2024-01-01", "account": "acct-00", "service_filter": ["ecs"], "alert_thresholds": ["80", "100"]}')
+b2=$(budget '{"name": "all", "amount": "900000000", "currency": "CNY", "period": "quarterly", "type": "cost",
+  "start_date": "2024-01-01", "alert_thresholds": ["50"]}')
+b3=$(budget '{"name": "web", "amount": "5000000", "currency": "CNY", "period": "monthly", "type": "cost",
+  "start_date": "2024-01-01", "account": "acct-00", "tag_filter": {"team": "web"}}')
+sleep 2
+echo "one account, one service, month (rollup): $(timed "$REPS" "/api/v1/budgets/$b1/status?as_of=2024-02-15")"
+echo "all accounts, quarter (rollup):           $(timed "$REPS" "/api/v1/budgets/$b2/status?as_of=2024-02-15")"
+echo "one account, tag filter, month (lines):   $(timed "$RAW_REPS" "/api/v1/budgets/$b3/status?as_of=2024-02-15")"
 
 echo "== memory and sizes"
 echo "server VmHWM: $(grep VmHWM /proc/$SERVER/status | awk '{ printf "%.0f MiB", $2 / 1024 }')"

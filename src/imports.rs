@@ -158,9 +158,9 @@ impl<'a> Staging<'a> {
         let event = codec::encode(event)?;
         self.settle().await?;
         let (store, id, seq) = (self.store.clone(), self.id, self.next);
-        self.in_flight = Some(tokio::spawn(async move {
-            store.stage(id, seq, &[event]).await
-        }));
+        self.in_flight = Some(tokio::spawn(
+            async move { store.stage(id, seq, &[event]).await },
+        ));
         self.next += 1;
         self.staged += 1;
         Ok(())

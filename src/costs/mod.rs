@@ -7,6 +7,7 @@
 //! ISO 4217 codes.
 
 pub mod aggregate;
+pub mod budget_status;
 pub mod commands;
 pub mod events;
 pub mod import;
@@ -48,6 +49,7 @@ pub fn account_stream(tenant: &str, name: &str) -> Uuid {
         routes::costs,
         routes::top,
         routes::lines,
+        routes::budget_status,
     ),
     components(schemas(
         commands::AccountDraft,
@@ -66,6 +68,9 @@ pub fn account_stream(tenant: &str, name: &str) -> Uuid {
         queries::LineView,
         queries::LinePage,
         routes::ImportAccepted,
+        routes::BudgetStatus,
+        routes::ForecastView,
+        routes::ThresholdView,
     ))
 )]
 struct CostsApi;

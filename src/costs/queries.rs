@@ -654,6 +654,102 @@ pub async fn lines(
     Ok(LinePage { items, next_cursor })
 }
 
+// --- budget status -------------------------------------------------------------------
+
+/// A budget's read-model row is read here (budgets_view): what the budget counts.
+const BUDGET_SQL: &str = "\
+SELECT amount, currency, period, start_date, end_date, tag_filter, service_filter,
+       alert_thresholds, account
+  FROM budgets_view WHERE tenant_id = $1 AND id = $2";
+
+/// What a budget counts and where it alerts.
+#[derive(Debug, Clone)]
+pub struct BudgetScope {
+    pub amount: Decimal,
+    pub currency: String,
+    pub period: String,
+    pub start_date: NaiveDate,
+    pub end_date: Option<NaiveDate>,
+    /// A JSON object: every pair must be among a line's tags.
+    pub tag_filter: Value,
+    pub service_filter: Vec<String>,
+    pub thresholds: Vec<Decimal>,
+    pub account: Option<String>,
+}
+
+pub async fn budget(
+    conn: &Client,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Option<BudgetScope>, QueryError> {
+    let Some(r) = conn.query_opt(BUDGET_SQL, &[&tenant, &id]).await? else {
+        return Ok(None);
+    };
+    let thresholds: Json<Vec<String>> = r.try_get(7)?;
+    let services: Json<Vec<String>> = r.try_get(6)?;
+    Ok(Some(BudgetScope {
+        amount: r.try_get(0)?,
+        currency: r.try_get(1)?,
+        period: r.try_get(2)?,
+        start_date: r.try_get(3)?,
+        end_date: r.try_get(4)?,
+        tag_filter: r.try_get(5)?,
+        service_filter: services.0,
+        thresholds: thresholds
+            .0
+            .iter()
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| QueryError::BadValue(format!("threshold {t:?}")))
+            })
+            .collect::<Result<_, _>>()?,
+        account: r.try_get(8)?,
+    }))
+}
+
+/// The budget's cost per UTC day in `[from, to)`, only days with lines, in day order,
+/// and the source that answered (`rollup` unless the budget filters by tags).
+pub async fn budget_daily(
+    conn: &Client,
+    tenant: &str,
+    b: &BudgetScope,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<(Vec<(NaiveDate, Decimal)>, &'static str), QueryError> {
+    let tags = b.tag_filter.as_object().is_some_and(|o| !o.is_empty());
+    let src = if tags { &LINES } else { &ROLLUP };
+    let mut sql = Sql::new(&format!(
+        "SELECT (time_bucket(interval '1 day', {t}) AT TIME ZONE 'UTC')::date, sum(cost) FROM {}",
+        src.table,
+        t = src.time
+    ));
+    let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+    let f = Filters {
+        from: Some(midnight(from)),
+        to: Some(midnight(to)),
+        account: b.account.clone(),
+        currency: Some(b.currency.clone()),
+        ..Filters::default()
+    };
+    where_sql(&mut sql, tenant, src, &f);
+    if !b.service_filter.is_empty() {
+        let p = sql.bind(b.service_filter.clone());
+        sql.push(&format!(" AND service = ANY({p})"));
+    }
+    if tags {
+        let p = sql.bind(b.tag_filter.clone());
+        sql.push(&format!(" AND tags @> {p}::jsonb"));
+    }
+    sql.push(" GROUP BY 1 ORDER BY 1");
+    let days = sql
+        .run(conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_, QueryError>>()?;
+    Ok((days, if tags { "lines" } else { "rollup" }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

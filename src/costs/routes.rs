@@ -2,12 +2,14 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::aggregate::{is_currency, Account};
+use super::budget_status as status;
 use super::commands::{AccountCommand, AccountDraft};
 use super::events::BillFormat;
 use super::metrics::COSTS;
@@ -29,7 +31,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(get_import)
         .service(costs)
         .service(top)
-        .service(lines);
+        .service(lines)
+        .service(budget_status);
 }
 
 /// Open a cloud account. Names are unique per tenant.
@@ -510,4 +513,159 @@ pub async fn lines(
         .scan(&[COST_LINES], min_position(p.min_position)?)
         .await?;
     Ok(HttpResponse::Ok().json(queries::lines(&conn, &tenant, &f, after, limit).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct StatusParams {
+    /// The day to report on (`YYYY-MM-DD` or an instant, UTC); today when absent.
+    pub as_of: Option<String>,
+    #[param(minimum = 0)]
+    pub min_position: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ForecastView {
+    /// `linear_run_rate` (ADR 0010), `final` (the period is over) or `insufficient_data`
+    /// (fewer than 3 days with cost lines: no amount is guessed).
+    pub method: String,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
+    pub amount: Option<Decimal>,
+    /// 95 % range.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
+    pub low: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
+    pub high: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
+    pub percent: Option<Decimal>,
+    pub days_with_data: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ThresholdView {
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub percent: Decimal,
+    /// `actual` (spent) or `forecast`.
+    pub basis: String,
+    pub crossed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BudgetStatus {
+    pub budget_id: Uuid,
+    #[schema(value_type = String, format = Date)]
+    pub as_of: NaiveDate,
+    /// First day of the period (UTC).
+    #[schema(value_type = String, format = Date)]
+    pub period_start: NaiveDate,
+    /// First day after the period (exclusive).
+    #[schema(value_type = String, format = Date)]
+    pub period_end: NaiveDate,
+    pub days_in_period: i64,
+    pub days_elapsed: i64,
+    pub currency: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub amount: Decimal,
+    /// Cost lines of the budget's account, services and tags, in its currency, charged
+    /// in the period on or before `as_of`.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub spent: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub remaining: Decimal,
+    /// Not capped at 100.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub percent_used: Decimal,
+    pub forecast: ForecastView,
+    pub thresholds: Vec<ThresholdView>,
+    /// `rollup` or `lines` (a tag filter reads the lines).
+    pub source: String,
+}
+
+/// A budget's spending in its current period (or the one holding `as_of`), its forecast
+/// and which thresholds are crossed.
+#[utoipa::path(get, path = "/api/v1/budgets/{id}/status",
+    params(("id" = Uuid, Path), StatusParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = BudgetStatus), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/budgets/{id}/status")]
+pub async fn budget_status(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    params: web::Query<StatusParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("budget".into()))?;
+    let as_of = match &params.as_of {
+        None => Utc::now().date_naive(),
+        Some(s) => time("as_of", s)?.date_naive(),
+    };
+    let conn = state
+        .scan(
+            &[crate::budgets::projection::NAME, COST_LINES],
+            min_position(params.min_position)?,
+        )
+        .await?;
+    let started = std::time::Instant::now();
+    let b = queries::budget(&conn, &tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("budget".into()))?;
+    let window = status::window(&b.period, b.start_date, b.end_date, as_of)
+        .ok_or_else(|| ApiError::validation("as_of", "lies outside the budget's dates"))?;
+    let until = as_of.succ_opt().unwrap_or(as_of).min(window.end);
+    let (daily, source) = queries::budget_daily(&conn, &tenant, &b, window.start, until).await?;
+    COSTS
+        .query_duration
+        .with_label_values(&["budget_status", source])
+        .observe(started.elapsed().as_secs_f64());
+    let spent: Decimal = daily.iter().map(|(_, c)| *c).sum();
+    let scale = super::reference::minor_units(&b.currency);
+    let f = status::forecast(window, as_of, &daily, scale);
+    let percent_used = status::percent(spent, b.amount).unwrap_or_default();
+    let forecast_percent = f.amount.and_then(|a| status::percent(a, b.amount));
+    let mut thresholds = Vec::new();
+    for p in &b.thresholds {
+        thresholds.push(ThresholdView {
+            percent: *p,
+            basis: "actual".into(),
+            crossed: percent_used >= *p,
+        });
+        thresholds.push(ThresholdView {
+            percent: *p,
+            basis: "forecast".into(),
+            crossed: forecast_percent.is_some_and(|f| f >= *p),
+        });
+    }
+    Ok(HttpResponse::Ok().json(BudgetStatus {
+        budget_id: id,
+        as_of,
+        period_start: window.start,
+        period_end: window.end,
+        days_in_period: window.days(),
+        days_elapsed: f.days_elapsed,
+        currency: b.currency,
+        amount: b.amount,
+        spent,
+        remaining: b.amount - spent,
+        percent_used,
+        forecast: ForecastView {
+            method: f.method.into(),
+            amount: f.amount,
+            low: f.low,
+            high: f.high,
+            percent: forecast_percent,
+            days_with_data: f.days_with_data,
+        },
+        thresholds,
+        source: source.into(),
+    }))
 }

@@ -569,3 +569,129 @@ async fn rebuilt_cost_read_models_equal_the_live_ones() {
         2
     );
 }
+
+/// February 2024 (a leap month) and the first days of March: every day ecs 10.00 tagged
+/// team:web, oss 1.00 untagged; a line in USD that a CNY budget never counts.
+fn daily_bill() -> String {
+    let mut csv =
+        String::from("billing_cycle,billing_date,product_code,pretax_amount,currency,tag\n");
+    for day in 1..=29 {
+        csv.push_str(&format!(
+            "2024-02,2024-02-{day:02},ecs,10.00,CNY,team:web\n"
+        ));
+        csv.push_str(&format!("2024-02,2024-02-{day:02},oss,1.00,CNY,\n"));
+    }
+    csv.push_str("2024-02,2024-02-05,ecs,999,USD,team:web\n");
+    for day in 1..=2 {
+        csv.push_str(&format!("2024-03,2024-03-{day:02},ecs,500,CNY,team:web\n"));
+    }
+    csv
+}
+
+async fn budget(app: &TestApp, draft: Value) -> (String, i64) {
+    let res = app.post_json("/api/v1/budgets", &draft).await;
+    assert_eq!(res.status(), 201);
+    let v = body(res).await;
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["position"].as_i64().unwrap(),
+    )
+}
+
+#[actix_web::test]
+async fn budget_status_counts_its_scope_forecasts_and_crosses_thresholds() {
+    let app = spawn_app().await;
+    open_account(&app, "prod", "CNY").await;
+    let imported = import_ok(&app, "prod", "cloudlens", &daily_bill()).await;
+    let (ecs, _) = budget(
+        &app,
+        json!({"name": "ecs", "amount": "250", "currency": "CNY", "period": "monthly",
+               "type": "cost", "start_date": "2024-01-01", "account": "prod",
+               "service_filter": ["ecs"], "alert_thresholds": ["50", "100", "120"]}),
+    )
+    .await;
+    let (web, position) = budget(
+        &app,
+        json!({"name": "web", "amount": "1000", "currency": "CNY", "period": "quarterly",
+               "type": "cost", "start_date": "2024-01-01", "tag_filter": {"team": "web"}}),
+    )
+    .await;
+    let min = position.max(imported["position"].as_i64().unwrap());
+    let status = |id: &str, as_of: &str| {
+        let path = format!("/api/v1/budgets/{id}/status?as_of={as_of}&min_position={min}");
+        let app = &app;
+        async move {
+            let res = app.get(&path).await;
+            assert_eq!(res.status(), 200, "{path}");
+            body(res).await
+        }
+    };
+    // Ten days of February at 10.00 of ecs: oss and the USD line do not count.
+    let s = status(&ecs, "2024-02-10").await;
+    assert_eq!(s["period_start"], "2024-02-01");
+    assert_eq!(s["period_end"], "2024-03-01");
+    assert_eq!(s["days_in_period"], 29);
+    assert_eq!(dec(&s["spent"]), Decimal::from(100));
+    assert_eq!(dec(&s["remaining"]), Decimal::from(150));
+    assert_eq!(dec(&s["percent_used"]), Decimal::from(40));
+    assert_eq!(s["source"], "rollup");
+    assert_eq!(s["forecast"]["method"], "linear_run_rate");
+    assert_eq!(
+        dec(&s["forecast"]["amount"]),
+        Decimal::from(290),
+        "29 days at 10"
+    );
+    assert_eq!(dec(&s["forecast"]["percent"]), Decimal::from(116));
+    let crossed: Vec<(String, String)> = s["thresholds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["crossed"] == true)
+        .map(|t| {
+            (
+                t["percent"].as_str().unwrap().to_owned(),
+                t["basis"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        crossed,
+        [
+            ("50".to_owned(), "forecast".to_owned()),
+            ("100".into(), "forecast".into())
+        ]
+    );
+    // The whole month: over budget, not capped; the period is over.
+    let s = status(&ecs, "2024-02-29").await;
+    assert_eq!(dec(&s["spent"]), Decimal::from(290));
+    assert_eq!(dec(&s["percent_used"]), Decimal::from(116));
+    assert_eq!(s["forecast"]["method"], "final");
+    // Across the month boundary: March's own period, two days of data: no guess.
+    let s = status(&ecs, "2024-03-02").await;
+    assert_eq!(s["period_start"], "2024-03-01");
+    assert_eq!(s["days_in_period"], 31);
+    assert_eq!(dec(&s["spent"]), Decimal::from(1000));
+    assert_eq!(dec(&s["percent_used"]), Decimal::from(400));
+    assert_eq!(s["forecast"]["method"], "insufficient_data");
+    assert_eq!(s["forecast"]["amount"], Value::Null);
+    // A tag filter reads the lines; the quarter of a leap year has 91 days.
+    let s = status(&web, "2024-02-29").await;
+    assert_eq!(s["source"], "lines");
+    assert_eq!(s["period_start"], "2024-01-01");
+    assert_eq!(s["days_in_period"], 91);
+    assert_eq!(dec(&s["spent"]), Decimal::from(290));
+    // Unknown budgets and days outside the budget's dates.
+    let res = app
+        .get(&format!("/api/v1/budgets/{}/status", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(res.status(), 404);
+    let res = app
+        .get(&format!("/api/v1/budgets/{ecs}/status?as_of=2023-12-31"))
+        .await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(body(res).await["field"], "as_of");
+    let res = app
+        .get(&format!("/api/v1/budgets/{ecs}/status?as_of=soon"))
+        .await;
+    assert_eq!(res.status(), 422);
+}
