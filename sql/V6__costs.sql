@@ -82,3 +82,23 @@ CREATE TABLE cost_daily (
 SELECT create_hypertable('cost_daily', 'day', chunk_time_interval => interval '90 days',
                          create_default_indexes => false);
 CREATE INDEX cost_daily_day ON cost_daily (tenant_id, day);
+
+-- Threshold crossings of budgets (`BudgetThresholdCrossed`, written by the costs
+-- context's process manager into the budget's stream), kept by the `budgets` projector.
+CREATE TABLE budget_alerts (
+    tenant_id        text        NOT NULL,
+    budget_id        uuid        NOT NULL,
+    period_start     date        NOT NULL,
+    period_end       date        NOT NULL,
+    percent          numeric     NOT NULL,
+    basis            text        NOT NULL,
+    observed_percent numeric     NOT NULL,
+    spent            numeric     NOT NULL,
+    forecast         numeric,
+    as_of            date        NOT NULL,
+    import_id        uuid,
+    crossed_at       timestamptz NOT NULL,
+    position         bigint      NOT NULL,
+    PRIMARY KEY (budget_id, period_start, percent, basis)
+);
+CREATE INDEX budget_alerts_budget ON budget_alerts (tenant_id, budget_id, position);

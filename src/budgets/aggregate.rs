@@ -16,6 +16,8 @@ use crate::pipeline::EventSourced;
 pub struct Budget {
     pub details: Option<BudgetDetails>,
     pub deleted: bool,
+    /// Thresholds crossed: (period start, percent, basis). Each is recorded once.
+    pub crossed: std::collections::BTreeSet<(chrono::NaiveDate, String, String)>,
 }
 
 /// Why a budget command was refused. HTTP: `Invalid` → 422 `validation_failed` (with
@@ -185,6 +187,18 @@ impl Aggregate for Budget {
                 }
                 Ok(vec![BudgetEvent::BudgetDeleted {}])
             }
+            BudgetCommand::RecordThresholdCrossing(c) => {
+                if !exists {
+                    return Err(BudgetError::NotFound);
+                }
+                if c.basis != "actual" && c.basis != "forecast" {
+                    return Err(invalid("basis", "must be actual or forecast"));
+                }
+                if self.crossed.contains(&crossing_key(&c)) {
+                    return Ok(vec![]); // crossed before in this period: never twice
+                }
+                Ok(vec![BudgetEvent::BudgetThresholdCrossed(c)])
+            }
         }
     }
 
@@ -192,8 +206,28 @@ impl Aggregate for Budget {
         match event {
             BudgetEvent::BudgetCreated(d) | BudgetEvent::BudgetUpdated(d) => self.details = Some(d),
             BudgetEvent::BudgetDeleted {} => self.deleted = true,
+            BudgetEvent::BudgetThresholdCrossed(c) => {
+                self.crossed.insert(crossing_key(&c));
+            }
         }
     }
+}
+
+impl Budget {
+    /// Whether this crossing (its period, percent and basis) was recorded before.
+    pub fn has_crossed(&self, c: &super::events::ThresholdCrossing) -> bool {
+        self.crossed.contains(&crossing_key(c))
+    }
+}
+
+/// What makes a crossing the same one: its period, percent (normalised: `80` = `80.0`)
+/// and basis.
+fn crossing_key(c: &super::events::ThresholdCrossing) -> (chrono::NaiveDate, String, String) {
+    (
+        c.period_start,
+        c.percent.normalize().to_string(),
+        c.basis.clone(),
+    )
 }
 
 /// v1 of `BudgetCreated`/`BudgetUpdated` called the thresholds `thresholds` and had no

@@ -48,4 +48,7 @@ pub enum BudgetCommand {
     CreateBudget(BudgetDraft),
     UpdateBudget(BudgetDraft),
     DeleteBudget,
+    /// From the costs context's threshold process manager: records a crossing once per
+    /// (period, percent, basis); a repeat appends nothing.
+    RecordThresholdCrossing(super::events::ThresholdCrossing),
 }

@@ -61,12 +61,37 @@ pub struct BudgetDetails {
     pub account: Option<String>,
 }
 
+/// A threshold of a budget crossed for the first time in one of its periods, on one
+/// basis (`actual`: spent; `forecast`: the forecast of the period's total).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ThresholdCrossing {
+    pub period_start: chrono::NaiveDate,
+    /// First day after the period.
+    pub period_end: chrono::NaiveDate,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub percent: Decimal,
+    /// `actual` or `forecast`.
+    pub basis: String,
+    /// The percent of the amount observed (spent or forecast).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub observed_percent: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub spent: Decimal,
+    #[serde(with = "rust_decimal::serde::str_option", default)]
+    pub forecast: Option<Decimal>,
+    /// The day the figures are as of.
+    pub as_of: chrono::NaiveDate,
+    /// The bill import whose lines made the difference.
+    pub import_id: Option<uuid::Uuid>,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", content = "data")]
 pub enum BudgetEvent {
     BudgetCreated(BudgetDetails),
     BudgetUpdated(BudgetDetails),
     BudgetDeleted {},
+    BudgetThresholdCrossed(ThresholdCrossing),
 }
 
 impl DomainEvent for BudgetEvent {
@@ -75,6 +100,7 @@ impl DomainEvent for BudgetEvent {
             BudgetEvent::BudgetCreated(_) => "BudgetCreated",
             BudgetEvent::BudgetUpdated(_) => "BudgetUpdated",
             BudgetEvent::BudgetDeleted {} => "BudgetDeleted",
+            BudgetEvent::BudgetThresholdCrossed(_) => "BudgetThresholdCrossed",
         }
         .to_owned()
     }
@@ -83,7 +109,7 @@ impl DomainEvent for BudgetEvent {
         match self {
             // v2: `thresholds` renamed `alert_thresholds`, `currency` made explicit.
             BudgetEvent::BudgetCreated(_) | BudgetEvent::BudgetUpdated(_) => "2",
-            BudgetEvent::BudgetDeleted {} => "1",
+            BudgetEvent::BudgetDeleted {} | BudgetEvent::BudgetThresholdCrossed(_) => "1",
         }
         .to_owned()
     }

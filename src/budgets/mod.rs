@@ -29,9 +29,16 @@ use crate::projections::Typed;
         routes::update,
         routes::remove,
         routes::get_one,
+        routes::alerts,
         routes::list
     ),
-    components(schemas(BudgetDraft, queries::BudgetView, queries::BudgetPage))
+    components(schemas(
+        BudgetDraft,
+        queries::BudgetView,
+        queries::BudgetPage,
+        queries::AlertView,
+        queries::AlertList
+    ))
 )]
 struct BudgetsApi;
 

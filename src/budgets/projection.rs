@@ -13,7 +13,7 @@ use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::aggregate::Budget;
-use super::events::{BudgetDetails, BudgetEvent};
+use super::events::{BudgetDetails, BudgetEvent, ThresholdCrossing};
 use crate::projections::readmodel::{col, ReadModel, Row};
 use crate::projections::{Envelope, Projector};
 
@@ -45,6 +45,64 @@ pub static BUDGETS_VIEW: ReadModel = ReadModel {
     keep_on_update: &["created_at"],
     newer: Some("version"),
 };
+
+/// Every threshold crossing of a budget (sql/V6), one row per event.
+pub static BUDGET_ALERTS: ReadModel = ReadModel {
+    table: "budget_alerts",
+    key: &["budget_id", "period_start", "percent", "basis"],
+    columns: &[
+        col("tenant_id", Type::TEXT),
+        col("budget_id", Type::UUID),
+        col("period_start", Type::DATE),
+        col("period_end", Type::DATE),
+        col("percent", Type::NUMERIC),
+        col("basis", Type::TEXT),
+        col("observed_percent", Type::NUMERIC),
+        col("spent", Type::NUMERIC),
+        col("forecast", Type::NUMERIC),
+        col("as_of", Type::DATE),
+        col("import_id", Type::UUID),
+        col("crossed_at", Type::TIMESTAMPTZ),
+        col("position", Type::INT8),
+    ],
+    keep_on_update: &[],
+    newer: None,
+};
+
+/// A crossing moves the stream's version: the view follows (ETag / If-Match).
+const BUMP_SQL: &str = "\
+UPDATE budgets_view v SET version = u.version, last_position = u.position
+  FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS u(id, version, position)
+ WHERE v.id = u.id AND v.version < u.version";
+
+struct AlertRow {
+    tenant: String,
+    budget_id: Uuid,
+    crossing: ThresholdCrossing,
+    at: DateTime<Utc>,
+    position: i64,
+}
+
+impl Row for AlertRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let c = &self.crossing;
+        vec![
+            &self.tenant,
+            &self.budget_id,
+            &c.period_start,
+            &c.period_end,
+            &c.percent,
+            &c.basis,
+            &c.observed_percent,
+            &c.spent,
+            &c.forecast,
+            &c.as_of,
+            &c.import_id,
+            &self.at,
+            &self.position,
+        ]
+    }
+}
 
 /// One row of `budgets_view`.
 struct BudgetRow {
@@ -94,7 +152,7 @@ pub struct BudgetsProjector;
 impl Projector for BudgetsProjector {
     type Aggregate = Budget;
     const NAME: &'static str = NAME;
-    const READ_MODELS: &'static [&'static ReadModel] = &[&BUDGETS_VIEW];
+    const READ_MODELS: &'static [&'static ReadModel] = &[&BUDGETS_VIEW, &BUDGET_ALERTS];
 
     async fn apply(
         &self,
@@ -103,7 +161,21 @@ impl Projector for BudgetsProjector {
     ) -> anyhow::Result<()> {
         // The last change per budget: `Some(row)` to write, `None` to delete.
         let mut last: HashMap<Uuid, Option<BudgetRow>> = HashMap::with_capacity(events.len());
+        // Threshold crossings: an alert row each, and the view's version moves on.
+        let mut alerts = Vec::new();
+        let mut bumps: HashMap<Uuid, (i64, i64)> = HashMap::new();
         for e in events {
+            if let BudgetEvent::BudgetThresholdCrossed(c) = e.event {
+                bumps.insert(e.stream_id, (e.version, e.position));
+                alerts.push(AlertRow {
+                    tenant: e.tenant_id,
+                    budget_id: e.stream_id,
+                    crossing: c,
+                    at: e.recorded_at,
+                    position: e.position,
+                });
+                continue;
+            }
             let created_at = match (&e.event, last.get(&e.stream_id)) {
                 (BudgetEvent::BudgetCreated(_), _) => Some(e.recorded_at),
                 (_, Some(Some(earlier))) => earlier.created_at,
@@ -133,6 +205,7 @@ impl Projector for BudgetsProjector {
                     })
                 }
                 BudgetEvent::BudgetDeleted {} => None,
+                BudgetEvent::BudgetThresholdCrossed(_) => continue,
             };
             last.insert(e.stream_id, change);
         }
@@ -150,6 +223,12 @@ impl Projector for BudgetsProjector {
         }
         BUDGETS_VIEW.insert(tx, &insert).await?;
         BUDGETS_VIEW.upsert(tx, &update).await?;
+        if !bumps.is_empty() {
+            let (ids, vp): (Vec<Uuid>, Vec<(i64, i64)>) = bumps.into_iter().unzip();
+            let (versions, positions): (Vec<i64>, Vec<i64>) = vp.into_iter().unzip();
+            tx.execute(BUMP_SQL, &[&ids, &versions, &positions]).await?;
+        }
+        BUDGET_ALERTS.insert(tx, &alerts).await?;
         BUDGETS_VIEW.delete(tx, &deletes).await?;
         Ok(())
     }
@@ -160,5 +239,6 @@ mod tests {
     #[test]
     fn the_read_model_declaration_is_valid() {
         super::BUDGETS_VIEW.check().unwrap();
+        super::BUDGET_ALERTS.check().unwrap();
     }
 }

@@ -77,6 +77,71 @@ pub struct BudgetView {
     pub updated_at: DateTime<Utc>,
 }
 
+const ALERTS_SQL: &str = "\
+SELECT period_start, period_end, percent, basis, observed_percent, spent, forecast, as_of,
+       import_id, crossed_at, position
+  FROM budget_alerts WHERE tenant_id = $1 AND budget_id = $2 ORDER BY position";
+
+/// A threshold crossing (`BudgetThresholdCrossed`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AlertView {
+    #[schema(value_type = String, format = Date)]
+    pub period_start: NaiveDate,
+    /// First day after the period.
+    #[schema(value_type = String, format = Date)]
+    pub period_end: NaiveDate,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "80")]
+    pub percent: Decimal,
+    /// `actual` or `forecast`.
+    pub basis: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub observed_percent: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub spent: Decimal,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>)]
+    pub forecast: Option<Decimal>,
+    #[schema(value_type = String, format = Date)]
+    pub as_of: NaiveDate,
+    pub import_id: Option<Uuid>,
+    pub crossed_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AlertList {
+    pub items: Vec<AlertView>,
+}
+
+pub async fn alerts(
+    conn: &ReadConnection,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Vec<AlertView>, QueryError> {
+    conn.query(ALERTS_SQL, &[&tenant, &id])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AlertView {
+                period_start: r.try_get(0)?,
+                period_end: r.try_get(1)?,
+                percent: r.try_get(2)?,
+                basis: r.try_get(3)?,
+                observed_percent: r.try_get(4)?,
+                spent: r.try_get(5)?,
+                forecast: r.try_get(6)?,
+                as_of: r.try_get(7)?,
+                import_id: r.try_get(8)?,
+                crossed_at: r.try_get(9)?,
+                position: r.try_get(10)?,
+            })
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BudgetPage {
     pub items: Vec<BudgetView>,

@@ -19,6 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(create)
         .service(list)
         .service(get_one)
+        .service(alerts)
         .service(update)
         .service(remove);
 }
@@ -148,6 +149,33 @@ pub async fn get_one(
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, format!("\"{}\"", budget.version)))
         .json(budget))
+}
+
+/// The thresholds the budget has crossed, each once per period and basis, in the order
+/// they were recorded (by the process manager that evaluates budgets after bill imports).
+#[utoipa::path(get, path = "/api/v1/budgets/{id}/alerts",
+    params(("id" = Uuid, Path), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = queries::AlertList), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/budgets/{id}/alerts")]
+pub async fn alerts(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let id = budget_id(&id)?;
+    let tenant = tenant(&req)?;
+    let client = state
+        .read_model(PROJECTION, min_position(params.min_position)?)
+        .await?;
+    queries::get(&client, &tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("budget".into()))?;
+    Ok(HttpResponse::Ok().json(queries::AlertList {
+        items: queries::alerts(&client, &tenant, id).await?,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -152,6 +152,49 @@ pub fn forecast(
     }
 }
 
+/// A budget's figures in one period as of a day.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    pub spent: Decimal,
+    pub percent_used: Decimal,
+    pub forecast: Forecast,
+    pub forecast_percent: Option<Decimal>,
+    /// Per threshold and basis (`actual`, `forecast`): crossed or not.
+    pub thresholds: Vec<(Decimal, &'static str, bool)>,
+}
+
+/// Spent, forecast and thresholds of a budget of `amount` (scale: the currency's minor
+/// unit) from its daily sums in `window` up to `as_of`.
+pub fn figures(
+    amount: Decimal,
+    thresholds: &[Decimal],
+    window: Window,
+    as_of: NaiveDate,
+    daily: &[(NaiveDate, Decimal)],
+    scale: u32,
+) -> Figures {
+    let spent: Decimal = daily.iter().map(|(_, c)| *c).sum();
+    let forecast = forecast(window, as_of, daily, scale);
+    let percent_used = percent(spent, amount).unwrap_or_default();
+    let forecast_percent = forecast.amount.and_then(|a| percent(a, amount));
+    let thresholds = thresholds
+        .iter()
+        .flat_map(|p| {
+            [
+                (*p, "actual", percent_used >= *p),
+                (*p, "forecast", forecast_percent.is_some_and(|f| f >= *p)),
+            ]
+        })
+        .collect();
+    Figures {
+        spent,
+        percent_used,
+        forecast,
+        forecast_percent,
+        thresholds,
+    }
+}
+
 /// `part / whole` in percent, two decimals (not capped at 100).
 pub fn percent(part: Decimal, whole: Decimal) -> Option<Decimal> {
     (!whole.is_zero()).then(|| (part * Decimal::ONE_HUNDRED / whole).round_dp(2))

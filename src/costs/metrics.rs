@@ -3,7 +3,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
 };
 
 use crate::telemetry::{reg, METRICS};
@@ -13,6 +13,7 @@ pub struct CostsMetrics {
     pub lines_imported: IntCounterVec,
     pub import_duration: Histogram,
     pub query_duration: HistogramVec,
+    pub threshold_crossings: IntCounter,
 }
 
 fn build() -> Result<CostsMetrics, prometheus::Error> {
@@ -57,6 +58,13 @@ fn build() -> Result<CostsMetrics, prometheus::Error> {
                 )
                 .buckets(exponential_buckets(0.001, 2.0, 16)?),
                 &["query", "source"],
+            )?,
+        )?,
+        threshold_crossings: reg(
+            r,
+            IntCounter::new(
+                "cloudlens_costs_budget_threshold_crossings_total",
+                "Budget thresholds recorded as crossed (BudgetThresholdCrossed) by the process manager",
             )?,
         )?,
     })

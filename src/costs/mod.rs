@@ -16,6 +16,7 @@ pub mod projection;
 pub mod queries;
 pub mod reference;
 pub mod routes;
+pub mod thresholds;
 
 use std::sync::Arc;
 
@@ -88,6 +89,6 @@ pub fn context() -> BoundedContext {
                 Arc::new(Typed(projection::CostLinesProjector)),
             ]
         },
-        jobs: Vec::new,
+        jobs: || vec![Arc::new(thresholds::BudgetThresholdJob)],
     }
 }

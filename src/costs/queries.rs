@@ -657,14 +657,29 @@ pub async fn lines(
 // --- budget status -------------------------------------------------------------------
 
 /// A budget's read-model row is read here (budgets_view): what the budget counts.
-const BUDGET_SQL: &str = "\
-SELECT amount, currency, period, start_date, end_date, tag_filter, service_filter,
-       alert_thresholds, account
-  FROM budgets_view WHERE tenant_id = $1 AND id = $2";
+macro_rules! budget_columns {
+    () => {
+        "amount, currency, period, start_date, end_date, tag_filter, service_filter, \
+         alert_thresholds, account, id"
+    };
+}
+const BUDGET_SQL: &str = concat!(
+    "SELECT ",
+    budget_columns!(),
+    " FROM budgets_view WHERE tenant_id = $1 AND id = $2"
+);
+/// Budgets that count an account's lines and have thresholds.
+const ALERTING_BUDGETS_SQL: &str = concat!(
+    "SELECT ",
+    budget_columns!(),
+    " FROM budgets_view WHERE tenant_id = $1 AND (account = $2 OR account IS NULL)
+        AND alert_thresholds <> '[]'::jsonb AND budget_type = 'cost' ORDER BY id"
+);
 
 /// What a budget counts and where it alerts.
 #[derive(Debug, Clone)]
 pub struct BudgetScope {
+    pub id: Uuid,
     pub amount: Decimal,
     pub currency: String,
     pub period: String,
@@ -682,12 +697,32 @@ pub async fn budget(
     tenant: &str,
     id: Uuid,
 ) -> Result<Option<BudgetScope>, QueryError> {
-    let Some(r) = conn.query_opt(BUDGET_SQL, &[&tenant, &id]).await? else {
-        return Ok(None);
-    };
+    conn.query_opt(BUDGET_SQL, &[&tenant, &id])
+        .await?
+        .as_ref()
+        .map(budget_scope)
+        .transpose()
+}
+
+/// The cost budgets with thresholds that count `account`'s lines (theirs, or every
+/// account's).
+pub async fn alerting_budgets(
+    conn: &Client,
+    tenant: &str,
+    account: &str,
+) -> Result<Vec<BudgetScope>, QueryError> {
+    conn.query(ALERTING_BUDGETS_SQL, &[&tenant, &account])
+        .await?
+        .iter()
+        .map(budget_scope)
+        .collect()
+}
+
+fn budget_scope(r: &tokio_postgres::Row) -> Result<BudgetScope, QueryError> {
     let thresholds: Json<Vec<String>> = r.try_get(7)?;
     let services: Json<Vec<String>> = r.try_get(6)?;
-    Ok(Some(BudgetScope {
+    Ok(BudgetScope {
+        id: r.try_get(9)?,
         amount: r.try_get(0)?,
         currency: r.try_get(1)?,
         period: r.try_get(2)?,
@@ -704,7 +739,7 @@ pub async fn budget(
             })
             .collect::<Result<_, _>>()?,
         account: r.try_get(8)?,
-    }))
+    })
 }
 
 /// The budget's cost per UTC day in `[from, to)`, only days with lines, in day order,

@@ -627,24 +627,18 @@ pub async fn budget_status(
         .query_duration
         .with_label_values(&["budget_status", source])
         .observe(started.elapsed().as_secs_f64());
-    let spent: Decimal = daily.iter().map(|(_, c)| *c).sum();
     let scale = super::reference::minor_units(&b.currency);
-    let f = status::forecast(window, as_of, &daily, scale);
-    let percent_used = status::percent(spent, b.amount).unwrap_or_default();
-    let forecast_percent = f.amount.and_then(|a| status::percent(a, b.amount));
-    let mut thresholds = Vec::new();
-    for p in &b.thresholds {
-        thresholds.push(ThresholdView {
-            percent: *p,
-            basis: "actual".into(),
-            crossed: percent_used >= *p,
-        });
-        thresholds.push(ThresholdView {
-            percent: *p,
-            basis: "forecast".into(),
-            crossed: forecast_percent.is_some_and(|f| f >= *p),
-        });
-    }
+    let fig = status::figures(b.amount, &b.thresholds, window, as_of, &daily, scale);
+    let thresholds = fig
+        .thresholds
+        .iter()
+        .map(|(percent, basis, crossed)| ThresholdView {
+            percent: *percent,
+            basis: (*basis).into(),
+            crossed: *crossed,
+        })
+        .collect();
+    let f = fig.forecast;
     Ok(HttpResponse::Ok().json(BudgetStatus {
         budget_id: id,
         as_of,
@@ -654,15 +648,15 @@ pub async fn budget_status(
         days_elapsed: f.days_elapsed,
         currency: b.currency,
         amount: b.amount,
-        spent,
-        remaining: b.amount - spent,
-        percent_used,
+        spent: fig.spent,
+        remaining: b.amount - fig.spent,
+        percent_used: fig.percent_used,
         forecast: ForecastView {
             method: f.method.into(),
             amount: f.amount,
             low: f.low,
             high: f.high,
-            percent: forecast_percent,
+            percent: fig.forecast_percent,
             days_with_data: f.days_with_data,
         },
         thresholds,

@@ -695,3 +695,102 @@ async fn budget_status_counts_its_scope_forecasts_and_crosses_thresholds() {
         .await;
     assert_eq!(res.status(), 422);
 }
+
+/// Waits until every threshold job has finished (`n` of them) and returns the budget's alerts.
+async fn alerts_after_jobs(app: &TestApp, budget: &str, n: i64) -> Value {
+    let done = eventually(std::time::Duration::from_secs(60), || async {
+        let finished = count(
+            &app.conn,
+            "SELECT count(*) FROM jobs WHERE kind = 'costs.budget_thresholds' AND state = 'succeeded'",
+        )
+        .await;
+        (finished == n).then_some(())
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "{n} threshold jobs succeed: {:?}",
+        (snapshot(&app.conn, "SELECT concat_ws('|', kind, state, error) FROM jobs").await, snapshot(&app.conn, "SELECT concat_ws('|', name, last_position, last_error) FROM projection_checkpoints").await)
+    );
+    let position = count(&app.conn, "SELECT max(position) FROM events").await;
+    body(
+        app.get(&format!(
+            "/api/v1/budgets/{budget}/alerts?min_position={position}"
+        ))
+        .await,
+    )
+    .await
+}
+
+#[actix_web::test]
+async fn thresholds_are_recorded_once_per_period_also_under_restatement_and_replay() {
+    let app = spawn_app().await;
+    open_account(&app, "prod", "CNY").await;
+    let (id, _) = budget(
+        &app,
+        json!({"name": "ecs", "amount": "250", "currency": "CNY", "period": "monthly",
+               "type": "cost", "start_date": "2024-01-01", "account": "prod",
+               "service_filter": ["ecs"], "alert_thresholds": ["50", "100", "500"]}),
+    )
+    .await;
+    import_ok(&app, "prod", "cloudlens", &daily_bill()).await;
+    // February: 290 of 250 (116 %); March: 1000 (400 %). Both periods are over, so the
+    // forecast is what was spent: 50 and 100 cross on both bases in both months, 500 never.
+    let v = alerts_after_jobs(&app, &id, 1).await;
+    let mut seen: Vec<(String, String, String)> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["period_start"].as_str().unwrap().to_owned(),
+                a["percent"].as_str().unwrap().to_owned(),
+                a["basis"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut expected = Vec::new();
+    for p in ["2024-02-01", "2024-03-01"] {
+        for t in ["100", "50"] {
+            for b in ["actual", "forecast"] {
+                expected.push((p.to_owned(), t.to_owned(), b.to_owned()));
+            }
+        }
+    }
+    expected.sort();
+    assert_eq!(seen, expected);
+    let feb = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["period_start"] == "2024-02-01" && a["basis"] == "actual")
+        .unwrap();
+    assert_eq!(dec(&feb["spent"]), Decimal::from(290));
+    assert_eq!(dec(&feb["observed_percent"]), Decimal::from(116));
+    assert_eq!(feb["period_end"], "2024-03-01");
+
+    // February restated below the thresholds, then above them again: nothing new.
+    let low = "billing_cycle,billing_date,product_code,pretax_amount,currency\n2024-02,2024-02-01,ecs,1,CNY\n";
+    import_ok(&app, "prod", "cloudlens", low).await;
+    let high = format!("{low}2024-02,2024-02-02,ecs,900,CNY\n");
+    import_ok(&app, "prod", "cloudlens", &high).await;
+    let again = alerts_after_jobs(&app, &id, 3).await;
+    assert_eq!(again["items"], v["items"], "never twice");
+    let crossed = "SELECT count(*) FROM events WHERE event_type = 'BudgetThresholdCrossed'";
+    assert_eq!(count(&app.conn, crossed).await, 8);
+    // The view follows the stream's version (ETag), so If-Match keeps working.
+    let b = body(app.get(&format!("/api/v1/budgets/{id}")).await).await;
+    assert_eq!(b["version"], 9);
+
+    // A replay of the budgets projector rebuilds the same alerts and appends nothing.
+    let sql = "SELECT concat_ws('|', budget_id, period_start, period_end, percent, basis, observed_percent, spent, forecast, as_of, import_id, crossed_at, position) FROM budget_alerts";
+    let before = snapshot(&app.conn, sql).await;
+    rebuild_and_wait(&app, "budgets").await;
+    assert_eq!(snapshot(&app.conn, sql).await, before);
+    assert_eq!(count(&app.conn, crossed).await, 8);
+    let res = app
+        .get(&format!("/api/v1/budgets/{}/alerts", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(res.status(), 404);
+}
