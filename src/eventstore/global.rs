@@ -25,13 +25,15 @@ use tokio_postgres::GenericClient;
 use super::{recorded_event, RecordedEvent, StoreError, Xid8};
 
 /// Events after the cursor `($1, $2, $3)` = (epoch, transaction_id, position), of the
-/// stream types in `$4`. The one definition of "after" in the global order.
+/// kinds in `$4`: a stream type (`budget`: all its events) or one event type of a stream
+/// type (`bill_import/BillImportCompleted`: a reader that needs only that one never reads
+/// the large batch events beside it). The one definition of "after" in the global order.
 macro_rules! after_cursor {
     () => {
         "(epoch, transaction_id, position) > ($1, $2, $3)
    -- `IS TRUE` keeps this a filter: with stale statistics the planner was seen scanning
    -- the stream index for every event of a type instead of walking the global order.
-   AND (stream_type = ANY($4)) IS TRUE"
+   AND (stream_type = ANY($4) OR stream_type || '/' || event_type = ANY($4)) IS TRUE"
     };
 }
 

@@ -106,11 +106,13 @@ impl EventSignal {
                 receivers: Vec::new(),
             };
         };
+        // `stream/EventType` (a projection reading one event type) wakes on its stream.
         let receivers = stream_types
             .iter()
+            .map(|t| t.split('/').next().unwrap_or(t))
             .map(|t| {
                 by_type
-                    .entry((*t).to_owned())
+                    .entry(t.to_owned())
                     .or_insert_with(|| watch::channel(0).0)
                     .subscribe()
             })

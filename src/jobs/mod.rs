@@ -169,13 +169,21 @@ pub type Handlers = Arc<Vec<Arc<dyn JobHandler>>>;
 /// twice.
 pub struct JobsProjection {
     handlers: Handlers,
+    /// `stream_type/EventType` of each requesting event: the projector reads those
+    /// events only, not the batches beside them in the same streams.
     stream_types: Vec<&'static str>,
 }
 
 impl JobsProjection {
     pub fn new(handlers: Handlers) -> Self {
-        let mut stream_types: Vec<&'static str> =
-            handlers.iter().map(|h| h.requested_by().0).collect();
+        let mut stream_types: Vec<&'static str> = handlers
+            .iter()
+            .map(|h| {
+                let (stream_type, event_type) = h.requested_by();
+                // Once per projector registry (per server start): a few bytes.
+                &*Box::leak(format!("{stream_type}/{event_type}").into_boxed_str())
+            })
+            .collect();
         stream_types.sort_unstable();
         stream_types.dedup();
         Self {

@@ -53,7 +53,8 @@ pub struct ProjectorOptions {
 pub trait Projection: Send + Sync + 'static {
     /// Stable name: checkpoint key, metric label, URL segment (`[a-z][a-z0-9_]*`).
     fn name(&self) -> &'static str;
-    /// Stream types whose events it reads.
+    /// What it reads: stream types (`budget`), or single event types of a stream type
+    /// (`bill_import/BillImportCompleted`).
     fn stream_types(&self) -> &[&'static str];
     /// Tables it owns (unqualified, in `public`); rebuilds copy and swap these.
     fn tables(&self) -> Vec<&'static str>;

@@ -573,3 +573,43 @@ async fn staged_events_reach_the_log_only_when_committed() {
     assert_eq!(count(&conn, "SELECT count(*) FROM staged_events").await, 0);
     assert_eq!(stream_len(&conn, stream).await, 4);
 }
+
+#[actix_web::test]
+async fn a_reader_of_one_event_type_skips_the_others_of_its_stream() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 2);
+    let event = |t: &str| NewEvent::from_value(t, 1, &serde_json::json!({"big": "batch"})).unwrap();
+    let id = Uuid::now_v7();
+    store
+        .append(AppendRequest {
+            tenant_id: "default",
+            stream_type: "import",
+            stream_id: id,
+            expected_version: 0,
+            events: vec![event("Rows"), event("Rows"), event("Done"), event("Rows")],
+            metadata: serde_json::json!({}),
+            idempotency: None,
+        })
+        .await
+        .unwrap();
+    let reader = db::connect(&conn).await.unwrap();
+    let read = |kinds: &'static [&'static str]| {
+        let reader = &reader;
+        async move {
+            global::read_batch(reader, Cursor::default(), kinds, 100)
+                .await
+                .unwrap()
+                .events
+                .iter()
+                .map(|e| e.event_type.clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(read(&["import/Done"]).await, ["Done"]);
+    assert_eq!(read(&["import"]).await, ["Rows", "Rows", "Done", "Rows"]);
+    assert_eq!(read(&["import/Nope", "other"]).await, Vec::<String>::new());
+    let (pending, _) = global::pending(&reader, Cursor::default(), &["import/Done"], 100)
+        .await
+        .unwrap();
+    assert_eq!(pending, 1);
+}
