@@ -120,7 +120,6 @@ pub struct Staging<'a> {
     store: &'a EventStore,
     pub id: Uuid,
     next: i32,
-    staged: i64,
     in_flight: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
 }
 
@@ -130,7 +129,6 @@ impl<'a> Staging<'a> {
             store,
             id,
             next: 1,
-            staged: 0,
             in_flight: None,
         }
     }
@@ -145,11 +143,6 @@ impl<'a> Staging<'a> {
         }
     }
 
-    /// Events staged so far.
-    pub fn staged(&self) -> i64 {
-        self.staged
-    }
-
     /// Stages an event after the ones staged before.
     pub async fn push<E: serde::Serialize + cqrs_es::DomainEvent>(
         &mut self,
@@ -162,7 +155,6 @@ impl<'a> Staging<'a> {
             async move { store.stage(id, seq, &[event]).await },
         ));
         self.next += 1;
-        self.staged += 1;
         Ok(())
     }
 
@@ -174,7 +166,6 @@ impl<'a> Staging<'a> {
         let event = codec::encode(event)?;
         self.settle().await?;
         self.store.stage(self.id, 0, &[event]).await?;
-        self.staged += 1;
         Ok(())
     }
 
