@@ -189,7 +189,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         handles: Arc::default(),
         stop: shutdown_rx,
     };
-    let scans = db::pool(&conn, settings.read_pool_size.max(2))?;
+    let scans = db::scan_pool(&conn, settings.read_pool_size.max(2), settings.scan_timeout)?;
     let state = web::Data::new(AppState {
         settings,
         store,

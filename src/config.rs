@@ -21,6 +21,8 @@ pub struct Settings {
     pub body_limit: usize,
     /// How long a query with `min_position` waits for the read models before 503.
     pub min_position_timeout: Duration,
+    /// The longest a scanning query (cost breakdowns) may run (`statement_timeout`).
+    pub scan_timeout: Duration,
     pub projector_batch_size: i64,
     /// Fallback poll interval of projectors when no notification arrives.
     pub projector_poll: Duration,
@@ -44,6 +46,7 @@ impl Default for Settings {
             read_pool_size: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             body_limit: 2 * 1024 * 1024,
             min_position_timeout: Duration::from_secs(5),
+            scan_timeout: Duration::from_secs(30),
             projector_batch_size: 5000,
             projector_poll: Duration::from_millis(500),
             log_json: false,
@@ -88,6 +91,9 @@ impl Settings {
         if let Some(v) = var("CLOUDLENS_MIN_POSITION_TIMEOUT_MS") {
             s.min_position_timeout =
                 Duration::from_millis(parse("CLOUDLENS_MIN_POSITION_TIMEOUT_MS", &v)?);
+        }
+        if let Some(v) = var("CLOUDLENS_SCAN_TIMEOUT_MS") {
+            s.scan_timeout = Duration::from_millis(parse("CLOUDLENS_SCAN_TIMEOUT_MS", &v)?);
         }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;

@@ -36,6 +36,23 @@ fn config(conn: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
 /// Builds a pool; connections are made lazily, so this succeeds while the database is down.
 pub fn pool(conn: &str, size: usize) -> anyhow::Result<Pool> {
     let cfg = config(conn).context("invalid database connection string")?;
+    build_pool(cfg, size)
+}
+
+/// A pool whose statements are cancelled after `timeout` (`statement_timeout`): for
+/// queries that scan, so that one runaway query cannot hold a connection for minutes.
+pub fn scan_pool(conn: &str, size: usize, timeout: Duration) -> anyhow::Result<Pool> {
+    let mut cfg = config(conn).context("invalid database connection string")?;
+    let limit = format!("-c statement_timeout={}", timeout.as_millis().max(1));
+    let options = match cfg.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {limit}"),
+        _ => limit,
+    };
+    cfg.options(&options);
+    build_pool(cfg, size)
+}
+
+fn build_pool(cfg: tokio_postgres::Config, size: usize) -> anyhow::Result<Pool> {
     let mgr = Manager::from_config(
         cfg,
         NoTls,
@@ -149,6 +166,9 @@ pub enum QueryError {
     /// exception: a NUL character in text, a number out of range, …).
     #[error("{0}")]
     BadValue(String),
+    /// The statement ran past its `statement_timeout` (SQLSTATE 57014).
+    #[error("the query ran too long and was cancelled")]
+    Timeout,
 }
 
 impl From<tokio_postgres::Error> for QueryError {
@@ -159,6 +179,9 @@ impl From<tokio_postgres::Error> for QueryError {
         match e.as_db_error() {
             Some(d) if d.code().code().starts_with("22") => {
                 QueryError::BadValue(d.message().to_owned())
+            }
+            Some(d) if d.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED => {
+                QueryError::Timeout
             }
             _ => QueryError::Failed(e),
         }

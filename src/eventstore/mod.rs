@@ -134,6 +134,9 @@ impl From<crate::db::QueryError> for StoreError {
             crate::db::QueryError::Unavailable(cause) => StoreError::Unavailable(cause),
             crate::db::QueryError::Failed(e) => StoreError::Database(e),
             crate::db::QueryError::BadValue(m) => StoreError::BadValue(m),
+            crate::db::QueryError::Timeout => {
+                StoreError::Unavailable("the statement was cancelled (statement_timeout)".into())
+            }
         }
     }
 }

@@ -77,6 +77,9 @@ pub enum ApiError {
     /// 503 `read_model_behind` with Retry-After: `min_position` not reached in time.
     #[error("read models have not reached position {0} yet")]
     ReadModelBehind(i64),
+    /// 503 `query_timeout`: a scanning query ran past `CLOUDLENS_SCAN_TIMEOUT_MS`.
+    #[error("the query ran too long and was cancelled; narrow the range or the grouping")]
+    QueryTimeout,
     /// 500 `internal_error`; the cause is logged only.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -123,6 +126,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::ReadModelBehind(_) => "read_model_behind",
+            ApiError::QueryTimeout => "query_timeout",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -163,7 +167,7 @@ impl ResponseError for ApiError {
             | ApiError::RebuildInProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable(_) | ApiError::ReadModelBehind(_) => {
+            ApiError::Unavailable(_) | ApiError::ReadModelBehind(_) | ApiError::QueryTimeout => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -253,6 +257,7 @@ impl From<QueryError> for ApiError {
             QueryError::Unavailable(cause) => ApiError::Unavailable(cause),
             QueryError::Failed(e) => ApiError::Internal(e.into()),
             QueryError::BadValue(m) => bad_value(m),
+            QueryError::Timeout => ApiError::QueryTimeout,
         }
     }
 }

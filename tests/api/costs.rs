@@ -794,3 +794,16 @@ async fn thresholds_are_recorded_once_per_period_also_under_restatement_and_repl
         .await;
     assert_eq!(res.status(), 404);
 }
+
+#[actix_web::test]
+async fn a_scan_that_runs_too_long_is_cancelled_and_the_connection_stays_usable() {
+    let conn = fresh_database().await;
+    let pool = cloudlens::db::scan_pool(&conn, 1, std::time::Duration::from_millis(100)).unwrap();
+    let client = pool.get().await.unwrap();
+    let err = client.query("SELECT pg_sleep(2)", &[]).await.unwrap_err();
+    assert!(matches!(
+        cloudlens::db::QueryError::from(err),
+        cloudlens::db::QueryError::Timeout
+    ));
+    assert_eq!(client.query("SELECT 1", &[]).await.unwrap().len(), 1);
+}
