@@ -102,3 +102,14 @@ CREATE TABLE budget_alerts (
     PRIMARY KEY (budget_id, period_start, percent, basis)
 );
 CREATE INDEX budget_alerts_budget ON budget_alerts (tenant_id, budget_id, position);
+
+-- Virtual tags as saved (kept by the `cost_lines` projector, which computes them for
+-- every line it writes and recomputes every line of the tenant when one is saved).
+CREATE TABLE cost_virtual_tags (
+    tenant_id  text        NOT NULL,
+    name       text        NOT NULL,
+    definition jsonb       NOT NULL,
+    saved_at   timestamptz NOT NULL,
+    position   bigint      NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);

@@ -5,8 +5,13 @@ use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use super::commands::{AccountCommand, AccountDraft, BillImportCommand};
-use super::events::{AccountDetails, AccountEvent, BillImportEvent};
+use super::commands::{
+    AccountCommand, AccountDraft, BillImportCommand, VirtualTagCommand, VirtualTagDraft,
+};
+use super::events::{
+    AccountDetails, AccountEvent, BillImportEvent, VirtualTagDefinition, VirtualTagEvent,
+    VirtualTagValue,
+};
 use super::reference::CURRENCIES;
 use crate::pipeline::{DomainError, EventSourced, Rejection};
 
@@ -163,6 +168,91 @@ impl Aggregate for BillImport {
             BillImportEvent::BillLinesImported(_) => {}
             BillImportEvent::BillImportCompleted { .. } => self.completed = true,
         }
+    }
+}
+
+// --- virtual tags ----------------------------------------------------------------------
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VirtualTag {
+    pub definition: Option<VirtualTagDefinition>,
+}
+
+impl EventSourced for VirtualTag {
+    const STREAM_TYPE: &'static str = "virtual_tag";
+}
+
+/// A value or default of a virtual tag: 1-200 characters, no control characters.
+fn check_value(field: &str, v: &str) -> Result<(), CostsError> {
+    if v.is_empty() || v.chars().count() > 200 || v.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            "must be 1 to 200 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Aggregate for VirtualTag {
+    type Command = VirtualTagCommand;
+    type Event = VirtualTagEvent;
+    type Error = CostsError;
+    type Services = ();
+
+    fn aggregate_type() -> String {
+        Self::STREAM_TYPE.to_owned()
+    }
+
+    async fn handle(
+        &self,
+        command: VirtualTagCommand,
+        _: &(),
+    ) -> Result<Vec<VirtualTagEvent>, CostsError> {
+        let VirtualTagCommand::SaveVirtualTag(VirtualTagDraft {
+            name,
+            values,
+            default,
+        }) = command;
+        if !crate::projections::readmodel::is_identifier(&name) {
+            return Err(invalid(
+                "name",
+                "must match [a-z][a-z0-9_]* and be at most 63 characters",
+            ));
+        }
+        if values.is_empty() || values.len() > 50 {
+            return Err(invalid("values", "must hold 1 to 50 values"));
+        }
+        let mut checked = Vec::with_capacity(values.len());
+        for (i, v) in values.into_iter().enumerate() {
+            check_value(&format!("values/{i}/value"), &v.value)?;
+            if checked.iter().any(|c: &VirtualTagValue| c.value == v.value) {
+                return Err(invalid(format!("values/{i}/value"), "appears twice"));
+            }
+            let rule = crate::tagging::rules::parse(&v.rule, &super::vtags::field_type)
+                .map_err(|e| invalid(format!("values/{i}/rule{}", e.pointer), e.message))?;
+            checked.push(VirtualTagValue {
+                value: v.value,
+                rule: rule.to_json(),
+            });
+        }
+        if let Some(d) = &default {
+            check_value("default", d)?;
+        }
+        let definition = VirtualTagDefinition {
+            name,
+            values: checked,
+            default,
+        };
+        if self.definition.as_ref() == Some(&definition) {
+            return Ok(vec![]); // nothing changes: no event, no recomputation
+        }
+        Ok(vec![VirtualTagEvent::VirtualTagSaved(definition)])
+    }
+
+    fn apply(&mut self, event: VirtualTagEvent) {
+        let VirtualTagEvent::VirtualTagSaved(d) = event;
+        self.definition = Some(d);
     }
 }
 

@@ -29,3 +29,34 @@ pub enum AccountCommand {
 /// Imports are appended in bulk by the import itself; no command goes through `handle`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub enum BillImportCommand {}
+
+/// `POST /api/v1/costs/virtual-tags`: creates or replaces a virtual tag.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualTagDraft {
+    #[schema(pattern = "^[a-z][a-z0-9_]{0,62}$", example = "owner")]
+    pub name: String,
+    /// In order: a line gets the first value whose rule matches it.
+    #[schema(min_items = 1, max_items = 50)]
+    pub values: Vec<VirtualTagValueDraft>,
+    /// The value of lines no rule matches (`null` when absent).
+    #[schema(min_length = 1, max_length = 200)]
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualTagValueDraft {
+    #[schema(min_length = 1, max_length = 200)]
+    pub value: String,
+    /// A tagging rule (`{"logic": "AND", "conditions": [...]}`) over the line fields
+    /// `account`, `service`, `region`, `resource`, `currency`, `category`,
+    /// `charge_category`, `sub_account` (strings), `cost` (number) and `tags.KEY`.
+    #[schema(value_type = Object)]
+    pub rule: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub enum VirtualTagCommand {
+    SaveVirtualTag(VirtualTagDraft),
+}

@@ -253,3 +253,35 @@ impl DomainEvent for BillImportEvent {
         "1".to_owned()
     }
 }
+
+/// One value of a virtual tag: the lines its rule matches get it (the first match wins).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct VirtualTagValue {
+    pub value: String,
+    /// A tagging rule over bill-line fields, in canonical form.
+    #[schema(value_type = Object)]
+    pub rule: serde_json::Value,
+}
+
+/// A virtual tag as saved: values in order, and the value of lines no rule matches.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct VirtualTagDefinition {
+    pub name: String,
+    pub values: Vec<VirtualTagValue>,
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum VirtualTagEvent {
+    VirtualTagSaved(VirtualTagDefinition),
+}
+
+impl DomainEvent for VirtualTagEvent {
+    fn event_type(&self) -> String {
+        "VirtualTagSaved".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}

@@ -17,6 +17,7 @@ pub mod queries;
 pub mod reference;
 pub mod routes;
 pub mod thresholds;
+pub mod vtags;
 
 use std::sync::Arc;
 
@@ -51,6 +52,8 @@ pub fn account_stream(tenant: &str, name: &str) -> Uuid {
         routes::top,
         routes::lines,
         routes::budget_status,
+        routes::save_virtual_tag,
+        routes::list_virtual_tags,
     ),
     components(schemas(
         commands::AccountDraft,
@@ -70,6 +73,11 @@ pub fn account_stream(tenant: &str, name: &str) -> Uuid {
         queries::LinePage,
         routes::ImportAccepted,
         routes::BudgetStatus,
+        commands::VirtualTagDraft,
+        commands::VirtualTagValueDraft,
+        events::VirtualTagValue,
+        queries::VirtualTagView,
+        queries::VirtualTagList,
         routes::ForecastView,
         routes::ThresholdView,
     ))
@@ -86,7 +94,7 @@ pub fn context() -> BoundedContext {
         projections: || {
             vec![
                 Arc::new(Typed(projection::AccountsProjector)),
-                Arc::new(Typed(projection::CostLinesProjector)),
+                Arc::new(projection::CostLinesProjector),
             ]
         },
         jobs: || vec![Arc::new(thresholds::BudgetThresholdJob)],

@@ -14,16 +14,21 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
-use super::aggregate::{Account, BillImport};
-use super::events::{AccountEvent, BillImportEvent, BillLine, ImportStarted};
+use super::aggregate::{Account, BillImport, VirtualTag};
+use super::events::{
+    AccountEvent, BillImportEvent, BillLine, ImportStarted, VirtualTagDefinition, VirtualTagEvent,
+};
 use super::import::json_object;
+use super::vtags::Compiled;
+use crate::eventstore::{codec, RecordedEvent};
+use crate::pipeline::EventSourced;
 use crate::projections::readmodel::{col, ReadModel, Row};
-use crate::projections::{Envelope, Projector, ProjectorOptions};
+use crate::projections::{Envelope, Projection, Projector, ProjectorOptions};
 
 pub const COST_ACCOUNTS: &str = "cost_accounts";
 pub const COST_LINES: &str = "cost_lines";
@@ -125,10 +130,26 @@ pub static LINES_MODEL: ReadModel = ReadModel {
         col("sub_account", Type::TEXT),
         col("charge_category", Type::TEXT),
         col("tags", Type::JSONB),
+        col("vtags", Type::JSONB),
         col("extra", Type::JSONB),
     ],
     keep_on_update: &[],
     newer: None,
+};
+
+/// The virtual tags as saved (the projector needs them for every line it writes).
+static VTAGS_MODEL: ReadModel = ReadModel {
+    table: "cost_virtual_tags",
+    key: &["tenant_id", "name"],
+    columns: &[
+        col("tenant_id", Type::TEXT),
+        col("name", Type::TEXT),
+        col("definition", Type::JSONB),
+        col("saved_at", Type::TIMESTAMPTZ),
+        col("position", Type::INT8),
+    ],
+    keep_on_update: &[],
+    newer: Some("position"),
 };
 
 pub static DAILY_MODEL: ReadModel = ReadModel {
@@ -203,11 +224,17 @@ struct LineRow {
     sub_account: String,
     charge_category: String,
     tags: Json<Box<RawValue>>,
+    vtags: Json<Box<RawValue>>,
     extra: Json<Box<RawValue>>,
 }
 
 impl LineRow {
-    fn new(import: Arc<ImportContext>, extra_columns: &[String], l: BillLine) -> Self {
+    fn new(
+        import: Arc<ImportContext>,
+        extra_columns: &[String],
+        l: BillLine,
+        vtags: Box<RawValue>,
+    ) -> Self {
         let extra: Vec<(&str, &str)> = extra_columns
             .iter()
             .zip(&l.extra)
@@ -231,6 +258,7 @@ impl LineRow {
             sub_account: l.sub_account,
             charge_category: l.charge_category,
             tags: Json(l.tags.0),
+            vtags: Json(vtags),
             extra: Json(json_object(&extra)),
         }
     }
@@ -260,6 +288,7 @@ impl Row for LineRow {
             &self.sub_account,
             &self.charge_category,
             &self.tags,
+            &self.vtags,
             &self.extra,
         ]
     }
@@ -320,7 +349,13 @@ struct Pending {
 }
 
 impl Pending {
-    fn add(&mut self, import: &Arc<ImportContext>, extra_columns: &[String], lines: Vec<BillLine>) {
+    fn add(
+        &mut self,
+        import: &Arc<ImportContext>,
+        extra_columns: &[String],
+        lines: Vec<BillLine>,
+        vtags: &[Compiled],
+    ) -> anyhow::Result<()> {
         *self.loaded.entry(import.import_id).or_default() += lines.len() as i64;
         for line in lines {
             let day = line
@@ -342,9 +377,11 @@ impl Pending {
                 .or_default();
             sums.0 += line.cost;
             sums.1 += 1;
+            let values = line_vtags(import, &line, vtags)?;
             self.lines
-                .push(LineRow::new(import.clone(), extra_columns, line));
+                .push(LineRow::new(import.clone(), extra_columns, line, values));
         }
+        Ok(())
     }
 
     async fn flush(&mut self, tx: &Transaction<'_>) -> anyhow::Result<()> {
@@ -363,6 +400,132 @@ impl Pending {
         let (ids, counts): (Vec<Uuid>, Vec<i64>) = self.loaded.drain().unzip();
         tx.execute(LOADED_SQL, &[&ids, &counts]).await?;
         self.lines.clear();
+        Ok(())
+    }
+}
+
+/// The virtual tags of one line, as a JSON object (`{}` when the tenant has none).
+fn line_vtags(
+    import: &ImportContext,
+    line: &BillLine,
+    vtags: &[Compiled],
+) -> anyhow::Result<Box<RawValue>> {
+    if vtags.is_empty() {
+        return Ok(json_object(&[]));
+    }
+    let tags: Map<String, Value> = serde_json::from_str(line.tags.0.get())?;
+    let text = |field: &str| -> Option<String> {
+        Some(
+            match field {
+                "account" => &import.account,
+                "service" => &line.service,
+                "region" => &line.region,
+                "resource" => &line.resource,
+                "currency" => &line.currency,
+                "category" => &line.category,
+                "charge_category" => &line.charge_category,
+                "sub_account" => &line.sub_account,
+                _ => return None,
+            }
+            .clone(),
+        )
+    };
+    let values: Map<String, Value> = vtags
+        .iter()
+        .map(|v| {
+            let value = v.evaluate(&text, line.cost, &tags);
+            (v.name.clone(), value.map_or(Value::Null, Value::String))
+        })
+        .collect();
+    Ok(serde_json::value::to_raw_value(&values)?)
+}
+
+/// The virtual tags of every tenant, as the log has saved them so far.
+struct VirtualTags {
+    by_tenant: HashMap<String, Vec<Compiled>>,
+}
+
+const VTAGS_SQL: &str =
+    "SELECT tenant_id, definition FROM cost_virtual_tags ORDER BY tenant_id, name";
+
+/// Sets one virtual tag on every line of the tenant (`$1` tenant, `$2` name, the CASE's
+/// parameters from `$3`).
+fn backfill_sql(case: &str) -> String {
+    format!(
+        "UPDATE cost_lines SET vtags = vtags || jsonb_build_object($2::text, {case})
+          WHERE tenant_id = $1"
+    )
+}
+
+struct VtagRow {
+    tenant: String,
+    name: String,
+    definition: Value,
+    at: DateTime<Utc>,
+    position: i64,
+}
+
+impl Row for VtagRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.tenant,
+            &self.name,
+            &self.definition,
+            &self.at,
+            &self.position,
+        ]
+    }
+}
+
+impl VirtualTags {
+    async fn load(tx: &Transaction<'_>) -> anyhow::Result<Self> {
+        let mut by_tenant: HashMap<String, Vec<Compiled>> = HashMap::new();
+        for r in tx.query(VTAGS_SQL, &[]).await? {
+            let d: VirtualTagDefinition = serde_json::from_value(r.try_get(1)?)?;
+            let compiled = Compiled::new(&d).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            by_tenant.entry(r.try_get(0)?).or_default().push(compiled);
+        }
+        Ok(Self { by_tenant })
+    }
+
+    fn of(&self, tenant: &str) -> &[Compiled] {
+        self.by_tenant.get(tenant).map_or(&[], Vec::as_slice)
+    }
+
+    /// Saves a definition and recomputes the tag on every existing line of the tenant,
+    /// set-wise, in the batch's transaction (lines written later get it in `add`).
+    async fn save(
+        &mut self,
+        tx: &Transaction<'_>,
+        tenant: &str,
+        d: VirtualTagDefinition,
+        at: DateTime<Utc>,
+        position: i64,
+    ) -> anyhow::Result<()> {
+        let compiled = Compiled::new(&d).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (case, params) = compiled.case_sql(3);
+        let mut bound: Vec<Box<dyn ToSql + Sync + Send>> =
+            vec![Box::new(tenant.to_owned()), Box::new(d.name.clone())];
+        bound.extend(params.iter().map(crate::tagging::run::to_sql));
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            bound.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+        tx.execute(backfill_sql(&case).as_str(), &refs).await?;
+        VTAGS_MODEL
+            .upsert(
+                tx,
+                &[VtagRow {
+                    tenant: tenant.to_owned(),
+                    name: d.name.clone(),
+                    definition: serde_json::to_value(&d)?,
+                    at,
+                    position,
+                }],
+            )
+            .await?;
+        let list = self.by_tenant.entry(tenant.to_owned()).or_default();
+        list.retain(|c| c.name != d.name);
+        list.push(compiled);
+        list.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(())
     }
 }
@@ -395,12 +558,24 @@ UPDATE cost_imports SET state = 'complete', completed_at = $2, position = $3
 
 pub struct CostLinesProjector;
 
+/// The tables of the `cost_lines` projector.
+const LINE_MODELS: [&ReadModel; 4] = [&LINES_MODEL, &DAILY_MODEL, &IMPORTS_MODEL, &VTAGS_MODEL];
+
+/// The projector reads two aggregates (bill imports and virtual tags), so it implements
+/// `Projection` and decodes each event by its stream type.
 #[async_trait]
-impl Projector for CostLinesProjector {
-    type Aggregate = BillImport;
-    const NAME: &'static str = COST_LINES;
-    const READ_MODELS: &'static [&'static ReadModel] =
-        &[&LINES_MODEL, &DAILY_MODEL, &IMPORTS_MODEL];
+impl Projection for CostLinesProjector {
+    fn name(&self) -> &'static str {
+        COST_LINES
+    }
+
+    fn stream_types(&self) -> &[&'static str] {
+        &[BillImport::STREAM_TYPE, VirtualTag::STREAM_TYPE]
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        LINE_MODELS.iter().map(|m| m.table).collect()
+    }
 
     fn options(&self) -> ProjectorOptions {
         // Line events are large (1,000 lines each): 20 per batch.
@@ -421,14 +596,37 @@ impl Projector for CostLinesProjector {
         Ok(())
     }
 
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: Vec<Envelope<BillImportEvent>>,
-    ) -> anyhow::Result<()> {
+    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let mut pending = Pending::default();
         let mut imports: HashMap<Uuid, Arc<ImportContext>> = HashMap::new();
-        for e in events {
+        let mut vtags = VirtualTags::load(tx).await?;
+        for raw in events {
+            if raw.stream_type == VirtualTag::STREAM_TYPE {
+                let VirtualTagEvent::VirtualTagSaved(d) = codec::decode(
+                    &raw.event_type,
+                    raw.schema_version,
+                    &raw.payload,
+                    VirtualTag::upcasters(),
+                )?;
+                pending.flush(tx).await?;
+                vtags
+                    .save(tx, &raw.tenant_id, d, raw.recorded_at, raw.position)
+                    .await?;
+                continue;
+            }
+            let e = Envelope {
+                event: codec::decode::<BillImportEvent>(
+                    &raw.event_type,
+                    raw.schema_version,
+                    &raw.payload,
+                    BillImport::upcasters(),
+                )?,
+                tenant_id: raw.tenant_id.clone(),
+                stream_id: raw.stream_id,
+                version: raw.stream_version,
+                position: raw.position,
+                recorded_at: raw.recorded_at,
+            };
             match e.event {
                 BillImportEvent::BillImportStarted(started) => {
                     pending.flush(tx).await?;
@@ -476,7 +674,8 @@ impl Projector for CostLinesProjector {
                             })
                         })
                         .clone();
-                    pending.add(&import, &batch.extra_columns, batch.lines);
+                    let defs = vtags.of(&import.tenant);
+                    pending.add(&import, &batch.extra_columns, batch.lines, defs)?;
                 }
                 BillImportEvent::BillImportCompleted { .. } => {
                     pending.flush(tx).await?;
@@ -498,6 +697,7 @@ mod tests {
             &super::LINES_MODEL,
             &super::DAILY_MODEL,
             &super::IMPORTS_MODEL,
+            &super::VTAGS_MODEL,
         ] {
             m.check().unwrap();
         }

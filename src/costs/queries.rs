@@ -179,6 +179,8 @@ pub enum Dim {
     Region,
     Resource,
     Tag(String),
+    /// A virtual tag's value (`vtag:NAME`).
+    VTag(String),
 }
 
 impl Dim {
@@ -190,6 +192,10 @@ impl Dim {
             "region" => Some(Dim::Region),
             "resource" => Some(Dim::Resource),
             _ => {
+                if let Some(name) = s.strip_prefix("vtag:") {
+                    return crate::projections::readmodel::is_identifier(name)
+                        .then(|| Dim::VTag(name.to_owned()));
+                }
                 let key = s.strip_prefix("tag:")?;
                 (!key.is_empty() && key.chars().count() <= 200 && !key.contains('\0'))
                     .then(|| Dim::Tag(key.to_owned()))
@@ -204,6 +210,7 @@ impl Dim {
             Dim::Region => "region".into(),
             Dim::Resource => "resource".into(),
             Dim::Tag(k) => format!("tag:{k}"),
+            Dim::VTag(n) => format!("vtag:{n}"),
         }
     }
 
@@ -296,6 +303,10 @@ fn dim_sql(sql: &mut Sql, d: &Dim) -> String {
         Dim::Tag(k) => {
             let p = sql.bind(k.clone());
             format!("(tags ->> {p}::text)")
+        }
+        Dim::VTag(n) => {
+            let p = sql.bind(n.clone());
+            format!("(vtags ->> {p}::text)")
         }
     }
 }
@@ -652,6 +663,47 @@ pub async fn lines(
         None
     };
     Ok(LinePage { items, next_cursor })
+}
+
+// --- virtual tags --------------------------------------------------------------------
+
+const VIRTUAL_TAGS_SQL: &str = "\
+SELECT definition, saved_at, position FROM cost_virtual_tags WHERE tenant_id = $1 ORDER BY name";
+
+/// A virtual tag as saved.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VirtualTagView {
+    pub name: String,
+    pub values: Vec<super::events::VirtualTagValue>,
+    pub default: Option<String>,
+    pub saved_at: DateTime<Utc>,
+    /// The event that saved it: once the read model is here, every line carries it.
+    pub position: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct VirtualTagList {
+    pub items: Vec<VirtualTagView>,
+}
+
+pub async fn virtual_tags(
+    conn: &ReadConnection,
+    tenant: &str,
+) -> Result<Vec<VirtualTagView>, QueryError> {
+    conn.query(VIRTUAL_TAGS_SQL, &[&tenant])
+        .await?
+        .iter()
+        .map(|r| {
+            let d: Json<super::events::VirtualTagDefinition> = r.try_get(0)?;
+            Ok(VirtualTagView {
+                name: d.0.name,
+                values: d.0.values,
+                default: d.0.default,
+                saved_at: r.try_get(1)?,
+                position: r.try_get(2)?,
+            })
+        })
+        .collect()
 }
 
 // --- budget status -------------------------------------------------------------------

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::aggregate::{is_currency, Account};
+use super::aggregate::{is_currency, Account, VirtualTag};
 use super::budget_status as status;
-use super::commands::{AccountCommand, AccountDraft};
+use super::commands::{AccountCommand, AccountDraft, VirtualTagCommand, VirtualTagDraft};
 use super::events::BillFormat;
 use super::metrics::COSTS;
 use super::projection::{COST_ACCOUNTS, COST_LINES};
@@ -32,6 +32,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(costs)
         .service(top)
         .service(lines)
+        .service(save_virtual_tag)
+        .service(list_virtual_tags)
         .service(budget_status);
 }
 
@@ -351,7 +353,7 @@ pub async fn costs(
             .ok_or_else(|| {
                 ApiError::validation(
                     "group_by",
-                    format!("{item:?} is not account, service, region or tag:KEY"),
+                    format!("{item:?} is not account, service, region, tag:KEY or vtag:NAME"),
                 )
             })?;
         if group_by.contains(&d) {
@@ -373,6 +375,19 @@ pub async fn costs(
     let conn = state
         .scan(&[COST_LINES], min_position(p.min_position)?)
         .await?;
+    if group_by.iter().any(|d| matches!(d, Dim::VTag(_))) {
+        let known = queries::virtual_tags(&*state.reads.get().await?, &tenant).await?;
+        for d in &group_by {
+            if let Dim::VTag(name) = d {
+                if !known.iter().any(|v| &v.name == name) {
+                    return Err(ApiError::validation(
+                        "group_by",
+                        format!("no virtual tag named {name:?}"),
+                    ));
+                }
+            }
+        }
+    }
     let started = std::time::Instant::now();
     let query = BreakdownQuery {
         filters: f,
@@ -661,5 +676,62 @@ pub async fn budget_status(
         },
         thresholds,
         source: source.into(),
+    }))
+}
+
+/// Create or replace a virtual tag. Every existing line is recomputed (set-wise, by the
+/// `cost_lines` projector, in the transaction that applies the event); read with
+/// `min_position` = the answer's `position` to see every line with the new values.
+#[utoipa::path(post, path = "/api/v1/costs/virtual-tags", request_body = VirtualTagDraft,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 201, body = CommandResult, description = "created"), (status = 200, body = CommandResult, description = "replaced or unchanged"),
+              (status = 400, body = Problem), (status = 409, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/v1/costs/virtual-tags")]
+pub async fn save_virtual_tag(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let draft: VirtualTagDraft = body.parse()?;
+    let ctx = command_context(&req, &body.bytes)?;
+    let id = super::stream_id(&ctx.tenant_id, "virtual_tag", &draft.name);
+    let (result, _) = pipeline::execute::<VirtualTag>(
+        &state.store,
+        &ctx,
+        "SaveVirtualTag",
+        id,
+        Expect::Any,
+        VirtualTagCommand::SaveVirtualTag(draft),
+        &(),
+    )
+    .await?;
+    let status = if result.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header((header::ETAG, format!("\"{}\"", result.version)))
+        .json(result))
+}
+
+/// The tenant's virtual tags.
+#[utoipa::path(get, path = "/api/v1/costs/virtual-tags",
+    params(ReadParams, ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = queries::VirtualTagList), (status = 400, body = Problem), (status = 422, body = Problem)))]
+#[get("/api/v1/costs/virtual-tags")]
+pub async fn list_virtual_tags(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let conn = state
+        .read_model(COST_LINES, min_position(params.min_position)?)
+        .await?;
+    Ok(HttpResponse::Ok().json(queries::VirtualTagList {
+        items: queries::virtual_tags(&conn, &tenant).await?,
     }))
 }
