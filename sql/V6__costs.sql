@@ -113,3 +113,12 @@ CREATE TABLE cost_virtual_tags (
     position   bigint      NOT NULL,
     PRIMARY KEY (tenant_id, name)
 );
+
+-- Shared-cost allocation rules (kept by the `cost_allocation_rules` projector).
+CREATE TABLE cost_allocation_rules (
+    tenant_id  text   NOT NULL,
+    name       text   NOT NULL,
+    definition jsonb  NOT NULL,
+    position   bigint NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);

@@ -256,6 +256,51 @@ impl Aggregate for VirtualTag {
     }
 }
 
+// --- allocation rules ------------------------------------------------------------------
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocationRule {
+    pub definition: Option<super::allocation::AllocationRuleDef>,
+}
+
+impl EventSourced for AllocationRule {
+    const STREAM_TYPE: &'static str = "allocation_rule";
+}
+
+#[async_trait]
+impl Aggregate for AllocationRule {
+    type Command = super::commands::AllocationRuleCommand;
+    type Event = super::events::AllocationRuleEvent;
+    type Error = CostsError;
+    /// The tenant's other rules (for the cycle check).
+    type Services = Vec<super::allocation::AllocationRuleDef>;
+
+    fn aggregate_type() -> String {
+        Self::STREAM_TYPE.to_owned()
+    }
+
+    async fn handle(
+        &self,
+        command: Self::Command,
+        others: &Self::Services,
+    ) -> Result<Vec<Self::Event>, CostsError> {
+        let super::commands::AllocationRuleCommand::SaveAllocationRule(def) = command;
+        def.validate(others)
+            .map_err(|e| invalid(e.field, e.message))?;
+        if self.definition.as_ref() == Some(&def) {
+            return Ok(vec![]);
+        }
+        Ok(vec![
+            super::events::AllocationRuleEvent::AllocationRuleSaved(def),
+        ])
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        let super::events::AllocationRuleEvent::AllocationRuleSaved(d) = event;
+        self.definition = Some(d);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

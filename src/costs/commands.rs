@@ -60,3 +60,9 @@ pub struct VirtualTagValueDraft {
 pub enum VirtualTagCommand {
     SaveVirtualTag(VirtualTagDraft),
 }
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub enum AllocationRuleCommand {
+    /// `POST /api/v1/costs/allocation-rules`: creates or replaces a rule.
+    SaveAllocationRule(super::allocation::AllocationRuleDef),
+}

@@ -285,3 +285,18 @@ impl DomainEvent for VirtualTagEvent {
         "1".to_owned()
     }
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum AllocationRuleEvent {
+    AllocationRuleSaved(super::allocation::AllocationRuleDef),
+}
+
+impl DomainEvent for AllocationRuleEvent {
+    fn event_type(&self) -> String {
+        "AllocationRuleSaved".to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}

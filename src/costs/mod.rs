@@ -7,6 +7,7 @@
 //! ISO 4217 codes.
 
 pub mod aggregate;
+pub mod allocation;
 pub mod budget_status;
 pub mod commands;
 pub mod events;
@@ -54,6 +55,8 @@ pub fn account_stream(tenant: &str, name: &str) -> Uuid {
         routes::budget_status,
         routes::save_virtual_tag,
         routes::list_virtual_tags,
+        routes::save_allocation_rule,
+        routes::list_allocation_rules,
     ),
     components(schemas(
         commands::AccountDraft,
@@ -78,6 +81,11 @@ pub fn account_stream(tenant: &str, name: &str) -> Uuid {
         events::VirtualTagValue,
         queries::VirtualTagView,
         queries::VirtualTagList,
+        allocation::AllocationRuleDef,
+        allocation::SourceFilters,
+        allocation::Target,
+        allocation::Method,
+        queries::AllocationRuleList,
         routes::ForecastView,
         routes::ThresholdView,
     ))
@@ -95,6 +103,7 @@ pub fn context() -> BoundedContext {
             vec![
                 Arc::new(Typed(projection::AccountsProjector)),
                 Arc::new(projection::CostLinesProjector),
+                Arc::new(Typed(projection::AllocationRulesProjector)),
             ]
         },
         jobs: || vec![Arc::new(thresholds::BudgetThresholdJob)],

@@ -106,6 +106,67 @@ impl Projector for AccountsProjector {
     }
 }
 
+pub const COST_ALLOCATION_RULES: &str = "cost_allocation_rules";
+
+static ALLOCATION_MODEL: ReadModel = ReadModel {
+    table: "cost_allocation_rules",
+    key: &["tenant_id", "name"],
+    columns: &[
+        col("tenant_id", Type::TEXT),
+        col("name", Type::TEXT),
+        col("definition", Type::JSONB),
+        col("position", Type::INT8),
+    ],
+    keep_on_update: &[],
+    newer: Some("position"),
+};
+
+struct AllocationRow {
+    tenant: String,
+    name: String,
+    definition: Value,
+    position: i64,
+}
+
+impl Row for AllocationRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![&self.tenant, &self.name, &self.definition, &self.position]
+    }
+}
+
+/// Keeps `cost_allocation_rules` (one row per rule, the last definition).
+pub struct AllocationRulesProjector;
+
+#[async_trait]
+impl Projector for AllocationRulesProjector {
+    type Aggregate = super::aggregate::AllocationRule;
+    const NAME: &'static str = COST_ALLOCATION_RULES;
+    const READ_MODELS: &'static [&'static ReadModel] = &[&ALLOCATION_MODEL];
+
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: Vec<Envelope<super::events::AllocationRuleEvent>>,
+    ) -> anyhow::Result<()> {
+        // The last definition per rule (keys must be distinct in one upsert).
+        let mut last: HashMap<(String, String), AllocationRow> = HashMap::new();
+        for e in events {
+            let super::events::AllocationRuleEvent::AllocationRuleSaved(d) = e.event;
+            last.insert(
+                (e.tenant_id.clone(), d.name.clone()),
+                AllocationRow {
+                    tenant: e.tenant_id,
+                    name: d.name.clone(),
+                    definition: serde_json::to_value(&d)?,
+                    position: e.position,
+                },
+            );
+        }
+        let rows: Vec<AllocationRow> = last.into_values().collect();
+        ALLOCATION_MODEL.upsert(tx, &rows).await
+    }
+}
+
 pub static LINES_MODEL: ReadModel = ReadModel {
     table: "cost_lines",
     key: &["import_id", "line_no"],
@@ -698,6 +759,7 @@ mod tests {
             &super::DAILY_MODEL,
             &super::IMPORTS_MODEL,
             &super::VTAGS_MODEL,
+            &super::ALLOCATION_MODEL,
         ] {
             m.check().unwrap();
         }

@@ -15,6 +15,9 @@ use tokio_postgres::Client;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::allocation::{split, AllocationRuleDef, Method};
 use super::events::CurrencyTotal;
 use crate::db::{QueryError, ReadConnection};
 
@@ -387,6 +390,8 @@ pub struct CostBreakdown {
     /// `rollup` (daily sums) or `lines` (raw lines: a tag, a resource or a bound that is
     /// not midnight UTC).
     pub source: String,
+    /// Shared costs spread over their allocation rules' targets (`allocated=true`).
+    pub allocated: bool,
 }
 
 /// A breakdown request: range and filters, buckets, groups.
@@ -477,7 +482,150 @@ pub async fn breakdown(
         totals,
         buckets,
         source: if rollup { "rollup" } else { "lines" }.into(),
+        allocated: false,
     })
+}
+
+const ALLOCATION_RULES_SQL: &str =
+    "SELECT definition FROM cost_allocation_rules WHERE tenant_id = $1 ORDER BY name";
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AllocationRuleList {
+    pub items: Vec<AllocationRuleDef>,
+}
+
+pub async fn allocation_rules(
+    conn: &ReadConnection,
+    tenant: &str,
+) -> Result<Vec<AllocationRuleDef>, QueryError> {
+    conn.query(ALLOCATION_RULES_SQL, &[&tenant])
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get::<_, Json<AllocationRuleDef>>(0)?.0))
+        .collect()
+}
+
+/// Both filters, or `None` when they cannot both hold.
+fn both(a: &Option<String>, b: &Option<String>) -> Option<Option<String>> {
+    match (a, b) {
+        (Some(x), Some(y)) if x != y => None,
+        (Some(x), _) | (_, Some(x)) => Some(Some(x.clone())),
+        (None, None) => Some(None),
+    }
+}
+
+/// Spreads the shared costs of `rules` (those along the breakdown's one dimension) over
+/// their targets, bucket by bucket and currency by currency (ADR 0011). Each rule moves
+/// the cost of its source lines from their own groups to its targets' groups; the totals
+/// stay what they were to the last digit (`allocation::split`).
+pub async fn allocate(
+    conn: &Client,
+    tenant: &str,
+    q: &BreakdownQuery,
+    base: &mut CostBreakdown,
+    rules: &[AllocationRuleDef],
+) -> Result<(), QueryError> {
+    let [dim] = q.group_by.as_slice() else {
+        return Ok(());
+    };
+    let label = dim.label();
+    type Key = (DateTime<Utc>, Option<String>, String);
+    let mut cells: BTreeMap<Key, Decimal> = BTreeMap::new();
+    for b in &base.buckets {
+        for g in &b.groups {
+            let key = g.key.get(&label).and_then(Value::as_str).map(str::to_owned);
+            *cells.entry((b.start, key, g.currency.clone())).or_default() += g.cost;
+        }
+    }
+    let mut emptied = BTreeSet::new();
+    for rule in rules.iter().filter(|r| r.by == label) {
+        let f = &q.filters;
+        let (Some(account), Some(service), Some(region)) = (
+            both(&f.account, &rule.source.account),
+            both(&f.service, &rule.source.service),
+            both(&f.region, &rule.source.region),
+        ) else {
+            continue; // the query's filters exclude the rule's source
+        };
+        let tag = rule
+            .source
+            .tag
+            .as_deref()
+            .and_then(|t| t.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let source = breakdown(
+            conn,
+            tenant,
+            &BreakdownQuery {
+                filters: Filters {
+                    account,
+                    service,
+                    region,
+                    tag,
+                    ..f.clone()
+                },
+                ..q.clone()
+            },
+        )
+        .await?;
+        let mut shared: BTreeMap<(DateTime<Utc>, String), Decimal> = BTreeMap::new();
+        for b in &source.buckets {
+            for g in &b.groups {
+                let key = g.key.get(&label).and_then(Value::as_str).map(str::to_owned);
+                let cell = (b.start, key, g.currency.clone());
+                *cells.entry(cell.clone()).or_default() -= g.cost;
+                emptied.insert(cell);
+                *shared.entry((b.start, g.currency.clone())).or_default() += g.cost;
+            }
+        }
+        for ((start, currency), amount) in shared {
+            let weights: BTreeMap<String, Decimal> = rule
+                .targets
+                .iter()
+                .map(|t| {
+                    let w = match rule.method {
+                        Method::Even => Decimal::ONE,
+                        Method::Fixed => t.weight.unwrap_or_default(),
+                        Method::Proportional => cells
+                            .get(&(start, Some(t.key.clone()), currency.clone()))
+                            .copied()
+                            .unwrap_or_default()
+                            .max(Decimal::ZERO),
+                    };
+                    (t.key.clone(), w)
+                })
+                .collect();
+            let scale = super::reference::minor_units(&currency);
+            for (key, share) in split(amount, &weights, scale) {
+                *cells
+                    .entry((start, Some(key), currency.clone()))
+                    .or_default() += share;
+            }
+        }
+    }
+    let mut buckets: Vec<CostBucket> = Vec::new();
+    for ((start, key, currency), cost) in cells {
+        if cost.is_zero() && emptied.contains(&(start, key.clone(), currency.clone())) {
+            continue; // a source group whose whole cost was allocated away
+        }
+        let mut k = Map::new();
+        k.insert(label.clone(), key.map_or(Value::Null, Value::String));
+        let group = CostGroup {
+            key: k,
+            currency,
+            cost,
+        };
+        match buckets.last_mut() {
+            Some(b) if b.start == start => b.groups.push(group),
+            _ => buckets.push(CostBucket {
+                start,
+                groups: vec![group],
+            }),
+        }
+    }
+    base.buckets = buckets;
+    base.allocated = true;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -8,12 +8,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::aggregate::{is_currency, Account, VirtualTag};
+use super::aggregate::{is_currency, Account, AllocationRule, VirtualTag};
+use super::allocation::AllocationRuleDef;
 use super::budget_status as status;
+use super::commands::AllocationRuleCommand;
 use super::commands::{AccountCommand, AccountDraft, VirtualTagCommand, VirtualTagDraft};
 use super::events::BillFormat;
 use super::metrics::COSTS;
-use super::projection::{COST_ACCOUNTS, COST_LINES};
+use super::projection::{COST_ACCOUNTS, COST_ALLOCATION_RULES, COST_LINES};
 use super::queries::{self, AccountList, BreakdownQuery, Bucket, Dim, Filters, ImportList};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
@@ -34,6 +36,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(lines)
         .service(save_virtual_tag)
         .service(list_virtual_tags)
+        .service(save_allocation_rule)
+        .service(list_allocation_rules)
         .service(budget_status);
 }
 
@@ -255,6 +259,9 @@ pub struct CostParams {
     /// `lines` reads the raw lines even where the daily rollup could answer (to compare).
     #[param(pattern = "^(auto|lines)$")]
     pub source: Option<String>,
+    /// Spread shared costs over their allocation rules' targets; needs `group_by` to be
+    /// exactly one dimension (the rules' `by`), and no `tag` filter.
+    pub allocated: Option<bool>,
     #[param(minimum = 0)]
     pub min_position: Option<i64>,
 }
@@ -395,7 +402,26 @@ pub async fn costs(
         group_by,
         force_lines,
     };
-    let answer = queries::breakdown(&conn, &tenant, &query).await?;
+    let mut answer = queries::breakdown(&conn, &tenant, &query).await?;
+    if p.allocated == Some(true) {
+        if query.group_by.len() != 1 {
+            return Err(ApiError::validation(
+                "allocated",
+                "needs group_by to be one dimension: the allocation rules' by",
+            ));
+        }
+        if query.filters.tag.is_some() {
+            return Err(ApiError::validation(
+                "allocated",
+                "cannot be combined with a tag filter",
+            ));
+        }
+        let rules_conn = state
+            .read_model(COST_ALLOCATION_RULES, min_position(p.min_position)?)
+            .await?;
+        let rules = queries::allocation_rules(&rules_conn, &tenant).await?;
+        queries::allocate(&conn, &tenant, &query, &mut answer, &rules).await?;
+    }
     COSTS
         .query_duration
         .with_label_values(&["breakdown", &answer.source])
@@ -733,5 +759,64 @@ pub async fn list_virtual_tags(
         .await?;
     Ok(HttpResponse::Ok().json(queries::VirtualTagList {
         items: queries::virtual_tags(&conn, &tenant).await?,
+    }))
+}
+
+/// Create or replace a shared-cost allocation rule. A rule whose source is another rule's
+/// target (or whose targets hold another rule's source) along the same dimension is
+/// refused (422): no chains, no cycles.
+#[utoipa::path(post, path = "/api/v1/costs/allocation-rules", request_body = AllocationRuleDef,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 201, body = CommandResult, description = "created"), (status = 200, body = CommandResult, description = "replaced or unchanged"),
+              (status = 400, body = Problem), (status = 409, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/v1/costs/allocation-rules")]
+pub async fn save_allocation_rule(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let def: AllocationRuleDef = body.parse()?;
+    let ctx = command_context(&req, &body.bytes)?;
+    let conn = state.read_model(COST_ALLOCATION_RULES, None).await?;
+    let others = queries::allocation_rules(&conn, &ctx.tenant_id).await?;
+    let id = super::stream_id(&ctx.tenant_id, "allocation_rule", &def.name);
+    let (result, _) = pipeline::execute::<AllocationRule>(
+        &state.store,
+        &ctx,
+        "SaveAllocationRule",
+        id,
+        Expect::Any,
+        AllocationRuleCommand::SaveAllocationRule(def),
+        &others,
+    )
+    .await?;
+    let status = if result.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header((header::ETAG, format!("\"{}\"", result.version)))
+        .json(result))
+}
+
+/// The tenant's allocation rules.
+#[utoipa::path(get, path = "/api/v1/costs/allocation-rules",
+    params(ReadParams, ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = queries::AllocationRuleList), (status = 400, body = Problem), (status = 422, body = Problem)))]
+#[get("/api/v1/costs/allocation-rules")]
+pub async fn list_allocation_rules(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let conn = state
+        .read_model(COST_ALLOCATION_RULES, min_position(params.min_position)?)
+        .await?;
+    Ok(HttpResponse::Ok().json(queries::AllocationRuleList {
+        items: queries::allocation_rules(&conn, &tenant).await?,
     }))
 }

@@ -933,3 +933,134 @@ async fn virtual_tags_recompute_existing_lines_and_follow_new_ones() {
     rebuild_and_wait(&app, "cost_lines").await;
     assert_eq!(snapshot(&app.conn, sql).await, before);
 }
+
+#[actix_web::test]
+async fn shared_costs_are_allocated_over_their_targets_without_losing_a_cent() {
+    let app = spawn_app().await;
+    open_account(&app, "prod", "CNY").await;
+    let bill = "billing_cycle,billing_date,product_code,pretax_amount,currency,tag
+2024-05,2024-05-01,ecs,30.00,CNY,team:web
+2024-05,2024-05-01,rds,10.00,CNY,team:data
+2024-05,2024-05-01,slb,1.00,CNY,team:shared
+2024-05,2024-05-02,ecs,5.00,CNY,team:web
+2024-05,2024-05-02,rds,5.00,CNY,team:data
+2024-05,2024-05-02,slb,10.01,CNY,team:shared
+2024-05,2024-05-02,slb,3.00,USD,team:shared
+";
+    import_ok(&app, "prod", "cloudlens", bill).await;
+    let rule = |method: &str, targets: Value| {
+        json!({"name": "shared", "by": "tag:team", "method": method,
+               "source": {"tag": "team:shared"}, "targets": targets})
+    };
+    let res = app
+        .post_json(
+            "/api/v1/costs/allocation-rules",
+            &rule("proportional", json!([{"key": "web"}, {"key": "data"}])),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let pos = body(res).await["position"].as_i64().unwrap();
+    let q = format!(
+        "from=2024-05-01&to=2024-05-03&group_by=tag:team&allocated=true&min_position={pos}"
+    );
+    let cells = |v: &Value| -> BTreeMap<(String, String, String), Decimal> {
+        let mut out = BTreeMap::new();
+        for b in v["buckets"].as_array().unwrap() {
+            for g in b["groups"].as_array().unwrap() {
+                out.insert(
+                    (
+                        b["start"].as_str().unwrap()[..10].to_owned(),
+                        g["key"]["tag:team"].as_str().unwrap().to_owned(),
+                        g["currency"].as_str().unwrap().to_owned(),
+                    ),
+                    dec(&g["cost"]),
+                );
+            }
+        }
+        out
+    };
+    let d = |s: &str| Decimal::from_str(s).unwrap();
+    let key = |day: &str, team: &str, cur: &str| (day.to_owned(), team.to_owned(), cur.to_owned());
+    let v = costs(&app, &q).await;
+    assert_eq!(v["allocated"], true);
+    let c = cells(&v);
+    // Day 1: 1.00 in proportion 30:10. Day 2: 10.01 in proportion 5:5, the cent left
+    // over to the first key ("data"). USD: no direct cost to weigh by, so evenly.
+    assert_eq!(c[&key("2024-05-01", "web", "CNY")], d("30.75"));
+    assert_eq!(c[&key("2024-05-01", "data", "CNY")], d("10.25"));
+    assert_eq!(c[&key("2024-05-02", "web", "CNY")], d("10.00"));
+    assert_eq!(c[&key("2024-05-02", "data", "CNY")], d("10.01"));
+    assert_eq!(c[&key("2024-05-02", "web", "USD")], d("1.50"));
+    assert_eq!(c[&key("2024-05-02", "data", "USD")], d("1.50"));
+    assert!(!c.keys().any(|(_, team, _)| team == "shared"), "{c:?}");
+    // Totals equal the unallocated ones to the last digit.
+    let plain = costs(&app, "from=2024-05-01&to=2024-05-03&group_by=tag:team").await;
+    assert_eq!(v["totals"], plain["totals"]);
+
+    // A fixed split replaces the rule.
+    let res = app
+        .post_json(
+            "/api/v1/costs/allocation-rules",
+            &rule(
+                "fixed",
+                json!([{"key": "web", "weight": "60"}, {"key": "data", "weight": "40"}]),
+            ),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    let pos = body(res).await["position"].as_i64().unwrap();
+    let v = costs(
+        &app,
+        &format!(
+            "from=2024-05-01&to=2024-05-02&group_by=tag:team&allocated=true&min_position={pos}"
+        ),
+    )
+    .await;
+    let c = cells(&v);
+    assert_eq!(c[&key("2024-05-01", "web", "CNY")], d("30.60"));
+    assert_eq!(c[&key("2024-05-01", "data", "CNY")], d("10.40"));
+
+    // Cycles, bad weights and unsupported groupings are refused.
+    for (draft, field) in [
+        (
+            json!({"name": "back", "by": "tag:team", "method": "even",
+                   "source": {"tag": "team:web"}, "targets": [{"key": "ml"}]}),
+            "source",
+        ),
+        (
+            json!({"name": "into", "by": "tag:team", "method": "even",
+                   "source": {"tag": "team:ops"}, "targets": [{"key": "shared"}]}),
+            "targets",
+        ),
+        (
+            rule(
+                "fixed",
+                json!([{"key": "web", "weight": "60"}, {"key": "data", "weight": "30"}]),
+            ),
+            "targets",
+        ),
+        (
+            json!({"name": "x", "by": "colour", "method": "even",
+                   "source": {"tag": "team:ops"}, "targets": [{"key": "a"}]}),
+            "by",
+        ),
+    ] {
+        let res = app
+            .post_json("/api/v1/costs/allocation-rules", &draft)
+            .await;
+        assert_eq!(res.status(), 422, "{draft}");
+        assert_eq!(body(res).await["field"], field, "{draft}");
+    }
+    let res = app
+        .get("/api/v1/costs?from=2024-05-01&to=2024-05-03&group_by=tag:team,service&allocated=true")
+        .await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(body(res).await["field"], "allocated");
+    let list = body(app.get("/api/v1/costs/allocation-rules").await).await;
+    assert_eq!(list["items"][0]["method"], "fixed");
+    let sql =
+        "SELECT concat_ws('|', tenant_id, name, definition, position) FROM cost_allocation_rules";
+    let before = snapshot(&app.conn, sql).await;
+    rebuild_and_wait(&app, "cost_allocation_rules").await;
+    assert_eq!(snapshot(&app.conn, sql).await, before);
+}
