@@ -25,9 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn accepted(status: StatusCode, r: CommandResult) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((header::ETAG, format!("\"{}\"", r.version)))
-        .json(r)
+    crate::http::extract::with_etag(status, r.version, r)
 }
 
 fn budget_id(raw: &str) -> Result<Uuid, ApiError> {

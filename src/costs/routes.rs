@@ -1,6 +1,6 @@
 //! HTTP endpoints of the costs context.
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
@@ -19,7 +19,8 @@ use super::projection::{COST_ACCOUNTS, COST_ALLOCATION_RULES, COST_LINES};
 use super::queries::{self, AccountList, BreakdownQuery, Bucket, Dim, Filters, ImportList};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
-    command_context, media_type, min_position, streamed_body, tenant, JsonBody, ReadParams,
+    command_context, media_type, min_position, saved, streamed_body, tenant, with_etag, JsonBody,
+    ReadParams,
 };
 use crate::http::AppState;
 use crate::pipeline::{self, CommandResult, Expect};
@@ -66,9 +67,7 @@ pub async fn open_account(
         &(),
     )
     .await?;
-    Ok(HttpResponse::build(StatusCode::CREATED)
-        .insert_header((header::ETAG, format!("\"{}\"", result.version)))
-        .json(result))
+    Ok(with_etag(StatusCode::CREATED, result.version, result))
 }
 
 /// The tenant's cloud accounts.
@@ -733,14 +732,7 @@ pub async fn save_virtual_tag(
         &(),
     )
     .await?;
-    let status = if result.version == 1 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(HttpResponse::build(status)
-        .insert_header((header::ETAG, format!("\"{}\"", result.version)))
-        .json(result))
+    Ok(saved(result))
 }
 
 /// The tenant's virtual tags.
@@ -792,14 +784,7 @@ pub async fn save_allocation_rule(
         &others,
     )
     .await?;
-    let status = if result.version == 1 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(HttpResponse::build(status)
-        .insert_header((header::ETAG, format!("\"{}\"", result.version)))
-        .json(result))
+    Ok(saved(result))
 }
 
 /// The tenant's allocation rules.

@@ -217,3 +217,25 @@ pub fn streamed_body(
     });
     tokio_util::io::StreamReader::new(rx)
 }
+
+/// A command's answer with its version as the ETag (what `If-Match` takes back).
+pub fn with_etag(
+    status: actix_web::http::StatusCode,
+    version: i64,
+    body: impl serde::Serialize,
+) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::build(status)
+        .insert_header((header::ETAG, format!("\"{version}\"")))
+        .json(body)
+}
+
+/// The answer to a create-or-replace command: 201 when it created the stream (version 1),
+/// else 200; ETag = version.
+pub fn saved(result: crate::pipeline::CommandResult) -> actix_web::HttpResponse {
+    let status = if result.version == 1 {
+        actix_web::http::StatusCode::CREATED
+    } else {
+        actix_web::http::StatusCode::OK
+    };
+    with_etag(status, result.version, result)
+}

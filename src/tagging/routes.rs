@@ -27,8 +27,8 @@ use super::{rules, stream_id};
 use crate::eventstore::{codec, StreamEvents};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
-    command_context, if_match, media_type, min_position, streamed_body, tenant, JsonBody,
-    ReadParams,
+    command_context, if_match, media_type, min_position, streamed_body, tenant, with_etag,
+    JsonBody, ReadParams,
 };
 use crate::http::AppState;
 use crate::pipeline::{self, CommandError, CommandResult, EventSourced, Expect};
@@ -55,12 +55,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(tag_history)
         .service(assign_manual)
         .service(remove_manual);
-}
-
-fn with_etag(status: StatusCode, version: i64, body: impl Serialize) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((header::ETAG, format!("\"{version}\"")))
-        .json(body)
 }
 
 /// A tag id from the path: unknown (404) unless a positive integer.
