@@ -21,7 +21,7 @@ use rust_decimal::Decimal;
 pub const MIN_DAYS_FOR_FORECAST: usize = 3;
 
 /// A budget period, `[start, end)` in UTC days.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Window {
     pub start: NaiveDate,
     pub end: NaiveDate,

@@ -376,7 +376,6 @@ struct ImportRow {
     format: &'static str,
     tenant: String,
     started: ImportStarted,
-    periods: Vec<chrono::NaiveDate>,
     totals: Value,
     at: DateTime<Utc>,
     position: i64,
@@ -390,7 +389,7 @@ impl Row for ImportRow {
             &self.started.account,
             &self.format,
             &self.started.sha256,
-            &self.periods,
+            &self.started.periods,
             &self.started.lines,
             &0_i64,
             &self.totals,
@@ -691,15 +690,15 @@ impl Projection for CostLinesProjector {
             match e.event {
                 BillImportEvent::BillImportStarted(started) => {
                     pending.flush(tx).await?;
-                    let periods = started.periods.clone();
+                    let periods = &started.periods;
                     let restate: [&(dyn ToSql + Sync); 3] =
-                        [&e.tenant_id, &started.account, &periods];
+                        [&e.tenant_id, &started.account, periods];
                     tx.execute(RESTATE_DAILY_SQL, &restate).await?;
                     tx.execute(DROP_EMPTY_DAYS_SQL, &restate[..2]).await?;
                     tx.execute(RESTATE_LINES_SQL, &restate).await?;
                     tx.execute(
                         RESTATED_BY_SQL,
-                        &[&e.tenant_id, &started.account, &periods, &e.stream_id],
+                        &[&e.tenant_id, &started.account, periods, &e.stream_id],
                     )
                     .await?;
                     imports.insert(
@@ -716,7 +715,6 @@ impl Projection for CostLinesProjector {
                         format: started.format.as_str(),
                         tenant: e.tenant_id,
                         totals: serde_json::to_value(&started.totals)?,
-                        periods,
                         started,
                         at: e.recorded_at,
                         position: e.position,

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::allocation::{split, AllocationRuleDef, Method};
+use super::budget_status::{Figures, Window};
 use super::events::CurrencyTotal;
 use crate::db::{QueryError, ReadConnection};
 
@@ -942,9 +943,27 @@ fn budget_scope(r: &tokio_postgres::Row) -> Result<BudgetScope, QueryError> {
     })
 }
 
+/// A budget's figures in `window` as of the day `as_of` (its lines up to and including
+/// that day), and the source that answered: what `GET …/status` reports and what the
+/// threshold process manager decides on.
+pub async fn budget_figures(
+    conn: &Client,
+    tenant: &str,
+    b: &BudgetScope,
+    window: Window,
+    as_of: NaiveDate,
+) -> Result<(Figures, &'static str), QueryError> {
+    let until = as_of.succ_opt().unwrap_or(as_of).min(window.end);
+    let (daily, source) = budget_daily(conn, tenant, b, window.start, until).await?;
+    let scale = super::reference::minor_units(&b.currency);
+    let figures =
+        super::budget_status::figures(b.amount, &b.thresholds, window, as_of, &daily, scale);
+    Ok((figures, source))
+}
+
 /// The budget's cost per UTC day in `[from, to)`, only days with lines, in day order,
 /// and the source that answered (`rollup` unless the budget filters by tags).
-pub async fn budget_daily(
+async fn budget_daily(
     conn: &Client,
     tenant: &str,
     b: &BudgetScope,

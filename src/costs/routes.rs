@@ -661,14 +661,11 @@ pub async fn budget_status(
         .ok_or_else(|| ApiError::NotFound("budget".into()))?;
     let window = status::window(&b.period, b.start_date, b.end_date, as_of)
         .ok_or_else(|| ApiError::validation("as_of", "lies outside the budget's dates"))?;
-    let until = as_of.succ_opt().unwrap_or(as_of).min(window.end);
-    let (daily, source) = queries::budget_daily(&conn, &tenant, &b, window.start, until).await?;
+    let (fig, source) = queries::budget_figures(&conn, &tenant, &b, window, as_of).await?;
     COSTS
         .query_duration
         .with_label_values(&["budget_status", source])
         .observe(started.elapsed().as_secs_f64());
-    let scale = super::reference::minor_units(&b.currency);
-    let fig = status::figures(b.amount, &b.thresholds, window, as_of, &daily, scale);
     let thresholds = fig
         .thresholds
         .iter()

@@ -69,22 +69,19 @@ impl JobHandler for BudgetThresholdJob {
                 let mut day = *p;
                 while day < end {
                     if let Some(w) = status::window(&b.period, b.start_date, b.end_date, day) {
-                        windows.insert((w.start, w.end));
+                        windows.insert(w);
                     }
                     day = day.succ_opt().unwrap_or(end);
                 }
             }
-            for (start, end) in windows {
-                let window = status::Window { start, end };
-                let as_of = today.min(end.pred_opt().unwrap_or(end));
-                if as_of < start {
+            for window in windows {
+                let as_of = today.min(window.end.pred_opt().unwrap_or(window.end));
+                if as_of < window.start {
                     continue;
                 }
-                let until = as_of.succ_opt().unwrap_or(end).min(end);
-                let (daily, _) =
-                    queries::budget_daily(conn.client(), &job.tenant_id, b, start, until).await?;
-                let scale = super::reference::minor_units(&b.currency);
-                let fig = status::figures(b.amount, &b.thresholds, window, as_of, &daily, scale);
+                let (fig, _) =
+                    queries::budget_figures(conn.client(), &job.tenant_id, b, window, as_of)
+                        .await?;
                 for (percent, basis, crossed) in fig.thresholds {
                     if !crossed {
                         continue;
@@ -95,8 +92,8 @@ impl JobHandler for BudgetThresholdJob {
                         fig.forecast_percent.unwrap_or_default()
                     };
                     let crossing = ThresholdCrossing {
-                        period_start: start,
-                        period_end: end,
+                        period_start: window.start,
+                        period_end: window.end,
                         percent,
                         basis: basis.into(),
                         observed_percent: observed,
