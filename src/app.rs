@@ -157,6 +157,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
             progress: progress.clone(),
             reads: reads.clone(),
             projections: registry.clone(),
+            settings: settings.clone(),
         },
         context::jobs(),
         shutdown_rx.clone(),

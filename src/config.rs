@@ -31,6 +31,9 @@ pub struct Settings {
     pub idempotency_retention: Duration,
     /// How often the elected process purges expired idempotency keys.
     pub purge_interval: Duration,
+    /// About how many lines one step of a virtual tag's recomputation rewrites (one
+    /// transaction of the `cost_lines` projector).
+    pub recompute_step_lines: i64,
 }
 
 impl Default for Settings {
@@ -52,6 +55,7 @@ impl Default for Settings {
             log_json: false,
             idempotency_retention: Duration::from_secs(24 * 3600),
             purge_interval: Duration::from_secs(600),
+            recompute_step_lines: 200_000,
         }
     }
 }
@@ -94,6 +98,13 @@ impl Settings {
         }
         if let Some(v) = var("CLOUDLENS_SCAN_TIMEOUT_MS") {
             s.scan_timeout = Duration::from_millis(parse("CLOUDLENS_SCAN_TIMEOUT_MS", &v)?);
+        }
+        if let Some(v) = var("CLOUDLENS_RECOMPUTE_STEP_LINES") {
+            s.recompute_step_lines = parse("CLOUDLENS_RECOMPUTE_STEP_LINES", &v)?;
+            anyhow::ensure!(
+                s.recompute_step_lines >= 1,
+                "CLOUDLENS_RECOMPUTE_STEP_LINES={v:?} is not valid: at least 1"
+            );
         }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;

@@ -2,6 +2,7 @@
 //! imports (written by `import` through a staged append; the aggregate only folds them).
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
@@ -176,6 +177,13 @@ impl Aggregate for BillImport {
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VirtualTag {
     pub definition: Option<VirtualTagDefinition>,
+    /// Events applied so far: the stream version.
+    pub version: i64,
+    /// The stream version of the last save (the revision being recomputed).
+    pub revision: i64,
+    /// How far the current revision's recomputation has got, and whether it is done.
+    pub recomputed_until: Option<DateTime<Utc>>,
+    pub recompute_complete: bool,
 }
 
 impl EventSourced for VirtualTag {
@@ -209,11 +217,38 @@ impl Aggregate for VirtualTag {
         command: VirtualTagCommand,
         _: &(),
     ) -> Result<Vec<VirtualTagEvent>, CostsError> {
-        let VirtualTagCommand::SaveVirtualTag(VirtualTagDraft {
-            name,
-            values,
-            default,
-        }) = command;
+        let (name, values, default) = match command {
+            VirtualTagCommand::SaveVirtualTag(VirtualTagDraft {
+                name,
+                values,
+                default,
+            }) => (name, values, default),
+            VirtualTagCommand::RecordRecompute(step) => {
+                let done = self.recomputed_until.is_some_and(|u| u >= step.to);
+                let current = step.revision == self.revision && !self.recompute_complete;
+                return Ok(if current && !done {
+                    vec![VirtualTagEvent::VirtualTagRecomputed(step)]
+                } else {
+                    vec![]
+                });
+            }
+            VirtualTagCommand::CompleteRecompute {
+                name,
+                revision,
+                lines,
+            } => {
+                let current = revision == self.revision && !self.recompute_complete;
+                return Ok(if current {
+                    vec![VirtualTagEvent::VirtualTagRecomputeCompleted {
+                        name,
+                        revision,
+                        lines,
+                    }]
+                } else {
+                    vec![]
+                });
+            }
+        };
         if !crate::projections::readmodel::is_identifier(&name) {
             return Err(invalid(
                 "name",
@@ -251,8 +286,21 @@ impl Aggregate for VirtualTag {
     }
 
     fn apply(&mut self, event: VirtualTagEvent) {
-        let VirtualTagEvent::VirtualTagSaved(d) = event;
-        self.definition = Some(d);
+        self.version += 1;
+        match event {
+            VirtualTagEvent::VirtualTagSaved(d) => {
+                self.definition = Some(d);
+                self.revision = self.version;
+                self.recomputed_until = None;
+                self.recompute_complete = false;
+            }
+            VirtualTagEvent::VirtualTagRecomputed(step) => {
+                self.recomputed_until = Some(step.to);
+            }
+            VirtualTagEvent::VirtualTagRecomputeCompleted { .. } => {
+                self.recompute_complete = true;
+            }
+        }
     }
 }
 

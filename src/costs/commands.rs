@@ -59,6 +59,15 @@ pub struct VirtualTagValueDraft {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub enum VirtualTagCommand {
     SaveVirtualTag(VirtualTagDraft),
+    /// From the recompute job: one step done (no event when `revision` is no longer the
+    /// current definition, or the step is already recorded).
+    RecordRecompute(super::events::RecomputeStep),
+    /// From the recompute job: every step done.
+    CompleteRecompute {
+        name: String,
+        revision: i64,
+        lines: i64,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -271,15 +271,44 @@ pub struct VirtualTagDefinition {
     pub default: Option<String>,
 }
 
+/// One step of recomputing a saved definition over the lines that existed when it was
+/// saved: every line of the tenant charged in `[from, to)` gets the tag again.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct RecomputeStep {
+    /// The virtual tag's name.
+    pub name: String,
+    /// The stream version of the `VirtualTagSaved` this step recomputes.
+    pub revision: i64,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Lines in the step, and in the whole recomputation (as counted when it began).
+    pub lines: i64,
+    pub total: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum VirtualTagEvent {
+    /// The lines projected from here on get the new definition; the lines already there
+    /// get it step by step (`VirtualTagRecomputed`, written by the recompute job).
     VirtualTagSaved(VirtualTagDefinition),
+    VirtualTagRecomputed(RecomputeStep),
+    /// Every line that existed at the save carries the definition of `revision`.
+    VirtualTagRecomputeCompleted {
+        name: String,
+        revision: i64,
+        lines: i64,
+    },
 }
 
 impl DomainEvent for VirtualTagEvent {
     fn event_type(&self) -> String {
-        "VirtualTagSaved".to_owned()
+        match self {
+            VirtualTagEvent::VirtualTagSaved(_) => "VirtualTagSaved",
+            VirtualTagEvent::VirtualTagRecomputed(_) => "VirtualTagRecomputed",
+            VirtualTagEvent::VirtualTagRecomputeCompleted { .. } => "VirtualTagRecomputeCompleted",
+        }
+        .to_owned()
     }
     fn event_version(&self) -> String {
         "1".to_owned()

@@ -14,6 +14,7 @@ pub struct CostsMetrics {
     pub import_duration: Histogram,
     pub query_duration: HistogramVec,
     pub threshold_crossings: IntCounter,
+    pub vtag_lines_recomputed: IntCounter,
 }
 
 fn build() -> Result<CostsMetrics, prometheus::Error> {
@@ -65,6 +66,13 @@ fn build() -> Result<CostsMetrics, prometheus::Error> {
             IntCounter::new(
                 "cloudlens_costs_budget_threshold_crossings_total",
                 "Budget thresholds recorded as crossed (BudgetThresholdCrossed) by the process manager",
+            )?,
+        )?,
+        vtag_lines_recomputed: reg(
+            r,
+            IntCounter::new(
+                "cloudlens_costs_virtual_tag_lines_recomputed_total",
+                "Bill lines given a saved virtual tag again by the recompute job's steps",
             )?,
         )?,
     })

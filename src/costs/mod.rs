@@ -15,6 +15,7 @@ pub mod import;
 pub mod metrics;
 pub mod projection;
 pub mod queries;
+pub mod recompute;
 pub mod reference;
 pub mod routes;
 pub mod thresholds;
@@ -80,6 +81,7 @@ pub fn account_stream(tenant: &str, name: &str) -> Uuid {
         commands::VirtualTagValueDraft,
         events::VirtualTagValue,
         queries::VirtualTagView,
+        queries::RecomputeView,
         queries::VirtualTagList,
         allocation::AllocationRuleDef,
         allocation::SourceFilters,
@@ -106,6 +108,11 @@ pub fn context() -> BoundedContext {
                 Arc::new(Typed(projection::AllocationRulesProjector)),
             ]
         },
-        jobs: || vec![Arc::new(thresholds::BudgetThresholdJob)],
+        jobs: || {
+            vec![
+                Arc::new(thresholds::BudgetThresholdJob),
+                Arc::new(recompute::VirtualTagRecomputeJob),
+            ]
+        },
     }
 }

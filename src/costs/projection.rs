@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 use super::aggregate::{Account, BillImport, VirtualTag};
 use super::events::{
-    AccountEvent, BillImportEvent, BillLine, ImportStarted, VirtualTagDefinition, VirtualTagEvent,
+    AccountEvent, BillImportEvent, BillLine, ImportStarted, RecomputeStep, VirtualTagDefinition,
+    VirtualTagEvent,
 };
 use super::import::json_object;
 use super::vtags::Compiled;
@@ -208,6 +209,11 @@ static VTAGS_MODEL: ReadModel = ReadModel {
         col("definition", Type::JSONB),
         col("saved_at", Type::TIMESTAMPTZ),
         col("position", Type::INT8),
+        col("revision", Type::INT8),
+        col("recompute_state", Type::TEXT),
+        col("recomputed_lines", Type::INT8),
+        col("recompute_total", Type::INT8),
+        col("recomputed_until", Type::TIMESTAMPTZ),
     ],
     keep_on_update: &[],
     newer: Some("position"),
@@ -508,14 +514,21 @@ struct VirtualTags {
 const VTAGS_SQL: &str =
     "SELECT tenant_id, definition FROM cost_virtual_tags ORDER BY tenant_id, name";
 
-/// Sets one virtual tag on every line of the tenant (`$1` tenant, `$2` name, the CASE's
-/// parameters from `$3`).
-fn backfill_sql(case: &str) -> String {
+/// Sets one virtual tag on the tenant's lines charged in a time range (`$1` tenant, `$2`
+/// name, `$3`/`$4` the range, the CASE's parameters from `$5`).
+fn recompute_sql(case: &str) -> String {
     format!(
         "UPDATE cost_lines SET vtags = vtags || jsonb_build_object($2::text, {case})
-          WHERE tenant_id = $1"
+          WHERE tenant_id = $1 AND charge_start >= $3 AND charge_start < $4"
     )
 }
+const RECOMPUTED_SQL: &str = "\
+UPDATE cost_virtual_tags SET recomputed_lines = recomputed_lines + $3, recompute_total = $4,
+       recomputed_until = $5
+ WHERE tenant_id = $1 AND name = $2";
+const RECOMPUTE_COMPLETED_SQL: &str = "\
+UPDATE cost_virtual_tags SET recompute_state = 'complete', recomputed_lines = $3
+ WHERE tenant_id = $1 AND name = $2";
 
 struct VtagRow {
     tenant: String,
@@ -523,6 +536,7 @@ struct VtagRow {
     definition: Value,
     at: DateTime<Utc>,
     position: i64,
+    revision: i64,
 }
 
 impl Row for VtagRow {
@@ -533,6 +547,11 @@ impl Row for VtagRow {
             &self.definition,
             &self.at,
             &self.position,
+            &self.revision,
+            &"running",
+            &0_i64,
+            &0_i64,
+            &None::<DateTime<Utc>>,
         ]
     }
 }
@@ -552,33 +571,26 @@ impl VirtualTags {
         self.by_tenant.get(tenant).map_or(&[], Vec::as_slice)
     }
 
-    /// Saves a definition and recomputes the tag on every existing line of the tenant,
-    /// set-wise, in the batch's transaction (lines written later get it in `add`).
+    /// Saves a definition: the lines written from here on get it in `add`; the lines
+    /// already there get it from the recompute job's steps ([`Self::recompute`]).
     async fn save(
         &mut self,
         tx: &Transaction<'_>,
-        tenant: &str,
+        e: &RecordedEvent,
         d: VirtualTagDefinition,
-        at: DateTime<Utc>,
-        position: i64,
     ) -> anyhow::Result<()> {
         let compiled = Compiled::new(&d).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let (case, params) = compiled.case_sql(3);
-        let mut bound: Vec<Box<dyn ToSql + Sync + Send>> =
-            vec![Box::new(tenant.to_owned()), Box::new(d.name.clone())];
-        bound.extend(params.iter().map(crate::tagging::run::to_sql));
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            bound.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-        tx.execute(backfill_sql(&case).as_str(), &refs).await?;
+        let tenant = &e.tenant_id;
         VTAGS_MODEL
             .upsert(
                 tx,
                 &[VtagRow {
-                    tenant: tenant.to_owned(),
+                    tenant: tenant.clone(),
                     name: d.name.clone(),
                     definition: serde_json::to_value(&d)?,
-                    at,
-                    position,
+                    at: e.recorded_at,
+                    position: e.position,
+                    revision: e.stream_version,
                 }],
             )
             .await?;
@@ -586,6 +598,39 @@ impl VirtualTags {
         list.retain(|c| c.name != d.name);
         list.push(compiled);
         list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
+    }
+
+    /// One recompute step: the tag's current definition (the aggregate records a step
+    /// only for the current one) on every line of the tenant charged in the step's range,
+    /// set-wise.
+    async fn recompute(
+        &self,
+        tx: &Transaction<'_>,
+        tenant: &str,
+        step: &RecomputeStep,
+    ) -> anyhow::Result<()> {
+        let compiled = self
+            .of(tenant)
+            .iter()
+            .find(|c| c.name == step.name)
+            .ok_or_else(|| anyhow::anyhow!("recompute of unknown virtual tag {}", step.name))?;
+        let (case, params) = compiled.case_sql(5);
+        let mut bound: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+            Box::new(tenant.to_owned()),
+            Box::new(step.name.clone()),
+            Box::new(step.from),
+            Box::new(step.to),
+        ];
+        bound.extend(params.iter().map(crate::tagging::run::to_sql));
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            bound.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+        tx.execute(recompute_sql(&case).as_str(), &refs).await?;
+        tx.execute(
+            RECOMPUTED_SQL,
+            &[&tenant, &step.name, &step.lines, &step.total, &step.to],
+        )
+        .await?;
         Ok(())
     }
 }
@@ -662,16 +707,22 @@ impl Projection for CostLinesProjector {
         let mut vtags = VirtualTags::load(tx).await?;
         for raw in events {
             if raw.stream_type == VirtualTag::STREAM_TYPE {
-                let VirtualTagEvent::VirtualTagSaved(d) = codec::decode(
+                pending.flush(tx).await?;
+                match codec::decode(
                     &raw.event_type,
                     raw.schema_version,
                     &raw.payload,
                     VirtualTag::upcasters(),
-                )?;
-                pending.flush(tx).await?;
-                vtags
-                    .save(tx, &raw.tenant_id, d, raw.recorded_at, raw.position)
-                    .await?;
+                )? {
+                    VirtualTagEvent::VirtualTagSaved(d) => vtags.save(tx, raw, d).await?,
+                    VirtualTagEvent::VirtualTagRecomputed(step) => {
+                        vtags.recompute(tx, &raw.tenant_id, &step).await?;
+                    }
+                    VirtualTagEvent::VirtualTagRecomputeCompleted { name, lines, .. } => {
+                        tx.execute(RECOMPUTE_COMPLETED_SQL, &[&raw.tenant_id, &name, &lines])
+                            .await?;
+                    }
+                }
                 continue;
             }
             let e = Envelope {

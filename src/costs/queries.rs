@@ -817,7 +817,9 @@ pub async fn lines(
 // --- virtual tags --------------------------------------------------------------------
 
 const VIRTUAL_TAGS_SQL: &str = "\
-SELECT definition, saved_at, position FROM cost_virtual_tags WHERE tenant_id = $1 ORDER BY name";
+SELECT definition, saved_at, position, recompute_state, recomputed_lines, recompute_total,
+       recomputed_until
+  FROM cost_virtual_tags WHERE tenant_id = $1 ORDER BY name";
 
 /// A virtual tag as saved.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -826,8 +828,23 @@ pub struct VirtualTagView {
     pub values: Vec<super::events::VirtualTagValue>,
     pub default: Option<String>,
     pub saved_at: DateTime<Utc>,
-    /// The event that saved it: once the read model is here, every line carries it.
+    /// The event that saved it: lines projected after it carry it as they are written.
     pub position: i64,
+    /// How far the lines that existed at the save have been given it.
+    pub recompute: RecomputeView,
+}
+
+/// Progress of a virtual tag's recomputation over the lines that existed when it was saved.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RecomputeView {
+    /// `running`, or `complete` once every line carries the saved definition.
+    #[schema(example = "running")]
+    pub state: String,
+    pub lines_done: i64,
+    /// Lines to recompute, as counted when the recomputation began (0 until it begins).
+    pub lines_total: i64,
+    /// Lines charged before this time are done (absent until the first step).
+    pub until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -850,6 +867,12 @@ pub async fn virtual_tags(
                 default: d.0.default,
                 saved_at: r.try_get(1)?,
                 position: r.try_get(2)?,
+                recompute: RecomputeView {
+                    state: r.try_get(3)?,
+                    lines_done: r.try_get(4)?,
+                    lines_total: r.try_get(5)?,
+                    until: r.try_get(6)?,
+                },
             })
         })
         .collect()

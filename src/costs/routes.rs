@@ -701,9 +701,9 @@ pub async fn budget_status(
     }))
 }
 
-/// Create or replace a virtual tag. Every existing line is recomputed (set-wise, by the
-/// `cost_lines` projector, in the transaction that applies the event); read with
-/// `min_position` = the answer's `position` to see every line with the new values.
+/// Create or replace a virtual tag. Lines imported from now on get it as they are
+/// written; the lines already there are recomputed by a background job in steps of about
+/// 200,000 lines, whose progress `GET /api/v1/costs/virtual-tags` reports (`recompute`).
 #[utoipa::path(post, path = "/api/v1/costs/virtual-tags", request_body = VirtualTagDraft,
     params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),

@@ -70,6 +70,7 @@ pub struct JobEnv {
     pub progress: Progress,
     pub reads: Reader,
     pub projections: Registry,
+    pub settings: crate::config::Settings,
 }
 
 impl JobEnv {
@@ -157,6 +158,12 @@ pub trait JobHandler: Send + Sync + 'static {
     /// `(stream type, event type)` of the event that requests a job of this kind; the
     /// job's id is that event's stream id.
     fn requested_by(&self) -> (&'static str, &'static str);
+    /// The id of the job a requesting event asks for: its stream id (one job per stream,
+    /// as for a tagging run) unless the kind says otherwise (a stream that requests a job
+    /// more than once derives one id per event).
+    fn job_id(&self, e: &RecordedEvent) -> Uuid {
+        e.stream_id
+    }
     /// Does the job; its result (a JSON object) is stored with the job. Must be
     /// all-or-nothing and recognise its own effects when run again (see the module docs).
     async fn run(&self, job: &Job, env: &JobEnv) -> anyhow::Result<Value>;
@@ -229,7 +236,7 @@ impl Projection for JobsProjection {
             }) else {
                 continue;
             };
-            ids.push(e.stream_id);
+            ids.push(h.job_id(e));
             tenants.push(e.tenant_id.as_str());
             kinds.push(h.kind());
             params.push(serde_json::from_str::<Value>(e.payload.get())?);

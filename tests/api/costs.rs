@@ -848,6 +848,24 @@ async fn by_rule_sql(app: &TestApp, case: &str, month: &str) -> BTreeMap<String,
         .collect()
 }
 
+/// Waits until the recomputation of the virtual tag saved at `position` is complete and
+/// answers its progress.
+async fn recomputed(app: &TestApp, position: i64) -> Value {
+    eventually(std::time::Duration::from_secs(60), || async {
+        let list = body(
+            app.get(&format!(
+                "/api/v1/costs/virtual-tags?min_position={position}"
+            ))
+            .await,
+        )
+        .await;
+        let tag = list["items"][0].clone();
+        (tag["position"] == position && tag["recompute"]["state"] == "complete").then_some(tag)
+    })
+    .await
+    .expect("the recomputation completes")
+}
+
 #[actix_web::test]
 async fn virtual_tags_recompute_existing_lines_and_follow_new_ones() {
     let app = spawn_app().await;
@@ -868,7 +886,17 @@ async fn virtual_tags_recompute_existing_lines_and_follow_new_ones() {
     let saved = body(res).await["position"].as_i64().unwrap();
     let case = "CASE WHEN tags->>'team' = 't1' THEN 'one' \
                 WHEN service = 'oss' OR cost > 9.9 THEN 'storage' ELSE 'other' END";
-    // Existing lines were recomputed; the first matching value wins.
+    // Existing lines were recomputed by the job, in steps of about 300 lines (the test
+    // setting), each a `VirtualTagRecomputed` event; the first matching value wins.
+    let tag = recomputed(&app, saved).await;
+    assert_eq!(tag["recompute"]["lines_done"], 1_200);
+    assert_eq!(tag["recompute"]["lines_total"], 1_200);
+    let steps = count(
+        &app.conn,
+        "SELECT count(*) FROM events WHERE event_type = 'VirtualTagRecomputed'",
+    )
+    .await;
+    assert!(steps >= 3, "{steps} steps");
     let march = by_vtag(&app, "2024-03-01", "2024-04-01", saved).await;
     assert_eq!(march, by_rule_sql(&app, case, "2024-03-01").await);
     assert_eq!(march.len(), 3);
@@ -885,6 +913,8 @@ async fn virtual_tags_recompute_existing_lines_and_follow_new_ones() {
         .await;
     assert_eq!(res.status(), 200);
     let changed = body(res).await["position"].as_i64().unwrap();
+    let tag = recomputed(&app, changed).await;
+    assert_eq!(tag["recompute"]["lines_done"], 2_100);
     let no_default = "CASE WHEN tags->>'team' = 't1' THEN 'one' \
                       WHEN service = 'oss' OR cost > 9.9 THEN 'storage' END";
     let march = by_vtag(&app, "2024-03-01", "2024-04-01", changed).await;

@@ -77,6 +77,8 @@ pub fn store(conn: &str, pool_size: usize) -> EventStore {
 pub fn test_settings() -> Settings {
     Settings {
         projector_poll: Duration::from_millis(100),
+        // Small steps, so a test's few hundred lines are recomputed in several.
+        recompute_step_lines: 300,
         ..Settings::default()
     }
 }

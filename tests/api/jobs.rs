@@ -47,6 +47,7 @@ fn env(conn: &str) -> JobEnv {
         conn: conn.to_owned(),
         progress: Progress::new([]),
         reads: cloudlens::db::Reader::new(conn, 1),
+        settings: test_settings(),
         projections: Arc::new(Vec::new()),
     }
 }
