@@ -243,6 +243,33 @@ pub static DAILY_MODEL: ReadModel = ReadModel {
     newer: None,
 };
 
+/// Daily cost per string-valued tag (what a budget's one-tag filter reads).
+pub static DAILY_TAGS_MODEL: ReadModel = ReadModel {
+    table: "cost_daily_tags",
+    key: &[
+        "tenant_id",
+        "account",
+        "key",
+        "value",
+        "service",
+        "currency",
+        "day",
+    ],
+    columns: &[
+        col("tenant_id", Type::TEXT),
+        col("day", Type::TIMESTAMPTZ),
+        col("account", Type::TEXT),
+        col("key", Type::TEXT),
+        col("value", Type::TEXT),
+        col("service", Type::TEXT),
+        col("currency", Type::TEXT),
+        col("cost", Type::NUMERIC),
+        col("lines", Type::INT8),
+    ],
+    keep_on_update: &[],
+    newer: None,
+};
+
 static IMPORTS_MODEL: ReadModel = ReadModel {
     table: "cost_imports",
     key: &["import_id"],
@@ -377,6 +404,34 @@ impl Row for DailyRow {
     }
 }
 
+/// A key of `cost_daily_tags`: day, service, currency, tag key, tag value (the tenant and
+/// account are the import's).
+type TagDayKey = (DateTime<Utc>, String, String, String, String);
+
+struct DailyTagRow {
+    import: Arc<ImportContext>,
+    key: TagDayKey,
+    cost: Decimal,
+    lines: i64,
+}
+
+impl Row for DailyTagRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let (i, k) = (&*self.import, &self.key);
+        vec![
+            &i.tenant,
+            &k.0,
+            &i.account,
+            &k.3,
+            &k.4,
+            &k.1,
+            &k.2,
+            &self.cost,
+            &self.lines,
+        ]
+    }
+}
+
 struct ImportRow {
     id: Uuid,
     format: &'static str,
@@ -411,6 +466,8 @@ impl Row for ImportRow {
 struct Pending {
     lines: Vec<LineRow>,
     daily: HashMap<DayKey, (Decimal, i64)>,
+    /// Per import (its tenant and account), the tag sums.
+    tags: HashMap<Uuid, (Arc<ImportContext>, HashMap<TagDayKey, (Decimal, i64)>)>,
     loaded: HashMap<Uuid, i64>,
 }
 
@@ -423,6 +480,11 @@ impl Pending {
         vtags: &[Compiled],
     ) -> anyhow::Result<()> {
         *self.loaded.entry(import.import_id).or_default() += lines.len() as i64;
+        let tag_sums = &mut self
+            .tags
+            .entry(import.import_id)
+            .or_insert_with(|| (import.clone(), HashMap::new()))
+            .1;
         for line in lines {
             let day = line
                 .charge_start
@@ -443,7 +505,23 @@ impl Pending {
                 .or_default();
             sums.0 += line.cost;
             sums.1 += 1;
-            let values = line_vtags(import, &line, vtags)?;
+            let tags: Map<String, Value> = serde_json::from_str(line.tags.0.get())?;
+            for (key, value) in &tags {
+                if let Value::String(value) = value {
+                    let sums = tag_sums
+                        .entry((
+                            day,
+                            line.service.clone(),
+                            line.currency.clone(),
+                            key.clone(),
+                            value.clone(),
+                        ))
+                        .or_default();
+                    sums.0 += line.cost;
+                    sums.1 += 1;
+                }
+            }
+            let values = line_vtags(import, &line, &tags, vtags)?;
             self.lines
                 .push(LineRow::new(import.clone(), extra_columns, line, values));
         }
@@ -463,6 +541,22 @@ impl Pending {
         DAILY_MODEL
             .accumulate(tx, &daily, &["cost", "lines"])
             .await?;
+        let tags: Vec<DailyTagRow> = self
+            .tags
+            .drain()
+            .flat_map(|(_, (import, sums))| {
+                sums.into_iter()
+                    .map(move |(key, (cost, lines))| DailyTagRow {
+                        import: import.clone(),
+                        key,
+                        cost,
+                        lines,
+                    })
+            })
+            .collect();
+        DAILY_TAGS_MODEL
+            .accumulate(tx, &tags, &["cost", "lines"])
+            .await?;
         let (ids, counts): (Vec<Uuid>, Vec<i64>) = self.loaded.drain().unzip();
         tx.execute(LOADED_SQL, &[&ids, &counts]).await?;
         self.lines.clear();
@@ -474,12 +568,12 @@ impl Pending {
 fn line_vtags(
     import: &ImportContext,
     line: &BillLine,
+    tags: &Map<String, Value>,
     vtags: &[Compiled],
 ) -> anyhow::Result<Box<RawValue>> {
     if vtags.is_empty() {
         return Ok(json_object(&[]));
     }
-    let tags: Map<String, Value> = serde_json::from_str(line.tags.0.get())?;
     let text = |field: &str| -> Option<String> {
         Some(
             match field {
@@ -499,7 +593,7 @@ fn line_vtags(
     let values: Map<String, Value> = vtags
         .iter()
         .map(|v| {
-            let value = v.evaluate(&text, line.cost, &tags);
+            let value = v.evaluate(&text, line.cost, tags);
             (v.name.clone(), value.map_or(Value::Null, Value::String))
         })
         .collect();
@@ -651,6 +745,19 @@ UPDATE cost_daily d SET cost = d.cost - g.cost, lines = d.lines - g.lines
    AND d.region = g.region AND d.currency = g.currency";
 const DROP_EMPTY_DAYS_SQL: &str =
     "DELETE FROM cost_daily WHERE tenant_id = $1 AND account = $2 AND lines = 0";
+/// The same for the tag rollup.
+const RESTATE_DAILY_TAGS_SQL: &str = "\
+UPDATE cost_daily_tags d SET cost = d.cost - g.cost, lines = d.lines - g.lines
+  FROM (SELECT time_bucket('1 day', charge_start) AS day, service, currency, t.key,
+               t.value #>> '{}' AS value, sum(cost) AS cost, count(*) AS lines
+          FROM cost_lines, jsonb_each(tags) AS t
+         WHERE tenant_id = $1 AND account = $2 AND billing_period = ANY($3)
+           AND jsonb_typeof(t.value) = 'string'
+         GROUP BY 1, 2, 3, 4, 5) g
+ WHERE d.tenant_id = $1 AND d.account = $2 AND d.key = g.key AND d.value = g.value
+   AND d.service = g.service AND d.currency = g.currency AND d.day = g.day";
+const DROP_EMPTY_TAG_DAYS_SQL: &str =
+    "DELETE FROM cost_daily_tags WHERE tenant_id = $1 AND account = $2 AND lines = 0";
 const RESTATE_LINES_SQL: &str =
     "DELETE FROM cost_lines WHERE tenant_id = $1 AND account = $2 AND billing_period = ANY($3)";
 const RESTATED_BY_SQL: &str = "\
@@ -664,7 +771,13 @@ UPDATE cost_imports SET state = 'complete', completed_at = $2, position = $3
 pub struct CostLinesProjector;
 
 /// The tables of the `cost_lines` projector.
-const LINE_MODELS: [&ReadModel; 4] = [&LINES_MODEL, &DAILY_MODEL, &IMPORTS_MODEL, &VTAGS_MODEL];
+const LINE_MODELS: [&ReadModel; 5] = [
+    &LINES_MODEL,
+    &DAILY_MODEL,
+    &DAILY_TAGS_MODEL,
+    &IMPORTS_MODEL,
+    &VTAGS_MODEL,
+];
 
 /// The projector reads two aggregates (bill imports and virtual tags), so it implements
 /// `Projection` and decodes each event by its stream type.
@@ -695,6 +808,8 @@ impl Projection for CostLinesProjector {
             "SELECT create_hypertable('{schema}.cost_lines', 'charge_start',
                  chunk_time_interval => interval '7 days', create_default_indexes => false);
              SELECT create_hypertable('{schema}.cost_daily', 'day',
+                 chunk_time_interval => interval '90 days', create_default_indexes => false);
+             SELECT create_hypertable('{schema}.cost_daily_tags', 'day',
                  chunk_time_interval => interval '90 days', create_default_indexes => false);"
         ))
         .await?;
@@ -746,6 +861,8 @@ impl Projection for CostLinesProjector {
                         [&e.tenant_id, &started.account, periods];
                     tx.execute(RESTATE_DAILY_SQL, &restate).await?;
                     tx.execute(DROP_EMPTY_DAYS_SQL, &restate[..2]).await?;
+                    tx.execute(RESTATE_DAILY_TAGS_SQL, &restate).await?;
+                    tx.execute(DROP_EMPTY_TAG_DAYS_SQL, &restate[..2]).await?;
                     tx.execute(RESTATE_LINES_SQL, &restate).await?;
                     tx.execute(
                         RESTATED_BY_SQL,
@@ -806,6 +923,7 @@ mod tests {
             &super::ACCOUNTS_MODEL,
             &super::LINES_MODEL,
             &super::DAILY_MODEL,
+            &super::DAILY_TAGS_MODEL,
             &super::IMPORTS_MODEL,
             &super::VTAGS_MODEL,
             &super::ALLOCATION_MODEL,

@@ -296,6 +296,10 @@ const LINES: Source = Source {
     table: "cost_lines",
     time: "charge_start",
 };
+const TAG_ROLLUP: Source = Source {
+    table: "cost_daily_tags",
+    time: "day",
+};
 
 /// The expression of a dimension, binding a tag key as a parameter.
 fn dim_sql(sql: &mut Sql, d: &Dim) -> String {
@@ -985,7 +989,8 @@ pub async fn budget_figures(
 }
 
 /// The budget's cost per UTC day in `[from, to)`, only days with lines, in day order,
-/// and the source that answered (`rollup` unless the budget filters by tags).
+/// and the source that answered: `rollup` without a tag filter, `tag_rollup` with one tag
+/// (a string value), `lines` with more.
 async fn budget_daily(
     conn: &Client,
     tenant: &str,
@@ -993,8 +998,18 @@ async fn budget_daily(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<(Vec<(NaiveDate, Decimal)>, &'static str), QueryError> {
-    let tags = b.tag_filter.as_object().is_some_and(|o| !o.is_empty());
-    let src = if tags { &LINES } else { &ROLLUP };
+    let pairs = b.tag_filter.as_object().map_or(0, |o| o.len());
+    let one_tag = b
+        .tag_filter
+        .as_object()
+        .filter(|o| o.len() == 1)
+        .and_then(|o| o.iter().next())
+        .and_then(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())));
+    let (src, name) = match (&one_tag, pairs) {
+        (_, 0) => (&ROLLUP, "rollup"),
+        (Some(_), _) => (&TAG_ROLLUP, "tag_rollup"),
+        (None, _) => (&LINES, "lines"),
+    };
     let mut sql = Sql::new(&format!(
         "SELECT (time_bucket(interval '1 day', {t}) AT TIME ZONE 'UTC')::date, sum(cost) FROM {}",
         src.table,
@@ -1013,7 +1028,10 @@ async fn budget_daily(
         let p = sql.bind(b.service_filter.clone());
         sql.push(&format!(" AND service = ANY({p})"));
     }
-    if tags {
+    if let Some((key, value)) = one_tag {
+        let (k, v) = (sql.bind(key), sql.bind(value));
+        sql.push(&format!(" AND key = {k} AND value = {v}"));
+    } else if pairs > 0 {
         let p = sql.bind(b.tag_filter.clone());
         sql.push(&format!(" AND tags @> {p}::jsonb"));
     }
@@ -1024,7 +1042,7 @@ async fn budget_daily(
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<_, QueryError>>()?;
-    Ok((days, if tags { "lines" } else { "rollup" }))
+    Ok((days, name))
 }
 
 #[cfg(test)]

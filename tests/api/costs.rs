@@ -543,6 +543,7 @@ async fn rebuilt_cost_read_models_equal_the_live_ones() {
     let tables = [
         "SELECT concat_ws('|', tenant_id, charge_start, charge_end, billing_period, account, provider, import_id, line_no, currency, cost, effective_cost, list_cost, service, service_name, category, region, resource, sub_account, charge_category, tags, vtags, extra) FROM cost_lines",
         "SELECT concat_ws('|', tenant_id, day, account, service, region, currency, cost, lines) FROM cost_daily",
+        "SELECT concat_ws('|', tenant_id, day, account, key, value, service, currency, cost, lines) FROM cost_daily_tags",
         "SELECT concat_ws('|', import_id, account, format, sha256, periods, lines, lines_loaded, totals, state, started_at, completed_at, position, restated_by) FROM cost_imports",
         "SELECT concat_ws('|', tenant_id, name, provider, external_id, currency, created_at, last_position) FROM cost_accounts",
     ];
@@ -557,6 +558,19 @@ async fn rebuilt_cost_read_models_equal_the_live_ones() {
         800 + 100 + 3,
         "January restated by the 100-line file"
     );
+    // The tag rollup is the lines' sums, after the restatement too.
+    assert_eq!(
+        live[2],
+        snapshot(
+            &app.conn,
+            "SELECT concat_ws('|', tenant_id, time_bucket('1 day', charge_start), account,
+                    t.key, t.value #>> '{}', service, currency, sum(cost), count(*))
+               FROM cost_lines, jsonb_each(tags) AS t WHERE jsonb_typeof(t.value) = 'string'
+              GROUP BY tenant_id, time_bucket('1 day', charge_start), account, t.key,
+                       t.value #>> '{}', service, currency"
+        )
+        .await
+    );
     for name in ["cost_lines", "cost_accounts"] {
         rebuild_and_wait(&app, name).await;
     }
@@ -565,8 +579,8 @@ async fn rebuilt_cost_read_models_equal_the_live_ones() {
     }
     // Still a hypertable after the swap.
     assert_eq!(
-        count(&app.conn, "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name IN ('cost_lines', 'cost_daily')").await,
-        2
+        count(&app.conn, "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name IN ('cost_lines', 'cost_daily', 'cost_daily_tags')").await,
+        3
     );
 }
 
@@ -674,12 +688,28 @@ async fn budget_status_counts_its_scope_forecasts_and_crosses_thresholds() {
     assert_eq!(dec(&s["percent_used"]), Decimal::from(400));
     assert_eq!(s["forecast"]["method"], "insufficient_data");
     assert_eq!(s["forecast"]["amount"], Value::Null);
-    // A tag filter reads the lines; the quarter of a leap year has 91 days.
+    // A one-tag filter reads the tag rollup; the quarter of a leap year has 91 days.
     let s = status(&web, "2024-02-29").await;
-    assert_eq!(s["source"], "lines");
+    assert_eq!(s["source"], "tag_rollup");
     assert_eq!(s["period_start"], "2024-01-01");
     assert_eq!(s["days_in_period"], 91);
     assert_eq!(dec(&s["spent"]), Decimal::from(290));
+    // Two tags: the lines (every pair must be on the line).
+    let (two, position) = budget(
+        &app,
+        json!({"name": "two", "amount": "1000", "currency": "CNY", "period": "monthly",
+               "type": "cost", "start_date": "2024-01-01",
+               "tag_filter": {"team": "web", "env": "prod"}}),
+    )
+    .await;
+    let res = app
+        .get(&format!(
+            "/api/v1/budgets/{two}/status?as_of=2024-02-29&min_position={position}"
+        ))
+        .await;
+    let s = body(res).await;
+    assert_eq!(s["source"], "lines");
+    assert_eq!(dec(&s["spent"]), Decimal::ZERO);
     // Unknown budgets and days outside the budget's dates.
     let res = app
         .get(&format!("/api/v1/budgets/{}/status", uuid::Uuid::now_v7()))
