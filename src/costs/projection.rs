@@ -407,6 +407,7 @@ impl Row for DailyRow {
 /// A key of `cost_daily_tags`: day, service, currency, tag key, tag value (the tenant and
 /// account are the import's).
 type TagDayKey = (DateTime<Utc>, String, String, String, String);
+type TagSums = HashMap<TagDayKey, (Decimal, i64)>;
 
 struct DailyTagRow {
     import: Arc<ImportContext>,
@@ -467,7 +468,7 @@ struct Pending {
     lines: Vec<LineRow>,
     daily: HashMap<DayKey, (Decimal, i64)>,
     /// Per import (its tenant and account), the tag sums.
-    tags: HashMap<Uuid, (Arc<ImportContext>, HashMap<TagDayKey, (Decimal, i64)>)>,
+    tags: HashMap<Uuid, (Arc<ImportContext>, TagSums)>,
     loaded: HashMap<Uuid, i64>,
 }
 
