@@ -31,6 +31,26 @@ pub struct SourceFilters {
     pub tag: Option<String>,
 }
 
+impl SourceFilters {
+    /// True when no line can match both: some filter both give differs (for tags, the
+    /// same key with another value).
+    pub fn disjoint(&self, other: &SourceFilters) -> bool {
+        let differ =
+            |a: &Option<String>, b: &Option<String>| matches!((a, b), (Some(a), Some(b)) if a != b);
+        let tags = match (&self.tag, &other.tag) {
+            (Some(a), Some(b)) => match (a.split_once(':'), b.split_once(':')) {
+                (Some((ka, va)), Some((kb, vb))) => ka == kb && va != vb,
+                _ => false,
+            },
+            _ => false,
+        };
+        differ(&self.account, &other.account)
+            || differ(&self.service, &other.service)
+            || differ(&self.region, &other.region)
+            || tags
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
@@ -155,6 +175,21 @@ impl AllocationRuleDef {
         }
         if self.source_key().is_some_and(|k| keys.contains(k)) {
             return Err(invalid("targets", "the source cannot be its own target"));
+        }
+        // A line is shared by one rule at most: the sources must be disjoint.
+        if let Some(o) = others
+            .iter()
+            .find(|o| o.name != self.name && !self.source.disjoint(&o.source))
+        {
+            return Err(invalid(
+                "source",
+                format!(
+                    "may hold the same lines as the source of allocation rule {:?}: give \
+                     one filter (account, service, region or the value of one tag key) \
+                     different values in the two",
+                    o.name
+                ),
+            ));
         }
         // No chains and no cycles: a rule's source is never another rule's target (along
         // the same dimension), so every rule applies to direct costs only.
@@ -343,6 +378,31 @@ mod tests {
         assert_eq!(own.validate(&[]).unwrap_err().field, "targets");
         // Replacing a rule is checked against the others only.
         assert!(a.validate(std::slice::from_ref(&a)).is_ok());
+    }
+
+    #[test]
+    fn sources_that_may_share_a_line_are_refused() {
+        let a = rule("a", "shared", &["web", "data"]);
+        // Another tag value, or another account: disjoint.
+        let b = rule("b", "ops", &["web"]);
+        assert!(b.validate(std::slice::from_ref(&a)).is_ok());
+        let mut c = rule("c", "shared", &["web"]);
+        c.source.tag = None;
+        c.source.service = Some("slb".into());
+        // team:shared lines of service slb would be shared twice.
+        let err = c.validate(std::slice::from_ref(&a)).unwrap_err();
+        assert_eq!(err.field, "source");
+        assert!(err.message.contains("\"a\""), "{}", err.message);
+        c.source.tag = Some("team:ops".into());
+        assert!(c.validate(std::slice::from_ref(&a)).is_ok());
+        let mut d = a.clone();
+        d.name = "d".into();
+        d.source.account = Some("prod".into());
+        assert!(d.validate(std::slice::from_ref(&a)).is_err());
+        let mut e = d.clone();
+        e.name = "e".into();
+        e.source.account = Some("dev".into());
+        assert!(e.validate(std::slice::from_ref(&d)).is_ok());
     }
 
     #[test]

@@ -111,6 +111,8 @@ pub fn context() -> BoundedContext {
         jobs: || {
             vec![
                 Arc::new(thresholds::BudgetThresholdJob),
+                Arc::new(thresholds::BudgetChangedThresholdJob("BudgetCreated")),
+                Arc::new(thresholds::BudgetChangedThresholdJob("BudgetUpdated")),
                 Arc::new(recompute::VirtualTagRecomputeJob),
             ]
         },

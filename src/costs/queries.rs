@@ -888,7 +888,7 @@ pub async fn virtual_tags(
 macro_rules! budget_columns {
     () => {
         "amount, currency, period, start_date, end_date, tag_filter, service_filter, \
-         alert_thresholds, account, id"
+         alert_thresholds, account, id, budget_type = 'cost'"
     };
 }
 const BUDGET_SQL: &str = concat!(
@@ -918,6 +918,8 @@ pub struct BudgetScope {
     pub service_filter: Vec<String>,
     pub thresholds: Vec<Decimal>,
     pub account: Option<String>,
+    /// A cost budget (not a usage budget): what thresholds are evaluated for.
+    pub cost: bool,
 }
 
 pub async fn budget(
@@ -967,6 +969,7 @@ fn budget_scope(r: &tokio_postgres::Row) -> Result<BudgetScope, QueryError> {
             })
             .collect::<Result<_, _>>()?,
         account: r.try_get(8)?,
+        cost: r.try_get(10)?,
     })
 }
 

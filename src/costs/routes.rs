@@ -625,7 +625,7 @@ pub struct BudgetStatus {
     pub percent_used: Decimal,
     pub forecast: ForecastView,
     pub thresholds: Vec<ThresholdView>,
-    /// `rollup` or `lines` (a tag filter reads the lines).
+    /// `rollup`, `tag_rollup` (a one-tag filter) or `lines` (two or more tags).
     pub source: String,
 }
 

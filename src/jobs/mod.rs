@@ -164,6 +164,10 @@ pub trait JobHandler: Send + Sync + 'static {
     fn job_id(&self, e: &RecordedEvent) -> Uuid {
         e.stream_id
     }
+    /// The job's parameters: the requesting event's payload unless the kind says otherwise.
+    fn job_params(&self, e: &RecordedEvent) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(e.payload.get())?)
+    }
     /// Does the job; its result (a JSON object) is stored with the job. Must be
     /// all-or-nothing and recognise its own effects when run again (see the module docs).
     async fn run(&self, job: &Job, env: &JobEnv) -> anyhow::Result<Value>;
@@ -239,7 +243,7 @@ impl Projection for JobsProjection {
             ids.push(h.job_id(e));
             tenants.push(e.tenant_id.as_str());
             kinds.push(h.kind());
-            params.push(serde_json::from_str::<Value>(e.payload.get())?);
+            params.push(h.job_params(e)?);
             positions.push(e.position);
             times.push(e.recorded_at);
         }

@@ -3,7 +3,7 @@
 //! identical re-imports, breakdowns from the rollup and from the raw lines, drill-down,
 //! bad input, and the rebuild of every cost read model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
@@ -1123,4 +1123,102 @@ async fn shared_costs_are_allocated_over_their_targets_without_losing_a_cent() {
     let before = snapshot(&app.conn, sql).await;
     rebuild_and_wait(&app, "cost_allocation_rules").await;
     assert_eq!(snapshot(&app.conn, sql).await, before);
+}
+
+#[actix_web::test]
+async fn a_budget_created_or_lowered_under_imported_costs_alerts_without_a_new_bill() {
+    use chrono::Datelike;
+    let app = spawn_app().await;
+    open_account(&app, "prod", "CNY").await;
+    // Today's month so far: 10.00 a day.
+    let today = chrono::Utc::now().date_naive();
+    let month = today.format("%Y-%m").to_string();
+    let mut csv =
+        String::from("billing_cycle,billing_date,product_code,pretax_amount,currency,tag\n");
+    for d in 1..=today.day() {
+        csv.push_str(&format!("{month},{month}-{d:02},ecs,10.00,CNY,team:web\n"));
+    }
+    import_ok(&app, "prod", "cloudlens", &csv).await;
+    let spent = Decimal::from(10 * today.day());
+    let mut draft = json!({"name": "b", "amount": (spent * Decimal::from(4)).to_string(),
+        "currency": "CNY", "period": "monthly", "type": "cost", "start_date": "2024-01-01",
+        "account": "prod", "alert_thresholds": ["50", "100"]});
+    let (id, _) = budget(&app, draft.clone()).await;
+    // Each change asks for one evaluation job of its own (the import asked for another).
+    let evaluated = |n: i64| {
+        let (app, id) = (&app, &id);
+        async move {
+            let done = eventually(std::time::Duration::from_secs(60), || async {
+                let finished = count(
+                    &app.conn,
+                    "SELECT count(*) FROM jobs WHERE kind = 'costs.budget_thresholds_on_change' \
+                     AND state = 'succeeded'",
+                )
+                .await;
+                (finished == n).then_some(())
+            })
+            .await;
+            assert!(done.is_some(), "{n} change jobs succeed");
+            let position = count(&app.conn, "SELECT max(position) FROM events").await;
+            body(
+                app.get(&format!(
+                    "/api/v1/budgets/{id}/alerts?min_position={position}"
+                ))
+                .await,
+            )
+            .await["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{}/{}",
+                        a["percent"].as_str().unwrap(),
+                        a["basis"].as_str().unwrap()
+                    )
+                })
+                .collect::<BTreeSet<String>>()
+        }
+    };
+    // Spent is a quarter of the amount: under 50 % actual (the forecast depends on the day
+    // of the month, so only the actual basis is asserted).
+    let alerts = evaluated(1).await;
+    assert!(!alerts.contains("50/actual"), "{alerts:?}");
+    // Lowered to the amount spent: 50 % and 100 % actual are crossed, with no new bill.
+    draft["amount"] = json!(spent.to_string());
+    let res = app
+        .client
+        .put(app.url(&format!("/api/v1/budgets/{id}")))
+        .send_json(&draft)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let alerts = evaluated(2).await;
+    assert!(
+        alerts.contains("50/actual") && alerts.contains("100/actual"),
+        "{alerts:?}"
+    );
+    // The same again: a new evaluation, no crossing recorded twice.
+    let crossed = count(
+        &app.conn,
+        "SELECT count(*) FROM events WHERE event_type = 'BudgetThresholdCrossed'",
+    )
+    .await;
+    draft["name"] = json!("b2");
+    let res = app
+        .client
+        .put(app.url(&format!("/api/v1/budgets/{id}")))
+        .send_json(&draft)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(evaluated(3).await, alerts);
+    assert_eq!(
+        count(
+            &app.conn,
+            "SELECT count(*) FROM events WHERE event_type = 'BudgetThresholdCrossed'",
+        )
+        .await,
+        crossed
+    );
 }
