@@ -1,9 +1,11 @@
 //! Reads of the costs context: accounts, imports, cost breakdowns, top lists and lines.
 //!
 //! Breakdowns read the daily rollup `cost_daily` whenever they can (grouping and
-//! filtering by account, service, region or currency over whole UTC days) and the raw
-//! `cost_lines` only when a tag is involved or a bound is not midnight UTC. Their SQL is
-//! built from whitelisted column names; every value is a bind parameter.
+//! filtering by account, service, region or currency over whole UTC days), the daily tag
+//! rollup `cost_daily_tags` for one `tag:KEY` group (with account and service groups),
+//! and the raw `cost_lines` only for the rest (a region or resource with a tag, two tag
+//! keys, virtual tags, a bound that is not midnight UTC). Their SQL is built from
+//! whitelisted column names; every value is a bind parameter.
 
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, Timelike, Utc};
@@ -392,8 +394,9 @@ pub struct CostBreakdown {
     pub total: Option<Decimal>,
     pub totals: Vec<CurrencySum>,
     pub buckets: Vec<CostBucket>,
-    /// `rollup` (daily sums) or `lines` (raw lines: a tag, a resource or a bound that is
-    /// not midnight UTC).
+    /// `rollup` (daily sums), `tag_rollup` (daily sums per tag: one `tag:KEY` group) or
+    /// `lines` (raw lines: a virtual tag, a resource, a tag with a region or another tag
+    /// key, a bound that is not midnight UTC).
     pub source: String,
     /// Shared costs spread over their allocation rules' targets (`allocated=true`).
     pub allocated: bool,
@@ -421,23 +424,31 @@ pub async fn breakdown(
     };
     let (f, bucket, group_by, force_lines) = (&q.filters, q.bucket, &q.group_by, q.force_lines);
     let rollup = !force_lines && f.rollup_ok() && group_by.iter().all(Dim::in_rollup);
-    let src = if rollup { &ROLLUP } else { &LINES };
-    let mut sql = Sql::new("");
-    let dims: Vec<String> = group_by.iter().map(|d| dim_sql(&mut sql, d)).collect();
-    let mut select = format!(
-        "SELECT time_bucket(interval '{}', {}) AS b, currency",
-        bucket.interval(),
-        src.time
-    );
-    for d in &dims {
-        select.push_str(&format!(", {d}"));
-    }
-    select.push_str(&format!(", sum(cost) FROM {}", src.table));
-    sql.text = select;
-    where_sql(&mut sql, tenant, src, f);
-    let n = 2 + dims.len();
+    let tag_key = (!rollup).then(|| tag_rollup_key(q)).flatten();
+    let n = 2 + group_by.len();
     let positions: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-    sql.push(&format!(" GROUP BY {0} ORDER BY {0}", positions.join(", ")));
+    let sql = if let Some(key) = &tag_key {
+        tag_rollup_sql(tenant, q, key)
+    } else {
+        let src = if rollup { &ROLLUP } else { &LINES };
+        let mut sql = Sql::new("");
+        let dims: Vec<String> = group_by.iter().map(|d| dim_sql(&mut sql, d)).collect();
+        let mut select = format!(
+            "SELECT time_bucket(interval '{}', {}) AS b, currency",
+            bucket.interval(),
+            src.time
+        );
+        for d in &dims {
+            select.push_str(&format!(", {d}"));
+        }
+        select.push_str(&format!(", sum(cost) FROM {}", src.table));
+        sql.text = select;
+        where_sql(&mut sql, tenant, src, f);
+        sql.push(&format!(" GROUP BY {0}", positions.join(", ")));
+        sql
+    };
+    let mut sql = sql;
+    sql.push(&format!(" ORDER BY {}", positions.join(", ")));
     let rows = sql.run(conn).await?;
     let mut buckets: Vec<CostBucket> = Vec::new();
     let mut totals: std::collections::BTreeMap<String, Decimal> = Default::default();
@@ -486,9 +497,126 @@ pub async fn breakdown(
         total: total.or_else(|| totals.is_empty().then_some(Decimal::ZERO)),
         totals,
         buckets,
-        source: if rollup { "rollup" } else { "lines" }.into(),
+        source: match (rollup, &tag_key) {
+            (true, _) => "rollup",
+            (false, Some(_)) => "tag_rollup",
+            (false, None) => "lines",
+        }
+        .into(),
         allocated: false,
     })
+}
+
+/// The tag key a breakdown can read from the tag rollup `cost_daily_tags`: one
+/// `tag:KEY` group among `account` and `service` groups, over whole UTC days, filtered
+/// by nothing the rollup lacks (region, resource, another tag key).
+fn tag_rollup_key(q: &BreakdownQuery) -> Option<String> {
+    if q.force_lines {
+        return None;
+    }
+    let mut key = None;
+    for d in &q.group_by {
+        match d {
+            Dim::Account | Dim::Service => {}
+            Dim::Tag(k) if key.is_none() => key = Some(k.clone()),
+            _ => return None,
+        }
+    }
+    let key = key?;
+    let f = &q.filters;
+    let days = Filters {
+        tag: None,
+        ..f.clone()
+    }
+    .rollup_ok();
+    let tag_ok = f.tag.as_ref().is_none_or(|(k, _)| *k == key);
+    (days && tag_ok && f.region.is_none()).then_some(key)
+}
+
+/// A breakdown over the tag rollup, in the row shape of the others (bucket, currency,
+/// groups, cost; no ORDER BY). The lines without the key (the `null` group) are the
+/// daily rollup's cost less the tag rollup's, per bucket and group, where lines remain.
+fn tag_rollup_sql(tenant: &str, q: &BreakdownQuery, key: &str) -> Sql {
+    let f = Filters {
+        tag: None,
+        ..q.filters.clone()
+    };
+    let interval = q.bucket.interval();
+    let cols = |tag: &str| -> Vec<String> {
+        q.group_by
+            .iter()
+            .map(|d| match d {
+                Dim::Account => "account".to_owned(),
+                Dim::Service => "service".to_owned(),
+                _ => tag.to_owned(),
+            })
+            .collect()
+    };
+    // Group columns other than the tag, for the join with the daily rollup.
+    let plain: Vec<&str> = q
+        .group_by
+        .iter()
+        .filter_map(|d| match d {
+            Dim::Account => Some("account"),
+            Dim::Service => Some("service"),
+            _ => None,
+        })
+        .collect();
+    let group = |n: usize| {
+        (1..=n)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut sql = Sql::new(&format!(
+        "WITH t AS (SELECT time_bucket(interval '{interval}', day) AS b, currency, {}, \
+         sum(cost) AS cost, sum(lines) AS lines FROM cost_daily_tags",
+        cols("value AS tag").join(", ")
+    ));
+    where_sql(&mut sql, tenant, &TAG_ROLLUP, &f);
+    let k = sql.bind(key.to_owned());
+    sql.push(&format!(" AND key = {k}"));
+    if let Some((_, v)) = &q.filters.tag {
+        let v = sql.bind(v.clone());
+        sql.push(&format!(" AND value = {v}"));
+    }
+    sql.push(&format!(" GROUP BY {})", group(2 + q.group_by.len())));
+    sql.push(&format!(
+        " SELECT b, currency, {}, cost FROM t",
+        cols("tag").join(", ")
+    ));
+    if q.filters.tag.is_none() {
+        let on: Vec<String> = ["b", "currency"]
+            .iter()
+            .chain(&plain)
+            .map(|c| format!("a.{c} IS NOT DISTINCT FROM s.{c}"))
+            .collect();
+        let plain_cols: String = plain.iter().map(|c| format!(", {c}")).collect();
+        sql.push(&format!(
+            " UNION ALL SELECT a.b, a.currency, {}, a.cost - coalesce(s.cost, 0) FROM \
+             (SELECT time_bucket(interval '{interval}', day) AS b, currency{plain_cols}, \
+              sum(cost) AS cost, sum(lines) AS lines FROM cost_daily",
+            cols("NULL::text")
+                .iter()
+                .map(|c| if c.starts_with("NULL") {
+                    c.clone()
+                } else {
+                    format!("a.{c}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        where_sql(&mut sql, tenant, &ROLLUP, &f);
+        sql.push(&format!(
+            " GROUP BY {}) a LEFT JOIN (SELECT b, currency{plain_cols}, sum(cost) AS cost, \
+             sum(lines) AS lines FROM t GROUP BY {}) s ON {} \
+             WHERE a.lines > coalesce(s.lines, 0)",
+            group(2 + plain.len()),
+            group(2 + plain.len()),
+            on.join(" AND ")
+        ));
+    }
+    sql
 }
 
 const ALLOCATION_RULES_SQL: &str =

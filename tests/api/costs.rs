@@ -154,13 +154,38 @@ async fn a_bill_sums_exactly_in_every_grouping_from_the_rollup_and_from_the_line
     for v in [&week, &month] {
         assert_eq!(dec(&v["total"]), total);
     }
-    // A tag grouping reads the lines; both tag spellings count, untagged lines are null.
+    // A tag grouping reads the tag rollup; both tag spellings count, untagged lines are
+    // null (the daily rollup less the tagged cost).
     let teams = costs(
         &app,
         "from=2024-03-01&to=2024-04-01&bucket=month&group_by=tag:team",
     )
     .await;
-    assert_eq!(teams["source"], "lines");
+    assert_eq!(teams["source"], "tag_rollup");
+    // Every tag-rollup shape equals the same query over the lines, group for group.
+    for q in [
+        "bucket=month&group_by=tag:team",
+        "bucket=day&group_by=service,tag:team",
+        "bucket=week&group_by=tag:team,account,service&service=ecs",
+        "bucket=month&group_by=tag:team&tag=team:t1",
+        "bucket=day&group_by=tag:env&currency=CNY",
+    ] {
+        let q = format!("from=2024-03-01&to=2024-04-01&{q}");
+        let rolled = costs(&app, &q).await;
+        assert_eq!(rolled["source"], "tag_rollup", "{q}");
+        let lines = costs(&app, &format!("{q}&source=lines")).await;
+        assert_eq!(lines["source"], "lines");
+        assert_eq!(rolled["buckets"], lines["buckets"], "{q}");
+        assert_eq!(rolled["totals"], lines["totals"], "{q}");
+    }
+    // A region filter or a second tag key: the lines.
+    for q in [
+        "group_by=tag:team&region=cn-hangzhou",
+        "group_by=tag:team&tag=env:prod",
+    ] {
+        let v = costs(&app, &format!("from=2024-03-01&to=2024-04-01&{q}")).await;
+        assert_eq!(v["source"], "lines", "{q}");
+    }
     let keys: Vec<Value> = teams["buckets"][0]["groups"]
         .as_array()
         .unwrap()
