@@ -15,9 +15,12 @@
 #    the grand total to the last digit.
 # 4. Times each breakdown REPS times (sequential, curl's total time) from the rollup, and
 #    RAW_REPS times over the raw lines; prints p50/p95/max.
-# 5. Budget status p95 for three budgets (an account and a service; every account over a
-#    quarter; an account and a tag filter, which reads the lines).
-# 6. Memory high-water marks (VmHWM) of the server and PostgreSQL's largest process;
+# 5. Budget status p95 for four budgets (an account and a service; every account over a
+#    quarter; an account and a one-tag filter, from the tag rollup; an account and a
+#    two-tag filter, which reads the lines).
+# 6. A virtual tag saved over every line: time until its recompute job reports
+#    `complete`, and a breakdown by it.
+# 7. Memory high-water marks (VmHWM) of the server and PostgreSQL's largest process;
 #    table sizes.
 #
 # Environment: LOADTEST_PORT (8091).
@@ -114,8 +117,11 @@ for q in "bucket=day&group_by=service" "bucket=month&group_by=service" \
   echo "  rollup: $(timed "$REPS" "/api/v1/costs?from=$FROM&to=$TO&$q")"
   echo "  lines:  $(timed "$RAW_REPS" "/api/v1/costs?from=$FROM&to=$TO&$q&source=lines")"
 done
-echo "tag query (raw lines; the rollup has no tags): bucket=month&group_by=tag:team"
-echo "  lines:  $(timed "$RAW_REPS" "/api/v1/costs?from=$FROM&to=$TO&bucket=month&group_by=tag:team")"
+for q in "bucket=month&group_by=tag:team" "bucket=day&group_by=service,tag:team"; do
+  echo "tag query: $q"
+  echo "  tag rollup: $(timed "$REPS" "/api/v1/costs?from=$FROM&to=$TO&$q")"
+  echo "  lines:      $(timed "$RAW_REPS" "/api/v1/costs?from=$FROM&to=$TO&$q&source=lines")"
+done
 echo "top resources (raw lines): $(timed "$RAW_REPS" "/api/v1/costs/top?by=resource&from=$FROM&to=$TO&limit=10")"
 echo "drill-down page (100 lines of one service and day): $(timed "$REPS" "/api/v1/costs/lines?from=2024-02-01&to=2024-02-02&service=ecs&limit=100")"
 
@@ -127,10 +133,31 @@ b2=$(budget '{"name": "all", "amount": "900000000", "currency": "CNY", "period":
   "start_date": "2024-01-01", "alert_thresholds": ["50"]}')
 b3=$(budget '{"name": "web", "amount": "5000000", "currency": "CNY", "period": "monthly", "type": "cost",
   "start_date": "2024-01-01", "account": "acct-00", "tag_filter": {"team": "web"}}')
+b4=$(budget '{"name": "web-prod", "amount": "5000000", "currency": "CNY", "period": "monthly", "type": "cost",
+  "start_date": "2024-01-01", "account": "acct-00", "tag_filter": {"team": "web", "env": "prod"}}')
 sleep 2
-echo "one account, one service, month (rollup): $(timed "$REPS" "/api/v1/budgets/$b1/status?as_of=2024-02-15")"
-echo "all accounts, quarter (rollup):           $(timed "$REPS" "/api/v1/budgets/$b2/status?as_of=2024-02-15")"
-echo "one account, tag filter, month (lines):   $(timed "$RAW_REPS" "/api/v1/budgets/$b3/status?as_of=2024-02-15")"
+echo "one account, one service, month (rollup):      $(timed "$REPS" "/api/v1/budgets/$b1/status?as_of=2024-02-15")"
+echo "all accounts, quarter (rollup):                $(timed "$REPS" "/api/v1/budgets/$b2/status?as_of=2024-02-15")"
+echo "one account, one-tag filter, month (tag rollup): $(timed "$REPS" "/api/v1/budgets/$b3/status?as_of=2024-02-15")"
+echo "one account, two-tag filter, month (lines):    $(timed "$RAW_REPS" "/api/v1/budgets/$b4/status?as_of=2024-02-15")"
+echo "== virtual tag recompute over $((ACCOUNTS * LINES)) lines"
+t0=$(now)
+saved=$(curl -sf -H 'Content-Type: application/json' "$URL/api/v1/costs/virtual-tags" -d '{"name": "owner",
+  "default": "shared", "values": [
+    {"value": "web", "rule": {"logic": "AND", "conditions": [{"field": "tags.team", "operator": "=", "value": "web"}]}},
+    {"value": "big", "rule": {"logic": "OR", "conditions": [{"field": "service", "operator": "in", "value": ["ecs", "rds"]},
+                                                             {"field": "cost", "operator": ">", "value": 150}]}}]}' | field "['position']")
+last=""
+while :; do
+  r=$(curl -sf "$URL/api/v1/costs/virtual-tags?min_position=$saved" | field "['items'][0]['recompute']")
+  state=$(python3 -c "import ast,sys; print(ast.literal_eval(sys.argv[1])['state'])" "$r")
+  [ "$state" = complete ] && break
+  [ "$r" != "$last" ] && { echo "  $(secs "$t0" "$(now)") s: $r"; last=$r; }
+  sleep 1
+done
+t1=$(now)
+echo "recomputed: $r in $(secs "$t0" "$t1") s"
+echo "vtag query (lines): bucket=month&group_by=vtag:owner: $(timed "$RAW_REPS" "/api/v1/costs?from=$FROM&to=$TO&bucket=month&group_by=vtag:owner")"
 
 echo "== memory and sizes"
 echo "server VmHWM: $(grep VmHWM /proc/$SERVER/status | awk '{ printf "%.0f MiB", $2 / 1024 }')"
@@ -143,5 +170,7 @@ echo "PostgreSQL largest process VmHWM: $((pg_max / 1024)) MiB"
 psql -X -q -At -h "$PWD/var/costs/run" -p 54329 -U cloudlens cloudlens -c "
   SELECT 'cost_lines ' || pg_size_pretty(hypertable_size('cost_lines'))
       || ', cost_daily ' || pg_size_pretty(hypertable_size('cost_daily'))
-      || ' (' || (SELECT count(*) FROM cost_daily) || ' rows), events '
+      || ' (' || (SELECT count(*) FROM cost_daily) || ' rows)'
+      || ', cost_daily_tags ' || pg_size_pretty(hypertable_size('cost_daily_tags'))
+      || ' (' || (SELECT count(*) FROM cost_daily_tags) || ' rows), events '
       || pg_size_pretty(pg_total_relation_size('events'))" 2>/dev/null || true
