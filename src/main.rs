@@ -3,6 +3,12 @@
 use clap::{Parser, Subcommand};
 use cloudlens::{app, config::Settings, telemetry};
 
+/// mimalloc instead of glibc's allocator: bill imports allocate and free millions of small
+/// strings, and glibc's `malloc`/`free` were a fifth of the server's CPU while projecting
+/// (loadtest/RESULTS.md, "Costs").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cloudlens",
