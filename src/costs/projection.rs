@@ -1,11 +1,13 @@
 //! Projectors of the costs context.
 //!
 //! - `cost_accounts` keeps one row per account.
-//! - `cost_lines` keeps the bill lines (hypertable `cost_lines`), their daily rollup
-//!   (`cost_daily`, same transaction) and the imports (`cost_imports`). A batch is applied
-//!   in log order: lines are buffered and written set-wise (binary COPY for the lines, one
-//!   additive merge for the rollup) before the next `BillImportStarted`, which restates
-//!   its periods: the rollup loses the sums of the lines it supersedes, then those lines go.
+//! - `cost_lines` keeps the bill lines (hypertable `cost_lines`), their daily rollups
+//!   (`cost_daily`, and `cost_daily_tags` per tag; same transaction), the imports
+//!   (`cost_imports`) and the virtual tags (`cost_virtual_tags`). A batch is applied in
+//!   log order: lines are buffered and written set-wise (binary COPY for the lines, one
+//!   additive merge per rollup) before the next `BillImportStarted`, which restates its
+//!   periods: the rollups lose the sums of the lines they supersede, then those lines go.
+//!   A `VirtualTagRecomputed` step sets a virtual tag on one time range of lines.
 
 use std::collections::HashMap;
 use std::sync::Arc;

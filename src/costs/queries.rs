@@ -427,7 +427,7 @@ pub async fn breakdown(
     let tag_key = (!rollup).then(|| tag_rollup_key(q)).flatten();
     let n = 2 + group_by.len();
     let positions: Vec<String> = (1..=n).map(|i| i.to_string()).collect();
-    let sql = if let Some(key) = &tag_key {
+    let mut sql = if let Some(key) = &tag_key {
         tag_rollup_sql(tenant, q, key)
     } else {
         let src = if rollup { &ROLLUP } else { &LINES };
@@ -447,7 +447,6 @@ pub async fn breakdown(
         sql.push(&format!(" GROUP BY {0}", positions.join(", ")));
         sql
     };
-    let mut sql = sql;
     sql.push(&format!(" ORDER BY {}", positions.join(", ")));
     let rows = sql.run(conn).await?;
     let mut buckets: Vec<CostBucket> = Vec::new();
@@ -542,15 +541,17 @@ fn tag_rollup_sql(tenant: &str, q: &BreakdownQuery, key: &str) -> Sql {
         ..q.filters.clone()
     };
     let interval = q.bucket.interval();
-    let cols = |tag: &str| -> Vec<String> {
+    // The group columns in `group_by` order, the tag's as `tag`.
+    let cols = |prefix: &str, tag: &str| -> String {
         q.group_by
             .iter()
             .map(|d| match d {
-                Dim::Account => "account".to_owned(),
-                Dim::Service => "service".to_owned(),
+                Dim::Account => format!("{prefix}account"),
+                Dim::Service => format!("{prefix}service"),
                 _ => tag.to_owned(),
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     // Group columns other than the tag, for the join with the daily rollup.
     let plain: Vec<&str> = q
@@ -571,7 +572,7 @@ fn tag_rollup_sql(tenant: &str, q: &BreakdownQuery, key: &str) -> Sql {
     let mut sql = Sql::new(&format!(
         "WITH t AS (SELECT time_bucket(interval '{interval}', day) AS b, currency, {}, \
          sum(cost) AS cost, sum(lines) AS lines FROM cost_daily_tags",
-        cols("value AS tag").join(", ")
+        cols("", "value AS tag")
     ));
     where_sql(&mut sql, tenant, &TAG_ROLLUP, &f);
     let k = sql.bind(key.to_owned());
@@ -581,10 +582,7 @@ fn tag_rollup_sql(tenant: &str, q: &BreakdownQuery, key: &str) -> Sql {
         sql.push(&format!(" AND value = {v}"));
     }
     sql.push(&format!(" GROUP BY {})", group(2 + q.group_by.len())));
-    sql.push(&format!(
-        " SELECT b, currency, {}, cost FROM t",
-        cols("tag").join(", ")
-    ));
+    sql.push(&format!(" SELECT b, currency, {}, cost FROM t", cols("", "tag")));
     if q.filters.tag.is_none() {
         let on: Vec<String> = ["b", "currency"]
             .iter()
@@ -596,15 +594,7 @@ fn tag_rollup_sql(tenant: &str, q: &BreakdownQuery, key: &str) -> Sql {
             " UNION ALL SELECT a.b, a.currency, {}, a.cost - coalesce(s.cost, 0) FROM \
              (SELECT time_bucket(interval '{interval}', day) AS b, currency{plain_cols}, \
               sum(cost) AS cost, sum(lines) AS lines FROM cost_daily",
-            cols("NULL::text")
-                .iter()
-                .map(|c| if c.starts_with("NULL") {
-                    c.clone()
-                } else {
-                    format!("a.{c}")
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
+            cols("a.", "NULL::text")
         ));
         where_sql(&mut sql, tenant, &ROLLUP, &f);
         sql.push(&format!(
