@@ -582,7 +582,10 @@ fn tag_rollup_sql(tenant: &str, q: &BreakdownQuery, key: &str) -> Sql {
         sql.push(&format!(" AND value = {v}"));
     }
     sql.push(&format!(" GROUP BY {})", group(2 + q.group_by.len())));
-    sql.push(&format!(" SELECT b, currency, {}, cost FROM t", cols("", "tag")));
+    sql.push(&format!(
+        " SELECT b, currency, {}, cost FROM t",
+        cols("", "tag")
+    ));
     if q.filters.tag.is_none() {
         let on: Vec<String> = ["b", "currency"]
             .iter()
