@@ -1,4 +1,5 @@
--- V7: virtual tags are recomputed step by step by a job (progress in the read model).
+-- V7: virtual tags recomputed step by step by a job (progress in the read model), the
+-- daily tag rollup, coalescing jobs.
 
 ALTER TABLE cost_virtual_tags
     ADD COLUMN revision         bigint      NOT NULL DEFAULT 0,   -- stream version of the save
@@ -34,3 +35,7 @@ SELECT tenant_id, time_bucket('1 day', charge_start), account, t.key, t.value #>
   FROM cost_lines, jsonb_each(tags) AS t
  WHERE jsonb_typeof(t.value) = 'string'
  GROUP BY 1, 2, 3, 4, 5, 6, 7;
+
+-- Coalescing job kinds (ADR 0007): a request that arrives while the job runs makes it
+-- run once more afterwards.
+ALTER TABLE jobs ADD COLUMN rerun boolean NOT NULL DEFAULT false;

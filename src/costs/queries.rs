@@ -1025,6 +1025,15 @@ const ALERTING_BUDGETS_SQL: &str = concat!(
         AND alert_thresholds <> '[]'::jsonb AND budget_type = 'cost' ORDER BY id"
 );
 
+/// Cost budgets with thresholds changed after a position (the budget's last event).
+const CHANGED_ALERTING_BUDGETS_SQL: &str = concat!(
+    "SELECT ",
+    budget_columns!(),
+    " FROM budgets_view WHERE tenant_id = $1 AND last_position > $2
+        AND alert_thresholds <> '[]'::jsonb AND budget_type = 'cost' ORDER BY id"
+);
+const HAS_COSTS_SQL: &str = "SELECT EXISTS (SELECT 1 FROM cost_daily WHERE tenant_id = $1)";
+
 /// What a budget counts and where it alerts.
 #[derive(Debug, Clone)]
 pub struct BudgetScope {
@@ -1067,6 +1076,27 @@ pub async fn alerting_budgets(
         .iter()
         .map(budget_scope)
         .collect()
+}
+
+/// The cost budgets with thresholds whose last event is after `position`.
+pub async fn changed_alerting_budgets(
+    conn: &Client,
+    tenant: &str,
+    position: i64,
+) -> Result<Vec<BudgetScope>, QueryError> {
+    conn.query(CHANGED_ALERTING_BUDGETS_SQL, &[&tenant, &position])
+        .await?
+        .iter()
+        .map(budget_scope)
+        .collect()
+}
+
+/// Whether the tenant has any cost line.
+pub async fn has_costs(conn: &Client, tenant: &str) -> Result<bool, QueryError> {
+    Ok(conn
+        .query_one(HAS_COSTS_SQL, &[&tenant])
+        .await?
+        .try_get(0)?)
 }
 
 fn budget_scope(r: &tokio_postgres::Row) -> Result<BudgetScope, QueryError> {

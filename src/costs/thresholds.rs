@@ -159,7 +159,9 @@ impl JobHandler for BudgetThresholdJob {
     }
 }
 
-/// After a budget is created or changed (one handler per event type, same work).
+/// After budgets are created or changed: one coalescing job per tenant (one handler per
+/// event type, same job), which evaluates the budgets changed since its previous run. A
+/// burst of budget changes is one run, not one job per budget.
 pub struct BudgetChangedThresholdJob(pub &'static str);
 
 #[async_trait]
@@ -172,35 +174,46 @@ impl JobHandler for BudgetChangedThresholdJob {
         (Budget::STREAM_TYPE, self.0)
     }
 
-    /// A budget's stream asks for a job at every change.
     fn job_id(&self, e: &RecordedEvent) -> Uuid {
-        Uuid::new_v5(&e.stream_id, &e.stream_version.to_be_bytes())
+        super::stream_id(&e.tenant_id, CHANGE_JOB_KIND, "")
     }
 
-    fn job_params(&self, e: &RecordedEvent) -> anyhow::Result<Value> {
-        Ok(json!({"budget_id": e.stream_id}))
+    fn job_params(&self, _: &RecordedEvent) -> anyhow::Result<Value> {
+        Ok(json!({}))
+    }
+
+    fn coalesce(&self) -> bool {
+        true
     }
 
     async fn run(&self, job: &Job, env: &JobEnv) -> anyhow::Result<Value> {
         env.wait_for(crate::budgets::projection::NAME, job.position, CATCH_UP)
             .await?;
-        let id: Uuid = job.params["budget_id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("budget event without an id"))?;
+        let since = job
+            .previous
+            .as_ref()
+            .and_then(|p| p["evaluated_through"].as_i64())
+            .unwrap_or(0);
         let conn = env.reads.get().await?;
-        let Some(b) = queries::budget(conn.client(), &job.tenant_id, id).await? else {
-            return Ok(json!({"budget_id": id, "crossings": 0}));
-        };
         let today: NaiveDate = Utc::now().date_naive();
-        let windows: BTreeSet<Window> = status::window(&b.period, b.start_date, b.end_date, today)
-            .into_iter()
-            .collect();
-        let crossings = if b.thresholds.is_empty() || !b.cost {
-            0
+        let budgets = if queries::has_costs(conn.client(), &job.tenant_id).await? {
+            queries::changed_alerting_budgets(conn.client(), &job.tenant_id, since).await?
         } else {
-            evaluate(job, env, conn.client(), &b, windows, None).await?
+            Vec::new() // nothing spent: nothing to cross
         };
-        Ok(json!({"budget_id": id, "as_of": today.to_string(), "crossings": crossings}))
+        let mut crossings = 0;
+        for b in &budgets {
+            let windows: BTreeSet<Window> =
+                status::window(&b.period, b.start_date, b.end_date, today)
+                    .into_iter()
+                    .collect();
+            crossings += evaluate(job, env, conn.client(), b, windows, None).await?;
+        }
+        Ok(json!({
+            "evaluated_through": job.position,
+            "budgets_evaluated": budgets.len(),
+            "as_of": today.to_string(),
+            "crossings": crossings,
+        }))
     }
 }

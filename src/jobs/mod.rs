@@ -19,6 +19,11 @@
 //!   background task.
 //! - **Progress** is a JSON object the handler updates while it runs; it is written to
 //!   the job's row at most every [`PROGRESS_EVERY`] and read by the context's queries.
+//! - **Coalescing kinds** ([`JobHandler::coalesce`]): many requests map to one job id
+//!   (e.g. one per tenant), and a request for a job that exists queues it again instead
+//!   of being dropped; one that arrives while it runs makes it run once more afterwards
+//!   (`rerun`). The handler sees its previous result ([`Job::previous`]) and does what
+//!   changed since. A flood of requests (90,000 budgets seeded at once) is one run.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,10 +52,12 @@ const CLAIM_SQL: &str = "\
 UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = now(),
        finished_at = NULL, error = NULL
  WHERE id = (SELECT id FROM jobs WHERE state = 'queued' ORDER BY position LIMIT 1)
-RETURNING id, tenant_id, kind, params, position, attempts, restarts";
+RETURNING id, tenant_id, kind, params, position, attempts, restarts, result";
 const PROGRESS_SQL: &str = "UPDATE jobs SET progress = progress || $2 WHERE id = $1";
+/// A coalescing job asked for again while it ran goes back to the queue.
 const FINISH_SQL: &str = "\
-UPDATE jobs SET state = $2, result = $3, error = $4, finished_at = now(),
+UPDATE jobs SET state = CASE WHEN rerun THEN 'queued' ELSE $2 END, rerun = false,
+       result = $3, error = $4, finished_at = now(),
        progress = progress || coalesce($3, '{}'::jsonb)
  WHERE id = $1";
 const BACK_TO_QUEUE_SQL: &str = "UPDATE jobs SET state = 'queued' WHERE id = $1";
@@ -59,6 +66,16 @@ INSERT INTO public.jobs (id, tenant_id, kind, params, position, requested_at)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[],
                      $6::timestamptz[])
 ON CONFLICT (id) DO NOTHING";
+/// For coalescing kinds: a request for an existing job queues it again (or, while it
+/// runs, marks it to run once more), at the latest requesting position.
+const ENQUEUE_COALESCING_SQL: &str = "\
+INSERT INTO public.jobs AS j (id, tenant_id, kind, params, position, requested_at)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::bigint[],
+                     $6::timestamptz[])
+ON CONFLICT (id) DO UPDATE
+   SET params = EXCLUDED.params, position = greatest(j.position, EXCLUDED.position),
+       requested_at = EXCLUDED.requested_at, rerun = j.state = 'running',
+       state = CASE WHEN j.state = 'running' THEN 'running' ELSE 'queued' END";
 
 /// What every job handler may use.
 #[derive(Clone)]
@@ -102,6 +119,8 @@ pub struct Job {
     pub attempt: i32,
     /// How often the job was restarted after its runner stopped.
     pub restarts: i32,
+    /// The result of this job's previous run (coalescing kinds run many times).
+    pub previous: Option<Value>,
     pub progress: JobProgress,
     /// Turns true on shutdown: stop at the next step and return [`Interrupted`].
     pub stop: watch::Receiver<bool>,
@@ -168,6 +187,10 @@ pub trait JobHandler: Send + Sync + 'static {
     fn job_params(&self, e: &RecordedEvent) -> anyhow::Result<Value> {
         Ok(serde_json::from_str(e.payload.get())?)
     }
+    /// Whether requests for an existing job queue it again (see the module docs).
+    fn coalesce(&self) -> bool {
+        false
+    }
     /// Does the job; its result (a JSON object) is stored with the job. Must be
     /// all-or-nothing and recognise its own effects when run again (see the module docs).
     async fn run(&self, job: &Job, env: &JobEnv) -> anyhow::Result<Value>;
@@ -227,12 +250,10 @@ impl Projection for JobsProjection {
     }
 
     async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
-        let mut ids = Vec::new();
-        let mut tenants = Vec::new();
-        let mut kinds = Vec::new();
-        let mut params = Vec::new();
-        let mut positions = Vec::new();
-        let mut times: Vec<DateTime<Utc>> = Vec::new();
+        let mut once = Requests::default();
+        // One row per id and statement: the last request of a coalescing job wins.
+        let mut coalescing: std::collections::BTreeMap<Uuid, (&RecordedEvent, &dyn JobHandler)> =
+            Default::default();
         for e in events {
             let Some(h) = self.handlers.iter().find(|h| {
                 let (st, et) = h.requested_by();
@@ -240,17 +261,56 @@ impl Projection for JobsProjection {
             }) else {
                 continue;
             };
-            ids.push(h.job_id(e));
-            tenants.push(e.tenant_id.as_str());
-            kinds.push(h.kind());
-            params.push(h.job_params(e)?);
-            positions.push(e.position);
-            times.push(e.recorded_at);
+            if h.coalesce() {
+                coalescing.insert(h.job_id(e), (e, &**h));
+            } else {
+                once.push(h.job_id(e), e, &**h)?;
+            }
         }
-        if !ids.is_empty() {
+        once.enqueue(tx, ENQUEUE_SQL).await?;
+        let mut again = Requests::default();
+        for (id, (e, h)) in coalescing {
+            again.push(id, e, h)?;
+        }
+        again.enqueue(tx, ENQUEUE_COALESCING_SQL).await
+    }
+}
+
+/// Job requests as the columns of one enqueue statement.
+#[derive(Default)]
+struct Requests<'a> {
+    ids: Vec<Uuid>,
+    tenants: Vec<&'a str>,
+    kinds: Vec<&'static str>,
+    params: Vec<Value>,
+    positions: Vec<i64>,
+    times: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Requests<'a> {
+    fn push(&mut self, id: Uuid, e: &'a RecordedEvent, h: &dyn JobHandler) -> anyhow::Result<()> {
+        self.ids.push(id);
+        self.tenants.push(e.tenant_id.as_str());
+        self.kinds.push(h.kind());
+        self.params.push(h.job_params(e)?);
+        self.positions.push(e.position);
+        self.times.push(e.recorded_at);
+        Ok(())
+    }
+
+    async fn enqueue(&self, tx: &Transaction<'_>, sql: &str) -> anyhow::Result<()> {
+        if !self.ids.is_empty() {
+            let r = self;
             tx.execute(
-                ENQUEUE_SQL,
-                &[&ids, &tenants, &kinds, &params, &positions, &times],
+                sql,
+                &[
+                    &r.ids,
+                    &r.tenants,
+                    &r.kinds,
+                    &r.params,
+                    &r.positions,
+                    &r.times,
+                ],
             )
             .await?;
         }
@@ -329,6 +389,7 @@ async fn next(
         position: row.try_get(4)?,
         attempt: row.try_get(5)?,
         restarts: row.try_get(6)?,
+        previous: row.try_get(7)?,
         progress: JobProgress::default(),
         stop: shutdown.clone(),
     };

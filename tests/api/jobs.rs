@@ -173,3 +173,114 @@ async fn a_panicking_handler_fails_its_job_and_the_runner_goes_on() {
     stop.send(true).unwrap();
     runner.await.unwrap();
 }
+
+/// A coalescing kind: every `Counted` event asks for the one job of its tenant. Its first
+/// run waits until `gate` opens; each run counts itself in its result.
+struct Coalescing {
+    gate: watch::Receiver<bool>,
+}
+
+const COALESCED: uuid::Uuid = uuid::Uuid::from_u128(0xc0a1_e5ce);
+
+#[async_trait]
+impl JobHandler for Coalescing {
+    fn kind(&self) -> &'static str {
+        "test.coalescing"
+    }
+    fn requested_by(&self) -> (&'static str, &'static str) {
+        ("counter", "Counted")
+    }
+    fn job_id(&self, _: &cloudlens::eventstore::RecordedEvent) -> uuid::Uuid {
+        COALESCED
+    }
+    fn coalesce(&self) -> bool {
+        true
+    }
+    async fn run(&self, job: &Job, _: &JobEnv) -> anyhow::Result<Value> {
+        let runs = job
+            .previous
+            .as_ref()
+            .and_then(|p| p["runs"].as_i64())
+            .unwrap_or(0);
+        let mut gate = self.gate.clone();
+        let _ = gate.wait_for(|open| *open).await;
+        Ok(json!({"runs": runs + 1, "through": job.position}))
+    }
+}
+
+#[actix_web::test]
+async fn a_coalescing_job_is_one_row_and_runs_again_when_asked_while_running() {
+    let conn = fresh_database().await;
+    let store = store(&conn, 2);
+    let (open, gate) = watch::channel(false);
+    let handlers: jobs::Handlers = Arc::new(vec![Arc::new(Coalescing { gate })]);
+    let projection = jobs::JobsProjection::new(handlers.clone());
+    let mut client = cloudlens::db::connect(&conn).await.unwrap();
+    client
+        .execute(
+            "INSERT INTO projection_checkpoints (name) VALUES ('jobs') ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await
+        .unwrap();
+    // Five requests in one batch: one row.
+    append_counter_events(&store, uuid::Uuid::now_v7(), 0, 5).await;
+    cloudlens::projections::run_batch(&mut client, &projection, 1000, None)
+        .await
+        .unwrap();
+    assert_eq!(count(&conn, "SELECT count(*) FROM jobs").await, 1);
+    let (stop, stop_rx) = watch::channel(false);
+    let runner = tokio::spawn(jobs::run(env(&conn), handlers, stop_rx));
+    until(&conn, COALESCED, "running").await;
+    // Asked for again while it runs: it stays running, marked to run once more.
+    append_counter_events(&store, uuid::Uuid::now_v7(), 0, 2).await;
+    cloudlens::projections::run_batch(&mut client, &projection, 1000, None)
+        .await
+        .unwrap();
+    let (state, rerun): (String, bool) = {
+        let r = client
+            .query_one("SELECT state, rerun FROM jobs WHERE id = $1", &[&COALESCED])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((state.as_str(), rerun), ("running", true));
+    open.send(true).unwrap();
+    let result = eventually(Duration::from_secs(30), || async {
+        let r = client
+            .query_one(
+                "SELECT state, result FROM jobs WHERE id = $1",
+                &[&COALESCED],
+            )
+            .await
+            .unwrap();
+        let (state, result): (String, Option<Value>) = (r.get(0), r.get(1));
+        (state == "succeeded" && result.as_ref().is_some_and(|r| r["runs"] == 2)).then_some(result)
+    })
+    .await
+    .expect("the job runs a second time, after the first");
+    let last = count(&conn, "SELECT max(position) FROM events").await;
+    assert_eq!(
+        result.unwrap()["through"],
+        last,
+        "the second run saw the last request"
+    );
+    // Asked for after it finished: queued and run again, still one row.
+    append_counter_events(&store, uuid::Uuid::now_v7(), 0, 1).await;
+    cloudlens::projections::run_batch(&mut client, &projection, 1000, None)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), || async {
+        let r = client
+            .query_one("SELECT result FROM jobs WHERE id = $1", &[&COALESCED])
+            .await
+            .unwrap();
+        let result: Option<Value> = r.get(0);
+        result.is_some_and(|r| r["runs"] == 3).then_some(())
+    })
+    .await
+    .expect("a later request runs it again");
+    assert_eq!(count(&conn, "SELECT count(*) FROM jobs").await, 1);
+    stop.send(true).unwrap();
+    runner.await.unwrap();
+}
