@@ -3,12 +3,14 @@
 //!
 //! - after every bill import (`BillImportCompleted`), the budgets that count the import's
 //!   account, for the budget periods that hold a day of the import's billing periods;
-//! - after a budget is created or changed (`BudgetCreated`, `BudgetUpdated`), that budget
-//!   for its current period (as of today): a budget set up, or lowered, under costs
-//!   already imported alerts without waiting for the next bill.
+//! - after budgets are created or changed (`BudgetCreated`, `BudgetUpdated`), the budgets
+//!   changed since the previous such evaluation, each for its current period (as of
+//!   today): a budget set up, or lowered, under costs already imported alerts without
+//!   waiting for the next bill. One coalescing job per tenant (ADR 0007), so a burst of
+//!   budget changes is one run.
 //!
-//! Each runs as a job, so it is enqueued exactly once per event, by one elected runner,
-//! and survives restarts. The budget aggregate records a (period, percent, basis) once
+//! Each runs as a job: enqueued under the `jobs` projector's checkpoint, run by one
+//! elected runner, surviving restarts. The budget aggregate records a (period, percent, basis) once
 //! and answers a repeat with no event, so a job run again, a restated bill or a replay
 //! never records a crossing twice.
 
