@@ -6,16 +6,88 @@
 //!   and the column of the first bad cell; the route answers 422 `invalid_row`.
 //! - [`Staging`] stages the events of one import while the body streams in and commits
 //!   them to one stream in one statement at the end, or discards them: an import is all or
-//!   nothing. Batch events stay batches (one event per N rows, never one per row).
+//!   nothing. Batch events stay batches (one event per N rows, never one per row). An
+//!   idempotency key is recorded in the commit statement.
+//! - [`Hashed`] hashes a body while it streams (a bill's identity; the request an
+//!   idempotency key stands for).
 
 use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::io::AsyncRead;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, ReadBuf};
 use uuid::Uuid;
 
-use crate::eventstore::{codec, Appended, EventStore, NewEvent, StoreError};
+use crate::eventstore::{codec, Appended, EventStore, IdempotencyRecord, NewEvent, StoreError};
+
+/// An idempotency key whose request hash is completed by the body as it streams: the
+/// request line and headers are hashed first (`http::extract`), then every byte read
+/// through [`StreamedKey::reader`].
+pub struct StreamedKey {
+    pub key: String,
+    hasher: Arc<Mutex<Sha256>>,
+}
+
+impl StreamedKey {
+    /// `hasher` holds the hash of the request without its body.
+    pub fn new(key: String, hasher: Sha256) -> Self {
+        Self {
+            key,
+            hasher: Arc::new(Mutex::new(hasher)),
+        }
+    }
+
+    /// `body`, hashed into this key's request hash as it is read.
+    pub fn reader<R>(&self, body: R) -> Hashed<R> {
+        Hashed::new(body, self.hasher.clone())
+    }
+
+    /// The record of the whole request, once its body has been read.
+    pub fn record(&self) -> IdempotencyRecord {
+        let hash = self
+            .hasher
+            .lock()
+            .map(|h| h.clone().finalize().to_vec())
+            .unwrap_or_default();
+        IdempotencyRecord {
+            key: self.key.clone(),
+            request_hash: hash,
+        }
+    }
+}
+
+/// A reader that feeds what passes through it to a SHA-256 hasher shared with the caller.
+pub struct Hashed<R> {
+    inner: R,
+    hasher: Arc<Mutex<Sha256>>,
+}
+
+impl<R> Hashed<R> {
+    pub fn new(inner: R, hasher: Arc<Mutex<Sha256>>) -> Self {
+        Self { inner, hasher }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Hashed<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            if let Ok(mut h) = self.hasher.lock() {
+                h.update(&buf.filled()[before..]);
+            }
+        }
+        polled
+    }
+}
 
 /// Why an import was refused.
 #[derive(Debug, thiserror::Error)]
@@ -177,11 +249,12 @@ impl<'a> Staging<'a> {
         stream: (&'static str, Uuid, i64),
         tail: &[NewEvent],
         metadata: &Value,
+        idempotency: Option<&IdempotencyRecord>,
     ) -> Result<Appended, StoreError> {
         self.settle().await?;
         let (appended, _) = self
             .store
-            .commit_staged(tenant, stream, self.id, tail, metadata)
+            .commit_staged(tenant, stream, self.id, tail, metadata, idempotency)
             .await?;
         Ok(appended)
     }

@@ -322,8 +322,9 @@ async fn decide_and_append<A: EventSourced>(
 }
 
 /// The stored result for the context's idempotency key, if any; a different request
-/// under the same key is refused.
-async fn replay<E: std::error::Error>(
+/// under the same key is refused. (Routes that append without `execute`, such as a
+/// multi-stream append, call it themselves.)
+pub async fn replay<E: std::error::Error>(
     store: &EventStore,
     ctx: &CommandContext,
 ) -> Result<Option<CommandResult>, CommandError<E>> {

@@ -9,16 +9,14 @@
 //! bad line rejects the whole file and nothing reaches the log.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::AsyncRead;
 use uuid::Uuid;
 
 use super::aggregate::{is_currency, BillImport};
@@ -28,7 +26,7 @@ use super::events::{
 };
 use super::reference::FOCUS_COLUMNS;
 use crate::eventstore::{codec, EventStore, StoreError};
-use crate::imports::{bad_row, CsvRows, ImportError, Staging};
+use crate::imports::{bad_row, CsvRows, Hashed, ImportError, Staging};
 use crate::pipeline::EventSourced;
 use crate::tagging::rules::{parse_date, parse_number};
 
@@ -409,29 +407,6 @@ pub fn parse_tags(cell: &str, pairs: bool) -> Result<Value, String> {
     Ok(Value::Object(tags))
 }
 
-/// A reader that hashes what passes through it.
-struct Hashed<R> {
-    inner: R,
-    hasher: Arc<Mutex<Sha256>>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Hashed<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            if let Ok(mut h) = self.hasher.lock() {
-                h.update(&buf.filled()[before..]);
-            }
-        }
-        polled
-    }
-}
-
 /// The stream of an import of these bytes into this account.
 pub fn import_stream(tenant: &str, account: &str, sha256: &str) -> Uuid {
     super::stream_id(tenant, "bill_import", &format!("{account}/{sha256}"))
@@ -455,10 +430,7 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
     metadata: &Value,
 ) -> Result<Imported, ImportError> {
     let hasher = Arc::new(Mutex::new(Sha256::new()));
-    let body = Hashed {
-        inner: body,
-        hasher: hasher.clone(),
-    };
+    let body = Hashed::new(body, hasher.clone());
     let mut staging = Staging::new(store, Uuid::now_v7());
     let mut totals = Totals::default();
     let outcome = async {
@@ -526,6 +498,8 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
                 (BillImport::STREAM_TYPE, stream, 0),
                 &[tail],
                 metadata,
+                // A bill's identity is its bytes (ADR 0009): a retry finds its import.
+                None,
             )
             .await
         {

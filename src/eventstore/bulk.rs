@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::{append_error, Appended, EventStore, NewEvent, StoreError};
+use super::{append_error, Appended, EventStore, IdempotencyRecord, NewEvent, StoreError};
 use crate::telemetry::METRICS;
 
 /// The events one stream gets in a bulk append.
@@ -27,16 +27,27 @@ pub struct StreamEvents {
     pub events: Vec<NewEvent>,
 }
 
+/// With an idempotency key (`$9`, `$10`), the key is recorded in the same statement
+/// against the first stream (`$11`, `$12`) and the last position of the whole append.
 const APPEND_STREAMS_SQL: &str = "\
-INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type,
-                    schema_version, payload, metadata)
-SELECT $1, u.stream_type, u.stream_id, u.stream_version, u.event_type, u.schema_version,
-       u.payload, $2
-  FROM unnest($3::text[], $4::uuid[], $5::bigint[], $6::text[], $7::int[], $8::jsonb[])
-           WITH ORDINALITY AS u(stream_type, stream_id, stream_version, event_type,
-                                schema_version, payload, ord)
- ORDER BY u.ord
-RETURNING stream_type, stream_id, stream_version, position";
+WITH ins AS (
+    INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type,
+                        schema_version, payload, metadata)
+    SELECT $1, u.stream_type, u.stream_id, u.stream_version, u.event_type, u.schema_version,
+           u.payload, $2
+      FROM unnest($3::text[], $4::uuid[], $5::bigint[], $6::text[], $7::int[], $8::jsonb[])
+               WITH ORDINALITY AS u(stream_type, stream_id, stream_version, event_type,
+                                    schema_version, payload, ord)
+     ORDER BY u.ord
+    RETURNING stream_type, stream_id, stream_version, position),
+idem AS (
+    INSERT INTO idempotency_keys (tenant_id, key, request_hash, stream_id, stream_version, position)
+    SELECT $1, $9, $10, $11,
+           max(stream_version) FILTER (WHERE stream_type = $12 AND stream_id = $11),
+           max(position)
+      FROM ins
+    HAVING $9::text IS NOT NULL)
+SELECT stream_type, stream_id, stream_version, position FROM ins";
 
 const STAGE_SQL: &str = "\
 INSERT INTO staged_events (batch_id, seq, event_type, schema_version, payload)
@@ -58,8 +69,13 @@ WITH ins AS (
               FROM unnest($7::text[], $8::int[], $9::jsonb[]) WITH ORDINALITY
                        AS t(event_type, schema_version, payload, ord)) e
      ORDER BY e.seq
-    RETURNING position, stream_version)
-SELECT max(position), max(stream_version), count(*) FROM ins";
+    RETURNING position, stream_version),
+summary AS (SELECT max(position) AS position, max(stream_version) AS version,
+                   count(*) AS n FROM ins),
+idem AS (
+    INSERT INTO idempotency_keys (tenant_id, key, request_hash, stream_id, stream_version, position)
+    SELECT $1, $10, $11, $3, s.version, s.position FROM summary s WHERE $10::text IS NOT NULL)
+SELECT position, version, n FROM summary";
 
 const DISCARD_STAGED_SQL: &str = "DELETE FROM staged_events WHERE batch_id = $1";
 
@@ -79,14 +95,22 @@ fn columns<'a>(events: &[&'a NewEvent]) -> (Vec<&'a str>, Vec<i32>, Vec<Json<&'a
 impl EventStore {
     /// Appends to several streams at once: every event or none. Returns each stream's
     /// new version and last position, in the order given. A conflict on any stream (it
-    /// moved past its expected version, or a new stream exists) writes nothing.
+    /// moved past its expected version, or a new stream exists) writes nothing. With an
+    /// idempotency key, the key is recorded against the first stream (its new version,
+    /// the append's last position) in the same statement; a key already taken writes
+    /// nothing ([`StoreError::IdempotencyKeyTaken`]).
     #[tracing::instrument(name = "store.append_streams", level = "debug", skip_all, fields(streams = streams.len()))]
     pub async fn append_streams(
         &self,
         tenant_id: &str,
         metadata: &Value,
         streams: &[StreamEvents],
+        idempotency: Option<&IdempotencyRecord>,
     ) -> Result<Vec<Appended>, StoreError> {
+        let first = streams
+            .first()
+            .map(|s| (s.stream_type, s.stream_id))
+            .unwrap_or(("", Uuid::nil()));
         let mut types = Vec::new();
         let mut ids = Vec::new();
         let mut versions = Vec::new();
@@ -114,6 +138,10 @@ impl EventStore {
                     &event_types,
                     &schema_versions,
                     &payloads,
+                    &idempotency.map(|i| i.key.as_str()),
+                    &idempotency.map(|i| i.request_hash.as_slice()),
+                    &first.1,
+                    &first.0,
                 ],
             )
             .await
@@ -175,7 +203,7 @@ impl EventStore {
     }
 
     /// Moves the staged events of `batch_id`, then `tail`, into the stream as its next
-    /// versions, in one statement. Fails with [`StoreError::Conflict`] (writing nothing)
+    /// versions, in one statement (with the idempotency key, if any). Fails with [`StoreError::Conflict`] (writing nothing)
     /// when the stream moved past `expected_version`. Returns the stream's new version and
     /// position and how many events were appended.
     pub async fn commit_staged(
@@ -185,6 +213,7 @@ impl EventStore {
         batch_id: Uuid,
         tail: &[NewEvent],
         metadata: &Value,
+        idempotency: Option<&IdempotencyRecord>,
     ) -> Result<(Appended, i64), StoreError> {
         let (stream_type, stream_id, expected_version) = stream;
         let all: Vec<&NewEvent> = tail.iter().collect();
@@ -204,6 +233,8 @@ impl EventStore {
                     &event_types,
                     &schema_versions,
                     &payloads,
+                    &idempotency.map(|i| i.key.as_str()),
+                    &idempotency.map(|i| i.request_hash.as_slice()),
                 ],
             )
             .await

@@ -93,6 +93,24 @@ const MAX_KEY: usize = 200;
 
 /// Headers that shape a command: tenant, actor, correlation id, idempotency key.
 pub fn command_context(req: &HttpRequest, body: &[u8]) -> Result<CommandContext, ApiError> {
+    let (mut ctx, key) = streamed_command_context(req)?;
+    if let Some(key) = key {
+        let mut record = key;
+        record.1.update(body);
+        ctx.idempotency = Some(IdempotencyRecord {
+            key: record.0,
+            request_hash: record.1.finalize().to_vec(),
+        });
+    }
+    Ok(ctx)
+}
+
+/// [`command_context`] for a request whose body streams: the idempotency key, if any,
+/// with the hash of the request so far; the body completes it as it is read
+/// (`imports::StreamedKey`).
+pub fn streamed_command_context(
+    req: &HttpRequest,
+) -> Result<(CommandContext, Option<(String, Sha256)>), ApiError> {
     let mut ctx = CommandContext::new(tenant(req)?);
     if let Some(actor) = header_str(req, "x-actor")? {
         ctx.actor = actor.chars().take(MAX_KEY).collect();
@@ -110,22 +128,22 @@ pub fn command_context(req: &HttpRequest, body: &[u8]) -> Result<CommandContext,
                 message: "must be 1 to 200 characters".into(),
             });
         }
-        // The key stands for this exact request: method, path, the version it expects
-        // (`If-Match`) and body.
+        // The key stands for this exact request: method, path and query, the version it
+        // expects (`If-Match`) and body.
         let mut h = Sha256::new();
         h.update(req.method().as_str().as_bytes());
         h.update(b" ");
         h.update(req.path().as_bytes());
+        if !req.query_string().is_empty() {
+            h.update(b"?");
+            h.update(req.query_string().as_bytes());
+        }
         h.update(b"\nIf-Match: ");
         h.update(header_str(req, "if-match")?.unwrap_or("").as_bytes());
         h.update(b"\n");
-        h.update(body);
-        ctx.idempotency = Some(IdempotencyRecord {
-            key: key.to_owned(),
-            request_hash: h.finalize().to_vec(),
-        });
+        return Ok((ctx, Some((key.to_owned(), h))));
     }
-    Ok(ctx)
+    Ok((ctx, None))
 }
 
 /// `?min_position=`: the query parameter every read takes (read-your-writes).

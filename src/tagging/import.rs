@@ -15,7 +15,7 @@ use super::events::{ImportedRow, KindSchema, RowsImported, SubjectImportEvent};
 use super::rules::{self, AttrType};
 use crate::eventstore::{codec, Appended, EventStore};
 pub use crate::imports::ImportError;
-use crate::imports::{bad_row as bad, CsvRows, Staging};
+use crate::imports::{bad_row as bad, CsvRows, Staging, StreamedKey};
 use crate::pipeline::EventSourced;
 
 /// Rows per `RowsImported` event.
@@ -167,16 +167,27 @@ impl<'a> Batcher<'a> {
     }
 }
 
+/// What an import writes to: the kind's schema, the source table and the body's format.
+pub struct Target<'a> {
+    pub schema: &'a KindSchema,
+    pub source: &'a str,
+    pub format: Format,
+}
+
 /// Streams `body` into the store as an import of `source` rows of `schema`'s kind.
 pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
     store: &EventStore,
     tenant: &str,
-    schema: &KindSchema,
-    source: &str,
-    format: Format,
+    target: Target<'_>,
     body: R,
     metadata: &Value,
+    idempotency: Option<&StreamedKey>,
 ) -> Result<Imported, ImportError> {
+    let Target {
+        schema,
+        source,
+        format,
+    } = target;
     let import_id = Uuid::now_v7();
     let mut b = Batcher {
         schema,
@@ -217,6 +228,8 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
                 (SubjectImport::STREAM_TYPE, import_id, 0),
                 &[completed],
                 metadata,
+                // The body has been read whole: its hash is complete.
+                idempotency.map(StreamedKey::record).as_ref(),
             )
             .await?;
         Ok::<_, ImportError>(appended)

@@ -8,14 +8,14 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::aggregate::{
-    ManualServices, SubjectKind, SubjectManualTags, Tag, TagCategory, TagRun, TagServices,
-    TaggingError,
+    ManualServices, SubjectImport, SubjectKind, SubjectManualTags, Tag, TagCategory, TagRun,
+    TagServices, TaggingError,
 };
 use super::commands::{
     CategoryDraft, KindDraft, ManualTagCommand, RuleDraft, RunDraft, TagCategoryCommand,
     TagCommand, TagDraft, TagRunCommand,
 };
-use super::events::TagEvent;
+use super::events::{SubjectImportEvent, TagEvent};
 use super::import::Format;
 use super::projection::{SUBJECT_ATTRIBUTES, SUBJECT_KINDS, SUBJECT_TAGS, TAGS, TAG_CATEGORIES};
 use super::queries::{
@@ -24,13 +24,14 @@ use super::queries::{
     TagView,
 };
 use super::{rules, stream_id};
-use crate::eventstore::{codec, StreamEvents};
+use crate::eventstore::{codec, StoreError, StoredAppend, StreamEvents};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
-    command_context, if_match, media_type, min_position, streamed_body, tenant, with_etag,
-    JsonBody, ReadParams,
+    command_context, if_match, media_type, min_position, streamed_body, streamed_command_context,
+    tenant, with_etag, JsonBody, ReadParams,
 };
 use crate::http::AppState;
+use crate::imports::{ImportError, StreamedKey};
 use crate::pipeline::{self, CommandError, CommandResult, EventSourced, Expect};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -140,6 +141,7 @@ pub struct ImportParams {
 #[utoipa::path(post, path = "/api/v1/subjects/{kind}/import",
     request_body(content = String, content_type = "text/csv", description = "header row with the id column; `updated_time` optional; an empty cell is null (NDJSON: application/x-ndjson)"),
     params(("kind" = String, Path), ImportParams,
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters: the same request (body included) again answers the first import's result and applies nothing", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = ImportResult), (status = 400, body = Problem), (status = 404, body = Problem),
               (status = 415, body = Problem), (status = 422, body = Problem)))]
@@ -183,24 +185,92 @@ pub async fn import_rows(
         ));
     }
     let body = streamed_body(payload);
-    let ctx = command_context(&req, b"")?;
+    let (ctx, key) = streamed_command_context(&req)?;
+    let key = key.map(|(k, hash)| StreamedKey::new(k, hash));
     let metadata = ctx.metadata();
+    if let Some(key) = &key {
+        if let Some(stored) = state.store.find_idempotent(&tenant, &key.key).await? {
+            // Seen before: only the same request (this body too) gets the first answer.
+            tokio::io::copy(&mut key.reader(body), &mut tokio::io::sink())
+                .await
+                .map_err(|e| ApiError::from(ImportError::Body(e.to_string())))?;
+            if key.record().request_hash != stored.request_hash {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            return imported_before(&state, &tenant, stored).await;
+        }
+    }
+    let body: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &key {
+        Some(key) => Box::new(key.reader(body)),
+        None => Box::new(body),
+    };
+    let target = super::import::Target {
+        schema: &schema,
+        source: &params.source,
+        format,
+    };
     let imported = super::import::import(
         &state.store,
         &tenant,
-        &schema,
-        &params.source,
-        format,
+        target,
         body,
         &metadata,
+        key.as_ref(),
     )
-    .await
-    .map_err(ApiError::from)?;
+    .await;
+    let imported = match (imported, &key) {
+        (Ok(imported), _) => imported,
+        // A retry under the same key committed first: answer with its import.
+        (Err(ImportError::Store(StoreError::IdempotencyKeyTaken)), Some(key)) => {
+            let stored = state
+                .store
+                .find_idempotent(&tenant, &key.key)
+                .await?
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
+            if key.record().request_hash != stored.request_hash {
+                return Err(ApiError::IdempotencyKeyReused);
+            }
+            return imported_before(&state, &tenant, stored).await;
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
     super::metrics::rows_imported(&params.source, imported.rows);
     Ok(HttpResponse::Ok().json(ImportResult {
         import_id: imported.import_id,
         rows: imported.rows,
         position: imported.appended.position,
+    }))
+}
+
+/// The answer of an import already made under the same idempotency key: its stream's
+/// `ImportCompleted` holds the rows.
+async fn imported_before(
+    state: &AppState,
+    tenant: &str,
+    stored: StoredAppend,
+) -> Result<HttpResponse, ApiError> {
+    let last = state
+        .store
+        .last_event(SubjectImport::STREAM_TYPE, stored.stream_id)
+        .await?
+        .filter(|e| e.tenant_id == tenant)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored import stream is empty")))?;
+    let event: SubjectImportEvent = codec::decode(
+        &last.event_type,
+        last.schema_version,
+        &last.payload,
+        SubjectImport::upcasters(),
+    )
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let SubjectImportEvent::ImportCompleted { rows, .. } = event else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "an import stream ends without ImportCompleted"
+        )));
+    };
+    Ok(HttpResponse::Ok().json(ImportResult {
+        import_id: stored.stream_id,
+        rows,
+        position: stored.appended.position,
     }))
 }
 
@@ -304,6 +374,9 @@ pub async fn create_tag(
     let draft: TagDraft = body.parse()?;
     let ctx = command_context(&req, &body.bytes)?;
     let tenant = ctx.tenant_id.clone();
+    if let Some(stored) = pipeline::replay::<TaggingError>(&state.store, &ctx).await? {
+        return tag_created(&state, &tenant, stored).await;
+    }
     let services =
         tag_services(&state, &tenant, &draft.subject_kind, Some(&draft.category)).await?;
     let id = queries::next_tag_id(state.store.pool()).await?;
@@ -337,28 +410,71 @@ pub async fn create_tag(
                     events: vec![claim],
                 },
             ],
+            ctx.idempotency.as_ref(),
         )
-        .await
-        .map_err(|e| match e {
-            crate::eventstore::StoreError::Conflict => {
-                ApiError::AlreadyExists(format!("tag with code {code:?}"))
-            }
-            other => other.into(),
-        })?;
+        .await;
+    let appended = match appended {
+        Ok(a) => a,
+        // A retry under the same key got there first: its answer is this one's.
+        Err(crate::eventstore::StoreError::IdempotencyKeyTaken) => {
+            let stored = pipeline::replay::<TaggingError>(&state.store, &ctx)
+                .await?
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
+            return tag_created(&state, &tenant, stored).await;
+        }
+        Err(crate::eventstore::StoreError::Conflict) => {
+            return Err(ApiError::AlreadyExists(format!("tag with code {code:?}")))
+        }
+        Err(other) => return Err(other.into()),
+    };
     let position = appended.iter().map(|a| a.position).max().unwrap_or(0);
+    Ok(created_response(id, appended[0].version, position))
+}
+
+/// `201` with the new tag's id, version and position, its `ETag` and `Location`.
+fn created_response(id: i32, version: i64, position: i64) -> HttpResponse {
     let mut response = with_etag(
         StatusCode::CREATED,
-        appended[0].version,
+        version,
         TagResult {
             id,
-            version: appended[0].version,
+            version,
             position,
         },
     );
     if let Ok(location) = format!("/api/v1/tags/{id}").parse() {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    Ok(response)
+    response
+}
+
+/// The answer of a `POST /api/v1/tags` already made under the same idempotency key: the
+/// stored append names the tag's stream; its first event holds the tag's number.
+async fn tag_created(
+    state: &AppState,
+    tenant: &str,
+    stored: pipeline::CommandResult,
+) -> Result<HttpResponse, ApiError> {
+    let first = state
+        .store
+        .load_stream(Tag::STREAM_TYPE, stored.id)
+        .await?
+        .into_iter()
+        .find(|e| e.tenant_id == tenant)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored tag stream is empty")))?;
+    let event: TagEvent = codec::decode(
+        &first.event_type,
+        first.schema_version,
+        &first.payload,
+        Tag::upcasters(),
+    )
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    let TagEvent::TagCreated(def) = event else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "first event of a tag stream is not TagCreated"
+        )));
+    };
+    Ok(created_response(def.id, stored.version, stored.position))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -117,6 +117,7 @@ impl JobHandler for TagRunJob {
                             expected_version: loaded.version,
                             events: vec![failed],
                         }],
+                        None,
                     )
                     .await
                 {
@@ -465,6 +466,7 @@ async fn execute(
             (TagRun::STREAM_TYPE, job.id, run_version),
             &[completed],
             &json!({"job_id": job.id}),
+            None,
         )
         .await?;
     let committed = started.elapsed();

@@ -520,12 +520,15 @@ async fn a_bulk_append_across_streams_writes_all_or_nothing() {
         ]
     };
     let meta = serde_json::json!({});
-    let appended = store.append_streams("t", &meta, &both(0, 0)).await.unwrap();
+    let appended = store
+        .append_streams("t", &meta, &both(0, 0), None)
+        .await
+        .unwrap();
     assert_eq!((appended[0].version, appended[1].version), (2, 1));
     assert!(appended[0].position > 0 && appended[1].position > 0);
     // b is stale: nothing of a is written either.
     let err = store
-        .append_streams("t", &meta, &both(2, 0))
+        .append_streams("t", &meta, &both(2, 0), None)
         .await
         .unwrap_err();
     assert!(
@@ -548,7 +551,7 @@ async fn staged_events_reach_the_log_only_when_committed() {
     assert_eq!(count(&conn, "SELECT count(*) FROM events").await, 0);
     let meta = serde_json::json!({});
     let (appended, n) = store
-        .commit_staged("t", ("counter", stream, 0), batch, &[event(3)], &meta)
+        .commit_staged("t", ("counter", stream, 0), batch, &[event(3)], &meta, None)
         .await
         .unwrap();
     assert_eq!((appended.version, n), (4, 4));
@@ -562,7 +565,7 @@ async fn staged_events_reach_the_log_only_when_committed() {
     // A discarded batch leaves nothing; a commit onto a moved stream writes nothing.
     store.stage(batch, 0, &[event(0)]).await.unwrap();
     let err = store
-        .commit_staged("t", ("counter", stream, 0), batch, &[], &meta)
+        .commit_staged("t", ("counter", stream, 0), batch, &[], &meta, None)
         .await
         .unwrap_err();
     assert!(

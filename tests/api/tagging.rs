@@ -806,6 +806,7 @@ async fn a_run_interrupted_before_its_commit_runs_again_from_the_start_after_a_r
                 expected_version: 0,
                 events: vec![requested],
             }],
+            None,
         )
         .await
         .unwrap();
@@ -836,4 +837,68 @@ async fn a_run_interrupted_before_its_commit_runs_again_from_the_start_after_a_r
     )
     .await;
     assert_eq!(completions, 1);
+}
+
+#[actix_web::test]
+async fn retries_under_one_idempotency_key_create_one_tag_and_apply_one_import() {
+    let app = seeded_app().await;
+    let events = || count(&app.conn, "SELECT count(*) FROM events");
+    // POST /api/v1/tags: the same request again answers the same, appends nothing.
+    let draft = json!({"code": "vip", "name": "VIP", "category": "value", "kind": "MANUAL",
+                       "subject_kind": "user"});
+    let post = |key: &'static str, draft: Value| {
+        let app = &app;
+        async move {
+            let mut res = app
+                .client
+                .post(app.url("/api/v1/tags"))
+                .insert_header(("Idempotency-Key", key))
+                .send_json(&draft)
+                .await
+                .unwrap();
+            let v: Value = res.json().await.unwrap();
+            (res.status().as_u16(), v)
+        }
+    };
+    let first = post("tag-1", draft.clone()).await;
+    assert_eq!(first.0, 201, "{first:?}");
+    let before = events().await;
+    let again = post("tag-1", draft.clone()).await;
+    assert_eq!(again, first);
+    assert_eq!(events().await, before);
+    // The same key with another request is refused; a new key is a new command (here:
+    // the code is taken).
+    let mut other = draft.clone();
+    other["name"] = json!("Very important");
+    assert_eq!(post("tag-1", other).await.0, 422);
+    assert_eq!(post("tag-2", draft).await.0, 409);
+    assert_eq!(events().await, before);
+
+    // An import: the same body under the same key answers the first import's result.
+    let csv = "user_id,total_asset_value\nu1,5\n";
+    let import_keyed = |key: &'static str, csv: &'static str| {
+        let app = &app;
+        async move {
+            let mut res = app
+                .client
+                .post(app.url("/api/v1/subjects/user/import?source=user_asset_summary"))
+                .insert_header(("Content-Type", "text/csv"))
+                .insert_header(("Idempotency-Key", key))
+                .send_body(csv)
+                .await
+                .unwrap();
+            let v: Value = res.json().await.unwrap();
+            (res.status().as_u16(), v)
+        }
+    };
+    let first = import_keyed("import-1", csv).await;
+    assert_eq!(first.0, 200, "{first:?}");
+    assert_eq!(first.1["rows"], 1);
+    let before = events().await;
+    assert_eq!(import_keyed("import-1", csv).await, first);
+    assert_eq!(events().await, before, "the retry applied nothing");
+    let changed = import_keyed("import-1", "user_id,total_asset_value\nu1,6\n").await;
+    assert_eq!(changed.0, 422, "{changed:?}");
+    assert_eq!(changed.1["code"], "idempotency_key_reused");
+    assert_eq!(events().await, before);
 }
