@@ -209,15 +209,8 @@ pub async fn import_rows(
         source: &params.source,
         format,
     };
-    let imported = super::import::import(
-        &state.store,
-        &tenant,
-        target,
-        body,
-        &metadata,
-        key.as_ref(),
-    )
-    .await;
+    let imported =
+        super::import::import(&state.store, &tenant, target, body, &metadata, key.as_ref()).await;
     let imported = match (imported, &key) {
         (Ok(imported), _) => imported,
         // A retry under the same key committed first: answer with its import.
