@@ -13,7 +13,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::eventstore::codec::{self, Upcaster};
-use crate::eventstore::{AppendRequest, EventStore, IdempotencyRecord, StoreError};
+use crate::eventstore::{AppendRequest, EventStore, IdempotencyRecord, RecordedEvent, StoreError};
 use crate::telemetry::METRICS;
 
 /// What a domain error means for the one who sent the command, without naming any
@@ -43,6 +43,16 @@ pub trait EventSourced: Aggregate {
     /// Upcasters for older schema versions of its events.
     fn upcasters() -> &'static [Upcaster] {
         &[]
+    }
+
+    /// One of its recorded events, decoded and upcast.
+    fn decode(e: &RecordedEvent) -> Result<Self::Event, codec::CodecError> {
+        codec::decode(
+            &e.event_type,
+            e.schema_version,
+            &e.payload,
+            Self::upcasters(),
+        )
     }
 }
 
@@ -164,9 +174,7 @@ pub async fn load<A: EventSourced>(
         });
     }
     for e in events {
-        let event =
-            codec::decode::<A::Event>(&e.event_type, e.schema_version, &e.payload, A::upcasters())?;
-        aggregate.apply(event);
+        aggregate.apply(A::decode(&e)?);
         version = e.stream_version;
         position = e.position;
     }

@@ -529,12 +529,7 @@ async fn earlier(store: &EventStore, stream: Uuid) -> Result<Imported, ImportErr
         .last_event(BillImport::STREAM_TYPE, stream)
         .await?
         .ok_or(ImportError::Store(StoreError::Conflict))?;
-    let lines = match codec::decode::<BillImportEvent>(
-        &last.event_type,
-        last.schema_version,
-        &last.payload,
-        BillImport::upcasters(),
-    )? {
+    let lines = match BillImport::decode(&last)? {
         BillImportEvent::BillImportCompleted { lines } => lines,
         _ => 0,
     };

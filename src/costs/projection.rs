@@ -28,7 +28,7 @@ use super::events::{
 };
 use super::import::json_object;
 use super::vtags::Compiled;
-use crate::eventstore::{codec, RecordedEvent};
+use crate::eventstore::RecordedEvent;
 use crate::pipeline::EventSourced;
 use crate::projections::readmodel::{col, ReadModel, Row};
 use crate::projections::{Envelope, Projection, Projector, ProjectorOptions};
@@ -826,12 +826,7 @@ impl Projection for CostLinesProjector {
         for raw in events {
             if raw.stream_type == VirtualTag::STREAM_TYPE {
                 pending.flush(tx).await?;
-                match codec::decode(
-                    &raw.event_type,
-                    raw.schema_version,
-                    &raw.payload,
-                    VirtualTag::upcasters(),
-                )? {
+                match VirtualTag::decode(raw)? {
                     VirtualTagEvent::VirtualTagSaved(d) => vtags.save(tx, raw, d).await?,
                     VirtualTagEvent::VirtualTagRecomputed(step) => {
                         vtags.recompute(tx, &raw.tenant_id, &step).await?;
@@ -843,19 +838,7 @@ impl Projection for CostLinesProjector {
                 }
                 continue;
             }
-            let e = Envelope {
-                event: codec::decode::<BillImportEvent>(
-                    &raw.event_type,
-                    raw.schema_version,
-                    &raw.payload,
-                    BillImport::upcasters(),
-                )?,
-                tenant_id: raw.tenant_id.clone(),
-                stream_id: raw.stream_id,
-                version: raw.stream_version,
-                position: raw.position,
-                recorded_at: raw.recorded_at,
-            };
+            let e = Envelope::decode::<BillImport>(raw)?;
             match e.event {
                 BillImportEvent::BillImportStarted(started) => {
                     pending.flush(tx).await?;

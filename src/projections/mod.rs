@@ -85,6 +85,22 @@ pub struct Envelope<E> {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl<E> Envelope<E> {
+    /// A recorded event of aggregate `A`, decoded and upcast, with its place in the log.
+    pub fn decode<A: EventSourced<Event = E>>(
+        e: &RecordedEvent,
+    ) -> Result<Self, codec::CodecError> {
+        Ok(Envelope {
+            event: A::decode(e)?,
+            tenant_id: e.tenant_id.clone(),
+            stream_id: e.stream_id,
+            version: e.stream_version,
+            position: e.position,
+            recorded_at: e.recorded_at,
+        })
+    }
+}
+
 /// A projector of one aggregate's events. It receives them decoded and upcast.
 #[async_trait]
 pub trait Projector: Send + Sync + 'static {
@@ -136,19 +152,9 @@ where
     }
 
     async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
-        let upcasters = <P::Aggregate as EventSourced>::upcasters();
         let typed = events
             .iter()
-            .map(|e| {
-                Ok(Envelope {
-                    event: codec::decode(&e.event_type, e.schema_version, &e.payload, upcasters)?,
-                    tenant_id: e.tenant_id.clone(),
-                    stream_id: e.stream_id,
-                    version: e.stream_version,
-                    position: e.position,
-                    recorded_at: e.recorded_at,
-                })
-            })
+            .map(Envelope::decode::<P::Aggregate>)
             .collect::<Result<Vec<_>, codec::CodecError>>()?;
         self.0.apply(tx, typed).await
     }

@@ -21,7 +21,7 @@ use super::events::{
     AppliedTag, ManualTagEvent, SubjectChange, SubjectKindEvent, TagCategoryEvent, TagEvent,
     TagRunEvent,
 };
-use crate::eventstore::{codec, RecordedEvent};
+use crate::eventstore::RecordedEvent;
 use crate::pipeline::EventSourced;
 use crate::projections::readmodel::{col, ReadModel, Row};
 use crate::projections::{Envelope, Projection, Projector, ProjectorOptions};
@@ -529,12 +529,7 @@ impl SubjectTagsProjector {
                 run_id,
                 tags,
                 changes,
-            } = codec::decode(
-                &e.event_type,
-                e.schema_version,
-                &e.payload,
-                TagRun::upcasters(),
-            )?
+            } = TagRun::decode(e)?
             else {
                 return Ok(None);
             };
@@ -548,12 +543,7 @@ impl SubjectTagsProjector {
                 changes,
             }));
         }
-        let event: ManualTagEvent = codec::decode(
-            &e.event_type,
-            e.schema_version,
-            &e.payload,
-            SubjectManualTags::upcasters(),
-        )?;
+        let event: ManualTagEvent = SubjectManualTags::decode(e)?;
         let (kind, subject_id, change, tags) = match event {
             ManualTagEvent::ManualTagAssigned {
                 subject_kind,

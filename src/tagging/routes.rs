@@ -248,13 +248,8 @@ async fn imported_before(
         .await?
         .filter(|e| e.tenant_id == tenant)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored import stream is empty")))?;
-    let event: SubjectImportEvent = codec::decode(
-        &last.event_type,
-        last.schema_version,
-        &last.payload,
-        SubjectImport::upcasters(),
-    )
-    .map_err(|e| ApiError::Internal(e.into()))?;
+    let event: SubjectImportEvent =
+        SubjectImport::decode(&last).map_err(|e| ApiError::Internal(e.into()))?;
     let SubjectImportEvent::ImportCompleted { rows, .. } = event else {
         return Err(ApiError::Internal(anyhow::anyhow!(
             "an import stream ends without ImportCompleted"
@@ -455,13 +450,7 @@ async fn tag_created(
         .into_iter()
         .find(|e| e.tenant_id == tenant)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored tag stream is empty")))?;
-    let event: TagEvent = codec::decode(
-        &first.event_type,
-        first.schema_version,
-        &first.payload,
-        Tag::upcasters(),
-    )
-    .map_err(|e| ApiError::Internal(e.into()))?;
+    let event: TagEvent = Tag::decode(&first).map_err(|e| ApiError::Internal(e.into()))?;
     let TagEvent::TagCreated(def) = event else {
         return Err(ApiError::Internal(anyhow::anyhow!(
             "first event of a tag stream is not TagCreated"
