@@ -8,12 +8,14 @@ use actix_web::web;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::access::{self, events::Role};
 use crate::config::Settings;
 use crate::context;
 use crate::db::{self, cluster::LocalCluster};
-use crate::eventstore::{self, signal::EventSignal, EventStore};
+use crate::eventstore::{self, signal::EventSignal, EventStore, StoreError};
 use crate::http::{self, AppState};
 use crate::jobs::{self, JobEnv};
+use crate::pipeline::CommandError;
 use crate::projections::{self, rebuild::Rebuild, Progress, RunnerConfig};
 use crate::scheduled::{self, Job};
 
@@ -200,6 +202,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         conn,
         progress,
         tasks: started.clone(),
+        keyring: http::auth::Keyring::default(),
     });
     let server = http::server(listener, state.clone())?;
     Ok(Running {
@@ -243,6 +246,9 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
     let (conn, cluster) = database(&settings)?;
     let result = actix_web::rt::System::new().block_on(async {
         prepare(&conn, cluster.as_ref()).await?;
+        if let Some(key) = &settings.admin_key {
+            bootstrap_admin_key(&conn, key).await?;
+        }
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         tracing::info!(listen = %settings.listen, "cloudlens is serving");
@@ -288,6 +294,64 @@ where
         c.stop()?;
     }
     result
+}
+
+/// Issues `key` as the admin key `bootstrap-admin` of tenant `default` unless it is issued
+/// already (`CLOUDLENS_ADMIN_KEY`).
+async fn bootstrap_admin_key(conn: &str, key: &str) -> anyhow::Result<()> {
+    let outcome = issue_api_key(conn, "bootstrap-admin", Role::Admin, "default", key).await;
+    match outcome {
+        Ok(_) => {
+            tracing::info!("issued the admin key given in CLOUDLENS_ADMIN_KEY");
+            Ok(())
+        }
+        Err(CommandError::Conflict { .. }) => Ok(()), // issued at an earlier start
+        Err(e) => Err(anyhow::anyhow!("cannot issue CLOUDLENS_ADMIN_KEY: {e}")),
+    }
+}
+
+async fn issue_api_key(
+    conn: &str,
+    name: &str,
+    role: Role,
+    tenant: &str,
+    key: &str,
+) -> Result<
+    (uuid::Uuid, crate::pipeline::CommandResult),
+    CommandError<access::aggregate::AccessError>,
+> {
+    let pool = db::pool(conn, 1)
+        .map_err(|e| CommandError::Store(StoreError::Unavailable(format!("{e:#}"))))?;
+    let store = EventStore::new(pool, EventSignal::default());
+    let mut ctx = crate::pipeline::CommandContext::new(tenant.to_owned());
+    ctx.actor = "cloudlens:command-line".into();
+    let draft = access::routes::KeyDraft {
+        name: name.to_owned(),
+        role,
+        tenant: tenant.to_owned(),
+    };
+    access::issue(&store, &ctx, &draft, key).await
+}
+
+/// `cloudlens api-keys create`: issues a new key and prints it (the only time it is shown).
+pub fn api_key_create(
+    settings: Settings,
+    name: String,
+    role: Role,
+    tenant: String,
+) -> anyhow::Result<()> {
+    with_database(&settings, |conn| async move {
+        let new = access::keys::generate();
+        let (id, _) = issue_api_key(&conn, &name, role, &tenant, &new.key)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot issue the key: {e}"))?;
+        println!("{}", new.key);
+        eprintln!(
+            "issued API key {id} ({name}, {}, tenant {tenant}); it is shown only this once",
+            role.as_str()
+        );
+        Ok(())
+    })
 }
 
 /// `cloudlens migrate`.

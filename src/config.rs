@@ -34,6 +34,10 @@ pub struct Settings {
     /// About how many lines one step of a virtual tag's recomputation rewrites (one
     /// transaction of the `cost_lines` projector).
     pub recompute_step_lines: i64,
+    /// Whether `/metrics` answers without an API key once keys exist.
+    pub metrics_public: bool,
+    /// An admin API key to issue at start if it is not issued yet (a Kubernetes Secret).
+    pub admin_key: Option<String>,
 }
 
 impl Default for Settings {
@@ -56,6 +60,8 @@ impl Default for Settings {
             idempotency_retention: Duration::from_secs(24 * 3600),
             purge_interval: Duration::from_secs(600),
             recompute_step_lines: 200_000,
+            metrics_public: true,
+            admin_key: None,
         }
     }
 }
@@ -105,6 +111,17 @@ impl Settings {
                 s.recompute_step_lines >= 1,
                 "CLOUDLENS_RECOMPUTE_STEP_LINES={v:?} is not valid: at least 1"
             );
+        }
+        if let Some(v) = var("CLOUDLENS_ADMIN_KEY") {
+            anyhow::ensure!(
+                crate::access::keys::prefix_of(v.trim()).is_some(),
+                "CLOUDLENS_ADMIN_KEY is not valid: a key reads clk_<12 hex digits>_<64 hex digits> \
+                 (`cloudlens api-keys generate` prints one)"
+            );
+            s.admin_key = Some(v.trim().to_owned());
+        }
+        if let Some(v) = var("CLOUDLENS_METRICS_PUBLIC") {
+            s.metrics_public = parse("CLOUDLENS_METRICS_PUBLIC", &v)?;
         }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;

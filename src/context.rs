@@ -29,6 +29,7 @@ pub fn all() -> Vec<BoundedContext> {
         crate::budgets::context(),
         crate::tagging::context(),
         crate::costs::context(),
+        crate::access::context(),
     ]
 }
 

@@ -17,6 +17,7 @@
 //!
 //! The binary (`main.rs`) only parses the command line and calls [`app`].
 
+pub mod access;
 pub mod app;
 pub mod budgets;
 pub mod config;

@@ -31,6 +31,26 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// API keys.
+    ApiKeys {
+        #[command(subcommand)]
+        command: ApiKeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeysCommand {
+    /// Issue a key and print it (shown only this once).
+    Create {
+        #[arg(long, value_parser = ["admin", "writer", "reader"])]
+        role: String,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// Print a new key without issuing it (for CLOUDLENS_ADMIN_KEY in a Secret).
+    Generate,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +80,18 @@ fn main() -> std::process::ExitCode {
         Command::Projections {
             command: ProjectionsCommand::Rebuild { name },
         } => app::projections_rebuild(settings, name),
+        Command::ApiKeys {
+            command: ApiKeysCommand::Create { role, tenant, name },
+        } => match cloudlens::access::events::Role::parse(&role) {
+            Some(role) => app::api_key_create(settings, name, role, tenant),
+            None => Err(anyhow::anyhow!("unknown role {role:?}")),
+        },
+        Command::ApiKeys {
+            command: ApiKeysCommand::Generate,
+        } => {
+            println!("{}", cloudlens::access::keys::generate().key);
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -31,6 +31,13 @@ pub enum ApiError {
     /// 422 `validation_failed`: the request is well-formed but a field is invalid.
     #[error("{field}: {message}")]
     Validation { field: String, message: String },
+    /// 401 `unauthenticated`, with `WWW-Authenticate: Bearer`: no key, or one that is not
+    /// valid (unknown, revoked, malformed).
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// 403 `forbidden`: the key's role or tenant does not allow the request.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404 `not_found`.
     #[error("{0} not found")]
     NotFound(String),
@@ -112,6 +119,8 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidHeader { .. } => "invalid_header",
             ApiError::Validation { .. } => "validation_failed",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "version_conflict",
             ApiError::AlreadyExists(_) => "already_exists",
@@ -159,6 +168,8 @@ impl ResponseError for ApiError {
             | ApiError::InvalidRow { .. }
             | ApiError::IdempotencyKeyReused
             | ApiError::PositionNotIssued { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_)
@@ -203,6 +214,9 @@ impl ResponseError for ApiError {
         }
         if let ApiError::MethodNotAllowed { allow } = self {
             builder.insert_header((header::ALLOW, allow.as_str()));
+        }
+        if let ApiError::Unauthenticated(_) = self {
+            builder.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
         match serde_json::to_vec(&problem) {
             Ok(body) => builder.content_type(PROBLEM_JSON).body(body),

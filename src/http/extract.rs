@@ -2,6 +2,7 @@
 //! 400, 422 naming the field), the command context from headers, and `If-Match`.
 
 use actix_web::http::header;
+use actix_web::HttpMessage;
 use actix_web::{web, FromRequest, HttpRequest};
 use futures::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
@@ -112,7 +113,10 @@ pub fn streamed_command_context(
     req: &HttpRequest,
 ) -> Result<(CommandContext, Option<(String, Sha256)>), ApiError> {
     let mut ctx = CommandContext::new(tenant(req)?);
-    if let Some(actor) = header_str(req, "x-actor")? {
+    if let Some(p) = req.extensions().get::<super::auth::Principal>() {
+        // The key is who acts, whatever a header says.
+        ctx.actor = format!("key:{}", p.name);
+    } else if let Some(actor) = header_str(req, "x-actor")? {
         ctx.actor = actor.chars().take(MAX_KEY).collect();
     }
     if let Some(c) = header_str(req, "x-correlation-id")? {
@@ -165,6 +169,15 @@ pub fn min_position(p: Option<i64>) -> Result<Option<i64>, ApiError> {
 
 /// The tenant from `X-Tenant-Id` (default `default`), checked against `[a-z0-9_-]{1,64}`.
 pub fn tenant(req: &HttpRequest) -> Result<String, ApiError> {
+    // With API keys, the key decided the tenant (`http::auth`).
+    if let Some(p) = req.extensions().get::<super::auth::Principal>() {
+        return Ok(p.tenant.clone());
+    }
+    header_tenant(req)
+}
+
+/// `X-Tenant-Id` as sent (`default` without it), checked.
+pub fn header_tenant(req: &HttpRequest) -> Result<String, ApiError> {
     let Some(t) = header_str(req, "x-tenant-id")? else {
         return Ok("default".into());
     };

@@ -1,6 +1,7 @@
 //! The HTTP side: app state, route table, request metrics, the server on a bound listener.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub progress: Progress,
     /// Work that requests start in the background (rebuilds); awaited on shutdown.
     pub tasks: Tasks,
+    /// The API keys as this process knows them (`auth`).
+    pub keyring: auth::Keyring,
 }
 
 impl AppState {
@@ -157,6 +160,7 @@ pub fn server(listener: TcpListener, state: web::Data<AppState>) -> std::io::Res
             .app_data(query_cfg)
             .app_data(path_cfg)
             .app_data(web::PayloadConfig::new(state.settings.body_limit))
+            .wrap(middleware::from_fn(auth::authenticate))
             .wrap(middleware::from_fn(record))
             .configure(routes)
             .default_service(web::to(no_route))

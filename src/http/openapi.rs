@@ -11,6 +11,7 @@
 use std::sync::LazyLock;
 
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HttpMethod, OpenApi as Document, RefOr, ResponseBuilder};
 use utoipa::OpenApi;
 
@@ -77,11 +78,41 @@ fn build() -> Document {
     doc.paths.paths.insert("/api/v1/openapi.json".into(), me);
     for (path, item) in doc.paths.paths.iter_mut() {
         let api = path.starts_with("/api/v1/") && path != "/api/v1/openapi.json";
+        let keyed = !matches!(path.as_str(), "/healthz" | "/readyz");
         for op in operations(item) {
             complete(op, api);
+            if keyed {
+                access(op);
+            }
         }
     }
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "api_key",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "An API key (`clk_…`). Needed once any key exists (`http::auth`).",
+                ))
+                .build(),
+        ),
+    );
     doc
+}
+
+/// Once any API key exists, a request needs one (`http::auth`): 401 without a valid key,
+/// 403 when its role or tenant does not allow the request. (`/metrics` answers without a
+/// key unless `CLOUDLENS_METRICS_PUBLIC=false`.)
+fn access(op: &mut Operation) {
+    let responses = &mut op.responses.responses;
+    responses.entry("401".into()).or_insert_with(|| {
+        problem("no valid API key (sent with WWW-Authenticate: Bearer); only once keys exist")
+    });
+    responses
+        .entry("403".into())
+        .or_insert_with(|| problem("the API key's role or tenant does not allow this request"));
+    op.security = Some(vec![SecurityRequirement::new::<_, _, &str>("api_key", [])]);
 }
 
 fn operations(item: &mut utoipa::openapi::path::PathItem) -> Vec<&mut Operation> {

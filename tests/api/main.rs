@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod access;
 mod cluster;
 mod costs;
 mod http_api;

@@ -1,0 +1,309 @@
+//! Who may do what (ADR 0014): every request is checked against the API keys of the
+//! `api_keys` read model before it reaches a route.
+//!
+//! - **Open until the first key.** A server without any key (a fresh install, the tests)
+//!   answers as before: the tenant is `X-Tenant-Id`. Once a key exists, revoked or not,
+//!   every request but `/healthz`, `/readyz` and (`CLOUDLENS_METRICS_PUBLIC`) `/metrics`
+//!   needs `Authorization: Bearer <key>`: 401 `unauthenticated` without a valid one.
+//! - **Roles.** `admin`: everything, any tenant (`X-Tenant-Id` chooses, `default`
+//!   without it). `writer`: commands and queries of its tenant. `reader`: `GET`/`HEAD` of
+//!   its tenant. `/api/v1/admin/…` is for admin keys only. Otherwise 403 `forbidden`, also
+//!   for an `X-Tenant-Id` naming another tenant than the key's.
+//! - **Cost.** Keys are checked against an in-memory copy of `api_keys`, reloaded at most
+//!   every second (every 100 ms while there is no key); a key it does not know yet is
+//!   read from its stream, so a key works as soon as it is issued. The
+//!   argon2id verification (tens of milliseconds) runs once per key and process: a key
+//!   that verified is remembered by its SHA-256. A revoked key answers 401 from the next
+//!   reload on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::access::aggregate::ApiKey;
+use crate::access::events::Role;
+use crate::access::{keys, queries::keyring};
+use crate::db::Reader;
+use crate::eventstore::EventStore;
+use crate::pipeline::EventSourced;
+use cqrs_es::Aggregate;
+
+/// How old the copy of the keys may get.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// The soonest a key the copy does not know triggers another reload.
+const RELOAD_FOR_UNKNOWN: Duration = Duration::from_millis(100);
+
+/// The key a request came with, once checked: routes read the tenant and the actor here.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: Uuid,
+    pub name: String,
+    pub role: Role,
+    /// The tenant the request acts in.
+    pub tenant: String,
+}
+
+struct Key {
+    id: Uuid,
+    name: String,
+    role: Role,
+    tenant: String,
+    hash: String,
+    revoked: bool,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    by_prefix: HashMap<String, Arc<Key>>,
+    loaded_at: Option<Instant>,
+}
+
+/// The keys as this process last read them, and the secrets it has verified.
+#[derive(Default)]
+pub struct Keyring {
+    snapshot: RwLock<Arc<Snapshot>>,
+    reloading: tokio::sync::Mutex<()>,
+    verified: Mutex<HashMap<[u8; 32], Uuid>>,
+}
+
+impl Keyring {
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The copy, reloaded when older than `max_age` (one reload at a time; while one
+    /// runs, the others go on with the copy they have, unless there is none yet).
+    async fn keys(&self, reads: &Reader, max_age: Duration) -> Result<Arc<Snapshot>, ApiError> {
+        let current = self.current();
+        if current.loaded_at.is_some_and(|t| t.elapsed() < max_age) {
+            return Ok(current);
+        }
+        let _guard = match self.reloading.try_lock() {
+            Ok(g) => g,
+            Err(_) if current.loaded_at.is_some() => return Ok(current),
+            Err(_) => self.reloading.lock().await,
+        };
+        let current = self.current();
+        if current.loaded_at.is_some_and(|t| t.elapsed() < max_age) {
+            return Ok(current); // reloaded while this one waited
+        }
+        let conn = reads.get().await?;
+        let by_prefix = keyring(&conn)
+            .await?
+            .into_iter()
+            .map(|k| {
+                let key = Key {
+                    id: k.id,
+                    name: k.name,
+                    role: k.role,
+                    tenant: k.tenant,
+                    hash: k.hash,
+                    revoked: k.revoked,
+                };
+                (k.prefix, Arc::new(key))
+            })
+            .collect();
+        let fresh = Arc::new(Snapshot {
+            by_prefix,
+            loaded_at: Some(Instant::now()),
+        });
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = fresh.clone();
+        }
+        Ok(fresh)
+    }
+
+    /// `None` while no key exists (open); else the checked key of `bearer`.
+    async fn check(
+        &self,
+        reads: &Reader,
+        store: &EventStore,
+        bearer: Option<&str>,
+    ) -> Result<Option<Arc<Key>>, ApiError> {
+        let mut snapshot = self.keys(reads, RELOAD_EVERY).await?;
+        if snapshot.by_prefix.is_empty() {
+            // Open: look more often, so the first key closes the server within ~100 ms.
+            snapshot = self.keys(reads, RELOAD_FOR_UNKNOWN).await?;
+            if snapshot.by_prefix.is_empty() {
+                return Ok(None);
+            }
+        }
+        let bearer = bearer.ok_or(ApiError::Unauthenticated(
+            "this server needs Authorization: Bearer <API key>",
+        ))?;
+        let invalid = || ApiError::Unauthenticated("the API key is not valid");
+        let prefix = keys::prefix_of(bearer).ok_or_else(invalid)?;
+        let key = match snapshot.by_prefix.get(prefix) {
+            Some(k) => k.clone(),
+            // Issued since the last reload (or not projected yet): the log decides.
+            None => from_log(store, prefix).await?.ok_or_else(invalid)?,
+        };
+        if key.revoked {
+            return Err(ApiError::Unauthenticated("the API key was revoked"));
+        }
+        let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
+        let known = self
+            .verified
+            .lock()
+            .map(|v| v.get(&digest) == Some(&key.id))
+            .unwrap_or(false);
+        if !known {
+            let (secret, hash) = (bearer.to_owned(), key.hash.clone());
+            let ok = tokio::task::spawn_blocking(move || keys::verify(&secret, &hash))
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            if !ok {
+                return Err(invalid());
+            }
+            if let Ok(mut v) = self.verified.lock() {
+                v.insert(digest, key.id);
+            }
+        }
+        Ok(Some(key))
+    }
+}
+
+/// The key with `prefix` as its stream says, for a key the copy does not know yet: a key
+/// works as soon as it is issued, before the read model has it.
+async fn from_log(store: &EventStore, prefix: &str) -> Result<Option<Arc<Key>>, ApiError> {
+    let id = crate::access::key_stream(prefix);
+    let mut key = ApiKey::default();
+    for e in store.load_stream(ApiKey::STREAM_TYPE, id).await? {
+        key.apply(ApiKey::decode(&e).map_err(|e| ApiError::Internal(e.into()))?);
+    }
+    Ok(key.issued.map(|k| {
+        Arc::new(Key {
+            id,
+            name: k.name,
+            role: k.role,
+            tenant: k.tenant,
+            hash: k.hash,
+            revoked: key.revoked,
+        })
+    }))
+}
+
+/// What `role` of `key_tenant` may do: the tenant the request acts in, or why not.
+pub fn decide(
+    role: Role,
+    key_tenant: &str,
+    method: &Method,
+    path: &str,
+    header_tenant: Option<&str>,
+) -> Result<String, ApiError> {
+    if role == Role::Admin {
+        return Ok(header_tenant.unwrap_or("default").to_owned());
+    }
+    if path.starts_with("/api/v1/admin/") {
+        return Err(ApiError::Forbidden(
+            "the admin API takes an admin key".into(),
+        ));
+    }
+    if role == Role::Reader && method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::Forbidden("a reader key only reads".into()));
+    }
+    match header_tenant {
+        Some(t) if t != key_tenant => Err(ApiError::Forbidden(format!(
+            "the API key belongs to tenant {key_tenant:?}"
+        ))),
+        _ => Ok(key_tenant.to_owned()),
+    }
+}
+
+/// Paths that answer without a key.
+fn public(path: &str, metrics_public: bool) -> bool {
+    matches!(path, "/healthz" | "/readyz") || (metrics_public && path == "/metrics")
+}
+
+/// The middleware: checks the key, then hands the request on with its [`Principal`].
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+        return next.call(req).await;
+    };
+    if public(req.path(), state.settings.metrics_public) {
+        return next.call(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(key) = state
+        .keyring
+        .check(&state.reads, &state.store, bearer)
+        .await?
+    else {
+        return next.call(req).await; // no key exists yet: open
+    };
+    let header = super::extract::header_tenant(req.request())?;
+    let sent = req
+        .headers()
+        .contains_key("x-tenant-id")
+        .then_some(header.as_str());
+    let tenant = decide(key.role, &key.tenant, req.method(), req.path(), sent)?;
+    req.extensions_mut().insert(Principal {
+        key_id: key.id,
+        name: key.name.clone(),
+        role: key.role,
+        tenant,
+    });
+    next.call(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_and_tenants_decide_what_a_key_may_do() {
+        let get = Method::GET;
+        let post = Method::POST;
+        let b = "/api/v1/budgets";
+        let admin = "/api/v1/admin/api-keys";
+        // Admin: everything, the tenant it names.
+        assert_eq!(
+            decide(Role::Admin, "a", &post, admin, None).unwrap(),
+            "default"
+        );
+        assert_eq!(decide(Role::Admin, "a", &post, b, Some("b")).unwrap(), "b");
+        // Writer: its tenant, no admin API, no other tenant.
+        assert_eq!(decide(Role::Writer, "a", &post, b, None).unwrap(), "a");
+        assert_eq!(decide(Role::Writer, "a", &get, b, Some("a")).unwrap(), "a");
+        for (role, method, path, tenant) in [
+            (Role::Writer, &get, admin, None),
+            (Role::Writer, &post, b, Some("b")),
+            (Role::Reader, &post, b, None),
+            (Role::Reader, &Method::DELETE, b, None),
+            (Role::Reader, &get, admin, None),
+            (Role::Reader, &get, b, Some("b")),
+        ] {
+            let e = decide(role, "a", method, path, tenant).unwrap_err();
+            assert!(
+                matches!(e, ApiError::Forbidden(_)),
+                "{role:?} {method} {path}"
+            );
+        }
+        assert_eq!(decide(Role::Reader, "a", &get, b, None).unwrap(), "a");
+    }
+
+    #[test]
+    fn only_health_and_optionally_metrics_are_public() {
+        assert!(public("/healthz", false) && public("/readyz", false));
+        assert!(public("/metrics", true) && !public("/metrics", false));
+        assert!(!public("/api/v1/openapi.json", true));
+    }
+}
