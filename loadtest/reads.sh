@@ -70,32 +70,8 @@ curl -sf "$URL/readyz" >/dev/null || { echo "server did not become ready; see va
 
 echo "== reads: seeding $BUDGETS budgets (BudgetCreated events inserted into events, 10,000 per transaction)"
 started=$(date +%s.%N)
-{
-  for ((from = 1; from <= BUDGETS; from += 10000)); do
-    to=$((from + 9999 > BUDGETS ? BUDGETS : from + 9999))
-    cat <<SQL
-INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata)
-SELECT 'default', 'budget', ('0193c000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid, 1, 'BudgetCreated', 2,
-       jsonb_build_object('name', 'budget ' || g, 'amount', '1200.50', 'currency', 'CNY', 'period', 'monthly',
-           'budget_type', 'cost', 'start_date', '2026-01-01', 'end_date', '2026-12-31',
-           'tag_filter', jsonb_build_object('team', 'team-' || (g % $TEAMS), 'env', 'prod'),
-           'service_filter', '["ecs", "oss"]'::jsonb, 'alert_thresholds', '["80", "100", "120"]'::jsonb,
-           'account', 'account-' || (g % 8)),
-       jsonb_build_object('command_id', gen_random_uuid(), 'actor', 'reads-seed', 'tenant_id', 'default')
-  FROM generate_series($from::bigint, $to::bigint) g;
-SQL
-  done
-} | "${PSQL[@]}"
+seed_budgets "$BUDGETS" "$TEAMS" "$URL" "${PSQL[@]}"
 MAXPOS=$("${PSQL[@]}" -At -c "SELECT max(position) FROM events")
-for _ in $(seq 1 600); do
-  status=$(curl -sf "$URL/api/v1/admin/projections" || true)
-  pos=$(grep -o '"position":[0-9]*' <<<"$status" | head -1 | cut -d: -f2)
-  lag=$(grep -o '"lag_events":[0-9]*' <<<"$status" | head -1 | cut -d: -f2)
-  [ "${lag:-1}" = 0 ] && [ "${pos:-0}" -ge "$MAXPOS" ] && break
-  sleep 0.5
-done
-[ "${lag:-1}" = 0 ] || { echo "projector did not catch up: $status" >&2; exit 1; }
-"${PSQL[@]}" -c "VACUUM ANALYZE events" -c "VACUUM ANALYZE budgets_view" -c "CHECKPOINT"
 ROWS=$("${PSQL[@]}" -At -c "SELECT count(*) FROM budgets_view")
 printf 'seeded %s rows in budgets_view (highest position %s) in %.1f s, projector lag 0\n' \
   "$ROWS" "$MAXPOS" "$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')"

@@ -74,6 +74,9 @@ pub struct Keyring {
     snapshot: RwLock<Arc<Snapshot>>,
     reloading: tokio::sync::Mutex<()>,
     verified: Mutex<HashMap<[u8; 32], Uuid>>,
+    /// One argon2id verification at a time (19 MiB and tens of ms each): many requests
+    /// arriving at once with a new key wait for the first instead of each verifying it.
+    verifying: tokio::sync::Mutex<()>,
 }
 
 impl Keyring {
@@ -152,12 +155,17 @@ impl Keyring {
             return Err(ApiError::Unauthenticated("the API key was revoked"));
         }
         let digest: [u8; 32] = Sha256::digest(bearer.as_bytes()).into();
-        let known = self
-            .verified
-            .lock()
-            .map(|v| v.get(&digest) == Some(&key.id))
-            .unwrap_or(false);
-        if !known {
+        let known = || {
+            self.verified
+                .lock()
+                .map(|v| v.get(&digest) == Some(&key.id))
+                .unwrap_or(false)
+        };
+        if !known() {
+            let _one_at_a_time = self.verifying.lock().await;
+            if known() {
+                return Ok(Some(key));
+            }
             let (secret, hash) = (bearer.to_owned(), key.hash.clone());
             let ok = tokio::task::spawn_blocking(move || keys::verify(&secret, &hash))
                 .await
