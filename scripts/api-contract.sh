@@ -110,6 +110,23 @@ if [ "$ready" != 1 ]; then
   exit 1
 fi
 
+# --- an admin key ---------------------------------------------------------------------------
+# The run is authenticated as an admin: generated requests reach every route's own checks
+# (a fuzzed POST /api/v1/admin/api-keys would otherwise close the server to the rest of the
+# run). 401 and 403 themselves are tested in tests/api/access.rs.
+key_answer="$(curl -s --max-time 10 -X POST "$base/api/v1/admin/api-keys" -H 'Content-Type: application/json' \
+  -d '{"name": "contract", "role": "admin", "tenant": "default"}' || true)"
+admin_key="$("$PYENV_PY" -c 'import json, sys; print(json.loads(sys.stdin.readline())["key"])' <<<"$key_answer" || true)"
+if [ -z "$admin_key" ]; then
+  log "could not issue the admin key: $key_answer"
+  exit 1
+fi
+for _ in $(seq 1 50); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$base/api/v1/budgets" || true)" = 401 ] && break
+  sleep 0.1
+done
+auth="Authorization: Bearer $admin_key"
+
 # --- seed data -----------------------------------------------------------------------------
 # One budget with every optional field set, so that list pages, GET by id and the stream's
 # events answer 200 with real bodies, whose schemas are then checked too.
@@ -118,7 +135,7 @@ seed_body='{"name":"Contract seed","amount":"1200.50","currency":"CNY","period":
   "type":"cost","start_date":"2026-01-01","end_date":"2026-12-31","tag_filter":{"team":"data"},
   "service_filter":["ecs","oss"],"alert_thresholds":[80,100,120],"account":"contract-main"}'
 seed_answer="$(curl -s --max-time 10 -w '\n%{http_code}' -X POST "$base/api/v1/budgets" \
-  -H 'Content-Type: application/json' -H "X-Tenant-Id: $tenant" -d "$seed_body" || true)"
+  -H "$auth" -H 'Content-Type: application/json' -H "X-Tenant-Id: $tenant" -d "$seed_body" || true)"
 if [ "$(tail -n1 <<<"$seed_answer")" != 201 ]; then
   log "could not create the seed budget: $seed_answer"
   exit 1
@@ -127,7 +144,7 @@ seed_id="$("$PYENV_PY" -c 'import json, sys; print(json.loads(sys.stdin.readline
 seed_pos="$("$PYENV_PY" -c 'import json, sys; print(json.loads(sys.stdin.readline())["position"])' <<<"$seed_answer")"
 # Wait until the read model has it (min_position answers 503 while it is behind).
 for _ in $(seq 1 50); do
-  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "X-Tenant-Id: $tenant" \
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "$auth" -H "X-Tenant-Id: $tenant" \
     "$base/api/v1/budgets/$seed_id?min_position=$seed_pos" || true)" = 200 ] && break
   sleep 0.2
 done
@@ -179,6 +196,7 @@ cmd=(
   --workers "$workers"
   --generation-database none
   --header "X-Tenant-Id: $tenant"
+  --header "$auth"
   --request-timeout 10
   --continue-on-failure
   --output-sanitize false
