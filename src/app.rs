@@ -193,6 +193,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         stop: shutdown_rx,
     };
     let scans = db::scan_pool(&conn, settings.read_pool_size.max(2), settings.scan_timeout)?;
+    let keyring = http::auth::Keyring::new(&settings);
     let state = web::Data::new(AppState {
         settings,
         store,
@@ -202,7 +203,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         conn,
         progress,
         tasks: started.clone(),
-        keyring: http::auth::Keyring::default(),
+        keyring,
     });
     let server = http::server(listener, state.clone())?;
     Ok(Running {

@@ -38,6 +38,9 @@ pub struct Settings {
     pub metrics_public: bool,
     /// An admin API key to issue at start if it is not issued yet (a Kubernetes Secret).
     pub admin_key: Option<String>,
+    /// Requests per second per API key (token bucket; 0: no limit), and the burst.
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
 }
 
 impl Default for Settings {
@@ -62,6 +65,8 @@ impl Default for Settings {
             recompute_step_lines: 200_000,
             metrics_public: true,
             admin_key: None,
+            rate_per_second: 1000,
+            rate_burst: 2000,
         }
     }
 }
@@ -119,6 +124,13 @@ impl Settings {
                  (`cloudlens api-keys generate` prints one)"
             );
             s.admin_key = Some(v.trim().to_owned());
+        }
+        if let Some(v) = var("CLOUDLENS_RATE_LIMIT_PER_SECOND") {
+            s.rate_per_second = parse("CLOUDLENS_RATE_LIMIT_PER_SECOND", &v)?;
+            s.rate_burst = s.rate_per_second.saturating_mul(2);
+        }
+        if let Some(v) = var("CLOUDLENS_RATE_LIMIT_BURST") {
+            s.rate_burst = parse("CLOUDLENS_RATE_LIMIT_BURST", &v)?;
         }
         if let Some(v) = var("CLOUDLENS_METRICS_PUBLIC") {
             s.metrics_public = parse("CLOUDLENS_METRICS_PUBLIC", &v)?;

@@ -9,6 +9,10 @@
 //!   without it). `writer`: commands and queries of its tenant. `reader`: `GET`/`HEAD` of
 //!   its tenant. `/api/v1/admin/…` is for admin keys only. Otherwise 403 `forbidden`, also
 //!   for an `X-Tenant-Id` naming another tenant than the key's.
+//! - **Rate limits.** A token bucket per key (`CLOUDLENS_RATE_LIMIT_PER_SECOND`, 1,000 a
+//!   second, burst `CLOUDLENS_RATE_LIMIT_BURST`, 2,000; 0 turns it off), and 10 a second
+//!   per client address for the checks that cost a read of the log or an argon2id
+//!   verification (unknown keys, first uses): 429 `rate_limited` with `Retry-After`.
 //! - **Cost.** Keys are checked against an in-memory copy of `api_keys`, reloaded at most
 //!   every second (every 100 ms while there is no key); a key it does not know yet is
 //!   read from its stream, so a key works as soon as it is issued. The
@@ -68,9 +72,35 @@ struct Snapshot {
     loaded_at: Option<Instant>,
 }
 
-/// The keys as this process last read them, and the secrets it has verified.
-#[derive(Default)]
+type Limiter<K> = governor::DefaultKeyedRateLimiter<K>;
+
+/// A token bucket per key: `rate` a second, up to `burst` at once (`None` when 0).
+fn limiter<K: std::hash::Hash + Eq + Clone>(rate: u32, burst: u32) -> Option<Limiter<K>> {
+    let rate = std::num::NonZeroU32::new(rate)?;
+    let burst = std::num::NonZeroU32::new(burst).unwrap_or(rate);
+    Some(governor::RateLimiter::keyed(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    ))
+}
+
+/// `Err(429)` once `key` has used its bucket.
+fn take<K: std::hash::Hash + Eq + Clone>(l: &Option<Limiter<K>>, key: &K) -> Result<(), ApiError> {
+    use governor::clock::Clock;
+    match l.as_ref().map(|l| l.check_key(key)) {
+        Some(Err(not_until)) => {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            Err(ApiError::RateLimited(wait.as_secs().max(1)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The keys as this process last read them, the secrets it has verified, and the rate
+/// limits: per key, and per client address for keys that cost a lookup or a verification
+/// (unknown prefixes, first uses), so guessing keys is slow.
 pub struct Keyring {
+    per_key: Option<Limiter<Uuid>>,
+    per_address: Option<Limiter<std::net::IpAddr>>,
     snapshot: RwLock<Arc<Snapshot>>,
     reloading: tokio::sync::Mutex<()>,
     verified: Mutex<HashMap<[u8; 32], Uuid>>,
@@ -79,7 +109,21 @@ pub struct Keyring {
     verifying: tokio::sync::Mutex<()>,
 }
 
+/// Expensive key checks (a read of the log, an argon2id verification) per client address.
+const CHECKS_PER_SECOND: u32 = 10;
+
 impl Keyring {
+    pub fn new(settings: &crate::config::Settings) -> Self {
+        Self {
+            per_key: limiter(settings.rate_per_second, settings.rate_burst),
+            per_address: limiter(CHECKS_PER_SECOND, CHECKS_PER_SECOND * 5),
+            snapshot: RwLock::default(),
+            reloading: tokio::sync::Mutex::default(),
+            verified: Mutex::default(),
+            verifying: tokio::sync::Mutex::default(),
+        }
+    }
+
     fn current(&self) -> Arc<Snapshot> {
         self.snapshot.read().map(|s| s.clone()).unwrap_or_default()
     }
@@ -132,7 +176,12 @@ impl Keyring {
         reads: &Reader,
         store: &EventStore,
         bearer: Option<&str>,
+        client: Option<std::net::IpAddr>,
     ) -> Result<Option<Arc<Key>>, ApiError> {
+        let expensive = || match client {
+            Some(ip) => take(&self.per_address, &ip),
+            None => Ok(()),
+        };
         let mut snapshot = self.keys(reads, RELOAD_EVERY).await?;
         if snapshot.by_prefix.is_empty() {
             // Open: look more often, so the first key closes the server within ~100 ms.
@@ -149,7 +198,10 @@ impl Keyring {
         let key = match snapshot.by_prefix.get(prefix) {
             Some(k) => k.clone(),
             // Issued since the last reload (or not projected yet): the log decides.
-            None => from_log(store, prefix).await?.ok_or_else(invalid)?,
+            None => {
+                expensive()?;
+                from_log(store, prefix).await?.ok_or_else(invalid)?
+            }
         };
         if key.revoked {
             return Err(ApiError::Unauthenticated("the API key was revoked"));
@@ -162,6 +214,7 @@ impl Keyring {
                 .unwrap_or(false)
         };
         if !known() {
+            expensive()?;
             let _one_at_a_time = self.verifying.lock().await;
             if known() {
                 return Ok(Some(key));
@@ -250,9 +303,10 @@ pub async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    let client = req.peer_addr().map(|a| a.ip());
     let Some(key) = state
         .keyring
-        .check(&state.reads, &state.store, bearer)
+        .check(&state.reads, &state.store, bearer, client)
         .await?
     else {
         return next.call(req).await; // no key exists yet: open
@@ -263,6 +317,7 @@ pub async fn authenticate(
         .contains_key("x-tenant-id")
         .then_some(header.as_str());
     let tenant = decide(key.role, &key.tenant, req.method(), req.path(), sent)?;
+    take(&state.keyring.per_key, &key.id)?;
     req.extensions_mut().insert(Principal {
         key_id: key.id,
         name: key.name.clone(),

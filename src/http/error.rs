@@ -38,6 +38,9 @@ pub enum ApiError {
     /// 403 `forbidden`: the key's role or tenant does not allow the request.
     #[error("{0}")]
     Forbidden(String),
+    /// 429 `rate_limited`, with `Retry-After` (whole seconds, at least 1).
+    #[error("too many requests; retry after {0} s")]
+    RateLimited(u64),
     /// 404 `not_found`.
     #[error("{0} not found")]
     NotFound(String),
@@ -121,6 +124,7 @@ impl ApiError {
             ApiError::Validation { .. } => "validation_failed",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "version_conflict",
             ApiError::AlreadyExists(_) => "already_exists",
@@ -170,6 +174,7 @@ impl ResponseError for ApiError {
             | ApiError::PositionNotIssued { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_)
@@ -217,6 +222,9 @@ impl ResponseError for ApiError {
         }
         if let ApiError::Unauthenticated(_) = self {
             builder.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let ApiError::RateLimited(secs) = self {
+            builder.insert_header((header::RETRY_AFTER, secs.to_string()));
         }
         match serde_json::to_vec(&problem) {
             Ok(body) => builder.content_type(PROBLEM_JSON).body(body),

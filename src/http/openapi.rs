@@ -102,7 +102,7 @@ fn build() -> Document {
 }
 
 /// Once any API key exists, a request needs one (`http::auth`): 401 without a valid key,
-/// 403 when its role or tenant does not allow the request. (`/metrics` answers without a
+/// 403 when its role or tenant does not allow the request, 429 past its rate limit. (`/metrics` answers without a
 /// key unless `CLOUDLENS_METRICS_PUBLIC=false`.)
 fn access(op: &mut Operation) {
     let responses = &mut op.responses.responses;
@@ -112,6 +112,9 @@ fn access(op: &mut Operation) {
     responses
         .entry("403".into())
         .or_insert_with(|| problem("the API key's role or tenant does not allow this request"));
+    responses.entry("429".into()).or_insert_with(|| {
+        problem("the API key's rate limit is used up; sent with Retry-After (seconds)")
+    });
     op.security = Some(vec![SecurityRequirement::new::<_, _, &str>("api_key", [])]);
 }
 

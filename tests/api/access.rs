@@ -331,3 +331,54 @@ async fn every_documented_operation_refuses_a_missing_key_a_wrong_role_and_a_wro
     }
     assert!(checked >= 40, "{checked}");
 }
+
+#[actix_web::test]
+async fn a_key_past_its_rate_limit_gets_429_with_retry_after() {
+    let mut settings = test_settings();
+    settings.rate_per_second = 2;
+    settings.rate_burst = 5;
+    let app = spawn_app_on(fresh_database().await, settings).await;
+    let key = issue(&app, None, "ops", "admin", "default").await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = issue(&app, Some(&key), "other", "reader", "default").await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = |k: String| {
+        let app = &app;
+        async move {
+            let mut res = app
+                .client
+                .get(app.url("/api/v1/budgets"))
+                .insert_header(("Authorization", format!("Bearer {k}")))
+                .send()
+                .await
+                .unwrap();
+            if res.status() == 429 {
+                let retry: u64 = res
+                    .headers()
+                    .get("retry-after")
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+                let v: Value = res.json().await.unwrap();
+                assert_eq!(v["code"], "rate_limited");
+            }
+            res.status().as_u16()
+        }
+    };
+    // The rest of the burst passes, then the bucket is empty (2 a second refill it slowly).
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(get(key.clone()).await);
+    }
+    assert!(statuses[..3].iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+    // Another key has a bucket of its own.
+    assert_eq!(get(other).await, 200);
+}
