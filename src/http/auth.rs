@@ -144,9 +144,20 @@ impl Keyring {
         if current.loaded_at.is_some_and(|t| t.elapsed() < max_age) {
             return Ok(current); // reloaded while this one waited
         }
-        let conn = reads.get().await?;
-        let by_prefix = keyring(&conn)
-            .await?
+        let loaded = match reads.get().await {
+            Ok(conn) => keyring(&conn).await.map_err(ApiError::from),
+            Err(e) => Err(ApiError::from(e)),
+        };
+        let records = match loaded {
+            Ok(records) => records,
+            // The database is away: go on with the keys known, if any.
+            Err(e) if current.loaded_at.is_some() => {
+                tracing::warn!(error = %e, "cannot reload the API keys; using the last copy");
+                return Ok(current);
+            }
+            Err(e) => return Err(e),
+        };
+        let by_prefix = records
             .into_iter()
             .map(|k| {
                 let key = Key {
@@ -214,11 +225,11 @@ impl Keyring {
                 .unwrap_or(false)
         };
         if !known() {
-            expensive()?;
             let _one_at_a_time = self.verifying.lock().await;
             if known() {
                 return Ok(Some(key));
             }
+            expensive()?;
             let (secret, hash) = (bearer.to_owned(), key.hash.clone());
             let ok = tokio::task::spawn_blocking(move || keys::verify(&secret, &hash))
                 .await
