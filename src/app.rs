@@ -355,6 +355,20 @@ pub fn api_key_create(
     })
 }
 
+/// `cloudlens assess`: the assessment as tables, or as JSON.
+pub fn assess(settings: Settings, json: bool) -> anyhow::Result<()> {
+    with_database(&settings, |conn| async move {
+        let client = db::connect(&conn).await?;
+        let report = crate::ops::assessment::assess(&client).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", crate::ops::assessment::render(&report));
+        }
+        Ok(())
+    })
+}
+
 /// `cloudlens migrate`.
 pub fn migrate(settings: Settings) -> anyhow::Result<()> {
     with_database(&settings, |_| async { Ok(()) })

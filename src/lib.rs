@@ -28,6 +28,7 @@ pub mod eventstore;
 pub mod http;
 pub mod imports;
 pub mod jobs;
+pub mod ops;
 pub mod pipeline;
 pub mod projections;
 pub mod scheduled;

@@ -31,6 +31,13 @@ enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Assess the database: sizes, rows, dead rows, index use, chunks, events per type and
+    /// day, growth, top statements.
+    Assess {
+        /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// API keys.
     ApiKeys {
         #[command(subcommand)]
@@ -80,6 +87,7 @@ fn main() -> std::process::ExitCode {
         Command::Projections {
             command: ProjectionsCommand::Rebuild { name },
         } => app::projections_rebuild(settings, name),
+        Command::Assess { json } => app::assess(settings, json),
         Command::ApiKeys {
             command: ApiKeysCommand::Create { role, tenant, name },
         } => match cloudlens::access::events::Role::parse(&role) {

@@ -138,6 +138,17 @@ pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, Api
     Ok(HttpResponse::Ok().json(ProjectionsList { projections: out }))
 }
 
+/// The database assessed: tables, hypertables, indexes, events per type and per day,
+/// growth, and the top statements (`cloudlens assess` prints the same as tables).
+#[utoipa::path(get, path = "/api/v1/admin/assessment", responses(
+    (status = 200, body = crate::ops::assessment::Assessment), (status = 503, body = Problem)))]
+#[get("/api/v1/admin/assessment")]
+pub async fn assessment(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let client = state.scan(&[], None).await?;
+    let report = crate::ops::assessment::assess(&client).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct RebuildStarted {
     pub projection: String,

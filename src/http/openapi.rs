@@ -30,6 +30,7 @@ use crate::projections::status;
         admin::readyz,
         admin::metrics,
         admin::projections,
+        admin::assessment,
         admin::rebuild,
         admin::stream_events,
     ),
@@ -44,6 +45,14 @@ use crate::projections::status;
         admin::StreamEvents,
         admin::StreamEvent,
         admin::Readiness,
+        crate::ops::assessment::Assessment,
+        crate::ops::assessment::TableReport,
+        crate::ops::assessment::HypertableReport,
+        crate::ops::assessment::IndexReport,
+        crate::ops::assessment::EventTypeCount,
+        crate::ops::assessment::DayCount,
+        crate::ops::assessment::Growth,
+        crate::ops::assessment::StatementReport,
     ))
 )]
 struct OperationsDoc;

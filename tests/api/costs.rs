@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-async fn open_account(app: &TestApp, name: &str, currency: &str) {
+pub async fn open_account(app: &TestApp, name: &str, currency: &str) {
     let res = app
         .post_json(
             "/api/v1/accounts",
@@ -33,7 +33,7 @@ async fn post_bill(app: &TestApp, account: &str, format: &str, csv: &str) -> Res
 }
 
 /// Imports and waits until the import is visible; returns the answer.
-async fn import_ok(app: &TestApp, account: &str, format: &str, csv: &str) -> Value {
+pub async fn import_ok(app: &TestApp, account: &str, format: &str, csv: &str) -> Value {
     let res = post_bill(app, account, format, csv).await;
     assert_eq!(res.status(), 202, "import into {account}");
     let v = body(res).await;

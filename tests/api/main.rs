@@ -5,6 +5,7 @@
 mod helpers;
 
 mod access;
+mod assessment;
 mod cluster;
 mod costs;
 mod http_api;
