@@ -1214,15 +1214,22 @@ async fn a_budget_created_or_lowered_under_imported_costs_alerts_without_a_new_b
     let alerts = evaluated(created).await;
     assert!(!alerts.contains("50/actual"), "{alerts:?}");
     // Lowered to the amount spent: 50 % and 100 % actual are crossed, with no new bill.
+    // Replaces the budget; answers the position of the change.
+    let replace = |draft: Value| {
+        let (app, id) = (&app, &id);
+        async move {
+            let res = app
+                .client
+                .put(app.url(&format!("/api/v1/budgets/{id}")))
+                .send_json(&draft)
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            body(res).await["position"].as_i64().unwrap()
+        }
+    };
     draft["amount"] = json!(spent.to_string());
-    let res = app
-        .client
-        .put(app.url(&format!("/api/v1/budgets/{id}")))
-        .send_json(&draft)
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let lowered = body(res).await["position"].as_i64().unwrap();
+    let lowered = replace(draft.clone()).await;
     let alerts = evaluated(lowered).await;
     assert!(
         alerts.contains("50/actual") && alerts.contains("100/actual"),
@@ -1235,14 +1242,7 @@ async fn a_budget_created_or_lowered_under_imported_costs_alerts_without_a_new_b
     )
     .await;
     draft["name"] = json!("b2");
-    let res = app
-        .client
-        .put(app.url(&format!("/api/v1/budgets/{id}")))
-        .send_json(&draft)
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let renamed = body(res).await["position"].as_i64().unwrap();
+    let renamed = replace(draft.clone()).await;
     assert_eq!(evaluated(renamed).await, alerts);
     assert_eq!(
         count(
