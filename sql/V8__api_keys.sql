@@ -12,6 +12,9 @@ CREATE TABLE api_keys (
     revoked_at timestamptz,
     position   bigint      NOT NULL
 );
+-- Whether any key was ever issued, answered from the log (not from the read model, which
+-- may lag or be rebuilt): a tiny index of the `api_key` events only.
+CREATE INDEX events_api_keys ON events (position) WHERE stream_type = 'api_key';
 
 -- The assessment (`cloudlens assess`) reports the top statements when pg_stat_statements
 -- is loaded (the local cluster preloads it). Where it cannot be created, it is left out.

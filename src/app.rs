@@ -248,7 +248,7 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
     let result = actix_web::rt::System::new().block_on(async {
         prepare(&conn, cluster.as_ref()).await?;
         if let Some(key) = &settings.admin_key {
-            bootstrap_admin_key(&conn, key).await?;
+            bootstrap_admin_key(&conn, &key.0).await?;
         }
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -37,10 +37,20 @@ pub struct Settings {
     /// Whether `/metrics` answers without an API key once keys exist.
     pub metrics_public: bool,
     /// An admin API key to issue at start if it is not issued yet (a Kubernetes Secret).
-    pub admin_key: Option<String>,
+    pub admin_key: Option<SecretKey>,
     /// Requests per second per API key (token bucket; 0: no limit), and the burst.
     pub rate_per_second: u32,
     pub rate_burst: u32,
+}
+
+/// A secret that `{:?}` does not print (settings end up in logs and error reports).
+#[derive(Clone)]
+pub struct SecretKey(pub String);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(…)")
+    }
 }
 
 impl Default for Settings {
@@ -123,7 +133,7 @@ impl Settings {
                 "CLOUDLENS_ADMIN_KEY is not valid: a key reads clk_<12 hex digits>_<64 hex digits> \
                  (`cloudlens api-keys generate` prints one)"
             );
-            s.admin_key = Some(v.trim().to_owned());
+            s.admin_key = Some(SecretKey(v.trim().to_owned()));
         }
         if let Some(v) = var("CLOUDLENS_RATE_LIMIT_PER_SECOND") {
             s.rate_per_second = parse("CLOUDLENS_RATE_LIMIT_PER_SECOND", &v)?;

@@ -15,6 +15,8 @@ pub enum AccessError {
     NotFound,
     #[error("API key already exists")]
     AlreadyExists,
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl DomainError for AccessError {
@@ -29,6 +31,9 @@ impl DomainError for AccessError {
             },
             AccessError::AlreadyExists => Rejection::AlreadyExists {
                 what: "API key".into(),
+            },
+            AccessError::Refused(why) => Rejection::Refused {
+                message: why.clone(),
             },
         }
     }

@@ -60,9 +60,18 @@ pub async fn issue(
         prefix,
         hash,
     });
-    let (result, _) =
+    let (result, replayed) =
         pipeline::execute::<ApiKey>(store, &ctx, "IssueApiKey", id, Expect::New, command, &())
             .await?;
+    if replayed {
+        // A retry under an Idempotency-Key: the first request issued a key whose secret
+        // was in its answer only; this request's secret was never stored.
+        return Err(CommandError::Domain(AccessError::Refused(format!(
+            "this Idempotency-Key issued API key {} already; its secret was shown once, \
+             in the first answer",
+            result.id
+        ))));
+    }
     Ok((id, result))
 }
 

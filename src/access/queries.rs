@@ -15,6 +15,18 @@ const TENANT_SQL: &str = "SELECT tenant FROM api_keys WHERE id = $1";
 const KEYRING_SQL: &str = "\
 SELECT id, name, role, tenant, prefix, hash, revoked_at IS NOT NULL FROM api_keys";
 
+/// Whether any key was ever issued (the log's partial index `events_api_keys`).
+const KEYS_IN_LOG_SQL: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE stream_type = 'api_key')";
+
+pub async fn keys_in_log(conn: &ReadConnection) -> Result<bool, QueryError> {
+    Ok(conn
+        .query_opt(KEYS_IN_LOG_SQL, &[])
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?
+        .unwrap_or(false))
+}
+
 /// A key as `http::auth` checks it.
 pub struct KeyRecord {
     pub id: Uuid,

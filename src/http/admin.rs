@@ -229,6 +229,12 @@ pub async fn stream_events(
     path: web::Path<(String, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     let (stream_type, id) = path.into_inner();
+    // Key streams hold hashes of secrets: the admin API lists keys without them.
+    if stream_type
+        == <crate::access::aggregate::ApiKey as crate::pipeline::EventSourced>::STREAM_TYPE
+    {
+        return Err(ApiError::NotFound(format!("stream {stream_type}/{id}")));
+    }
     let tenant = super::extract::tenant(&req)?;
     let events = state.store.load_stream(&stream_type, id).await?;
     let events: Vec<StreamEvent> = events

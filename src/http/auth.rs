@@ -36,7 +36,8 @@ use super::error::ApiError;
 use super::AppState;
 use crate::access::aggregate::ApiKey;
 use crate::access::events::Role;
-use crate::access::{keys, queries::keyring};
+use crate::access::keys;
+use crate::access::queries::{keyring, keys_in_log};
 use crate::db::Reader;
 use crate::eventstore::EventStore;
 use crate::pipeline::EventSourced;
@@ -99,6 +100,9 @@ fn take<K: std::hash::Hash + Eq + Clone>(l: &Option<Limiter<K>>, key: &K) -> Res
 /// limits: per key, and per client address for keys that cost a lookup or a verification
 /// (unknown prefixes, first uses), so guessing keys is slow.
 pub struct Keyring {
+    /// Once a key was ever issued (the log says so, or `CLOUDLENS_ADMIN_KEY` is set), the
+    /// server stays closed, also while the read model is empty (rebuilt, lagging).
+    closed: std::sync::atomic::AtomicBool,
     per_key: Option<Limiter<Uuid>>,
     per_address: Option<Limiter<std::net::IpAddr>>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -115,6 +119,7 @@ const CHECKS_PER_SECOND: u32 = 10;
 impl Keyring {
     pub fn new(settings: &crate::config::Settings) -> Self {
         Self {
+            closed: settings.admin_key.is_some().into(),
             per_key: limiter(settings.rate_per_second, settings.rate_burst),
             per_address: limiter(CHECKS_PER_SECOND, CHECKS_PER_SECOND * 5),
             snapshot: RwLock::default(),
@@ -145,7 +150,7 @@ impl Keyring {
             return Ok(current); // reloaded while this one waited
         }
         let loaded = match reads.get().await {
-            Ok(conn) => keyring(&conn).await.map_err(ApiError::from),
+            Ok(conn) => self.load(&conn).await,
             Err(e) => Err(ApiError::from(e)),
         };
         let records = match loaded {
@@ -181,6 +186,30 @@ impl Keyring {
         Ok(fresh)
     }
 
+    /// The keys of the read model; and whether any was ever issued, from the log.
+    async fn load(
+        &self,
+        conn: &crate::db::ReadConnection,
+    ) -> Result<Vec<crate::access::queries::KeyRecord>, ApiError> {
+        let records = keyring(conn).await?;
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.closed.load(Relaxed) && (!records.is_empty() || keys_in_log(conn).await?) {
+            self.closed.store(true, Relaxed);
+        }
+        // Buckets of keys and addresses not seen for a while go.
+        if let Some(l) = &self.per_key {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.per_address {
+            l.retain_recent();
+        }
+        Ok(records)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// `None` while no key exists (open); else the checked key of `bearer`.
     async fn check(
         &self,
@@ -194,10 +223,10 @@ impl Keyring {
             None => Ok(()),
         };
         let mut snapshot = self.keys(reads, RELOAD_EVERY).await?;
-        if snapshot.by_prefix.is_empty() {
+        if !self.is_closed() {
             // Open: look more often, so the first key closes the server within ~100 ms.
             snapshot = self.keys(reads, RELOAD_FOR_UNKNOWN).await?;
-            if snapshot.by_prefix.is_empty() {
+            if !self.is_closed() {
                 return Ok(None);
             }
         }
@@ -305,7 +334,10 @@ pub async fn authenticate(
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
         return next.call(req).await;
     };
-    if public(req.path(), state.settings.metrics_public) {
+    // The path as the router matches it (percent-escapes decoded): `/api/v1/%61dmin/…`
+    // is the admin API too.
+    let path = req.match_info().as_str().to_owned();
+    if public(&path, state.settings.metrics_public) {
         return next.call(req).await;
     }
     let bearer = req
@@ -327,7 +359,7 @@ pub async fn authenticate(
         .headers()
         .contains_key("x-tenant-id")
         .then_some(header.as_str());
-    let tenant = decide(key.role, &key.tenant, req.method(), req.path(), sent)?;
+    let tenant = decide(key.role, &key.tenant, req.method(), &path, sent)?;
     take(&state.keyring.per_key, &key.id)?;
     req.extensions_mut().insert(Principal {
         key_id: key.id,

@@ -24,7 +24,7 @@ use super::queries::{
     TagView,
 };
 use super::{rules, stream_id};
-use crate::eventstore::{codec, StoreError, StoredAppend, StreamEvents};
+use crate::eventstore::{codec, StoreError, StreamEvents};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
     command_context, if_match, media_type, min_position, streamed_body, streamed_command_context,
@@ -189,15 +189,17 @@ pub async fn import_rows(
     let key = key.map(|(k, hash)| StreamedKey::new(k, hash));
     let metadata = ctx.metadata();
     if let Some(key) = &key {
-        if let Some(stored) = state.store.find_idempotent(&tenant, &key.key).await? {
+        if state
+            .store
+            .find_idempotent(&tenant, &key.key)
+            .await?
+            .is_some()
+        {
             // Seen before: only the same request (this body too) gets the first answer.
             tokio::io::copy(&mut key.reader(body), &mut tokio::io::sink())
                 .await
                 .map_err(|e| ApiError::from(ImportError::Body(e.to_string())))?;
-            if key.record().request_hash != stored.request_hash {
-                return Err(ApiError::IdempotencyKeyReused);
-            }
-            return imported_before(&state, &tenant, stored).await;
+            return imported_before(&state, &tenant, key).await;
         }
     }
     let body: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &key {
@@ -215,15 +217,7 @@ pub async fn import_rows(
         (Ok(imported), _) => imported,
         // A retry under the same key committed first: answer with its import.
         (Err(ImportError::Store(StoreError::IdempotencyKeyTaken)), Some(key)) => {
-            let stored = state
-                .store
-                .find_idempotent(&tenant, &key.key)
-                .await?
-                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
-            if key.record().request_hash != stored.request_hash {
-                return Err(ApiError::IdempotencyKeyReused);
-            }
-            return imported_before(&state, &tenant, stored).await;
+            return imported_before(&state, &tenant, key).await;
         }
         (Err(e), _) => return Err(e.into()),
     };
@@ -235,13 +229,22 @@ pub async fn import_rows(
     }))
 }
 
-/// The answer of an import already made under the same idempotency key: its stream's
+/// The answer of an import already made under `key` (the whole body has been read into
+/// its hash): 422 for another request under the key; else the first import's, whose
 /// `ImportCompleted` holds the rows.
 async fn imported_before(
     state: &AppState,
     tenant: &str,
-    stored: StoredAppend,
+    key: &StreamedKey,
 ) -> Result<HttpResponse, ApiError> {
+    let stored = state
+        .store
+        .find_idempotent(tenant, &key.key)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
+    if key.record().request_hash != stored.request_hash {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
     let last = state
         .store
         .last_event(SubjectImport::STREAM_TYPE, stored.stream_id)
@@ -403,15 +406,16 @@ pub async fn create_tag(
         .await;
     let appended = match appended {
         Ok(a) => a,
-        // A retry under the same key got there first: its answer is this one's.
-        Err(crate::eventstore::StoreError::IdempotencyKeyTaken) => {
-            let stored = pipeline::replay::<TaggingError>(&state.store, &ctx)
-                .await?
-                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
-            return tag_created(&state, &tenant, stored).await;
-        }
-        Err(crate::eventstore::StoreError::Conflict) => {
-            return Err(ApiError::AlreadyExists(format!("tag with code {code:?}")))
+        // A retry under the same key may have got there first (its append takes the key,
+        // or the code): then its answer is this one's.
+        Err(e @ (StoreError::IdempotencyKeyTaken | StoreError::Conflict)) => {
+            if let Some(stored) = pipeline::replay::<TaggingError>(&state.store, &ctx).await? {
+                return tag_created(&state, &tenant, stored).await;
+            }
+            return Err(match e {
+                StoreError::Conflict => ApiError::AlreadyExists(format!("tag with code {code:?}")),
+                other => other.into(),
+            });
         }
         Err(other) => return Err(other.into()),
     };

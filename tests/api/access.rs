@@ -151,6 +151,17 @@ async fn keys_decide_who_may_do_what_in_which_tenant() {
         call(&app, "GET", &path, Some(&admin), None, None).await.0,
         404
     );
+    // Escaped paths are the paths they decode to: still the admin API.
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/v1/%61dmin/api-keys",
+        Some(&writer_a),
+        None,
+        Some(&json!({"name": "sneaky", "role": "admin", "tenant": "a"})),
+    )
+    .await;
+    assert_eq!(status, 403);
     // The admin API is for admin keys; the list never shows a secret or a hash.
     assert_eq!(
         call(
@@ -181,6 +192,29 @@ async fn keys_decide_who_may_do_what_in_which_tenant() {
         "{text}"
     );
     assert_eq!(list["items"].as_array().unwrap().len(), 4);
+    // Nor does the audit trail: key streams are not served.
+    let some_key = list["items"][0]["id"].as_str().unwrap();
+    let trail = format!("/api/v1/streams/api_key/{some_key}/events");
+    assert_eq!(
+        call(&app, "GET", &trail, Some(&admin), Some("default"), None)
+            .await
+            .0,
+        404
+    );
+    // A retried issue under one Idempotency-Key cannot show the secret again: 409.
+    let keyed_issue = || async {
+        app.client
+            .post(app.url("/api/v1/admin/api-keys"))
+            .insert_header(("Authorization", format!("Bearer {admin}")))
+            .insert_header(("Idempotency-Key", "issue-once"))
+            .send_json(&json!({"name": "once", "role": "reader", "tenant": "a"}))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(keyed_issue().await, 201);
+    assert_eq!(keyed_issue().await, 409);
 
     // Revoked: 401 from the next reload of the keys on.
     let writer_a_id = list["items"]
