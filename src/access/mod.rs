@@ -8,6 +8,7 @@
 pub mod aggregate;
 pub mod events;
 pub mod keys;
+pub mod metrics;
 pub mod projection;
 pub mod queries;
 pub mod routes;
@@ -90,6 +91,7 @@ struct AccessApi;
 
 /// The access context, as the server registers it (`context::all`).
 pub fn context() -> BoundedContext {
+    metrics::init();
     BoundedContext {
         name: "access",
         routes: routes::configure,

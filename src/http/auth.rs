@@ -37,6 +37,7 @@ use super::AppState;
 use crate::access::aggregate::ApiKey;
 use crate::access::events::Role;
 use crate::access::keys;
+use crate::access::metrics::decided;
 use crate::access::queries::{keyring, keys_in_log};
 use crate::db::Reader;
 use crate::eventstore::EventStore;
@@ -340,6 +341,26 @@ pub async fn authenticate(
     if public(&path, state.settings.metrics_public) {
         return next.call(req).await;
     }
+    match principal(&state, &req, &path).await {
+        Ok(None) => decided("open"),
+        Ok(Some(p)) => {
+            decided("granted");
+            req.extensions_mut().insert(p);
+        }
+        Err(e) => {
+            decided(e.code());
+            return Err(e.into());
+        }
+    }
+    next.call(req).await
+}
+
+/// Who the request is, by its key: `None` while the server is open.
+async fn principal(
+    state: &AppState,
+    req: &ServiceRequest,
+    path: &str,
+) -> Result<Option<Principal>, ApiError> {
     let bearer = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -352,22 +373,21 @@ pub async fn authenticate(
         .check(&state.reads, &state.store, bearer, client)
         .await?
     else {
-        return next.call(req).await; // no key exists yet: open
+        return Ok(None); // no key exists yet: open
     };
     let header = super::extract::header_tenant(req.request())?;
     let sent = req
         .headers()
         .contains_key("x-tenant-id")
         .then_some(header.as_str());
-    let tenant = decide(key.role, &key.tenant, req.method(), &path, sent)?;
+    let tenant = decide(key.role, &key.tenant, req.method(), path, sent)?;
     take(&state.keyring.per_key, &key.id)?;
-    req.extensions_mut().insert(Principal {
+    Ok(Some(Principal {
         key_id: key.id,
         name: key.name.clone(),
         role: key.role,
         tenant,
-    });
-    next.call(req).await
+    }))
 }
 
 #[cfg(test)]

@@ -74,6 +74,13 @@ async fn keys_decide_who_may_do_what_in_which_tenant() {
     for (path, open) in [("/healthz", true), ("/readyz", true), ("/metrics", true)] {
         assert_eq!(app.get(path).await.status() != 401, open, "{path}");
     }
+    // Counted by decision on /metrics (which stays public).
+    let mut res = app.get("/metrics").await;
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains(r#"cloudlens_access_decisions_total{decision="unauthenticated"}"#),
+        "{text}"
+    );
     let bogus = format!("clk_0123456789ab_{}", "0".repeat(64));
     for bad in ["nonsense", bogus.as_str()] {
         let (status, v) = call(&app, "GET", "/api/v1/budgets", Some(bad), None, None).await;
