@@ -56,6 +56,14 @@ pub trait EventSourced: Aggregate {
     }
 }
 
+/// Whether `t` is a tenant name: `[a-z0-9_-]{1,64}` (the `X-Tenant-Id` header, a key's
+/// tenant).
+pub fn is_tenant(t: &str) -> bool {
+    (1..=64).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// Who sent a command and how to trace it; becomes the events' metadata.
 #[derive(Debug, Clone)]
 pub struct CommandContext {

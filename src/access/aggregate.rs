@@ -46,13 +46,6 @@ fn invalid(field: &str, message: &str) -> AccessError {
     }
 }
 
-/// A tenant name, as `X-Tenant-Id` takes it.
-pub fn is_tenant(t: &str) -> bool {
-    (1..=64).contains(&t.len())
-        && t.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub enum ApiKeyCommand {
     /// The route generated the secret; the aggregate checks the rest.
@@ -101,7 +94,7 @@ impl Aggregate for ApiKey {
                         "must be 1 to 100 characters without control characters",
                     ));
                 }
-                if !is_tenant(&key.tenant) {
+                if !crate::pipeline::is_tenant(&key.tenant) {
                     return Err(invalid("tenant", "must match ^[a-z0-9_-]{1,64}$"));
                 }
                 Ok(vec![ApiKeyEvent::ApiKeyIssued(key)])

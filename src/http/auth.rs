@@ -38,7 +38,7 @@ use crate::access::aggregate::ApiKey;
 use crate::access::events::Role;
 use crate::access::keys;
 use crate::access::metrics::decided;
-use crate::access::queries::{keyring, keys_in_log};
+use crate::access::queries::{keyring, keys_in_log, KeyRecord};
 use crate::db::Reader;
 use crate::eventstore::EventStore;
 use crate::pipeline::EventSourced;
@@ -59,18 +59,9 @@ pub struct Principal {
     pub tenant: String,
 }
 
-struct Key {
-    id: Uuid,
-    name: String,
-    role: Role,
-    tenant: String,
-    hash: String,
-    revoked: bool,
-}
-
 #[derive(Default)]
 struct Snapshot {
-    by_prefix: HashMap<String, Arc<Key>>,
+    by_prefix: HashMap<String, Arc<KeyRecord>>,
     loaded_at: Option<Instant>,
 }
 
@@ -165,17 +156,7 @@ impl Keyring {
         };
         let by_prefix = records
             .into_iter()
-            .map(|k| {
-                let key = Key {
-                    id: k.id,
-                    name: k.name,
-                    role: k.role,
-                    tenant: k.tenant,
-                    hash: k.hash,
-                    revoked: k.revoked,
-                };
-                (k.prefix, Arc::new(key))
-            })
+            .map(|k| (k.prefix.clone(), Arc::new(k)))
             .collect();
         let fresh = Arc::new(Snapshot {
             by_prefix,
@@ -188,10 +169,7 @@ impl Keyring {
     }
 
     /// The keys of the read model; and whether any was ever issued, from the log.
-    async fn load(
-        &self,
-        conn: &crate::db::ReadConnection,
-    ) -> Result<Vec<crate::access::queries::KeyRecord>, ApiError> {
+    async fn load(&self, conn: &crate::db::ReadConnection) -> Result<Vec<KeyRecord>, ApiError> {
         let records = keyring(conn).await?;
         use std::sync::atomic::Ordering::Relaxed;
         if !self.closed.load(Relaxed) && (!records.is_empty() || keys_in_log(conn).await?) {
@@ -218,18 +196,20 @@ impl Keyring {
         store: &EventStore,
         bearer: Option<&str>,
         client: Option<std::net::IpAddr>,
-    ) -> Result<Option<Arc<Key>>, ApiError> {
+    ) -> Result<Option<Arc<KeyRecord>>, ApiError> {
         let expensive = || match client {
             Some(ip) => take(&self.per_address, &ip),
             None => Ok(()),
         };
-        let mut snapshot = self.keys(reads, RELOAD_EVERY).await?;
+        // Open: look more often, so the first key closes the server within ~100 ms.
+        let max_age = if self.is_closed() {
+            RELOAD_EVERY
+        } else {
+            RELOAD_FOR_UNKNOWN
+        };
+        let snapshot = self.keys(reads, max_age).await?;
         if !self.is_closed() {
-            // Open: look more often, so the first key closes the server within ~100 ms.
-            snapshot = self.keys(reads, RELOAD_FOR_UNKNOWN).await?;
-            if !self.is_closed() {
-                return Ok(None);
-            }
+            return Ok(None);
         }
         let bearer = bearer.ok_or(ApiError::Unauthenticated(
             "this server needs Authorization: Bearer <API key>",
@@ -277,18 +257,19 @@ impl Keyring {
 
 /// The key with `prefix` as its stream says, for a key the copy does not know yet: a key
 /// works as soon as it is issued, before the read model has it.
-async fn from_log(store: &EventStore, prefix: &str) -> Result<Option<Arc<Key>>, ApiError> {
+async fn from_log(store: &EventStore, prefix: &str) -> Result<Option<Arc<KeyRecord>>, ApiError> {
     let id = crate::access::key_stream(prefix);
     let mut key = ApiKey::default();
     for e in store.load_stream(ApiKey::STREAM_TYPE, id).await? {
         key.apply(ApiKey::decode(&e).map_err(|e| ApiError::Internal(e.into()))?);
     }
     Ok(key.issued.map(|k| {
-        Arc::new(Key {
+        Arc::new(KeyRecord {
             id,
             name: k.name,
             role: k.role,
             tenant: k.tenant,
+            prefix: k.prefix,
             hash: k.hash,
             revoked: key.revoked,
         })

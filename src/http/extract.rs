@@ -181,11 +181,7 @@ pub fn header_tenant(req: &HttpRequest) -> Result<String, ApiError> {
     let Some(t) = header_str(req, "x-tenant-id")? else {
         return Ok("default".into());
     };
-    let ok = !t.is_empty()
-        && t.len() <= 64
-        && t.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if !ok {
+    if !crate::pipeline::is_tenant(t) {
         return Err(ApiError::InvalidHeader {
             header: "X-Tenant-Id",
             message: "must match [a-z0-9_-]{1,64}".into(),

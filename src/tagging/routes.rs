@@ -24,7 +24,7 @@ use super::queries::{
     TagView,
 };
 use super::{rules, stream_id};
-use crate::eventstore::{codec, StoreError, StreamEvents};
+use crate::eventstore::{codec, StoreError, StoredAppend, StreamEvents};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
     command_context, if_match, media_type, min_position, streamed_body, streamed_command_context,
@@ -189,17 +189,12 @@ pub async fn import_rows(
     let key = key.map(|(k, hash)| StreamedKey::new(k, hash));
     let metadata = ctx.metadata();
     if let Some(key) = &key {
-        if state
-            .store
-            .find_idempotent(&tenant, &key.key)
-            .await?
-            .is_some()
-        {
+        if let Some(stored) = state.store.find_idempotent(&tenant, &key.key).await? {
             // Seen before: only the same request (this body too) gets the first answer.
             tokio::io::copy(&mut key.reader(body), &mut tokio::io::sink())
                 .await
                 .map_err(|e| ApiError::from(ImportError::Body(e.to_string())))?;
-            return imported_before(&state, &tenant, key).await;
+            return imported_before(&state, &tenant, key, stored).await;
         }
     }
     let body: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &key {
@@ -217,7 +212,12 @@ pub async fn import_rows(
         (Ok(imported), _) => imported,
         // A retry under the same key committed first: answer with its import.
         (Err(ImportError::Store(StoreError::IdempotencyKeyTaken)), Some(key)) => {
-            return imported_before(&state, &tenant, key).await;
+            let stored = state
+                .store
+                .find_idempotent(&tenant, &key.key)
+                .await?
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
+            return imported_before(&state, &tenant, key, stored).await;
         }
         (Err(e), _) => return Err(e.into()),
     };
@@ -230,18 +230,14 @@ pub async fn import_rows(
 }
 
 /// The answer of an import already made under `key` (the whole body has been read into
-/// its hash): 422 for another request under the key; else the first import's, whose
-/// `ImportCompleted` holds the rows.
+/// its hash), as `stored` under it: 422 for another request under the key; else the
+/// first import's, whose `ImportCompleted` holds the rows.
 async fn imported_before(
     state: &AppState,
     tenant: &str,
     key: &StreamedKey,
+    stored: StoredAppend,
 ) -> Result<HttpResponse, ApiError> {
-    let stored = state
-        .store
-        .find_idempotent(tenant, &key.key)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
     if key.record().request_hash != stored.request_hash {
         return Err(ApiError::IdempotencyKeyReused);
     }
