@@ -255,6 +255,25 @@ async fn keys_decide_who_may_do_what_in_which_tenant() {
             .0,
         200
     );
+
+    // The read model rebuilt from the log equals the live one (revocation included). The
+    // command line rebuilds it: the HTTP admin API would need a key.
+    let sql = "SELECT concat_ws('|', id, name, role, tenant, prefix, hash, created_at, \
+               revoked_at, position) FROM api_keys";
+    let live = snapshot(&app.conn, sql).await;
+    assert_eq!(live.len(), 5);
+    assert!(live.iter().any(|r| r.contains("writer-a")));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudlens"))
+        .args(["projections", "rebuild", "api_keys"])
+        .env("DATABASE_URL", &app.conn)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(snapshot(&app.conn, sql).await, live);
 }
 
 /// Every operation of the served document, with `{params}` filled in.
