@@ -108,7 +108,7 @@ impl Background {
 pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow::Result<Running> {
     let port = listener.local_addr()?.port();
     let pool = db::pool(&conn, settings.pool_size)?;
-    let reads = db::Reader::new(&conn, settings.read_pool_size);
+    let reads = db::Reader::new(&conn, settings.read_pool_size, settings.read_tenants);
     let signal = EventSignal::default();
     let store = EventStore::new(pool.clone(), signal.clone());
     let registry = context::projections();
@@ -364,6 +364,44 @@ pub fn assess(settings: Settings, json: bool) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print!("{}", crate::ops::assessment::render(&report));
+        }
+        Ok(())
+    })
+}
+
+/// `cloudlens backup DEST`.
+pub fn backup(settings: Settings, dest: std::path::PathBuf) -> anyhow::Result<()> {
+    with_database(&settings, |conn| async move {
+        crate::ops::backup::backup(&conn, &dest).await?;
+        println!("backup written to {}", dest.display());
+        Ok(())
+    })
+}
+
+/// `cloudlens restore SRC --verify [--keep]` or `cloudlens restore SRC --into NAME`.
+pub fn restore(
+    settings: Settings,
+    src: std::path::PathBuf,
+    verify: bool,
+    keep: bool,
+    into: Option<String>,
+) -> anyhow::Result<()> {
+    use crate::ops::backup;
+    with_database(&settings, |conn| async move {
+        if verify {
+            let report = backup::verify(&src, &conn, keep).await?;
+            print!("{}", backup::render(&report));
+            anyhow::ensure!(
+                report.differences.is_empty(),
+                "the backup in {} did not verify: {} differences",
+                src.display(),
+                report.differences.len()
+            );
+        } else if let Some(name) = into {
+            let maintenance = backup::with_dbname(&conn, "postgres");
+            let target = backup::restore_into(&src, &maintenance, &name).await?;
+            prepare(&target, None).await?;
+            println!("restored into database {name}");
         }
         Ok(())
     })

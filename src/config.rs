@@ -18,6 +18,9 @@ pub struct Settings {
     pub pool_size: usize,
     /// Connections for queries (the read side), shared and pipelined (`db::Reader`).
     pub read_pool_size: usize,
+    /// Tenants with read connections of their own open at once (`db::Reader`): each has
+    /// `read_pool_size` connections bound to it.
+    pub read_tenants: usize,
     pub body_limit: usize,
     /// How long a query with `min_position` waits for the read models before 503.
     pub min_position_timeout: Duration,
@@ -64,6 +67,7 @@ impl Default for Settings {
             // One per core: more connections only add backends competing for the cores
             // (measured in loadtest/RESULTS.md).
             read_pool_size: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            read_tenants: 16,
             body_limit: 2 * 1024 * 1024,
             min_position_timeout: Duration::from_secs(5),
             scan_timeout: Duration::from_secs(30),
@@ -101,6 +105,13 @@ impl Settings {
         }
         if let Some(v) = var("CLOUDLENS_READ_POOL_SIZE") {
             s.read_pool_size = parse("CLOUDLENS_READ_POOL_SIZE", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_READ_TENANTS") {
+            s.read_tenants = parse("CLOUDLENS_READ_TENANTS", &v)?;
+            anyhow::ensure!(
+                s.read_tenants >= 1,
+                "CLOUDLENS_READ_TENANTS={v:?} is not valid: at least 1"
+            );
         }
         if let Some(v) = var("CLOUDLENS_IDEMPOTENCY_RETENTION_HOURS") {
             let hours: u64 = parse("CLOUDLENS_IDEMPOTENCY_RETENTION_HOURS", &v)?;

@@ -38,6 +38,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Back up the database into the directory DEST: pg_dump (custom format) and a
+    /// manifest (events, last position, rows and checksum per table), one snapshot.
+    Backup { dest: std::path::PathBuf },
+    /// Restore a backup: `--verify` restores into a scratch database, checks it against
+    /// the manifest and rebuilds every projection (exit 1 on any difference); `--into`
+    /// restores into a new database on the same server.
+    Restore {
+        src: std::path::PathBuf,
+        #[arg(long, required_unless_present = "into", conflicts_with = "into")]
+        verify: bool,
+        /// Keep the scratch database of `--verify`.
+        #[arg(long, requires = "verify")]
+        keep: bool,
+        #[arg(long)]
+        into: Option<String>,
+    },
     /// API keys.
     ApiKeys {
         #[command(subcommand)]
@@ -88,6 +104,13 @@ fn main() -> std::process::ExitCode {
             command: ProjectionsCommand::Rebuild { name },
         } => app::projections_rebuild(settings, name),
         Command::Assess { json } => app::assess(settings, json),
+        Command::Backup { dest } => app::backup(settings, dest),
+        Command::Restore {
+            src,
+            verify,
+            keep,
+            into,
+        } => app::restore(settings, src, verify, keep, into),
         Command::ApiKeys {
             command: ApiKeysCommand::Create { role, tenant, name },
         } => match cloudlens::access::events::Role::parse(&role) {

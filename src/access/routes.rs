@@ -85,7 +85,7 @@ pub async fn list(
     params: web::Query<ReadParams>,
 ) -> Result<HttpResponse, ApiError> {
     let conn = state
-        .read_model(NAME, min_position(params.min_position)?)
+        .admin_read_model(NAME, min_position(params.min_position)?)
         .await?;
     Ok(HttpResponse::Ok().json(KeyList {
         items: queries::list(&conn).await?,
@@ -107,7 +107,7 @@ pub async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("API key".into()))?;
     let conn = state
-        .read_model(NAME, min_position(params.min_position)?)
+        .admin_read_model(NAME, min_position(params.min_position)?)
         .await?;
     let tenant = queries::tenant_of(&conn, id)
         .await?

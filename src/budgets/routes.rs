@@ -140,7 +140,7 @@ pub async fn get_one(
     let id = budget_id(&id)?;
     let tenant = tenant(&req)?;
     let min_position = min_position(params.min_position)?;
-    let client = state.read_model(PROJECTION, min_position).await?;
+    let client = state.read_model(&tenant, PROJECTION, min_position).await?;
     let budget = queries::get(&client, &tenant, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("budget".into()))?;
@@ -166,7 +166,7 @@ pub async fn alerts(
     let id = budget_id(&id)?;
     let tenant = tenant(&req)?;
     let client = state
-        .read_model(PROJECTION, min_position(params.min_position)?)
+        .read_model(&tenant, PROJECTION, min_position(params.min_position)?)
         .await?;
     queries::get(&client, &tenant, id)
         .await?
@@ -222,7 +222,7 @@ pub async fn list(
         ),
     };
     let min_position = min_position(p.min_position)?;
-    let client = state.read_model(PROJECTION, min_position).await?;
+    let client = state.read_model(&tenant, PROJECTION, min_position).await?;
     let page = queries::list(
         &client,
         &tenant,

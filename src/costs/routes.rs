@@ -82,7 +82,7 @@ pub async fn list_accounts(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
     let conn = state
-        .read_model(COST_ACCOUNTS, min_position(params.min_position)?)
+        .read_model(&tenant, COST_ACCOUNTS, min_position(params.min_position)?)
         .await?;
     Ok(HttpResponse::Ok().json(AccountList {
         items: queries::accounts(&conn, &tenant).await?,
@@ -206,7 +206,7 @@ pub async fn list_imports(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
     let conn = state
-        .read_model(COST_LINES, min_position(params.min_position)?)
+        .read_model(&tenant, COST_LINES, min_position(params.min_position)?)
         .await?;
     Ok(HttpResponse::Ok().json(ImportList {
         items: queries::imports(&conn, &tenant, params.account.as_deref()).await?,
@@ -229,7 +229,7 @@ pub async fn get_import(
     let tenant = tenant(&req)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("import".into()))?;
     let conn = state
-        .read_model(COST_LINES, min_position(params.min_position)?)
+        .read_model(&tenant, COST_LINES, min_position(params.min_position)?)
         .await?;
     let view = queries::import(&conn, &tenant, id)
         .await?
@@ -379,10 +379,10 @@ pub async fn costs(
         Some(_) => return Err(ApiError::validation("source", "must be auto or lines")),
     };
     let conn = state
-        .scan(&[COST_LINES], min_position(p.min_position)?)
+        .scan(&tenant, &[COST_LINES], min_position(p.min_position)?)
         .await?;
     if group_by.iter().any(|d| matches!(d, Dim::VTag(_))) {
-        let known = queries::virtual_tags(&*state.reads.get().await?, &tenant).await?;
+        let known = queries::virtual_tags(&*state.reads.tenant(&tenant).await?, &tenant).await?;
         for d in &group_by {
             if let Dim::VTag(name) = d {
                 if !known.iter().any(|v| &v.name == name) {
@@ -416,7 +416,11 @@ pub async fn costs(
             ));
         }
         let rules_conn = state
-            .read_model(COST_ALLOCATION_RULES, min_position(p.min_position)?)
+            .read_model(
+                &tenant,
+                COST_ALLOCATION_RULES,
+                min_position(p.min_position)?,
+            )
             .await?;
         let rules = queries::allocation_rules(&rules_conn, &tenant).await?;
         queries::allocate(&conn, &tenant, &query, &mut answer, &rules).await?;
@@ -485,7 +489,7 @@ pub async fn top(
         &p.currency,
     )?;
     let conn = state
-        .scan(&[COST_LINES], min_position(p.min_position)?)
+        .scan(&tenant, &[COST_LINES], min_position(p.min_position)?)
         .await?;
     let started = std::time::Instant::now();
     let answer = queries::top(&conn, &tenant, &by, &f, limit).await?;
@@ -550,7 +554,7 @@ pub async fn lines(
         ),
     };
     let conn = state
-        .scan(&[COST_LINES], min_position(p.min_position)?)
+        .scan(&tenant, &[COST_LINES], min_position(p.min_position)?)
         .await?;
     Ok(HttpResponse::Ok().json(queries::lines(&conn, &tenant, &f, after, limit).await?))
 }
@@ -651,6 +655,7 @@ pub async fn budget_status(
     };
     let conn = state
         .scan(
+            &tenant,
             &[crate::budgets::projection::NAME, COST_LINES],
             min_position(params.min_position)?,
         )
@@ -744,7 +749,7 @@ pub async fn list_virtual_tags(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
     let conn = state
-        .read_model(COST_LINES, min_position(params.min_position)?)
+        .read_model(&tenant, COST_LINES, min_position(params.min_position)?)
         .await?;
     Ok(HttpResponse::Ok().json(queries::VirtualTagList {
         items: queries::virtual_tags(&conn, &tenant).await?,
@@ -768,7 +773,9 @@ pub async fn save_allocation_rule(
 ) -> Result<HttpResponse, ApiError> {
     let def: AllocationRuleDef = body.parse()?;
     let ctx = command_context(&req, &body.bytes)?;
-    let conn = state.read_model(COST_ALLOCATION_RULES, None).await?;
+    let conn = state
+        .read_model(&ctx.tenant_id, COST_ALLOCATION_RULES, None)
+        .await?;
     let others = queries::allocation_rules(&conn, &ctx.tenant_id).await?;
     let id = super::stream_id(&ctx.tenant_id, "allocation_rule", &def.name);
     let (result, _) = pipeline::execute::<AllocationRule>(
@@ -796,7 +803,11 @@ pub async fn list_allocation_rules(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
     let conn = state
-        .read_model(COST_ALLOCATION_RULES, min_position(params.min_position)?)
+        .read_model(
+            &tenant,
+            COST_ALLOCATION_RULES,
+            min_position(params.min_position)?,
+        )
         .await?;
     Ok(HttpResponse::Ok().json(queries::AllocationRuleList {
         items: queries::allocation_rules(&conn, &tenant).await?,

@@ -100,6 +100,45 @@ pub async fn check_timescaledb(client: &tokio_postgres::Client) -> anyhow::Resul
     Ok(())
 }
 
+/// Creates the query role (`sql/V9`) unless the cluster has it. Roles are global to a
+/// cluster, and servers of several databases may migrate at once.
+pub const ENSURE_QUERY_ROLE_SQL: &str = "DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cloudlens_query') THEN
+        CREATE ROLE cloudlens_query NOLOGIN NOSUPERUSER NOBYPASSRLS;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
+END
+$$";
+
+/// A query's own conditions may run before a row-level security policy only when their
+/// functions are LEAKPROOF. The jsonb containment and existence operators are not marked
+/// so, which keeps tag filters (`tags @> …`) off their GIN indexes. They reveal nothing
+/// about their arguments but their result, so where the owner may (a superuser, as on the
+/// local cluster), mark them in this database; elsewhere tag filters still answer right,
+/// by scanning the tenant's rows (ADR 0015). The mark is not part of a dump: this runs at
+/// every start.
+const LEAKPROOF_SQL: &str = "DO $$
+BEGIN
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        ALTER FUNCTION jsonb_contains(jsonb, jsonb) LEAKPROOF;
+        ALTER FUNCTION jsonb_exists(jsonb, text) LEAKPROOF;
+        ALTER FUNCTION jsonb_exists_any(jsonb, text[]) LEAKPROOF;
+        ALTER FUNCTION jsonb_exists_all(jsonb, text[]) LEAKPROOF;
+    ELSE
+        RAISE NOTICE 'jsonb operators not marked LEAKPROOF (needs a superuser): tag filters scan the tenant';
+    END IF;
+END
+$$";
+
+pub async fn mark_operators_leakproof(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    client
+        .batch_execute(LEAKPROOF_SQL)
+        .await
+        .context("cannot mark the jsonb operators LEAKPROOF")
+}
+
 /// Applies pending migrations from `sql/`; safe when several servers start at once.
 pub async fn migrate(conn: &str) -> anyhow::Result<()> {
     let mut client = connect(conn)
@@ -107,7 +146,15 @@ pub async fn migrate(conn: &str) -> anyhow::Result<()> {
         .context("cannot connect to the database")?;
     check_timescaledb(&client).await?;
     client.batch_execute(MIGRATION_LOCK_SQL).await?;
-    let result = embedded::migrations::runner().run_async(&mut client).await;
+    let result = async {
+        client.batch_execute(ENSURE_QUERY_ROLE_SQL).await?;
+        let report = embedded::migrations::runner()
+            .run_async(&mut client)
+            .await?;
+        mark_operators_leakproof(&client).await?;
+        anyhow::Ok(report)
+    }
+    .await;
     client.batch_execute(MIGRATION_UNLOCK_SQL).await?;
     let report = result.context("migrations failed")?;
     for m in report.applied_migrations() {

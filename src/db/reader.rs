@@ -11,6 +11,9 @@
 //!
 //! A connection that breaks answers `Unavailable` to the queries on it and is replaced on
 //! the next use.
+//!
+//! A tenant's queries run on connections bound to it (ADR 0015): pipelining leaves no
+//! room for a per-query `SET LOCAL`, so the binding is per connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,27 +73,53 @@ impl ReadConnection {
     }
 }
 
-/// The shared connections, handed out in turn. Clones share them.
+/// The role queries of a tenant run as (`sql/V9`): it owns no table, so row-level
+/// security shows it only the rows of the tenant its connection is bound to.
+pub const QUERY_ROLE: &str = "cloudlens_query";
+
+/// Binds a connection to `tenant` as the query role (one statement; row-level security
+/// then filters every read-model table by it).
+pub const BIND_TENANT_SQL: &str =
+    "SELECT set_config('role', 'cloudlens_query', false), set_config('app.tenant', $1, false)";
+
+/// The shared connections, handed out in turn: one group as the owner (`get`, for the
+/// key check, read-your-writes and admin reads) and, per tenant, a group bound to it as
+/// the query role (`tenant`). A tenant's group is opened on its first query; past
+/// `max_tenants` groups the least recently used one is dropped (its connections close
+/// when their last query ends). Clones share them.
 #[derive(Clone)]
 pub struct Reader {
     conn: String,
-    slots: Arc<Vec<RwLock<Option<Arc<ReadConnection>>>>>,
-    next: Arc<AtomicUsize>,
+    size: usize,
+    max_tenants: usize,
+    system: Arc<Group>,
+    tenants: Arc<Mutex<Tenants>>,
 }
 
-impl Reader {
-    /// `size` connections to `conn`, opened on first use (so this succeeds while the
-    /// database is down).
-    pub fn new(conn: &str, size: usize) -> Self {
+#[derive(Default)]
+struct Tenants {
+    groups: HashMap<String, (Arc<Group>, u64)>,
+    clock: u64,
+}
+
+/// `size` connection slots, filled on first use (so a group exists while the database is
+/// down) and refilled when a connection broke.
+struct Group {
+    tenant: Option<String>,
+    slots: Vec<RwLock<Option<Arc<ReadConnection>>>>,
+    next: AtomicUsize,
+}
+
+impl Group {
+    fn new(tenant: Option<String>, size: usize) -> Self {
         Self {
-            conn: conn.to_owned(),
-            slots: Arc::new((0..size.max(1)).map(|_| RwLock::new(None)).collect()),
-            next: Arc::default(),
+            tenant,
+            slots: (0..size.max(1)).map(|_| RwLock::new(None)).collect(),
+            next: AtomicUsize::new(0),
         }
     }
 
-    /// A live connection (shared with other callers).
-    pub async fn get(&self) -> Result<Arc<ReadConnection>, QueryError> {
+    async fn get(&self, conn: &str) -> Result<Arc<ReadConnection>, QueryError> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         if let Some(c) = slot.read().await.as_ref().filter(|c| !c.client.is_closed()) {
             return Ok(c.clone());
@@ -99,12 +128,62 @@ impl Reader {
         if let Some(c) = slot.as_ref().filter(|c| !c.client.is_closed()) {
             return Ok(c.clone());
         }
-        let client = super::connect(&self.conn).await?;
+        let client = super::connect(conn).await?;
+        if let Some(tenant) = &self.tenant {
+            client.execute(BIND_TENANT_SQL, &[tenant]).await?;
+        }
         let c = Arc::new(ReadConnection {
             client,
             statements: Mutex::default(),
         });
         *slot = Some(c.clone());
         Ok(c)
+    }
+}
+
+impl Reader {
+    /// `size` connections to `conn` per group, and at most `max_tenants` tenant groups.
+    pub fn new(conn: &str, size: usize, max_tenants: usize) -> Self {
+        Self {
+            conn: conn.to_owned(),
+            size,
+            max_tenants: max_tenants.max(1),
+            system: Arc::new(Group::new(None, size)),
+            tenants: Arc::default(),
+        }
+    }
+
+    /// A live connection as the owner, not bound to a tenant (shared with other callers).
+    /// Not for the queries of a tenant's request: those take `tenant`.
+    pub async fn get(&self) -> Result<Arc<ReadConnection>, QueryError> {
+        self.system.get(&self.conn).await
+    }
+
+    /// A live connection bound to `tenant` (a checked tenant name) as the query role.
+    pub async fn tenant(&self, tenant: &str) -> Result<Arc<ReadConnection>, QueryError> {
+        let group = {
+            let mut t = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            t.clock += 1;
+            let now = t.clock;
+            if let Some((g, used)) = t.groups.get_mut(tenant) {
+                *used = now;
+                g.clone()
+            } else {
+                if t.groups.len() >= self.max_tenants {
+                    let oldest = t
+                        .groups
+                        .iter()
+                        .min_by_key(|(_, (_, used))| *used)
+                        .map(|(k, _)| k.clone());
+                    if let Some(k) = oldest {
+                        t.groups.remove(&k);
+                    }
+                }
+                let g = Arc::new(Group::new(Some(tenant.to_owned()), self.size));
+                t.groups.insert(tenant.to_owned(), (g.clone(), now));
+                g
+            }
+        };
+        group.get(&self.conn).await
     }
 }

@@ -46,23 +46,41 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A connection for queries of `projection`'s read model, once that read model
-    /// reflects `min_position` (read-your-writes; README).
+    /// A connection for `tenant`'s queries of `projection`'s read model, once that read
+    /// model reflects `min_position` (read-your-writes; README). It runs as the query
+    /// role bound to `tenant`: row-level security shows it only that tenant's rows.
     pub async fn read_model(
         &self,
+        tenant: &str,
         projection: &str,
         min_position: Option<i64>,
     ) -> Result<Arc<ReadConnection>, ApiError> {
-        self.read_models(&[projection], min_position).await
+        self.read_models(tenant, &[projection], min_position).await
     }
 
     /// `read_model` for a query that reads the tables of several projectors: waits until
     /// each reflects `min_position`.
     pub async fn read_models(
         &self,
+        tenant: &str,
         projections: &[&str],
         min_position: Option<i64>,
     ) -> Result<Arc<ReadConnection>, ApiError> {
+        self.wait(projections, min_position).await?;
+        Ok(self.reads.tenant(tenant).await?)
+    }
+
+    /// A connection as the owner, for the admin API's reads across tenants (API keys).
+    pub async fn admin_read_model(
+        &self,
+        projection: &str,
+        min_position: Option<i64>,
+    ) -> Result<Arc<ReadConnection>, ApiError> {
+        self.wait(&[projection], min_position).await?;
+        Ok(self.reads.get().await?)
+    }
+
+    async fn wait(&self, projections: &[&str], min_position: Option<i64>) -> Result<(), ApiError> {
         if let Some(target) = min_position.filter(|p| *p > 0) {
             for projection in projections {
                 let p = self
@@ -76,22 +94,28 @@ impl AppState {
                 wait::wait_for(&self.reads, &self.progress, &**p, target, timeout).await?;
             }
         }
-        Ok(self.reads.get().await?)
+        Ok(())
     }
 
-    /// A pooled connection of `scans` for a query that reads `projections`' tables, once
-    /// each reflects `min_position`.
+    /// A pooled connection of `scans` for `tenant`'s query that reads `projections'`
+    /// tables, once each reflects `min_position`; bound to `tenant` as `read_model`'s.
     pub async fn scan(
         &self,
+        tenant: &str,
         projections: &[&str],
         min_position: Option<i64>,
     ) -> Result<deadpool_postgres::Object, ApiError> {
-        self.read_models(projections, min_position).await?;
-        Ok(self
+        self.wait(projections, min_position).await?;
+        let client = self
             .scans
             .get()
             .await
-            .map_err(crate::db::QueryError::from)?)
+            .map_err(crate::db::QueryError::from)?;
+        client
+            .execute(crate::db::reader::BIND_TENANT_SQL, &[&tenant])
+            .await
+            .map_err(crate::db::QueryError::from)?;
+        Ok(client)
     }
 }
 

@@ -229,7 +229,7 @@ impl ProjectionError {
     }
 }
 
-const ENSURE_CHECKPOINT_SQL: &str =
+pub(crate) const ENSURE_CHECKPOINT_SQL: &str =
     "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT DO NOTHING";
 const LOCK_CHECKPOINT_SQL: &str = "\
 SELECT last_epoch, last_xid, last_position FROM projection_checkpoints WHERE name = $1 FOR UPDATE";

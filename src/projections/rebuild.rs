@@ -244,6 +244,12 @@ impl Rebuild {
         p.prepare_shadow(&tx, &shadow_schema)
             .await
             .map_err(|source| ProjectionError::Apply { name, source })?;
+        // Row-level security, its policy and the query role's grant (sql/V9), which LIKE
+        // does not copy: the copy is swapped in secured.
+        for t in p.tables() {
+            tx.execute(SECURE_SQL, &[&format!("{shadow_schema}.{t}")])
+                .await?;
+        }
         tx.execute(RESET_SHADOW_CHECKPOINT_SQL, &[&shadow_checkpoint])
             .await?;
         tx.commit().await?;
@@ -342,6 +348,9 @@ async fn shape<C: GenericClient>(client: &C, table: &str) -> Result<String, Rebu
 /// in the final catch-up and the live checkpoint's new position. Fails with
 /// `ShapeChanged` (before dropping anything) if a live table no longer has the shape it
 /// had when the rebuild started.
+/// Secures a read-model table as every read model is (`sql/V9`).
+const SECURE_SQL: &str = "SELECT cloudlens_secure_read_model($1::text::regclass)";
+
 async fn swap(
     tx: &Transaction<'_>,
     p: &dyn Projection,

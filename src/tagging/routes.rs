@@ -121,7 +121,7 @@ pub async fn get_kind(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
     let conn = state
-        .read_model(SUBJECT_KINDS, min_position(params.min_position)?)
+        .read_model(&tenant, SUBJECT_KINDS, min_position(params.min_position)?)
         .await?;
     let view = queries::kind(&conn, &tenant, &kind)
         .await?
@@ -306,7 +306,7 @@ pub async fn list_categories(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
     let conn = state
-        .read_model(TAG_CATEGORIES, min_position(params.min_position)?)
+        .read_model(&tenant, TAG_CATEGORIES, min_position(params.min_position)?)
         .await?;
     Ok(HttpResponse::Ok().json(CategoryList {
         items: queries::categories(&conn, &tenant).await?,
@@ -491,7 +491,7 @@ pub async fn list_tags(
         return Err(ApiError::validation("kind", "must be AUTO or MANUAL"));
     }
     let conn = state
-        .read_model(TAGS, min_position(p.min_position)?)
+        .read_model(&tenant, TAGS, min_position(p.min_position)?)
         .await?;
     let list = queries::tags(
         &conn,
@@ -523,7 +523,7 @@ pub async fn get_tag(
     let id = tag_id(&id)?;
     let tenant = tenant(&req)?;
     let conn = state
-        .read_model(TAGS, min_position(params.min_position)?)
+        .read_model(&tenant, TAGS, min_position(params.min_position)?)
         .await?;
     let tag = queries::tag(&conn, &tenant, id)
         .await?
@@ -638,7 +638,7 @@ pub async fn preview_rule(
     let id = tag_id(&id)?;
     let draft: RuleDraft = body.parse()?;
     let tenant = tenant(&req)?;
-    let conn = state.read_model(SUBJECT_ATTRIBUTES, None).await?;
+    let conn = state.read_model(&tenant, SUBJECT_ATTRIBUTES, None).await?;
     let tag = queries::tag(&conn, &tenant, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("tag".into()))?;
@@ -669,7 +669,7 @@ pub async fn tag_stats(
     let id = tag_id(&id)?;
     let tenant = tenant(&req)?;
     let conn = state
-        .read_model(SUBJECT_TAGS, min_position(params.min_position)?)
+        .read_model(&tenant, SUBJECT_TAGS, min_position(params.min_position)?)
         .await?;
     let tag = queries::tag(&conn, &tenant, id)
         .await?
@@ -736,7 +736,7 @@ pub async fn get_run(
     let id = Uuid::parse_str(&run_id).map_err(|_| ApiError::NotFound("tagging run".into()))?;
     let tenant = tenant(&req)?;
     let conn = state
-        .read_model("jobs", min_position(params.min_position)?)
+        .read_model(&tenant, "jobs", min_position(params.min_position)?)
         .await?;
     let run: RunView = queries::run(&conn, &tenant, id)
         .await?
@@ -769,7 +769,7 @@ pub async fn list_runs(
         return Err(ApiError::validation("limit", "must be between 1 and 200"));
     }
     let conn = state
-        .read_model("jobs", min_position(params.min_position)?)
+        .read_model(&tenant, "jobs", min_position(params.min_position)?)
         .await?;
     Ok(HttpResponse::Ok().json(queries::runs(&conn, &tenant, limit).await?))
 }
@@ -792,7 +792,7 @@ pub async fn subject_tags(
     let tenant = tenant(&req)?;
     let at = min_position(params.min_position)?;
     let conn = state
-        .read_models(&[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
+        .read_models(&tenant, &[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
         .await?;
     let view: SubjectTagsView = queries::subject_tags(&conn, &tenant, &kind, &id)
         .await?
@@ -872,7 +872,7 @@ pub async fn list_subjects(
     };
     let at = min_position(p.min_position)?;
     let conn = state
-        .read_models(&[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
+        .read_models(&tenant, &[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
         .await?;
     let page: SubjectPage = queries::subjects(&conn, &tenant, &kind, &filter).await?;
     Ok(HttpResponse::Ok().json(page))
@@ -897,7 +897,7 @@ pub async fn explain(
     let tenant = tenant(&req)?;
     let at = min_position(params.min_position)?;
     let conn = state
-        .read_models(&[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
+        .read_models(&tenant, &[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
         .await?;
     let tag = queries::tag(&conn, &tenant, tag_id)
         .await?
@@ -978,7 +978,7 @@ pub async fn tag_history(
     let tenant = tenant(&req)?;
     let at = min_position(params.min_position)?;
     let conn = state
-        .read_models(&[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
+        .read_models(&tenant, &[SUBJECT_ATTRIBUTES, SUBJECT_TAGS], at)
         .await?;
     if queries::attributes(&conn, &tenant, &kind, &id)
         .await?
@@ -1009,7 +1009,7 @@ async fn manual(
         .await
         .map_err(ApiError::from)?
         .aggregate;
-    let conn = state.read_model(SUBJECT_ATTRIBUTES, None).await?;
+    let conn = state.read_model(&tenant, SUBJECT_ATTRIBUTES, None).await?;
     let subject_exists = queries::attributes(&conn, &tenant, &kind, &id)
         .await?
         .is_some();

@@ -611,7 +611,7 @@ async fn rebuilt_cost_read_models_equal_the_live_ones() {
 
 /// February 2024 (a leap month) and the first days of March: every day ecs 10.00 tagged
 /// team:web, oss 1.00 untagged; a line in USD that a CNY budget never counts.
-fn daily_bill() -> String {
+pub fn daily_bill() -> String {
     let mut csv =
         String::from("billing_cycle,billing_date,product_code,pretax_amount,currency,tag\n");
     for day in 1..=29 {

@@ -46,7 +46,7 @@ fn env(conn: &str) -> JobEnv {
         store: store(conn, 2),
         conn: conn.to_owned(),
         progress: Progress::new([]),
-        reads: cloudlens::db::Reader::new(conn, 1),
+        reads: cloudlens::db::Reader::new(conn, 1, 1),
         settings: test_settings(),
         projections: Arc::new(Vec::new()),
     }

@@ -6,6 +6,7 @@ mod helpers;
 
 mod access;
 mod assessment;
+mod backup;
 mod cluster;
 mod costs;
 mod http_api;
@@ -15,3 +16,4 @@ mod prometheus;
 mod protocol;
 mod store;
 mod tagging;
+mod tenancy;

@@ -3,11 +3,10 @@
 //! to another cluster, writers that skip the protocol, an idle lock holder, a rebuild
 //! behind a long reader, a migration during a rebuild, a stop during a rebuild.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudlens::db::{self, cluster::PG_BIN};
+use cloudlens::db;
 use cloudlens::projections::rebuild::{self, Rebuild, RebuildError};
 use cloudlens::projections::Projection;
 use serde_json::Value;
@@ -55,18 +54,6 @@ async fn rebuild_done(app: &TestApp) -> bool {
     .is_some()
 }
 
-fn run_tool(tool: &str, args: &[&str]) {
-    let out = Command::new(format!("{PG_BIN}/{tool}"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{tool} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[actix_web::test]
 async fn a_database_dumped_into_a_fresh_cluster_keeps_its_order() {
     let origin = fresh_database().await;
@@ -85,24 +72,20 @@ async fn a_database_dumped_into_a_fresh_cluster_keeps_its_order() {
     app.handle.stop(true).await;
     app.background.stop_background().await;
 
-    let dump = test_root().join(format!("dump-{}.pgc", uuid::Uuid::new_v4().simple()));
-    let dump = dump.to_str().unwrap();
-    run_tool("pg_dump", &["-Fc", "-f", dump, "-d", &origin]);
+    // Moved with `cloudlens backup` / `restore --into`'s code.
+    let dir = test_root().join(format!("dump-{}", uuid::Uuid::new_v4().simple()));
+    cloudlens::ops::backup::backup(&origin, &dir).await.unwrap();
     let fresh = tokio::task::spawn_blocking(|| own_cluster("moved"))
         .await
         .unwrap();
-    db::ensure_database(&fresh.connection_string_for("postgres"), "moved")
-        .await
-        .unwrap();
-    let target = fresh.connection_string_for("moved");
+    let target = cloudlens::ops::backup::restore_into(
+        &dir,
+        &fresh.connection_string_for("postgres"),
+        "moved",
+    )
+    .await
+    .unwrap();
     let t = db::connect(&target).await.unwrap();
-    t.batch_execute("CREATE EXTENSION timescaledb; SELECT timescaledb_pre_restore()")
-        .await
-        .unwrap();
-    run_tool("pg_restore", &["--no-owner", "-d", &target, dump]);
-    t.batch_execute("SELECT timescaledb_post_restore()")
-        .await
-        .unwrap();
     let stored_max: i64 = t
         .query_one("SELECT max(transaction_id)::text::bigint FROM events", &[])
         .await
@@ -150,7 +133,7 @@ async fn a_database_dumped_into_a_fresh_cluster_keeps_its_order() {
         count(&target, "SELECT max(epoch)::bigint FROM event_epochs").await,
         2
     );
-    let _ = std::fs::remove_file(dump);
+    let _ = std::fs::remove_dir_all(dir);
     fresh.stop().unwrap();
 }
 
