@@ -54,7 +54,11 @@ const STAGED_EVENTS_RETENTION: std::time::Duration = std::time::Duration::from_s
 /// The database to use: `DATABASE_URL`, or the local cluster (started if needed).
 pub fn database(settings: &Settings) -> anyhow::Result<(String, Option<LocalCluster>)> {
     match &settings.database_url {
-        Some(url) => Ok((url.clone(), None)),
+        Some(url) => {
+            // sslmode / sslrootcert checked (and the certificate read) before any connect.
+            db::tls::prepare(url).context("DATABASE_URL")?;
+            Ok((url.clone(), None))
+        }
         None => {
             let cluster = LocalCluster::new(&settings.data_dir, settings.pg_port)?;
             cluster.ensure_running()?;

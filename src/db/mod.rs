@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod reader;
 pub mod stats;
+pub mod tls;
 
 pub use reader::{ReadConnection, Reader};
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use postgres_native_tls::MakeTlsConnector;
 
 mod embedded {
     refinery::embed_migrations!("sql");
@@ -21,41 +22,65 @@ mod embedded {
 const MIGRATION_LOCK_SQL: &str = "SELECT pg_advisory_lock(1668048000, 1)";
 const MIGRATION_UNLOCK_SQL: &str = "SELECT pg_advisory_unlock(1668048000, 1)";
 
-/// Connection settings shared by pooled and dedicated connections. TCP keepalives find
-/// a vanished server within about 25 s instead of the system's two hours.
-fn config(conn: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+/// Connection settings shared by pooled and dedicated connections, and the TLS
+/// connector for the string's `sslmode` (`tls`). TCP keepalives find a vanished server
+/// within about 25 s instead of the system's two hours.
+pub fn config(
+    conn: &str,
+) -> Result<(tokio_postgres::Config, MakeTlsConnector), tokio_postgres::Error> {
+    let (conn, tls) = match tls::prepare(conn) {
+        Ok(p) => p,
+        // `app` prepares the configured string before it connects, so this is a string
+        // nobody checked (a test's). tokio-postgres rejects what was wrong with it (an
+        // unknown sslmode, or sslrootcert, which it does not know), with its own error.
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "invalid TLS options in the connection string");
+            let rejected = match conn.parse::<tokio_postgres::Config>() {
+                Err(rejected) => rejected,
+                Ok(_) => match "sslmode=unusable".parse::<tokio_postgres::Config>() {
+                    Err(rejected) => rejected,
+                    Ok(_) => unreachable!("tokio-postgres accepted sslmode=unusable"),
+                },
+            };
+            return Err(rejected);
+        }
+    };
     let mut cfg: tokio_postgres::Config = conn.parse()?;
     cfg.connect_timeout(Duration::from_secs(3))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
         .keepalives_interval(Duration::from_secs(5))
         .keepalives_retries(3);
-    Ok(cfg)
+    Ok((cfg, tls))
 }
 
 /// Builds a pool; connections are made lazily, so this succeeds while the database is down.
 pub fn pool(conn: &str, size: usize) -> anyhow::Result<Pool> {
-    let cfg = config(conn).context("invalid database connection string")?;
-    build_pool(cfg, size)
+    let (cfg, tls) = config(conn).context("invalid database connection string")?;
+    build_pool(cfg, tls, size)
 }
 
 /// A pool whose statements are cancelled after `timeout` (`statement_timeout`): for
 /// queries that scan, so that one runaway query cannot hold a connection for minutes.
 pub fn scan_pool(conn: &str, size: usize, timeout: Duration) -> anyhow::Result<Pool> {
-    let mut cfg = config(conn).context("invalid database connection string")?;
+    let (mut cfg, tls) = config(conn).context("invalid database connection string")?;
     let limit = format!("-c statement_timeout={}", timeout.as_millis().max(1));
     let options = match cfg.get_options() {
         Some(o) if !o.is_empty() => format!("{o} {limit}"),
         _ => limit,
     };
     cfg.options(&options);
-    build_pool(cfg, size)
+    build_pool(cfg, tls, size)
 }
 
-fn build_pool(cfg: tokio_postgres::Config, size: usize) -> anyhow::Result<Pool> {
+fn build_pool(
+    cfg: tokio_postgres::Config,
+    tls: MakeTlsConnector,
+    size: usize,
+) -> anyhow::Result<Pool> {
     let mgr = Manager::from_config(
         cfg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -73,7 +98,8 @@ fn build_pool(cfg: tokio_postgres::Config, size: usize) -> anyhow::Result<Pool> 
 /// Opens one connection outside the pool (projectors, LISTEN, leader locks), driving its
 /// connection future on the runtime.
 pub async fn connect(conn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = config(conn)?.connect(NoTls).await?;
+    let (cfg, tls) = config(conn)?;
+    let (client, connection) = cfg.connect(tls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "dedicated database connection ended");

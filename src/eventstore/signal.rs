@@ -179,8 +179,8 @@ async fn listen_once(
     signal: &EventSignal,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Stop, tokio_postgres::Error> {
-    let cfg: tokio_postgres::Config = conn.parse()?;
-    let (client, mut connection) = cfg.connect(tokio_postgres::NoTls).await?;
+    let (cfg, tls) = crate::db::config(conn)?;
+    let (client, mut connection) = cfg.connect(tls).await?;
     let (tx, mut rx) = futures::channel::mpsc::unbounded();
     let messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let driver = tokio::spawn(messages.map(Ok).forward(tx));

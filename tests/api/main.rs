@@ -17,3 +17,4 @@ mod protocol;
 mod store;
 mod tagging;
 mod tenancy;
+mod tls;
