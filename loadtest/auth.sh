@@ -16,7 +16,12 @@
 # 4. Prints every run, the medians [min–max], and the share of the open throughput that
 #    the keyed server reaches (medians of the per-round ratios).
 #
-# Environment: AUTH_PORT (8094; "key" listens on AUTH_PORT + 1), LOADTEST_NO_BUILD=1.
+# Environment: AUTH_PORT (8094; "key" listens on AUTH_PORT + 1), LOADTEST_NO_BUILD=1,
+# AUTH_BASELINE_BIN: the binary of server "open" (default: the same build). Row-level
+# security has no switch, so its cost is measured against a build from before it, e.g.
+#   git worktree add /tmp/before-rls 579663a && (cd /tmp/before-rls &&
+#     CARGO_TARGET_DIR=/tmp/before-rls/target cargo build --release --bin cloudlens)
+#   AUTH_BASELINE_BIN=/tmp/before-rls/target/release/cloudlens loadtest/auth.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -34,6 +39,8 @@ PSQL_KEY=(psql -X -q -v ON_ERROR_STOP=1 -h "$ABS_DATA/run" -p 54329 -U cloudlens
 command -v wrk >/dev/null || { echo "wrk is missing: run scripts/setup.sh" >&2; exit 1; }
 [ "${LOADTEST_NO_BUILD:-}" = 1 ] || cargo build --release --bin cloudlens 2>&1 | tail -1
 echo "== commit"; git log -1 --format='%h %s' | cut -c1-120
+OPEN_BIN=${AUTH_BASELINE_BIN:-target/release/cloudlens}
+echo "== server open: $OPEN_BIN; server key: target/release/cloudlens"
 stop_stale_cluster "$DATA"
 rm -rf "$DATA"
 mkdir -p var
@@ -44,7 +51,7 @@ ready() { # URL
   return 1
 }
 CLOUDLENS_DATA_DIR=$DATA CLOUDLENS_LISTEN=127.0.0.1:$PORT RUST_LOG=warn \
-  target/release/cloudlens serve > var/auth-open.log 2>&1 &
+  "$OPEN_BIN" serve > var/auth-open.log 2>&1 &
 SERVER_OPEN=$!
 SERVER_KEY=
 cleanup() {

@@ -21,7 +21,10 @@ pub struct Settings {
     /// Tenants with read connections of their own open at once (`db::Reader`): each has
     /// `read_pool_size` connections bound to it.
     pub read_tenants: usize,
+    /// The largest JSON body (commands).
     pub body_limit: usize,
+    /// The largest streamed body (bulk imports: bills, subjects).
+    pub import_limit: u64,
     /// How long a query with `min_position` waits for the read models before 503.
     pub min_position_timeout: Duration,
     /// The longest a scanning query (cost breakdowns) may run (`statement_timeout`).
@@ -69,6 +72,7 @@ impl Default for Settings {
             read_pool_size: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             read_tenants: 16,
             body_limit: 2 * 1024 * 1024,
+            import_limit: 4 * 1024 * 1024 * 1024,
             min_position_timeout: Duration::from_secs(5),
             scan_timeout: Duration::from_secs(30),
             projector_batch_size: 5000,
@@ -123,6 +127,9 @@ impl Settings {
         }
         if let Some(v) = var("CLOUDLENS_BODY_LIMIT") {
             s.body_limit = parse("CLOUDLENS_BODY_LIMIT", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_IMPORT_LIMIT") {
+            s.import_limit = parse("CLOUDLENS_IMPORT_LIMIT", &v)?;
         }
         if let Some(v) = var("CLOUDLENS_MIN_POSITION_TIMEOUT_MS") {
             s.min_position_timeout =

@@ -101,6 +101,9 @@ pub enum ImportError {
     /// The body could not be read (the client went away, the stream broke).
     #[error("cannot read the body: {0}")]
     Body(String),
+    /// The body passed the route's limit (`http::extract::streamed_body`): 413.
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -174,7 +177,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> CsvRows<R> {
 /// A broken stream is the body's fault (400); anything else is the row's (422).
 fn csv_error(row: i64, e: csv_async::Error) -> ImportError {
     match e.kind() {
-        csv_async::ErrorKind::Io(io) => ImportError::Body(io.to_string()),
+        csv_async::ErrorKind::Io(io) => body_error(io),
         _ => bad_row(row, "", format!("not valid CSV: {e}")),
     }
 }
@@ -268,5 +271,21 @@ impl<'a> Staging<'a> {
         if let Err(e) = self.store.discard_staged(self.id).await {
             tracing::warn!(error = %e, "cannot discard staged events; the purge job removes them");
         }
+    }
+}
+
+/// The body's size cap, as the error a streamed body reports when a request passes it.
+#[derive(Debug, thiserror::Error)]
+#[error("the body is larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// An error reading a streamed body: 413 when it passed its limit, else 400.
+pub fn body_error(e: &std::io::Error) -> ImportError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<BodyTooLarge>())
+    {
+        Some(BodyTooLarge(limit)) => ImportError::TooLarge(*limit),
+        None => ImportError::Body(e.to_string()),
     }
 }

@@ -118,7 +118,7 @@ pub struct ImportAccepted {
     params(ImportParams,
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 202, body = ImportAccepted), (status = 200, body = ImportAccepted, description = "the same file was imported before"),
-              (status = 400, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+              (status = 400, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 #[post("/api/v1/costs/imports")]
 pub async fn import_bill(
     state: web::Data<AppState>,
@@ -154,7 +154,7 @@ pub async fn import_bill(
         &tenant,
         &account,
         format,
-        streamed_body(payload),
+        streamed_body(payload, state.settings.import_limit),
         &ctx.metadata(),
     )
     .await;

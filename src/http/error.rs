@@ -267,6 +267,9 @@ impl From<ImportError> for ApiError {
                 message,
             },
             ImportError::Body(m) => ApiError::MalformedBody(m),
+            ImportError::TooLarge(limit) => {
+                ApiError::PayloadTooLarge(usize::try_from(limit).unwrap_or(usize::MAX))
+            }
             ImportError::Store(s) => s.into(),
             ImportError::Codec(c) => ApiError::Internal(c.into()),
         }

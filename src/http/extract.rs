@@ -226,16 +226,30 @@ pub fn media_type(req: &HttpRequest) -> Option<String> {
         .map(|m| m.trim().to_ascii_lowercase())
 }
 
-/// A streamed request body as an `AsyncRead` (for `imports::CsvRows` and NDJSON readers).
-/// Chunks are forwarded from actix's task, so the reader may run in a `Send` future.
+/// A streamed request body as an `AsyncRead` (for `imports::CsvRows` and NDJSON readers),
+/// cut off after `limit` bytes with `imports::BodyTooLarge` (413 through
+/// `imports::body_error`): bulk routes take `CLOUDLENS_IMPORT_LIMIT`, not the JSON
+/// routes' `CLOUDLENS_BODY_LIMIT`. Chunks are forwarded from actix's task, so the reader
+/// may run in a `Send` future.
 pub fn streamed_body(
     mut payload: web::Payload,
+    limit: u64,
 ) -> impl tokio::io::AsyncRead + Unpin + Send + 'static {
     use futures::{SinkExt, StreamExt};
     let (mut tx, rx) = futures::channel::mpsc::channel(8);
     actix_web::rt::spawn(async move {
+        let mut read = 0_u64;
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+            let chunk = chunk
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|c| {
+                    read += c.len() as u64;
+                    if read > limit {
+                        Err(std::io::Error::other(crate::imports::BodyTooLarge(limit)))
+                    } else {
+                        Ok(c)
+                    }
+                });
             let failed = chunk.is_err();
             if tx.send(chunk).await.is_err() || failed {
                 break;

@@ -295,7 +295,7 @@ async fn read_ndjson<R: AsyncRead + Unpin + Send>(
     while let Some(line) = lines
         .next_line()
         .await
-        .map_err(|e| ImportError::Body(e.to_string()))?
+        .map_err(|e| crate::imports::body_error(&e))?
     {
         if line.trim().is_empty() {
             continue;

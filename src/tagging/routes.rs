@@ -144,7 +144,7 @@ pub struct ImportParams {
            ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters: the same request (body included) again answers the first import's result and applies nothing", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = ImportResult), (status = 400, body = Problem), (status = 404, body = Problem),
-              (status = 415, body = Problem), (status = 422, body = Problem)))]
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 #[post("/api/v1/subjects/{kind}/import")]
 pub async fn import_rows(
     state: web::Data<AppState>,
@@ -184,7 +184,7 @@ pub async fn import_rows(
             ),
         ));
     }
-    let body = streamed_body(payload);
+    let body = streamed_body(payload, state.settings.import_limit);
     let (ctx, key) = streamed_command_context(&req)?;
     let key = key.map(|(k, hash)| StreamedKey::new(k, hash));
     let metadata = ctx.metadata();

@@ -557,6 +557,53 @@ async fn a_bad_bill_is_refused_whole_with_row_and_column_and_writes_nothing() {
 }
 
 #[actix_web::test]
+async fn an_import_past_its_route_limit_is_413_and_applies_nothing() {
+    let conn = fresh_database().await;
+    // A bill import has a limit of its own, here larger than the JSON commands': a bill
+    // over it is refused, a smaller one over the JSON limit is not.
+    let settings = cloudlens::config::Settings {
+        body_limit: 1024,
+        import_limit: 64 * 1024,
+        ..test_settings()
+    };
+    let app = spawn_app_on(conn, settings).await;
+    open_account(&app, "prod", "CNY").await;
+    let (csv, _) = bill("2024-03", 3_000, 5);
+    assert!(csv.len() > 64 * 1024 && csv.len() > 1024, "{}", csv.len());
+    let res = post_bill(&app, "prod", "cloudlens", &csv).await;
+    assert_eq!(res.status(), 413);
+    assert_eq!(
+        res.headers().get("content-type").unwrap(),
+        "application/problem+json"
+    );
+    assert_eq!(body(res).await["code"], "payload_too_large");
+    assert_eq!(
+        count(
+            &app.conn,
+            "SELECT count(*) FROM events WHERE stream_type = 'bill_import'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&app.conn, "SELECT count(*) FROM staged_events").await,
+        0
+    );
+    // A bill under the import limit (and over the JSON limit) is imported.
+    let small: String = csv.lines().take(200).collect::<Vec<_>>().join("\n") + "\n";
+    assert!(small.len() > 1024 && small.len() < 64 * 1024);
+    import_ok(&app, "prod", "cloudlens", &small).await;
+    // A JSON command over its own limit is 413 too.
+    let res = app
+        .post_json(
+            "/api/v1/accounts",
+            &json!({"provider": "aws", "name": "x".repeat(2000), "currency": "CNY"}),
+        )
+        .await;
+    assert_eq!(res.status(), 413);
+}
+
+#[actix_web::test]
 async fn rebuilt_cost_read_models_equal_the_live_ones() {
     let app = spawn_app().await;
     open_account(&app, "prod", "CNY").await;
