@@ -6,20 +6,9 @@
 -- the setting it sees nothing. Projectors and migrations run as the owner, which RLS does
 -- not restrict (no FORCE), so the write side is unchanged.
 
--- The role itself is global to the cluster: `db::migrate` creates it before any
--- migration runs (and a restore into a new cluster does the same), see
--- `db::ENSURE_QUERY_ROLE_SQL`.
-
--- SET ROLE needs membership unless the owner is a superuser (a managed database's admin
--- user with CREATEROLE may grant it to itself).
-DO $$
-BEGIN
-    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-       AND NOT pg_has_role(current_user, 'cloudlens_query', 'MEMBER') THEN
-        EXECUTE format('GRANT cloudlens_query TO %I', current_user);
-    END IF;
-END
-$$;
+-- The role itself is global to the cluster: `db::migrate` creates it (and lets the
+-- owner switch to it) before any migration runs, at every start, so a restore into a
+-- new cluster or a new login user gets it too: see `db::ENSURE_QUERY_ROLE_SQL`.
 
 GRANT USAGE ON SCHEMA public TO cloudlens_query;
 

@@ -102,8 +102,8 @@ pub enum ImportError {
     #[error("cannot read the body: {0}")]
     Body(String),
     /// The body passed the route's limit (`http::extract::streamed_body`): 413.
-    #[error("the body is larger than {0} bytes")]
-    TooLarge(u64),
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -285,7 +285,7 @@ pub fn body_error(e: &std::io::Error) -> ImportError {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<BodyTooLarge>())
     {
-        Some(BodyTooLarge(limit)) => ImportError::TooLarge(*limit),
+        Some(BodyTooLarge(limit)) => BodyTooLarge(*limit).into(),
         None => ImportError::Body(e.to_string()),
     }
 }

@@ -46,6 +46,14 @@ pub fn config(
         }
     };
     let mut cfg: tokio_postgres::Config = conn.parse()?;
+    // As libpq: no TLS over a unix socket (the server would refuse it).
+    if cfg
+        .get_hosts()
+        .iter()
+        .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+    {
+        cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    }
     cfg.connect_timeout(Duration::from_secs(3))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
@@ -126,15 +134,24 @@ pub async fn check_timescaledb(client: &tokio_postgres::Client) -> anyhow::Resul
     Ok(())
 }
 
-/// Creates the query role (`sql/V9`) unless the cluster has it. Roles are global to a
-/// cluster, and servers of several databases may migrate at once.
+/// Creates the query role (`sql/V9`) unless the cluster has it, and lets the current
+/// user switch to it (SET ROLE needs membership unless it is a superuser; a managed
+/// database's admin user with CREATEROLE may grant it to itself). Roles are global to a
+/// cluster, and servers of several databases may migrate at once. Runs at every start:
+/// a restore into a new cluster, or a new login user, needs it again.
 pub const ENSURE_QUERY_ROLE_SQL: &str = "DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cloudlens_query') THEN
-        CREATE ROLE cloudlens_query NOLOGIN NOSUPERUSER NOBYPASSRLS;
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cloudlens_query') THEN
+            CREATE ROLE cloudlens_query NOLOGIN NOSUPERUSER NOBYPASSRLS;
+        END IF;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+        NULL;
+    END;
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       AND NOT pg_has_role(current_user, 'cloudlens_query', 'MEMBER') THEN
+        EXECUTE format('GRANT cloudlens_query TO %I', current_user);
     END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
 END
 $$";
 

@@ -73,14 +73,14 @@ impl ReadConnection {
     }
 }
 
-/// The role queries of a tenant run as (`sql/V9`): it owns no table, so row-level
-/// security shows it only the rows of the tenant its connection is bound to.
-pub const QUERY_ROLE: &str = "cloudlens_query";
-
-/// Binds a connection to `tenant` as the query role (one statement; row-level security
-/// then filters every read-model table by it).
+/// Binds a connection to `tenant` as the query role `cloudlens_query` (`sql/V9`), which
+/// owns no table: row-level security then shows it only that tenant's rows (ADR 0015).
 pub const BIND_TENANT_SQL: &str =
     "SELECT set_config('role', 'cloudlens_query', false), set_config('app.tenant', $1, false)";
+
+/// Back to the owner, bound to no tenant (a pooled connection for the admin API).
+pub const UNBIND_SQL: &str =
+    "SELECT set_config('role', 'none', false), set_config('app.tenant', '', false)";
 
 /// The shared connections, handed out in turn: one group as the owner (`get`, for the
 /// key check, read-your-writes and admin reads) and, per tenant, a group bound to it as

@@ -12,8 +12,10 @@
 //! | `verify-ca`   | yes            | yes                       | no                |
 //! | `verify-full` | yes            | yes                       | yes               |
 //!
-//! The chain is checked against `sslrootcert` (a PEM file) when given, else against the
-//! system's trust store. Unix-socket connections never use TLS.
+//! The chain is checked against the CAs of `sslrootcert` (a PEM file, bundles too) and
+//! only those when given; without it, against the system's trust store (libpq would read
+//! `~/.postgresql/root.crt`: give `sslrootcert`). `require` with `sslrootcert` is
+//! `verify-ca`, as in libpq. Unix-socket connections never use TLS (`db::config`).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -52,11 +54,16 @@ fn mode(v: &str) -> anyhow::Result<SslMode> {
     })
 }
 
+/// Whether `conn` is a URI rather than key=value pairs (as tokio-postgres decides).
+pub fn is_uri(conn: &str) -> bool {
+    conn.starts_with("postgres://") || conn.starts_with("postgresql://")
+}
+
 /// Takes `sslmode` and `sslrootcert` out of a key=value string or a URI.
 pub fn split(conn: &str) -> anyhow::Result<Split> {
     let mut found_mode = None;
     let mut root_cert = None;
-    let rest = if let Some((head, query)) = conn.split_once('?').filter(|_| conn.contains("://")) {
+    let rest = if let Some((head, query)) = conn.split_once('?').filter(|_| is_uri(conn)) {
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -72,7 +79,7 @@ pub fn split(conn: &str) -> anyhow::Result<Split> {
         } else {
             format!("{head}?{}", kept.join("&"))
         }
-    } else if conn.contains("://") {
+    } else if is_uri(conn) {
         conn.to_owned()
     } else {
         // key=value pairs; values in single quotes may hold spaces.
@@ -86,13 +93,17 @@ pub fn split(conn: &str) -> anyhow::Result<Split> {
         }
         kept.join(" ")
     };
-    let mode = found_mode.unwrap_or(SslMode::Prefer);
+    let mode = match found_mode.unwrap_or(SslMode::Prefer) {
+        // libpq: `require` with a root certificate checks the chain, as verify-ca.
+        SslMode::Require if root_cert.is_some() => SslMode::VerifyCa,
+        m => m,
+    };
     let tokio_mode = match mode {
         SslMode::Disable => "disable",
         SslMode::Prefer => "prefer",
         _ => "require",
     };
-    let sep = if rest.contains("://") {
+    let sep = if is_uri(&rest) {
         if rest.contains('?') {
             "&"
         } else {
@@ -195,10 +206,16 @@ pub fn connector(split: &Split) -> anyhow::Result<MakeTlsConnector> {
         SslMode::VerifyFull => {}
     }
     if let Some(path) = &split.root_cert {
+        // Only these CAs, as libpq: a bundle (RDS's) holds many, and the system's trust
+        // store is not consulted.
         let pem = std::fs::read(path).with_context(|| format!("cannot read sslrootcert {path}"))?;
-        let cert = native_tls::Certificate::from_pem(&pem)
+        let certs = native_tls::Certificate::stack_from_pem(&pem)
             .with_context(|| format!("sslrootcert {path} is not a PEM certificate"))?;
-        b.add_root_certificate(cert);
+        anyhow::ensure!(!certs.is_empty(), "sslrootcert {path} holds no certificate");
+        b.disable_built_in_roots(true);
+        for cert in certs {
+            b.add_root_certificate(cert);
+        }
     }
     Ok(MakeTlsConnector::new(
         b.build().context("cannot set up TLS")?,
@@ -254,6 +271,12 @@ mod tests {
         let s = split("host=/run/pg dbname=x sslmode=disable").unwrap();
         assert_eq!(s.conn, "host=/run/pg dbname=x sslmode=disable");
         assert!(split("host=db sslmode=verify").is_err());
+        // libpq: require with a root certificate checks the chain.
+        let s = split("host=db sslmode=require sslrootcert=/ca.pem").unwrap();
+        assert_eq!(s.mode, SslMode::VerifyCa);
+        // `://` inside a value does not make a URI.
+        let s = split("host=db password=a://b sslmode=disable").unwrap();
+        assert_eq!(s.conn, "host=db password=a://b sslmode=disable");
         // What is left parses.
         for c in [
             "host=db port=5432 user=u sslmode=require",

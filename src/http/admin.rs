@@ -144,12 +144,7 @@ pub async fn projections(state: web::Data<AppState>) -> Result<HttpResponse, Api
     (status = 200, body = crate::ops::assessment::Assessment), (status = 503, body = Problem)))]
 #[get("/api/v1/admin/assessment")]
 pub async fn assessment(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let client = state
-        .store
-        .pool()
-        .get()
-        .await
-        .map_err(crate::db::QueryError::from)?;
+    let client = state.admin_scan().await?;
     let report = crate::ops::assessment::assess(&client).await?;
     Ok(HttpResponse::Ok().json(report))
 }

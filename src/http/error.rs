@@ -267,7 +267,7 @@ impl From<ImportError> for ApiError {
                 message,
             },
             ImportError::Body(m) => ApiError::MalformedBody(m),
-            ImportError::TooLarge(limit) => {
+            ImportError::TooLarge(crate::imports::BodyTooLarge(limit)) => {
                 ApiError::PayloadTooLarge(usize::try_from(limit).unwrap_or(usize::MAX))
             }
             ImportError::Store(s) => s.into(),

@@ -111,8 +111,27 @@ impl AppState {
             .get()
             .await
             .map_err(crate::db::QueryError::from)?;
+        let bind = client
+            .prepare_cached(crate::db::reader::BIND_TENANT_SQL)
+            .await
+            .map_err(crate::db::QueryError::from)?;
         client
-            .execute(crate::db::reader::BIND_TENANT_SQL, &[&tenant])
+            .execute(&bind, &[&tenant])
+            .await
+            .map_err(crate::db::QueryError::from)?;
+        Ok(client)
+    }
+
+    /// A pooled connection of `scans` as the owner, bound to no tenant: for the admin
+    /// API's reads of the whole database (the assessment), under the scans' timeout.
+    pub async fn admin_scan(&self) -> Result<deadpool_postgres::Object, ApiError> {
+        let client = self
+            .scans
+            .get()
+            .await
+            .map_err(crate::db::QueryError::from)?;
+        client
+            .batch_execute(crate::db::reader::UNBIND_SQL)
             .await
             .map_err(crate::db::QueryError::from)?;
         Ok(client)

@@ -72,10 +72,14 @@ async fn sums<C: GenericClient>(client: &C) -> anyhow::Result<BTreeMap<String, T
     Ok(out)
 }
 
+/// A table name as an SQL identifier.
+fn quote(table: &str) -> String {
+    format!("\"{}\"", table.replace('"', "\"\""))
+}
+
 async fn sum<C: GenericClient>(client: &C, table: &str) -> anyhow::Result<TableSum> {
-    let quoted = format!("\"{}\"", table.replace('"', "\"\""));
     let row = client
-        .query_one(&SUM_SQL.replace("{}", &quoted), &[])
+        .query_one(&SUM_SQL.replace("{}", &quote(table)), &[])
         .await
         .with_context(|| format!("cannot sum table {table}"))?;
     Ok(TableSum {
@@ -162,6 +166,26 @@ pub async fn backup(conn: &str, dest: &Path) -> anyhow::Result<Manifest> {
         .read_only(true)
         .start()
         .await?;
+    // Every table locked (ACCESS SHARE, as pg_dump takes) before the snapshot: a rebuild
+    // swap that drops a table waits for the backup instead of slipping in between the
+    // snapshot and the table's turn.
+    let tables: Vec<String> = tx
+        .query(TABLES_SQL, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !tables.is_empty() {
+        let list: Vec<String> = tables
+            .iter()
+            .map(|t| format!("public.{}", quote(t)))
+            .collect();
+        tx.batch_execute(&format!(
+            "LOCK TABLE {} IN ACCESS SHARE MODE",
+            list.join(", ")
+        ))
+        .await?;
+    }
     let snapshot: String = tx
         .query_one("SELECT pg_export_snapshot()", &[])
         .await?
@@ -214,14 +238,26 @@ pub async fn backup(conn: &str, dest: &Path) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
-/// `conn` with its database replaced by `dbname` (a key=value string or a URI).
+/// `conn` with its database replaced by `dbname` (a key=value string or a URI; a URI's
+/// `dbname` parameter, which would win over its path, is dropped).
 pub fn with_dbname(conn: &str, dbname: &str) -> String {
-    if let Some(scheme_end) = conn.find("://") {
-        let rest = &conn[scheme_end + 3..];
+    if db::tls::is_uri(conn) {
+        let scheme_end = conn.find("://").map_or(0, |i| i + 3);
+        let rest = &conn[scheme_end..];
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
-        let query = tail.find('?').map_or("", |q| &tail[q..]);
-        format!("{}{authority}/{dbname}{query}", &conn[..scheme_end + 3])
+        let query: Vec<&str> = tail
+            .split_once('?')
+            .map_or("", |(_, q)| q)
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("dbname="))
+            .collect();
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        format!("{}{authority}/{dbname}{query}", &conn[..scheme_end])
     } else {
         // libpq and tokio-postgres both take the last of a repeated keyword.
         format!("{conn} dbname={dbname}")
@@ -305,10 +341,17 @@ pub async fn verify(src: &Path, conn: &str, keep: bool) -> anyhow::Result<Verify
     }
     .await;
     if !keep {
-        let admin = db::connect(&maintenance).await?;
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
-            .await?;
+        let dropped = async {
+            db::connect(&maintenance)
+                .await?
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {scratch} WITH (FORCE)"))
+                .await
+        }
+        .await;
+        if let Err(e) = dropped {
+            // The verification's own outcome matters more; say what is left behind.
+            tracing::warn!(error = %e, database = %scratch, "the scratch database was not dropped");
+        }
     }
     result?;
     Ok(report)
@@ -433,5 +476,9 @@ mod tests {
         );
         assert_eq!(with_dbname("postgresql://h", "b"), "postgresql://h/b");
         assert_eq!(with_dbname("postgres://h?x=1", "b"), "postgres://h/b?x=1");
+        assert_eq!(
+            with_dbname("postgres://h/a?dbname=a&x=1", "b"),
+            "postgres://h/b?x=1"
+        );
     }
 }

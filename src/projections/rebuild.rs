@@ -344,13 +344,13 @@ async fn shape<C: GenericClient>(client: &C, table: &str) -> Result<String, Rebu
     })
 }
 
+/// Secures a read-model table as every read model is (`sql/V9`).
+const SECURE_SQL: &str = "SELECT cloudlens_secure_read_model($1::text::regclass)";
+
 /// One attempt at the swap inside `tx` (the caller commits): returns the events applied
 /// in the final catch-up and the live checkpoint's new position. Fails with
 /// `ShapeChanged` (before dropping anything) if a live table no longer has the shape it
 /// had when the rebuild started.
-/// Secures a read-model table as every read model is (`sql/V9`).
-const SECURE_SQL: &str = "SELECT cloudlens_secure_read_model($1::text::regclass)";
-
 async fn swap(
     tx: &Transaction<'_>,
     p: &dyn Projection,

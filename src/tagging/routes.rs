@@ -193,7 +193,7 @@ pub async fn import_rows(
             // Seen before: only the same request (this body too) gets the first answer.
             tokio::io::copy(&mut key.reader(body), &mut tokio::io::sink())
                 .await
-                .map_err(|e| ApiError::from(ImportError::Body(e.to_string())))?;
+                .map_err(|e| ApiError::from(crate::imports::body_error(&e)))?;
             return imported_before(&state, &tenant, key, stored).await;
         }
     }

@@ -158,6 +158,16 @@ async fn the_database_is_reached_over_tls_with_each_sslmode() {
     let verify_full = format!("sslmode=verify-full sslrootcert={}", ca.display());
     assert!(encrypted(tcp("localhost", &verify_full)).await.unwrap());
     assert!(encrypted(tcp("127.0.0.1", &verify_full)).await.is_err());
+    // A bundle of CAs (as RDS ships) is read whole; require with a root certificate
+    // checks the chain, as libpq does.
+    let bundle = certs.join("bundle.pem");
+    let mut pem = std::fs::read(&other).unwrap();
+    pem.extend(std::fs::read(&ca).unwrap());
+    std::fs::write(&bundle, pem).unwrap();
+    let in_bundle = format!("sslmode=verify-full sslrootcert={}", bundle.display());
+    assert!(encrypted(tcp("localhost", &in_bundle)).await.unwrap());
+    let require_other = format!("sslmode=require sslrootcert={}", other.display());
+    assert!(encrypted(tcp("localhost", &require_other)).await.is_err());
     // The URI form.
     let uri = format!(
         "postgresql://{DB_USER}@localhost:{port}/tls?sslmode=verify-full&sslrootcert={}",
