@@ -74,6 +74,17 @@ check_state() {
     if ! command -v wrk >/dev/null 2>&1; then
         MISSING_PKGS+=(wrk)
     fi
+    # The server's TLS to the database links OpenSSL (native-tls); the TLS test makes
+    # its certificates with the openssl command.
+    if ! pkg_installed libssl-dev; then
+        MISSING_PKGS+=(libssl-dev)
+    fi
+    if ! command -v pkg-config >/dev/null 2>&1; then
+        MISSING_PKGS+=(pkg-config)
+    fi
+    if ! command -v openssl >/dev/null 2>&1; then
+        MISSING_PKGS+=(openssl)
+    fi
     if [ ! -f "$PG_LIBDIR/timescaledb.so" ] || [ ! -f "$(tsdb_control)" ]; then
         NEED_TSDB=1
     fi
@@ -87,7 +98,7 @@ report_ok() {
     for f in "$PG_BIN/postgres" "$PG_BIN/initdb" "$PG_BIN/pg_ctl" "$PG_CONFIG"; do
         [ -x "$f" ] || die "missing $f after setup"
     done
-    for c in prometheus promtool wrk; do
+    for c in prometheus promtool wrk pkg-config openssl; do
         command -v "$c" >/dev/null 2>&1 || die "missing command $c after setup"
     done
     version=$(sed -n "s/^[[:space:]]*default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" "$control" | head -n 1)
