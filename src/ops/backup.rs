@@ -63,11 +63,22 @@ fn progress(msg: impl std::fmt::Display) {
     eprintln!("{} {msg}", chrono::Utc::now().format("%H:%M:%S"));
 }
 
-async fn sums<C: GenericClient>(client: &C) -> anyhow::Result<BTreeMap<String, TableSum>> {
+async fn tables<C: GenericClient>(client: &C) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .query(TABLES_SQL, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+async fn sums<C: GenericClient>(
+    client: &C,
+    tables: &[String],
+) -> anyhow::Result<BTreeMap<String, TableSum>> {
     let mut out = BTreeMap::new();
-    for row in client.query(TABLES_SQL, &[]).await? {
-        let table: String = row.get(0);
-        out.insert(table.clone(), sum(client, &table).await?);
+    for table in tables {
+        out.insert(table.clone(), sum(client, table).await?);
     }
     Ok(out)
 }
@@ -169,12 +180,7 @@ pub async fn backup(conn: &str, dest: &Path) -> anyhow::Result<Manifest> {
     // Every table locked (ACCESS SHARE, as pg_dump takes) before the snapshot: a rebuild
     // swap that drops a table waits for the backup instead of slipping in between the
     // snapshot and the table's turn.
-    let tables: Vec<String> = tx
-        .query(TABLES_SQL, &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let tables = tables(&tx).await?;
     if !tables.is_empty() {
         let list: Vec<String> = tables
             .iter()
@@ -205,7 +211,7 @@ pub async fn backup(conn: &str, dest: &Path) -> anyhow::Result<Manifest> {
     // The manifest is read in the exported snapshot while pg_dump runs.
     let described = async {
         progress("summing tables");
-        let tables = sums(&tx).await?;
+        let tables = sums(&tx, &tables).await?;
         let e = tx.query_one(EVENTS_SQL, &[]).await?;
         let migrations: i64 = tx.query_one(MIGRATIONS_SQL, &[]).await?.get(0);
         anyhow::Ok((tables, e.get::<_, i64>(0), e.get::<_, i64>(1), migrations))
@@ -363,7 +369,7 @@ async fn check(target: &str, manifest: &Manifest, report: &mut VerifyReport) -> 
         "checking {} tables against the manifest",
         manifest.tables.len()
     ));
-    let restored = sums(&client).await?;
+    let restored = sums(&client, &tables(&client).await?).await?;
     report.tables_checked = restored.len();
     for (table, expected) in &manifest.tables {
         match restored.get(table) {

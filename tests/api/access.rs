@@ -263,16 +263,7 @@ async fn keys_decide_who_may_do_what_in_which_tenant() {
     let live = snapshot(&app.conn, sql).await;
     assert_eq!(live.len(), 5);
     assert!(live.iter().any(|r| r.contains("writer-a")));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudlens"))
-        .args(["projections", "rebuild", "api_keys"])
-        .env("DATABASE_URL", &app.conn)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&app.conn, &["projections", "rebuild", "api_keys"]);
     assert_eq!(snapshot(&app.conn, sql).await, live);
 }
 

@@ -66,19 +66,7 @@ async fn the_assessment_counts_what_the_database_holds() {
         .is_some_and(|s| !s.is_empty()));
 
     // The command line says the same, as JSON and as tables.
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudlens"))
-            .args(args)
-            .env("DATABASE_URL", &app.conn)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| cli_ok(&app.conn, args);
     let json: Value = serde_json::from_str(&run(&["assess", "--json"])).unwrap();
     assert_eq!(json["growth"]["events_total"], events);
     let text = run(&["assess"]);

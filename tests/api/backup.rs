@@ -119,11 +119,7 @@ async fn a_backup_under_load_verifies_and_a_tampered_one_does_not() {
     );
 
     // The command line reports it and exits non-zero.
-    let out = Command::new(env!("CARGO_BIN_EXE_cloudlens"))
-        .args(["restore", dir.to_str().unwrap(), "--verify"])
-        .env("DATABASE_URL", &app.conn)
-        .output()
-        .unwrap();
+    let out = cli(&app.conn, &["restore", dir.to_str().unwrap(), "--verify"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(stdout.contains("FAILED"), "{stdout}");

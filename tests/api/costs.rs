@@ -32,6 +32,22 @@ async fn post_bill(app: &TestApp, account: &str, format: &str, csv: &str) -> Res
         .unwrap()
 }
 
+/// No bill import reached the log, and nothing of one stayed staged.
+async fn nothing_imported(app: &TestApp) {
+    assert_eq!(
+        count(
+            &app.conn,
+            "SELECT count(*) FROM events WHERE stream_type = 'bill_import'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&app.conn, "SELECT count(*) FROM staged_events").await,
+        0
+    );
+}
+
 /// Imports and waits until the import is visible; returns the answer.
 pub async fn import_ok(app: &TestApp, account: &str, format: &str, csv: &str) -> Value {
     let res = post_bill(app, account, format, csv).await;
@@ -501,18 +517,7 @@ async fn a_bad_bill_is_refused_whole_with_row_and_column_and_writes_nothing() {
     assert_eq!(res.status(), 422);
     assert_eq!(body(res).await["field"], "format");
     // Nothing of any of them reached the log or stayed staged.
-    assert_eq!(
-        count(
-            &app.conn,
-            "SELECT count(*) FROM events WHERE stream_type = 'bill_import'"
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(&app.conn, "SELECT count(*) FROM staged_events").await,
-        0
-    );
+    nothing_imported(&app).await;
     // An account name is unique; a bad currency names its field.
     let res = app
         .post_json(
@@ -577,18 +582,7 @@ async fn an_import_past_its_route_limit_is_413_and_applies_nothing() {
         "application/problem+json"
     );
     assert_eq!(body(res).await["code"], "payload_too_large");
-    assert_eq!(
-        count(
-            &app.conn,
-            "SELECT count(*) FROM events WHERE stream_type = 'bill_import'"
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(&app.conn, "SELECT count(*) FROM staged_events").await,
-        0
-    );
+    nothing_imported(&app).await;
     // A bill under the import limit (and over the JSON limit) is imported.
     let small: String = csv.lines().take(200).collect::<Vec<_>>().join("\n") + "\n";
     assert!(small.len() > 1024 && small.len() < 64 * 1024);

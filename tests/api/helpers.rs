@@ -309,3 +309,23 @@ pub async fn rebuild_and_wait(app: &TestApp, name: &str) {
     .await;
     assert!(done.is_some(), "rebuild of {name} finished");
 }
+
+/// The `cloudlens` binary run with `args` against the database `conn`.
+pub fn cli(conn: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cloudlens"))
+        .args(args)
+        .env("DATABASE_URL", conn)
+        .output()
+        .unwrap()
+}
+
+/// `cli` that must succeed: its standard output.
+pub fn cli_ok(conn: &str, args: &[&str]) -> String {
+    let out = cli(conn, args);
+    assert!(
+        out.status.success(),
+        "cloudlens {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
