@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::access::{self, events::Role};
 use crate::config::Settings;
 use crate::context;
+use crate::crypto::Vault;
 use crate::db::{self, cluster::LocalCluster};
 use crate::eventstore::{self, signal::EventSignal, EventStore, StoreError};
 use crate::http::{self, AppState};
@@ -115,7 +116,8 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
     let reads = db::Reader::new(&conn, settings.read_pool_size, settings.read_tenants);
     let signal = EventSignal::default();
     let store = EventStore::new(pool.clone(), signal.clone());
-    let registry = context::projections();
+    let vault = Vault::new(settings.master_key.clone());
+    let registry = context::projections(&vault);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let progress = Progress::new(registry.iter().map(|p| p.name()));
     let mut tasks = Vec::new();
@@ -208,6 +210,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         progress,
         tasks: started.clone(),
         keyring,
+        vault,
     });
     let server = http::server(listener, state.clone())?;
     Ok(Running {
@@ -391,9 +394,10 @@ pub fn restore(
     into: Option<String>,
 ) -> anyhow::Result<()> {
     use crate::ops::backup;
+    let vault = Vault::new(settings.master_key.clone());
     with_database(&settings, |conn| async move {
         if verify {
-            let report = backup::verify(&src, &conn, keep).await?;
+            let report = backup::verify(&src, &conn, keep, &vault).await?;
             print!("{}", backup::render(&report));
             anyhow::ensure!(
                 report.differences.is_empty(),
@@ -418,13 +422,14 @@ pub fn migrate(settings: Settings) -> anyhow::Result<()> {
 
 /// `cloudlens projections status`: one line per projector.
 pub fn projections_status(settings: Settings) -> anyhow::Result<()> {
+    let vault = Vault::new(settings.master_key.clone());
     with_database(&settings, |conn| async move {
         let client = db::connect(&conn).await?;
         println!(
             "{:<16} {:>12} {:>12} {:>12}  {:<10} rebuild",
             "NAME", "POSITION", "LAG_EVENTS", "LAG_SECONDS", "STATE"
         );
-        for p in context::projections().iter() {
+        for p in context::projections(&vault).iter() {
             let s = projections::status::of(&client, &**p).await?;
             let rebuild = s.rebuild.map(|r| r.state).unwrap_or_else(|| "-".into());
             println!(
@@ -438,9 +443,10 @@ pub fn projections_status(settings: Settings) -> anyhow::Result<()> {
 
 /// `cloudlens projections rebuild NAME`: runs the rebuild here and reports it.
 pub fn projections_rebuild(settings: Settings, name: String) -> anyhow::Result<()> {
+    let vault = Vault::new(settings.master_key.clone());
     let batch = settings.projector_batch_size;
     with_database(&settings, |conn| async move {
-        let p = context::projections()
+        let p = context::projections(&vault)
             .iter()
             .find(|p| p.name() == name)
             .cloned()

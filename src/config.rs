@@ -47,6 +47,9 @@ pub struct Settings {
     /// Requests per second per API key (token bucket; 0: no limit), and the burst.
     pub rate_per_second: u32,
     pub rate_burst: u32,
+    /// The master key that wraps the data keys of sensitive attributes (`crypto`); the
+    /// local cluster's server makes one in `data_dir` when none is given.
+    pub master_key: Option<crate::crypto::MasterKey>,
 }
 
 /// A secret that `{:?}` does not print (settings end up in logs and error reports).
@@ -85,11 +88,22 @@ impl Default for Settings {
             admin_key: None,
             rate_per_second: 1000,
             rate_burst: 2000,
+            master_key: None,
         }
     }
 }
 
 impl Settings {
+    /// The local cluster's master key (`data_dir/master.key`, made on first use) unless
+    /// one is given: sensitive attributes work out of the box on a development machine.
+    pub fn with_local_master_key(mut self) -> anyhow::Result<Self> {
+        if self.database_url.is_none() && self.master_key.is_none() {
+            let path = self.data_dir.join("master.key");
+            self.master_key = Some(crate::crypto::MasterKey::from_file(&path, true)?);
+        }
+        Ok(self)
+    }
+
     /// Reads `DATABASE_URL` and the `CLOUDLENS_*` variables; unset ones keep their defaults.
     pub fn from_env() -> anyhow::Result<Self> {
         let mut s = Self::default();
@@ -162,6 +176,17 @@ impl Settings {
         }
         if let Some(v) = var("CLOUDLENS_METRICS_PUBLIC") {
             s.metrics_public = parse("CLOUDLENS_METRICS_PUBLIC", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_MASTER_KEY") {
+            s.master_key = Some(
+                crate::crypto::MasterKey::parse(&v)
+                    .map_err(|e| anyhow::anyhow!("CLOUDLENS_MASTER_KEY is not valid: {e}"))?,
+            );
+        } else if let Some(v) = var("CLOUDLENS_MASTER_KEY_FILE") {
+            s.master_key = Some(crate::crypto::MasterKey::from_file(
+                std::path::Path::new(&v),
+                false,
+            )?);
         }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 
+use crate::crypto::Vault;
 use crate::jobs::{JobHandler, JobsProjection};
 use crate::projections::Projection;
 
@@ -17,8 +18,9 @@ pub struct BoundedContext {
     pub routes: fn(&mut web::ServiceConfig),
     /// The context's paths and schemas, merged into the served OpenAPI document.
     pub openapi: fn() -> utoipa::openapi::OpenApi,
-    /// The projectors that keep the context's read models.
-    pub projections: fn() -> Vec<Arc<dyn Projection>>,
+    /// The projectors that keep the context's read models (those that read sealed
+    /// values open them with the vault).
+    pub projections: fn(&Vault) -> Vec<Arc<dyn Projection>>,
     /// The background jobs its commands may request (see `jobs`).
     pub jobs: fn() -> Vec<Arc<dyn JobHandler>>,
 }
@@ -34,9 +36,9 @@ pub fn all() -> Vec<BoundedContext> {
 }
 
 /// Every projector of every context, and the `jobs` projector that enqueues their jobs.
-pub fn projections() -> crate::projections::Registry {
+pub fn projections(vault: &Vault) -> crate::projections::Registry {
     let mut all_projections: Vec<Arc<dyn Projection>> =
-        all().iter().flat_map(|c| (c.projections)()).collect();
+        all().iter().flat_map(|c| (c.projections)(vault)).collect();
     all_projections.push(Arc::new(JobsProjection::new(jobs())));
     Arc::new(all_projections)
 }

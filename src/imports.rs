@@ -108,6 +108,9 @@ pub enum ImportError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Codec(#[from] codec::CodecError),
+    /// Sensitive values could not be sealed (no master key: 503).
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
 }
 
 /// A bad row or cell.

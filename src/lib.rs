@@ -23,6 +23,7 @@ pub mod budgets;
 pub mod config;
 pub mod context;
 pub mod costs;
+pub mod crypto;
 pub mod db;
 pub mod eventstore;
 pub mod http;

@@ -86,7 +86,7 @@ enum ProjectionsCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::from_env() {
+    let settings = match Settings::from_env().and_then(Settings::with_local_master_key) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cloudlens: {e:#}");

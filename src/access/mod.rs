@@ -96,7 +96,7 @@ pub fn context() -> BoundedContext {
         name: "access",
         routes: routes::configure,
         openapi: AccessApi::openapi,
-        projections: || vec![Arc::new(Typed(projection::ApiKeysProjector))],
+        projections: |_| vec![Arc::new(Typed(projection::ApiKeysProjector))],
         jobs: Vec::new,
     }
 }

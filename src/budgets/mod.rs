@@ -48,7 +48,7 @@ pub fn context() -> BoundedContext {
         name: "budgets",
         routes: routes::configure,
         openapi: BudgetsApi::openapi,
-        projections: || vec![Arc::new(Typed(projection::BudgetsProjector))],
+        projections: |_| vec![Arc::new(Typed(projection::BudgetsProjector))],
         jobs: Vec::new,
     }
 }

@@ -101,7 +101,7 @@ pub fn context() -> BoundedContext {
         name: "costs",
         routes: routes::configure,
         openapi: CostsApi::openapi,
-        projections: || {
+        projections: |_| {
             vec![
                 Arc::new(Typed(projection::AccountsProjector)),
                 Arc::new(projection::CostLinesProjector),

@@ -87,6 +87,10 @@ pub enum ApiError {
     /// 503 `read_model_behind` with Retry-After: `min_position` not reached in time.
     #[error("read models have not reached position {0} yet")]
     ReadModelBehind(i64),
+    /// 503 `encryption_unavailable`: sensitive values arrived but the server has no master
+    /// key (`CLOUDLENS_MASTER_KEY`); no Retry-After, a retry needs the configuration fixed.
+    #[error("sensitive attributes need a master key; the server has none (CLOUDLENS_MASTER_KEY)")]
+    EncryptionUnavailable,
     /// 503 `query_timeout`: a scanning query ran past `CLOUDLENS_SCAN_TIMEOUT_MS`.
     #[error("the query ran too long and was cancelled; narrow the range or the grouping")]
     QueryTimeout,
@@ -140,6 +144,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::ReadModelBehind(_) => "read_model_behind",
             ApiError::QueryTimeout => "query_timeout",
+            ApiError::EncryptionUnavailable => "encryption_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -183,9 +188,10 @@ impl ResponseError for ApiError {
             | ApiError::RebuildInProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable(_) | ApiError::ReadModelBehind(_) | ApiError::QueryTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::ReadModelBehind(_)
+            | ApiError::QueryTimeout
+            | ApiError::EncryptionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -214,7 +220,9 @@ impl ResponseError for ApiError {
             },
         };
         let mut builder = HttpResponse::build(status);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            && !matches!(self, ApiError::EncryptionUnavailable)
+        {
             builder.insert_header((header::RETRY_AFTER, "1"));
         }
         if let ApiError::MethodNotAllowed { allow } = self {
@@ -272,6 +280,10 @@ impl From<ImportError> for ApiError {
             }
             ImportError::Store(s) => s.into(),
             ImportError::Codec(c) => ApiError::Internal(c.into()),
+            ImportError::Crypto(crate::crypto::CryptoError::NoMasterKey) => {
+                ApiError::EncryptionUnavailable
+            }
+            ImportError::Crypto(e) => ApiError::Internal(e.into()),
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub tasks: Tasks,
     /// The API keys as this process knows them (`auth`).
     pub keyring: auth::Keyring,
+    /// Seals and opens sensitive values (`crypto`).
+    pub vault: crate::crypto::Vault,
 }
 
 impl AppState {

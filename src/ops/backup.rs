@@ -323,7 +323,12 @@ pub struct VerifyReport {
 
 /// Restores `src` into a scratch database next to `conn`'s and checks it (module docs).
 /// The scratch database is dropped afterwards unless `keep`.
-pub async fn verify(src: &Path, conn: &str, keep: bool) -> anyhow::Result<VerifyReport> {
+pub async fn verify(
+    src: &Path,
+    conn: &str,
+    keep: bool,
+    vault: &crate::crypto::Vault,
+) -> anyhow::Result<VerifyReport> {
     let manifest: Manifest = serde_json::from_slice(
         &tokio::fs::read(src.join(MANIFEST_FILE))
             .await
@@ -343,7 +348,7 @@ pub async fn verify(src: &Path, conn: &str, keep: bool) -> anyhow::Result<Verify
     report.database = scratch.clone();
     let result = async {
         let target = restore_into(src, &maintenance, &scratch).await?;
-        check(&target, &manifest, &mut report).await
+        check(&target, &manifest, vault, &mut report).await
     }
     .await;
     if !keep {
@@ -363,7 +368,12 @@ pub async fn verify(src: &Path, conn: &str, keep: bool) -> anyhow::Result<Verify
     Ok(report)
 }
 
-async fn check(target: &str, manifest: &Manifest, report: &mut VerifyReport) -> anyhow::Result<()> {
+async fn check(
+    target: &str,
+    manifest: &Manifest,
+    vault: &crate::crypto::Vault,
+    report: &mut VerifyReport,
+) -> anyhow::Result<()> {
     let mut client = db::connect(target).await?;
     progress(format_args!(
         "checking {} tables against the manifest",
@@ -403,7 +413,7 @@ async fn check(target: &str, manifest: &Manifest, report: &mut VerifyReport) -> 
     // are not replayed: a replay would request their work again.
     crate::eventstore::check_epoch(&client).await?;
     let (_keep, never) = tokio::sync::watch::channel(false);
-    for p in crate::context::projections().iter() {
+    for p in crate::context::projections(vault).iter() {
         let name = p.name();
         if p.options().durable_commit {
             report.projections_skipped.push(name.to_owned());

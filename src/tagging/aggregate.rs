@@ -10,8 +10,8 @@ use super::commands::{
     TagCommand, TagDraft, TagRunCommand,
 };
 use super::events::{
-    AppliedTag, KindSchema, ManualTagEvent, SubjectImportEvent, SubjectKindEvent, TagCategoryEvent,
-    TagDefinition, TagEvent, TagKind, TagRunEvent,
+    AppliedTag, KindSchema, ManualTagEvent, SubjectErasureEvent, SubjectImportEvent,
+    SubjectKindEvent, TagCategoryEvent, TagDefinition, TagEvent, TagKind, TagRunEvent,
 };
 use super::rules::{self, AttrType};
 use crate::pipeline::{DomainError, EventSourced, Rejection};
@@ -167,6 +167,17 @@ impl Aggregate for SubjectKind {
                         "an attribute's type cannot change once declared",
                     ));
                 }
+                // Values stored in the clear cannot be sealed afterwards, nor sealed ones
+                // be read without their keys: sensitivity is part of the declaration.
+                if old
+                    .attribute(&a.name)
+                    .is_some_and(|o| o.sensitive != a.sensitive)
+                {
+                    return Err(invalid(
+                        format!("attributes/{i}/sensitive"),
+                        "whether an attribute is sensitive cannot change once declared",
+                    ));
+                }
             }
         }
         Ok(vec![SubjectKindEvent::SubjectKindDeclared(schema)])
@@ -212,6 +223,43 @@ impl Aggregate for SubjectImport {
         if let SubjectImportEvent::ImportCompleted { .. } = event {
             self.completed = true;
         }
+    }
+}
+
+// --- erasure of a subject's sensitive values ------------------------------------------
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubjectErasure {
+    pub forgotten: u32,
+}
+
+impl EventSourced for SubjectErasure {
+    const STREAM_TYPE: &'static str = "subject_erasure";
+}
+
+#[async_trait]
+impl Aggregate for SubjectErasure {
+    type Command = SubjectErasureEvent;
+    type Event = SubjectErasureEvent;
+    type Error = TaggingError;
+    type Services = ();
+
+    fn aggregate_type() -> String {
+        Self::STREAM_TYPE.to_owned()
+    }
+
+    /// The route found the keys and attributes; forgetting again is recorded again (a
+    /// later import may have sealed new values under a new key).
+    async fn handle(
+        &self,
+        command: SubjectErasureEvent,
+        _: &(),
+    ) -> Result<Vec<SubjectErasureEvent>, TaggingError> {
+        Ok(vec![command])
+    }
+
+    fn apply(&mut self, _: SubjectErasureEvent) {
+        self.forgotten += 1;
     }
 }
 
@@ -609,8 +657,29 @@ mod tests {
                 name: "total_asset_value".into(),
                 ty: AttrType::Number,
                 source: "user_asset_summary".into(),
+                sensitive: false,
             }],
         }
+    }
+
+    #[tokio::test]
+    async fn whether_an_attribute_is_sensitive_cannot_change() {
+        let mut kind = SubjectKind::default();
+        let e = kind.handle(("user".into(), draft()), &()).await.unwrap();
+        kind.apply(e[0].clone());
+        let mut changed = draft();
+        changed.attributes[0].sensitive = true;
+        let err = kind
+            .handle(("user".into(), changed), &())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            invalid(
+                "attributes/0/sensitive",
+                "whether an attribute is sensitive cannot change once declared"
+            )
+        );
     }
 
     #[tokio::test]

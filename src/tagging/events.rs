@@ -25,6 +25,11 @@ pub struct Attribute {
     pub ty: AttrType,
     /// The source table the attribute arrives in.
     pub source: String,
+    /// Personal data (a phone number, an email): stored in events only sealed with the
+    /// subject's data key, erased by `POST /api/v1/subjects/{kind}/{id}:forget`. Fixed
+    /// once declared.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
 }
 
 /// A subject kind's schema, as declared (full state in every event).
@@ -37,6 +42,15 @@ pub struct KindSchema {
 }
 
 impl KindSchema {
+    /// The names of the sensitive attributes.
+    pub fn sensitive(&self) -> Vec<String> {
+        self.attributes
+            .iter()
+            .filter(|a| a.sensitive)
+            .map(|a| a.name.clone())
+            .collect()
+    }
+
     pub fn attribute(&self, name: &str) -> Option<&Attribute> {
         self.attributes.iter().find(|a| a.name == name)
     }
@@ -70,6 +84,23 @@ pub struct ImportedRow {
     pub id: String,
     pub updated_time: DateTime<Utc>,
     pub attrs: Map<String, Value>,
+    /// The row's non-null sensitive values, sealed with the subject's data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
+}
+
+/// Values sealed with data key `key` (`crypto`): base64 of nonce ‖ AES-GCM ciphertext of
+/// their JSON object, bound to the tenant, kind, subject and source (`sealing_context`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub key: Uuid,
+    pub data: String,
+}
+
+/// What a row's sealed values are bound to: they open only as that subject's row of that
+/// source.
+pub fn sealing_context(tenant: &str, kind: &str, subject: &str, source: &str) -> Vec<u8> {
+    format!("{tenant}\0{kind}\0{subject}\0{source}").into_bytes()
 }
 
 /// A batch of rows of one source.
@@ -102,6 +133,29 @@ impl DomainEvent for SubjectImportEvent {
             SubjectImportEvent::ImportCompleted { .. } => "ImportCompleted",
         }
         .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// On the subject's erasure stream (`stream_id(tenant, "subject", "{kind}/{id}")`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum SubjectErasureEvent {
+    /// The subject's data keys were destroyed: its sensitive values (`attributes`) sealed
+    /// under `keys` no longer open, in any copy of the log.
+    SubjectForgotten {
+        kind: String,
+        subject_id: String,
+        attributes: Vec<String>,
+        keys: Vec<Uuid>,
+    },
+}
+
+impl DomainEvent for SubjectErasureEvent {
+    fn event_type(&self) -> String {
+        "SubjectForgotten".to_owned()
     }
     fn event_version(&self) -> String {
         "1".to_owned()

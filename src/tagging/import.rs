@@ -11,9 +11,13 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use uuid::Uuid;
 
 use super::aggregate::SubjectImport;
-use super::events::{ImportedRow, KindSchema, RowsImported, SubjectImportEvent};
+use super::events::{
+    sealing_context, ImportedRow, KindSchema, RowsImported, Sealed, SubjectImportEvent,
+};
+use super::keys::{self, KeyError};
 use super::rules::{self, AttrType};
-use crate::eventstore::{codec, Appended, EventStore};
+use crate::crypto::Vault;
+use crate::eventstore::{codec, Appended, EventStore, StoreError};
 pub use crate::imports::ImportError;
 use crate::imports::{bad_row as bad, CsvRows, Staging, StreamedKey};
 use crate::pipeline::EventSourced;
@@ -49,6 +53,8 @@ struct Batcher<'a> {
     imported_at: DateTime<Utc>,
     seen: HashSet<Box<str>>,
     rows: Vec<ImportedRow>,
+    /// The pending rows' sensitive values, by index in `rows`, until they are sealed.
+    secrets: Vec<(usize, Map<String, Value>)>,
     columns: Vec<String>,
     count: i64,
 }
@@ -85,6 +91,7 @@ impl<'a> Batcher<'a> {
         let mut id = None;
         let mut updated_time = None;
         let mut attrs = Map::new();
+        let mut secret = Map::new();
         for (name, cell) in cells {
             if name == self.schema.id_field {
                 id = match cell {
@@ -106,11 +113,11 @@ impl<'a> Batcher<'a> {
                 continue;
             }
             let Some(cell) = cell else { continue };
-            let ty = if name == UPDATED_TIME {
-                AttrType::Date
+            let (ty, sensitive) = if name == UPDATED_TIME {
+                (AttrType::Date, false)
             } else {
                 match self.schema.attribute(name) {
-                    Some(a) => a.ty,
+                    Some(a) => (a.ty, a.sensitive),
                     None => return Err(bad(row, name, "is not a declared attribute")),
                 }
             };
@@ -136,6 +143,8 @@ impl<'a> Batcher<'a> {
                 if let rules::Value::Date(t) = value {
                     updated_time = Some(t);
                 }
+            } else if sensitive {
+                secret.insert(name.to_owned(), value.to_json());
             } else {
                 attrs.insert(name.to_owned(), value.to_json());
             }
@@ -148,30 +157,83 @@ impl<'a> Batcher<'a> {
                 format!("id {id:?} appears twice in this file"),
             ));
         }
+        if !secret.is_empty() {
+            self.secrets.push((self.rows.len(), secret));
+        }
         self.rows.push(ImportedRow {
             id,
             updated_time: updated_time.unwrap_or(self.imported_at),
             attrs,
+            sealed: None,
         });
         Ok(())
     }
 
-    fn take_batch(&mut self) -> SubjectImportEvent {
-        SubjectImportEvent::RowsImported(RowsImported {
+    /// The pending rows as one event, their sensitive values sealed.
+    async fn take_batch(&mut self, sealer: &Sealer<'_>) -> Result<SubjectImportEvent, ImportError> {
+        let secrets = std::mem::take(&mut self.secrets);
+        sealer.seal(self.source, &mut self.rows, secrets).await?;
+        Ok(SubjectImportEvent::RowsImported(RowsImported {
             kind: self.schema.kind.clone(),
             source: self.source.to_owned(),
             primary: self.source == self.schema.primary_source,
             columns: self.columns.clone(),
             rows: std::mem::take(&mut self.rows),
-        })
+        }))
     }
 }
 
-/// What an import writes to: the kind's schema, the source table and the body's format.
+/// Seals rows' sensitive values with their subjects' data keys, made on first use. Keys
+/// are committed before the events that need them; a failed import leaves unused keys.
+struct Sealer<'a> {
+    vault: &'a Vault,
+    store: &'a EventStore,
+    tenant: &'a str,
+    kind: &'a str,
+}
+
+impl Sealer<'_> {
+    async fn seal(
+        &self,
+        source: &str,
+        rows: &mut [ImportedRow],
+        secrets: Vec<(usize, Map<String, Value>)>,
+    ) -> Result<(), ImportError> {
+        if secrets.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = secrets.iter().map(|(i, _)| rows[*i].id.as_str()).collect();
+        let client = self.store.pool().get().await.map_err(StoreError::from)?;
+        let keys = keys::for_subjects(&**client, self.vault, (self.tenant, self.kind), &ids)
+            .await
+            .map_err(|e| match e {
+                KeyError::Db(e) => ImportError::Store(e.into()),
+                KeyError::Crypto(e) => ImportError::Crypto(e),
+            })?;
+        for (i, secret) in secrets {
+            let row = &mut rows[i];
+            let (key_id, key) = keys.get(row.id.as_str()).ok_or_else(|| {
+                StoreError::Unavailable(format!("no data key for subject {:?}", row.id))
+            })?;
+            let context = sealing_context(self.tenant, self.kind, &row.id, source);
+            let plain =
+                serde_json::to_vec(&secret).map_err(|e| codec::CodecError::Shape(e.to_string()))?;
+            row.sealed = Some(Sealed {
+                key: *key_id,
+                data: key.seal(&context, &plain)?,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What an import writes to: the kind's schema, the source table and the body's format,
+/// and the vault that seals its sensitive values.
 pub struct Target<'a> {
     pub schema: &'a KindSchema,
     pub source: &'a str,
     pub format: Format,
+    pub vault: &'a Vault,
 }
 
 /// Streams `body` into the store as an import of `source` rows of `schema`'s kind.
@@ -187,7 +249,14 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
         schema,
         source,
         format,
+        vault,
     } = target;
+    let sealer = Sealer {
+        vault,
+        store,
+        tenant,
+        kind: &schema.kind,
+    };
     let import_id = Uuid::now_v7();
     let mut b = Batcher {
         schema,
@@ -195,6 +264,7 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
         imported_at: Utc::now(),
         seen: HashSet::new(),
         rows: Vec::with_capacity(ROWS_PER_EVENT),
+        secrets: Vec::new(),
         // CSV: the header's attribute columns. NDJSON: every attribute of the source (a
         // key left out of an object is null, whatever the other lines hold).
         columns: match format {
@@ -211,11 +281,11 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
     let mut staging = Staging::new(store, import_id);
     let outcome = async {
         match format {
-            Format::Csv => read_csv(body, &mut b, &mut staging).await?,
-            Format::Ndjson => read_ndjson(body, &mut b, &mut staging).await?,
+            Format::Csv => read_csv(body, &mut b, &mut staging, &sealer).await?,
+            Format::Ndjson => read_ndjson(body, &mut b, &mut staging, &sealer).await?,
         }
         if !b.rows.is_empty() {
-            staging.push(&b.take_batch()).await?;
+            staging.push(&b.take_batch(&sealer).await?).await?;
         }
         let completed = codec::encode(&SubjectImportEvent::ImportCompleted {
             kind: schema.kind.clone(),
@@ -249,17 +319,22 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
 }
 
 /// Stages the pending rows once they fill an event.
-async fn stage_full(b: &mut Batcher<'_>, staging: &mut Staging<'_>) -> Result<(), ImportError> {
+async fn stage_full(
+    b: &mut Batcher<'_>,
+    staging: &mut Staging<'_>,
+    sealer: &Sealer<'_>,
+) -> Result<(), ImportError> {
     if b.rows.len() < ROWS_PER_EVENT {
         return Ok(());
     }
-    staging.push(&b.take_batch()).await
+    staging.push(&b.take_batch(sealer).await?).await
 }
 
 async fn read_csv<R: AsyncRead + Unpin + Send + 'static>(
     body: R,
     b: &mut Batcher<'_>,
     staging: &mut Staging<'_>,
+    sealer: &Sealer<'_>,
 ) -> Result<(), ImportError> {
     let mut rows = CsvRows::open(body).await?;
     let headers = rows.headers().to_vec();
@@ -281,7 +356,7 @@ async fn read_csv<R: AsyncRead + Unpin + Send + 'static>(
             })
             .collect();
         b.push(cells, true)?;
-        stage_full(b, staging).await?;
+        stage_full(b, staging, sealer).await?;
     }
     Ok(())
 }
@@ -290,6 +365,7 @@ async fn read_ndjson<R: AsyncRead + Unpin + Send>(
     body: R,
     b: &mut Batcher<'_>,
     staging: &mut Staging<'_>,
+    sealer: &Sealer<'_>,
 ) -> Result<(), ImportError> {
     let mut lines = BufReader::new(body).lines();
     while let Some(line) = lines
@@ -312,7 +388,7 @@ async fn read_ndjson<R: AsyncRead + Unpin + Send>(
             .map(|(k, v)| (k.as_str(), (!v.is_null()).then(|| v.clone())))
             .collect();
         b.push(cells, false)?;
-        stage_full(b, staging).await?;
+        stage_full(b, staging, sealer).await?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ pub struct TaggingMetrics {
     pub run_duration: HistogramVec,
     pub subjects_evaluated: IntCounterVec,
     pub tags_changed: IntCounterVec,
+    pub data_keys: IntCounterVec,
 }
 
 fn build() -> Result<TaggingMetrics, prometheus::Error> {
@@ -62,6 +63,16 @@ fn build() -> Result<TaggingMetrics, prometheus::Error> {
                 &["change"],
             )?,
         )?,
+        data_keys: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_tagging_data_keys_total",
+                    "Subject data keys for sensitive attributes, by change (created, destroyed)",
+                ),
+                &["change"],
+            )?,
+        )?,
     })
 }
 
@@ -72,6 +83,9 @@ pub static TAGGING: LazyLock<TaggingMetrics> =
 /// Registers the metrics (so they show on `/metrics` before the first import or run).
 pub fn init() {
     LazyLock::force(&TAGGING);
+    for change in ["created", "destroyed"] {
+        data_keys(change, 0);
+    }
 }
 
 pub fn rows_imported(source: &str, rows: i64) {
@@ -79,4 +93,9 @@ pub fn rows_imported(source: &str, rows: i64) {
         .rows_imported
         .with_label_values(&[source])
         .inc_by(rows.max(0) as u64);
+}
+
+/// Data keys made by imports (`created`) or destroyed by forgets (`destroyed`).
+pub fn data_keys(change: &str, n: u64) {
+    TAGGING.data_keys.with_label_values(&[change]).inc_by(n);
 }

@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod commands;
 pub mod events;
 pub mod import;
+pub mod keys;
 pub mod metrics;
 pub mod projection;
 pub mod queries;
@@ -63,6 +64,8 @@ pub fn tag_stream(tenant: &str, id: i32) -> Uuid {
         routes::tag_history,
         routes::assign_manual,
         routes::remove_manual,
+        routes::get_subject,
+        routes::forget_subject,
     ),
     components(schemas(
         commands::KindDraft,
@@ -92,6 +95,8 @@ pub fn tag_stream(tenant: &str, id: i32) -> Uuid {
         queries::LastRun,
         routes::TagResult,
         routes::CategoryList,
+        routes::ForgetResult,
+        queries::SubjectView,
     ))
 )]
 struct TaggingApi;
@@ -103,12 +108,12 @@ pub fn context() -> BoundedContext {
         name: "tagging",
         routes: routes::configure,
         openapi: TaggingApi::openapi,
-        projections: || {
+        projections: |vault| {
             vec![
                 Arc::new(Typed(projection::SubjectKindsProjector)),
                 Arc::new(Typed(projection::TagCategoriesProjector)),
                 Arc::new(Typed(projection::TagsProjector)),
-                Arc::new(projection::SubjectAttributesProjector),
+                Arc::new(projection::SubjectAttributesProjector::new(vault.clone())),
                 Arc::new(projection::SubjectTagsProjector),
             ]
         },

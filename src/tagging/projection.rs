@@ -3,7 +3,9 @@
 //! - `subject_kinds`, `tag_categories`, `tags`: the definitions (few rows, written per
 //!   event);
 //! - `subject_attributes`: import batches merged into one record per subject, with each
-//!   source's `updated_time`, one multi-row statement per batch of ~1,000 rows;
+//!   source's `updated_time`, one multi-row statement per batch of ~1,000 rows; sealed
+//!   sensitive values opened with the subject's data key, or left out (erased) when the
+//!   key was destroyed; `SubjectForgotten` destroys the keys and erases the values;
 //! - `subject_tags`: the tag changes of runs and manual tags, folded per batch in memory
 //!   and written with one staged upsert, plus the history (`subject_tag_history`, one row
 //!   per subject and event) and each event's tags (`tag_change_sets`).
@@ -16,11 +18,14 @@ use tokio_postgres::Transaction;
 
 use std::collections::BTreeMap;
 
-use super::aggregate::{SubjectImport, SubjectKind, SubjectManualTags, Tag, TagCategory, TagRun};
-use super::events::{
-    AppliedTag, ManualTagEvent, SubjectChange, SubjectKindEvent, TagCategoryEvent, TagEvent,
-    TagRunEvent,
+use super::aggregate::{
+    SubjectErasure, SubjectImport, SubjectKind, SubjectManualTags, Tag, TagCategory, TagRun,
 };
+use super::events::{
+    sealing_context, AppliedTag, ManualTagEvent, RowsImported, SubjectChange, SubjectErasureEvent,
+    SubjectKindEvent, TagCategoryEvent, TagEvent, TagRunEvent,
+};
+use crate::crypto::Vault;
 use crate::eventstore::RecordedEvent;
 use crate::pipeline::EventSourced;
 use crate::projections::readmodel::{col, ReadModel, Row};
@@ -300,6 +305,8 @@ static ATTRIBUTES_MODEL: ReadModel = ReadModel {
         col("attrs", Type::JSONB),
         col("source_times", Type::JSONB),
         col("max_updated", Type::TIMESTAMPTZ),
+        col("erased", Type::TEXT_ARRAY),
+        col("erased_at", Type::TIMESTAMPTZ),
     ],
     keep_on_update: &[],
     newer: None,
@@ -325,9 +332,48 @@ ON CONFLICT (tenant_id, kind, subject_id) DO UPDATE
        source_times = s.source_times || EXCLUDED.source_times,
        max_updated = greatest(s.max_updated, EXCLUDED.max_updated)";
 
+const ERASE_SQL: &str = "\
+UPDATE subject_attributes
+   SET attrs = attrs - $4::text[], erased = $4, erased_at = $5
+ WHERE tenant_id = $1 AND kind = $2 AND subject_id = $3";
+
 /// Import batches, applied in PostgreSQL: a `Projection` over the raw events, so the
-/// thousand rows of each are not decoded here (their shape is `events::RowsImported`).
-pub struct SubjectAttributesProjector;
+/// thousand rows of each are not decoded here (their shape is `events::RowsImported`) —
+/// unless they hold sealed values, which only the server can open.
+pub struct SubjectAttributesProjector {
+    vault: Vault,
+}
+
+impl SubjectAttributesProjector {
+    pub fn new(vault: Vault) -> Self {
+        Self { vault }
+    }
+
+    /// The batch with its sealed values opened into `attrs`, or left out where the data
+    /// key is destroyed (the subject was forgotten).
+    async fn open(&self, tx: &Transaction<'_>, e: &RecordedEvent) -> anyhow::Result<RowsImported> {
+        let mut batch: RowsImported = serde_json::from_str(e.payload.get())?;
+        let ids: Vec<uuid::Uuid> = batch
+            .rows
+            .iter()
+            .filter_map(|r| r.sealed.as_ref().map(|s| s.key))
+            .collect();
+        let keys = super::keys::by_id(tx, &self.vault, &ids).await?;
+        for row in &mut batch.rows {
+            let Some(sealed) = row.sealed.take() else {
+                continue;
+            };
+            let Some(key) = keys.get(&sealed.key) else {
+                continue; // destroyed: erased
+            };
+            let context = sealing_context(&e.tenant_id, &batch.kind, &row.id, &batch.source);
+            let values: serde_json::Map<String, Value> =
+                serde_json::from_slice(&key.open(&context, &sealed.data)?)?;
+            row.attrs.extend(values);
+        }
+        Ok(batch)
+    }
+}
 
 #[async_trait]
 impl Projection for SubjectAttributesProjector {
@@ -336,7 +382,7 @@ impl Projection for SubjectAttributesProjector {
     }
 
     fn stream_types(&self) -> &[&'static str] {
-        &[SubjectImport::STREAM_TYPE]
+        &[SubjectImport::STREAM_TYPE, SubjectErasure::STREAM_TYPE]
     }
 
     fn tables(&self) -> Vec<&'static str> {
@@ -354,18 +400,54 @@ impl Projection for SubjectAttributesProjector {
     /// One statement per import batch (ids are distinct within a batch, not across).
     async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
         let merge = tx.prepare(MERGE_ATTRIBUTES_SQL).await?;
-        for e in events.iter().filter(|e| e.event_type == ROWS_IMPORTED) {
-            anyhow::ensure!(
-                e.schema_version == 1,
-                "RowsImported v{} has no upcaster",
-                e.schema_version
-            );
-            let payload = tokio_postgres::types::Json(&e.payload);
-            tx.execute(&merge, &[&e.tenant_id, &payload]).await?;
+        for e in events {
+            match e.event_type.as_str() {
+                ROWS_IMPORTED => {
+                    anyhow::ensure!(
+                        e.schema_version == 1,
+                        "RowsImported v{} has no upcaster",
+                        e.schema_version
+                    );
+                    // A cheap test first: most batches hold nothing sealed.
+                    if e.payload.get().contains("\"sealed\"") {
+                        let opened = tokio_postgres::types::Json(self.open(tx, e).await?);
+                        tx.execute(&merge, &[&e.tenant_id, &opened]).await?;
+                    } else {
+                        let payload = tokio_postgres::types::Json(&e.payload);
+                        tx.execute(&merge, &[&e.tenant_id, &payload]).await?;
+                    }
+                }
+                SUBJECT_FORGOTTEN => {
+                    let SubjectErasureEvent::SubjectForgotten {
+                        kind,
+                        subject_id,
+                        attributes,
+                        keys,
+                    } = SubjectErasure::decode(e)?;
+                    // The command destroyed them already; certain once applied, a no-op
+                    // on replays.
+                    super::keys::destroy(tx, &keys, e.recorded_at).await?;
+                    tx.execute(
+                        ERASE_SQL,
+                        &[
+                            &e.tenant_id,
+                            &kind,
+                            &subject_id,
+                            &attributes,
+                            &e.recorded_at,
+                        ],
+                    )
+                    .await?;
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
 }
+
+/// `event_type` of `SubjectErasureEvent::SubjectForgotten`.
+const SUBJECT_FORGOTTEN: &str = "SubjectForgotten";
 
 /// `event_type` of `SubjectImportEvent::RowsImported`.
 const ROWS_IMPORTED: &str = "RowsImported";

@@ -583,6 +583,49 @@ pub async fn attributes(
     })
 }
 
+const SUBJECT_VIEW_SQL: &str = "\
+SELECT attrs, source_times, max_updated, coalesce(erased, '{}'), erased_at
+  FROM subject_attributes
+ WHERE tenant_id = $1 AND kind = $2 AND subject_id = $3 AND is_subject";
+
+/// A subject's record (`GET /api/v1/subjects/{kind}/{id}`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SubjectView {
+    pub subject_id: String,
+    /// The non-null attributes of all sources, merged (numbers exact, dates RFC 3339).
+    #[schema(value_type = Object)]
+    pub attributes: Value,
+    /// Each source's `updated_time`.
+    #[schema(value_type = Object)]
+    pub source_times: Value,
+    pub updated_at: DateTime<Utc>,
+    /// Sensitive attributes erased by a forget (their values are gone from every copy).
+    pub erased: Vec<String>,
+    pub erased_at: Option<DateTime<Utc>>,
+}
+
+pub async fn subject(
+    conn: &ReadConnection,
+    tenant: &str,
+    kind: &str,
+    id: &str,
+) -> Result<Option<SubjectView>, QueryError> {
+    let Some(r) = conn
+        .query_opt(SUBJECT_VIEW_SQL, &[&tenant, &kind, &id])
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(SubjectView {
+        subject_id: id.to_owned(),
+        attributes: r.try_get(0)?,
+        source_times: r.try_get(1)?,
+        updated_at: r.try_get(2)?,
+        erased: r.try_get(3)?,
+        erased_at: r.try_get(4)?,
+    }))
+}
+
 /// Every add and remove of the subject's tags, in log order (by tag within one event).
 pub async fn history(
     conn: &ReadConnection,

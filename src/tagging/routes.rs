@@ -8,20 +8,20 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::aggregate::{
-    ManualServices, SubjectImport, SubjectKind, SubjectManualTags, Tag, TagCategory, TagRun,
-    TagServices, TaggingError,
+    ManualServices, SubjectErasure, SubjectImport, SubjectKind, SubjectManualTags, Tag,
+    TagCategory, TagRun, TagServices, TaggingError,
 };
 use super::commands::{
     CategoryDraft, KindDraft, ManualTagCommand, RuleDraft, RunDraft, TagCategoryCommand,
     TagCommand, TagDraft, TagRunCommand,
 };
-use super::events::{SubjectImportEvent, TagEvent};
+use super::events::{SubjectErasureEvent, SubjectImportEvent, TagEvent};
 use super::import::Format;
 use super::projection::{SUBJECT_ATTRIBUTES, SUBJECT_KINDS, SUBJECT_TAGS, TAGS, TAG_CATEGORIES};
 use super::queries::{
     self, CategoryView, ExplainView, HistoryView, ImportResult, KindView, Preview, RunAccepted,
-    RunList, RunView, SubjectFilter, SubjectPage, SubjectTagsView, TagFilter, TagList, TagStats,
-    TagView,
+    RunList, RunView, SubjectFilter, SubjectPage, SubjectTagsView, SubjectView, TagFilter, TagList,
+    TagStats, TagView,
 };
 use super::{rules, stream_id};
 use crate::eventstore::{codec, StoreError, StoredAppend, StreamEvents};
@@ -55,7 +55,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(explain)
         .service(tag_history)
         .service(assign_manual)
-        .service(remove_manual);
+        .service(remove_manual)
+        .service(get_subject)
+        .service(forget_subject);
 }
 
 /// A tag id from the path: unknown (404) unless a positive integer.
@@ -184,6 +186,13 @@ pub async fn import_rows(
             ),
         ));
     }
+    let sealed_source = schema
+        .attributes
+        .iter()
+        .any(|a| a.sensitive && a.source == params.source);
+    if sealed_source && !state.vault.is_enabled() {
+        return Err(ApiError::EncryptionUnavailable);
+    }
     let body = streamed_body(payload, state.settings.import_limit);
     let (ctx, key) = streamed_command_context(&req)?;
     let key = key.map(|(k, hash)| StreamedKey::new(k, hash));
@@ -205,6 +214,7 @@ pub async fn import_rows(
         schema: &schema,
         source: &params.source,
         format,
+        vault: &state.vault,
     };
     let imported =
         super::import::import(&state.store, &tenant, target, body, &metadata, key.as_ref()).await;
@@ -1073,4 +1083,115 @@ pub async fn remove_manual(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     manual(&state, &req, path.into_inner(), false).await
+}
+
+/// A subject's merged attributes from all its sources, and what a forget erased.
+#[utoipa::path(get, path = "/api/v1/subjects/{kind}/{id}",
+    params(("kind" = String, Path), ("id" = String, Path), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = SubjectView), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/subjects/{kind}/{id}")]
+pub async fn get_subject(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let (kind, id) = path.into_inner();
+    let conn = state
+        .read_model(
+            &tenant,
+            SUBJECT_ATTRIBUTES,
+            min_position(params.min_position)?,
+        )
+        .await?;
+    let view = queries::subject(&conn, &tenant, &kind, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("subject".into()))?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// What a forget did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ForgetResult {
+    pub subject_id: String,
+    /// The sensitive attributes erased (all the kind declares).
+    pub erased: Vec<String>,
+    /// Data keys destroyed by this request (0 when nothing sensitive was stored).
+    pub keys_destroyed: u64,
+    pub version: i64,
+    pub position: i64,
+}
+
+/// Forget a subject (crypto-shredding): its data keys are destroyed, so its sensitive
+/// attributes can no longer be read from the log, in replays or in read models, where
+/// they show as erased; its other attributes stay. Idempotent; an import after it seals
+/// new values under a new key.
+#[utoipa::path(post, path = "/api/v1/subjects/{kind}/{id}:forget",
+    params(("kind" = String, Path), ("id" = String, Path),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = ForgetResult), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/v1/subjects/{kind}/{id}:forget")]
+pub async fn forget_subject(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let ctx = command_context(&req, b"")?;
+    let tenant = ctx.tenant_id.clone();
+    let (kind, id) = path.into_inner();
+    let schema = pipeline::load::<SubjectKind>(
+        &state.store,
+        &tenant,
+        stream_id(&tenant, "subject_kind", &kind),
+    )
+    .await
+    .map_err(ApiError::from)?
+    .aggregate
+    .schema
+    .ok_or_else(|| ApiError::NotFound("subject kind".into()))?;
+    let client = state.store.pool().get().await.map_err(StoreError::from)?;
+    let subject = (tenant.as_str(), kind.as_str());
+    if !super::keys::known(&**client, subject, &id)
+        .await
+        .map_err(StoreError::from)?
+    {
+        return Err(ApiError::NotFound("subject".into()));
+    }
+    let keys = super::keys::of_subject(&**client, subject, &id)
+        .await
+        .map_err(StoreError::from)?;
+    let erased = schema.sensitive();
+    let (result, _) = pipeline::execute::<SubjectErasure>(
+        &state.store,
+        &ctx,
+        "ForgetSubject",
+        stream_id(&tenant, "subject", &format!("{kind}/{id}")),
+        Expect::Any,
+        SubjectErasureEvent::SubjectForgotten {
+            kind,
+            subject_id: id.clone(),
+            attributes: erased.clone(),
+            keys: keys.clone(),
+        },
+        &(),
+    )
+    .await?;
+    // Destroyed now, not when the projector reaches the event (it destroys them too, so a
+    // crash between the append and this loses nothing).
+    let destroyed = super::keys::destroy(&**client, &keys, chrono::Utc::now())
+        .await
+        .map_err(StoreError::from)?;
+    super::metrics::data_keys("destroyed", destroyed);
+    Ok(HttpResponse::Ok().json(ForgetResult {
+        subject_id: id,
+        erased,
+        keys_destroyed: destroyed,
+        version: result.version,
+        position: result.position,
+    }))
 }

@@ -74,8 +74,17 @@ pub fn store(conn: &str, pool_size: usize) -> EventStore {
     EventStore::new(db::pool(conn, pool_size).unwrap(), EventSignal::default())
 }
 
+/// The master key of every test server (sensitive attributes).
+pub fn test_vault() -> cloudlens::crypto::Vault {
+    cloudlens::crypto::Vault::new(test_settings().master_key)
+}
+
 pub fn test_settings() -> Settings {
     Settings {
+        master_key: Some(
+            cloudlens::crypto::MasterKey::parse("dGVzdHMtb25seS1tYXN0ZXIta2V5LTMyLWJ5dGVzISE=")
+                .unwrap(),
+        ),
         projector_poll: Duration::from_millis(100),
         // Small steps, so a test's few hundred lines are recomputed in several.
         recompute_step_lines: 300,

@@ -9,6 +9,7 @@ mod assessment;
 mod backup;
 mod cluster;
 mod costs;
+mod erasure;
 mod http_api;
 mod jobs;
 mod projections;
