@@ -50,6 +50,9 @@ pub struct Settings {
     /// The master key that wraps the data keys of sensitive attributes (`crypto`); the
     /// local cluster's server makes one in `data_dir` when none is given.
     pub master_key: Option<crate::crypto::MasterKey>,
+    /// OTLP/HTTP collector base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`): traces are exported
+    /// there, and requests carry trace ids, only when it is set.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A secret that `{:?}` does not print (settings end up in logs and error reports).
@@ -89,6 +92,7 @@ impl Default for Settings {
             rate_per_second: 1000,
             rate_burst: 2000,
             master_key: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -188,6 +192,7 @@ impl Settings {
                 false,
             )?);
         }
+        s.otlp_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;
         }

@@ -93,7 +93,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    telemetry::init_tracing(settings.log_json);
+    let telemetry = telemetry::init_tracing(settings.log_json, settings.otlp_endpoint.as_deref());
     let result = match cli.command {
         Command::Serve => app::serve(settings),
         Command::Migrate => app::migrate(settings),
@@ -124,12 +124,15 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }
     };
-    match result {
+    let code = match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cloudlens failed");
             eprintln!("cloudlens: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // Flushes the spans still queued for export.
+    drop(telemetry);
+    code
 }

@@ -2,24 +2,109 @@
 
 use std::sync::LazyLock;
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
 use tracing_subscriber::EnvFilter;
 
-/// Structured logs to stderr; `RUST_LOG` filters (default `info`), JSON when asked.
-pub fn init_tracing(json: bool) {
+/// Tracing's lifetime: when traces are exported, dropping it flushes and stops the
+/// exporter (at most a few seconds), so spans of the last requests are not lost.
+#[must_use = "dropping Telemetry stops trace export"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            if let Err(e) = p.shutdown() {
+                eprintln!("cloudlens: trace export did not shut down cleanly: {e}");
+            }
+        }
+    }
+}
+
+/// Structured logs to stderr; `RUST_LOG` filters (default `info`), JSON when asked. With
+/// `otlp_endpoint` (`OTEL_EXPORTER_OTLP_ENDPOINT`), spans of requests, commands, appends
+/// and projector batches are also exported over OTLP/HTTP (JSON) to `{endpoint}/v1/traces`
+/// by the SDK's batch processor (its own thread, `OTEL_BSP_*` tune it), and each request's
+/// trace id shows in its log lines and problem bodies. Without it no trace is kept.
+pub fn init_tracing(json: bool, otlp_endpoint: Option<&str>) -> Telemetry {
+    use opentelemetry_otlp::WithExportConfig;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // try_init: tests start several apps in one process.
-    let _ = if json {
-        builder.json().try_init()
+    // Colours only on a terminal: log files and collectors get plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let fmt = if json {
+        fmt.json().boxed()
     } else {
-        builder.try_init()
+        fmt.boxed()
     };
+    let provider = otlp_endpoint.and_then(|base| {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
+            .with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')))
+            .build();
+        match exporter {
+            Ok(exporter) => Some(
+                SdkTracerProvider::builder()
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name("cloudlens")
+                            .build(),
+                    )
+                    .with_batch_exporter(exporter)
+                    .build(),
+            ),
+            Err(e) => {
+                eprintln!("cloudlens: traces are not exported: {e}");
+                None
+            }
+        }
+    });
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("cloudlens"))
+            // The server's own spans down to debug (commands, appends: cost nothing when
+            // traces are off), other crates' from info; log events stay in the logs.
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span()
+                    && (*m.level() <= tracing::Level::INFO || m.target().starts_with("cloudlens"))
+            }))
+    });
+    // try_init: tests start several apps in one process.
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .try_init();
+    Telemetry { provider }
+}
+
+/// The trace id (32 hex digits) of the span being run, when traces are on.
+pub fn current_trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let id = opentelemetry::Context::current()
+        .span()
+        .span_context()
+        .trace_id();
+    (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+}
+
+/// Records `span`'s trace id in its `trace_id` field, so every log line inside it names
+/// the trace (a no-op when traces are off).
+pub fn record_trace_id(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let id = span.context().span().span_context().trace_id();
+    if id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(id));
+    }
 }
 
 /// Every metric the server exports. One process-wide set (a static), so handlers,

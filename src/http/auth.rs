@@ -309,18 +309,20 @@ fn public(path: &str, metrics_public: bool) -> bool {
 }
 
 /// The middleware: checks the key, then hands the request on with its [`Principal`].
-pub async fn authenticate(
+/// A refusal is answered here (not returned as an error), so it is rendered inside the
+/// request's trace span and counted by the request metrics like any other answer.
+pub async fn authenticate<B: MessageBody + 'static>(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<B>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-        return next.call(req).await;
+        return next.call(req).await.map(ServiceResponse::map_into_left_body);
     };
     // The path as the router matches it (percent-escapes decoded): `/api/v1/%61dmin/…`
     // is the admin API too.
     let path = req.match_info().as_str().to_owned();
     if public(&path, state.settings.metrics_public) {
-        return next.call(req).await;
+        return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
     match principal(&state, &req, &path).await {
         Ok(None) => decided("open"),
@@ -330,10 +332,10 @@ pub async fn authenticate(
         }
         Err(e) => {
             decided(e.code());
-            return Err(e.into());
+            return Ok(req.error_response(e).map_into_right_body());
         }
     }
-    next.call(req).await
+    next.call(req).await.map(ServiceResponse::map_into_left_body)
 }
 
 /// Who the request is, by its key: `None` while the server is open.

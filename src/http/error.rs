@@ -118,6 +118,10 @@ pub struct Problem {
     /// `invalid_row`: the row (data rows count from 1; a CSV header is row 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub row: Option<i64>,
+    /// The request's trace id (32 hex digits) when traces are on, to find its logs and
+    /// spans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl ApiError {
@@ -218,6 +222,7 @@ impl ResponseError for ApiError {
                 ApiError::InvalidRow { row, .. } => Some(*row),
                 _ => None,
             },
+            trace_id: crate::telemetry::current_trace_id(),
         };
         let mut builder = HttpResponse::build(status);
         if status == StatusCode::SERVICE_UNAVAILABLE

@@ -165,6 +165,61 @@ async fn record(
     Ok(res)
 }
 
+/// Reads W3C `traceparent` / `tracestate` from request headers.
+struct HeaderExtractor<'a>(&'a actix_web::http::header::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// The outermost middleware when traces are on: one server span per request, continuing
+/// the caller's trace when it sends `traceparent`; the trace id in every log line of the
+/// request (a span field) and in problem bodies.
+async fn trace_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let method = req.method().to_string();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %req.path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    // Before the span is first entered: its parent is the caller's span, if any.
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract(&HeaderExtractor(req.headers()));
+    let _ = span.set_parent(parent);
+    crate::telemetry::record_trace_id(&span);
+    let res = next.call(req).instrument(span.clone()).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    span.context()
+        .span()
+        .update_name(format!("{method} {route}"));
+    span.record("http.route", route.as_str());
+    span.record("http.response.status_code", res.status().as_u16());
+    if res.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    Ok(res)
+}
+
 /// No route matched: 405 with `Allow` when the path exists with other methods (the
 /// OpenAPI document knows every path), else 404.
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
@@ -208,6 +263,10 @@ pub fn server(listener: TcpListener, state: web::Data<AppState>) -> std::io::Res
             .app_data(web::PayloadConfig::new(state.settings.body_limit))
             .wrap(middleware::from_fn(auth::authenticate))
             .wrap(middleware::from_fn(record))
+            .wrap(middleware::Condition::new(
+                state.settings.otlp_endpoint.is_some(),
+                middleware::from_fn(trace_request),
+            ))
             .configure(routes)
             .default_service(web::to(no_route))
     })

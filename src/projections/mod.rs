@@ -338,7 +338,16 @@ pub async fn apply_batch(
             _ => {}
         }
     };
-    let (applied, ()) = tokio::join!(projection.apply(tx, &events), read_ahead);
+    let span = tracing::info_span!(
+        "projector.batch",
+        projector = projection.name(),
+        events = events.len(),
+        last_position = last.position,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::record_trace_id(&span);
+    let apply = tracing::Instrument::instrument(projection.apply(tx, &events), span);
+    let (applied, ()) = tokio::join!(apply, read_ahead);
     applied.map_err(|source| ProjectionError::Apply {
         name: projection.name(),
         source,

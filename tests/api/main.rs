@@ -19,3 +19,4 @@ mod store;
 mod tagging;
 mod tenancy;
 mod tls;
+mod traces;
