@@ -118,6 +118,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
     let store = EventStore::new(pool.clone(), signal.clone());
     let vault = Vault::new(settings.master_key.clone());
     let registry = context::projections(&vault);
+    eventstore::archive::init_metrics(&context::ended_streams());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let progress = Progress::new(registry.iter().map(|p| p.name()));
     let mut tasks = Vec::new();
@@ -372,6 +373,31 @@ pub fn assess(settings: Settings, json: bool) -> anyhow::Result<()> {
         } else {
             print!("{}", crate::ops::assessment::render(&report));
         }
+        Ok(())
+    })
+}
+
+/// `cloudlens archive --ended-days-ago DAYS [--dry-run]`.
+pub fn archive(settings: Settings, ended_days_ago: u32, dry_run: bool) -> anyhow::Result<()> {
+    let vault = Vault::new(settings.master_key.clone());
+    with_database(&settings, |conn| async move {
+        let mut client = db::connect(&conn).await?;
+        let registry = context::projections(&vault);
+        let report = eventstore::archive::archive_ended(
+            &mut client,
+            &context::ended_streams(),
+            &|t| projections::readers(&registry, t),
+            chrono::Utc::now() - chrono::Duration::days(i64::from(ended_days_ago)),
+            dry_run,
+        )
+        .await?;
+        println!(
+            "{} {} events of {} streams that ended before {}",
+            if dry_run { "would archive" } else { "archived" },
+            report.events,
+            report.streams,
+            report.ended_before
+        );
         Ok(())
     })
 }

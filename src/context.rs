@@ -8,6 +8,7 @@ use std::sync::Arc;
 use actix_web::web;
 
 use crate::crypto::Vault;
+use crate::eventstore::archive::EndedBy;
 use crate::jobs::{JobHandler, JobsProjection};
 use crate::projections::Projection;
 
@@ -23,6 +24,8 @@ pub struct BoundedContext {
     pub projections: fn(&Vault) -> Vec<Arc<dyn Projection>>,
     /// The background jobs its commands may request (see `jobs`).
     pub jobs: fn() -> Vec<Arc<dyn JobHandler>>,
+    /// Its streams that end leaving no read-model rows, which may be archived.
+    pub ended: &'static [EndedBy],
 }
 
 /// Every bounded context the server runs.
@@ -46,4 +49,9 @@ pub fn projections(vault: &Vault) -> crate::projections::Registry {
 /// Every job handler of every context.
 pub fn jobs() -> crate::jobs::Handlers {
     Arc::new(all().iter().flat_map(|c| (c.jobs)()).collect())
+}
+
+/// Every archivable kind of stream end, of every context.
+pub fn ended_streams() -> Vec<EndedBy> {
+    all().iter().flat_map(|c| c.ended.iter().copied()).collect()
 }

@@ -38,6 +38,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Archive streams that ended (deleted budgets) at least DAYS days ago: their events
+    /// leave the live log (and every replay) for the archive, still readable per stream.
+    Archive {
+        #[arg(long, value_name = "DAYS")]
+        ended_days_ago: u32,
+        /// Count what would move, move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Back up the database into the directory DEST: pg_dump (custom format) and a
     /// manifest (events, last position, rows and checksum per table), one snapshot.
     Backup { dest: std::path::PathBuf },
@@ -105,6 +114,10 @@ fn main() -> std::process::ExitCode {
         } => app::projections_rebuild(settings, name),
         Command::Assess { json } => app::assess(settings, json),
         Command::Backup { dest } => app::backup(settings, dest),
+        Command::Archive {
+            ended_days_ago,
+            dry_run,
+        } => app::archive(settings, ended_days_ago, dry_run),
         Command::Restore {
             src,
             verify,

@@ -98,5 +98,6 @@ pub fn context() -> BoundedContext {
         openapi: AccessApi::openapi,
         projections: |_| vec![Arc::new(Typed(projection::ApiKeysProjector))],
         jobs: Vec::new,
+        ended: &[],
     }
 }

@@ -50,5 +50,10 @@ pub fn context() -> BoundedContext {
         openapi: BudgetsApi::openapi,
         projections: |_| vec![Arc::new(Typed(projection::BudgetsProjector))],
         jobs: Vec::new,
+        // A deleted budget's row and alerts are gone from the read models.
+        ended: &[crate::eventstore::archive::EndedBy {
+            stream_type: <aggregate::Budget as crate::pipeline::EventSourced>::STREAM_TYPE,
+            event_types: &["BudgetDeleted"],
+        }],
     }
 }

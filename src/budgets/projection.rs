@@ -148,6 +148,8 @@ impl Row for BudgetRow {
 
 pub struct BudgetsProjector;
 
+const DELETE_ALERTS_SQL: &str = "DELETE FROM budget_alerts WHERE budget_id = ANY($1)";
+
 #[async_trait]
 impl Projector for BudgetsProjector {
     type Aggregate = Budget;
@@ -230,6 +232,10 @@ impl Projector for BudgetsProjector {
         }
         BUDGET_ALERTS.insert(tx, &alerts).await?;
         BUDGETS_VIEW.delete(tx, &deletes).await?;
+        // A deleted budget leaves nothing behind (its stream may then be archived).
+        if !deletes.is_empty() {
+            tx.execute(DELETE_ALERTS_SQL, &[&deletes]).await?;
+        }
         Ok(())
     }
 }

@@ -116,5 +116,6 @@ pub fn context() -> BoundedContext {
                 Arc::new(recompute::VirtualTagRecomputeJob),
             ]
         },
+        ended: &[],
     }
 }

@@ -9,6 +9,7 @@
 //! - [`codec`] turns typed events into rows and back, upcasting old schema versions;
 //! - [`signal`] wakes projectors when events are appended, here and in other processes.
 
+pub mod archive;
 mod batch;
 mod bulk;
 pub mod codec;
@@ -180,16 +181,22 @@ INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_typ
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING position, stream_version";
 
+/// A stream's events, archived ones (ADR 0020) included.
 const LOAD_STREAM_SQL: &str = concat!(
     "SELECT ",
     global::event_columns!(),
-    " FROM events WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version"
+    " FROM events WHERE stream_type = $1 AND stream_id = $2 UNION ALL SELECT ",
+    global::event_columns!(),
+    " FROM events_archive WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version"
 );
 
 const LAST_EVENT_SQL: &str = concat!(
     "SELECT ",
     global::event_columns!(),
-    " FROM events WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version DESC LIMIT 1"
+    " FROM events WHERE stream_type = $1 AND stream_id = $2 UNION ALL SELECT ",
+    global::event_columns!(),
+    " FROM events_archive WHERE stream_type = $1 AND stream_id = $2
+     ORDER BY stream_version DESC LIMIT 1"
 );
 
 const FIND_IDEMPOTENT_SQL: &str = "\

@@ -1,12 +1,13 @@
 //! Operations endpoints: health, readiness, metrics, projections, the audit trail, OpenAPI.
 
 use actix_web::{get, post, web, HttpResponse};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::error::{ApiError, Problem};
 use super::AppState;
+use crate::eventstore::archive as event_archive;
 use crate::projections::rebuild::{Rebuild, RebuildError};
 use crate::projections::status::{self, ProjectorStatus};
 use crate::telemetry::{self, METRICS};
@@ -265,4 +266,52 @@ pub async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(BODY.as_str())
+}
+
+/// What to archive (ADR 0020).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveRequest {
+    /// Streams that ended at least this many days ago (0: any ended stream).
+    #[schema(minimum = 0, maximum = 36500)]
+    pub ended_days_ago: u32,
+    /// Count what would move, move nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Archive streams that ended (deleted budgets): their events move from the live log to
+/// the archive, out of every replay and rebuild, still readable through the stream API.
+#[utoipa::path(post, path = "/api/v1/admin/archive", request_body = ArchiveRequest,
+    responses((status = 200, body = crate::eventstore::archive::Archived),
+              (status = 400, body = Problem), (status = 409, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
+#[post("/api/v1/admin/archive")]
+pub async fn archive(
+    state: web::Data<AppState>,
+    body: super::extract::JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let request: ArchiveRequest = body.parse()?;
+    if request.ended_days_ago > 36_500 {
+        return Err(ApiError::validation("ended_days_ago", "at most 36500"));
+    }
+    let mut client = crate::db::connect(&state.conn)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("{e:#}")))?;
+    let report = event_archive::archive_ended(
+        &mut client,
+        &crate::context::ended_streams(),
+        &|t| crate::projections::readers(&state.projections, t),
+        chrono::Utc::now() - chrono::Duration::days(i64::from(request.ended_days_ago)),
+        request.dry_run,
+    )
+    .await
+    .map_err(|e| match e {
+        event_archive::ArchiveError::RebuildInProgress(_) => {
+            ApiError::RebuildInProgress(e.to_string())
+        }
+        event_archive::ArchiveError::Store(s) => s.into(),
+    })?;
+    Ok(HttpResponse::Ok().json(report))
 }

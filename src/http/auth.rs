@@ -316,13 +316,19 @@ pub async fn authenticate<B: MessageBody + 'static>(
     next: Next<B>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-        return next.call(req).await.map(ServiceResponse::map_into_left_body);
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
     };
     // The path as the router matches it (percent-escapes decoded): `/api/v1/%61dmin/…`
     // is the admin API too.
     let path = req.match_info().as_str().to_owned();
     if public(&path, state.settings.metrics_public) {
-        return next.call(req).await.map(ServiceResponse::map_into_left_body);
+        return next
+            .call(req)
+            .await
+            .map(ServiceResponse::map_into_left_body);
     }
     match principal(&state, &req, &path).await {
         Ok(None) => decided("open"),
@@ -335,7 +341,9 @@ pub async fn authenticate<B: MessageBody + 'static>(
             return Ok(req.error_response(e).map_into_right_body());
         }
     }
-    next.call(req).await.map(ServiceResponse::map_into_left_body)
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
 }
 
 /// Who the request is, by its key: `None` while the server is open.

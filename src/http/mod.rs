@@ -237,6 +237,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(admin::openapi)
         .service(admin::projections)
         .service(admin::assessment)
+        .service(admin::archive)
         .service(admin::rebuild)
         .service(admin::stream_events);
     for context in crate::context::all() {

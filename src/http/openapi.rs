@@ -33,6 +33,7 @@ use crate::projections::status;
         admin::assessment,
         admin::rebuild,
         admin::stream_events,
+        admin::archive,
     ),
     components(schemas(
         CommandResult,
@@ -45,6 +46,8 @@ use crate::projections::status;
         admin::StreamEvents,
         admin::StreamEvent,
         admin::Readiness,
+        admin::ArchiveRequest,
+        crate::eventstore::archive::Archived,
         crate::ops::assessment::Assessment,
         crate::ops::assessment::TableReport,
         crate::ops::assessment::HypertableReport,

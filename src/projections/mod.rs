@@ -537,3 +537,12 @@ async fn lead(
         }
     }
 }
+
+/// The names of the projectors in `registry` that read `stream_type`.
+pub fn readers(registry: &Registry, stream_type: &str) -> Vec<&'static str> {
+    registry
+        .iter()
+        .filter(|p| p.stream_types().contains(&stream_type))
+        .map(|p| p.name())
+        .collect()
+}

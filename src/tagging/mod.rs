@@ -118,5 +118,6 @@ pub fn context() -> BoundedContext {
             ]
         },
         jobs: || vec![Arc::new(run::TagRunJob)],
+        ended: &[],
     }
 }

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod access;
+mod archive;
 mod assessment;
 mod backup;
 mod cluster;
