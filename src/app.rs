@@ -379,15 +379,23 @@ pub fn assess(settings: Settings, json: bool) -> anyhow::Result<()> {
 
 /// `cloudlens archive --ended-days-ago DAYS [--dry-run]`.
 pub fn archive(settings: Settings, ended_days_ago: u32, dry_run: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        ended_days_ago <= eventstore::archive::MAX_DAYS,
+        "--ended-days-ago is at most {}",
+        eventstore::archive::MAX_DAYS
+    );
     let vault = Vault::new(settings.master_key.clone());
+    let cutoff = eventstore::archive::Cutoff {
+        ended_days_ago,
+        min_age: settings.archive_min_age,
+    };
     with_database(&settings, |conn| async move {
-        let mut client = db::connect(&conn).await?;
         let registry = context::projections(&vault);
         let report = eventstore::archive::archive_ended(
-            &mut client,
+            &conn,
             &context::ended_streams(),
-            &|t| projections::readers(&registry, t),
-            chrono::Utc::now() - chrono::Duration::days(i64::from(ended_days_ago)),
+            &registry,
+            cutoff,
             dry_run,
         )
         .await?;

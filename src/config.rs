@@ -53,6 +53,9 @@ pub struct Settings {
     /// OTLP/HTTP collector base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`): traces are exported
     /// there, and requests carry trace ids, only when it is set.
     pub otlp_endpoint: Option<String>,
+    /// Streams are archived only once they ended at least this long ago, whatever the
+    /// request asks: a command that loaded a stream before its end has long finished.
+    pub archive_min_age: Duration,
 }
 
 /// A secret that `{:?}` does not print (settings end up in logs and error reports).
@@ -93,6 +96,7 @@ impl Default for Settings {
             rate_burst: 2000,
             master_key: None,
             otlp_endpoint: None,
+            archive_min_age: Duration::from_secs(3600),
         }
     }
 }
@@ -193,6 +197,10 @@ impl Settings {
             )?);
         }
         s.otlp_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if let Some(v) = var("CLOUDLENS_ARCHIVE_MIN_AGE_SECONDS") {
+            s.archive_min_age =
+                Duration::from_secs(parse("CLOUDLENS_ARCHIVE_MIN_AGE_SECONDS", &v)?);
+        }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;
         }

@@ -10,7 +10,6 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounterVec, Opts};
 use serde::Serialize;
-use tokio_postgres::Client;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -56,18 +55,22 @@ const BATCH: i64 = 1_000;
 
 /// Holds off rebuilds of the projector for the transaction (the rebuild lock, ADR 0002).
 const REBUILD_LOCK_SQL: &str = "SELECT pg_try_advisory_xact_lock(1668048003, hashtext($1))";
-/// Streams whose last event ends them, recorded before `$3`, that every projector
-/// reading them (`$4`) has applied.
+/// Streams whose last event ends them, recorded before `$3`, with nothing left to apply
+/// for any projector that reads them (`$4`: name → the types it reads, as in
+/// `global::after_cursor!`); after position `$6` (batches page on).
 const ENDED_SQL: &str = "\
-SELECT e.stream_id FROM events e
+SELECT e.stream_id, e.position FROM events e
  WHERE e.stream_type = $1 AND e.event_type = ANY($2) AND e.recorded_at < $3
+   AND e.position > $6
    AND NOT EXISTS (SELECT 1 FROM events l
                     WHERE l.stream_id = e.stream_id AND l.stream_type = e.stream_type
                       AND l.stream_version > e.stream_version)
-   AND NOT EXISTS (SELECT 1 FROM projection_checkpoints c
-                    WHERE c.name = ANY($4)
-                      AND (e.epoch, e.transaction_id, e.position)
-                          > (c.last_epoch, c.last_xid, c.last_position))
+   AND NOT EXISTS (
+       SELECT 1 FROM projection_checkpoints c
+         JOIN jsonb_each($4::jsonb) r ON r.key = c.name
+         JOIN events s ON s.stream_id = e.stream_id AND s.stream_type = e.stream_type
+        WHERE (s.epoch, s.transaction_id, s.position) > (c.last_epoch, c.last_xid, c.last_position)
+          AND (r.value ? s.stream_type OR r.value ? (s.stream_type || '/' || s.event_type)))
  ORDER BY e.position
  LIMIT $5";
 const MOVE_SQL: &str = "\
@@ -104,53 +107,83 @@ pub fn init_metrics(ended: &[EndedBy]) {
     }
 }
 
-/// Archives the streams `ended` names that ended before `ended_before`; `readers(type)`
-/// are the projectors that read a stream type. With `dry_run`, counts and moves nothing.
+/// The longest ago an archive may reach back (100 years).
+pub const MAX_DAYS: u32 = 36_500;
+
+/// What to archive: streams that ended `ended_days_ago` days ago or earlier, and never
+/// less than `min_age` ago (`Settings::archive_min_age`).
+#[derive(Debug, Clone, Copy)]
+pub struct Cutoff {
+    pub ended_days_ago: u32,
+    pub min_age: std::time::Duration,
+}
+
+impl Cutoff {
+    fn ended_before(self) -> DateTime<Utc> {
+        let now = Utc::now();
+        let asked = now - chrono::Duration::days(i64::from(self.ended_days_ago.min(MAX_DAYS)));
+        let latest =
+            now - chrono::Duration::from_std(self.min_age).unwrap_or(chrono::Duration::zero());
+        asked.min(latest)
+    }
+}
+
+/// Archives the streams `ended` names that ended before the cutoff, once the projectors
+/// of `registry` that read them have nothing left to apply. With `dry_run`, counts and
+/// moves nothing.
 pub async fn archive_ended(
-    client: &mut Client,
+    conn: &str,
     ended: &[EndedBy],
-    readers: &dyn Fn(&str) -> Vec<&'static str>,
-    ended_before: DateTime<Utc>,
+    registry: &crate::projections::Registry,
+    cutoff: Cutoff,
     dry_run: bool,
 ) -> Result<Archived, ArchiveError> {
+    let ended_before = cutoff.ended_before();
+    let mut client = crate::db::connect(conn)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("{e:#}")))?;
     let mut report = Archived {
         dry_run,
         ended_before,
         ..Archived::default()
     };
     for e in ended {
-        let names = readers(e.stream_type);
-        let mut seen: Vec<Uuid> = Vec::new();
+        let reading = crate::projections::readers(registry, e.stream_type);
+        let filters = tokio_postgres::types::Json(
+            reading
+                .iter()
+                .cloned()
+                .collect::<BTreeMap<&str, Vec<String>>>(),
+        );
+        let mut after = 0_i64;
         loop {
             let tx = client.transaction().await?;
-            for name in &names {
+            for (name, _) in &reading {
                 let locked: bool = tx.query_one(REBUILD_LOCK_SQL, &[name]).await?.get(0);
                 if !locked {
                     return Err(ArchiveError::RebuildInProgress((*name).to_owned()));
                 }
             }
-            let ids: Vec<Uuid> = tx
+            let rows = tx
                 .query(
                     ENDED_SQL,
                     &[
                         &e.stream_type,
                         &e.event_types,
                         &ended_before,
-                        &names,
+                        &filters,
                         &BATCH,
+                        &after,
                     ],
                 )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .filter(|id| !seen.contains(id))
-                .collect();
-            if ids.is_empty() {
+                .await?;
+            let Some(last) = rows.last() else {
                 break;
-            }
+            };
+            // Keyset: the next batch starts after this one (a dry run moves nothing).
+            after = last.get(1);
+            let ids: Vec<Uuid> = rows.iter().map(|r| r.get(0)).collect();
             let events = if dry_run {
-                // Nothing moves: remember the streams so the next batch finds others.
-                seen.extend(&ids);
                 tx.query_one(COUNT_SQL, &[&e.stream_type, &ids])
                     .await?
                     .get(0)

@@ -293,17 +293,17 @@ pub async fn archive(
     body: super::extract::JsonBody,
 ) -> Result<HttpResponse, ApiError> {
     let request: ArchiveRequest = body.parse()?;
-    if request.ended_days_ago > 36_500 {
+    if request.ended_days_ago > event_archive::MAX_DAYS {
         return Err(ApiError::validation("ended_days_ago", "at most 36500"));
     }
-    let mut client = crate::db::connect(&state.conn)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("{e:#}")))?;
     let report = event_archive::archive_ended(
-        &mut client,
+        &state.conn,
         &crate::context::ended_streams(),
-        &|t| crate::projections::readers(&state.projections, t),
-        chrono::Utc::now() - chrono::Duration::days(i64::from(request.ended_days_ago)),
+        &state.projections,
+        event_archive::Cutoff {
+            ended_days_ago: request.ended_days_ago,
+            min_age: state.settings.archive_min_age,
+        },
         request.dry_run,
     )
     .await

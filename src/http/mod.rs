@@ -193,7 +193,6 @@ async fn trace_request(
         "http.request",
         otel.kind = "server",
         http.request.method = %method,
-        url.path = %req.path(),
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,

@@ -538,11 +538,21 @@ async fn lead(
     }
 }
 
-/// The names of the projectors in `registry` that read `stream_type`.
-pub fn readers(registry: &Registry, stream_type: &str) -> Vec<&'static str> {
+/// The projectors in `registry` that read `stream_type` (all of its events, or some:
+/// `type/EventType`, as the jobs projector does), with what they read.
+pub fn readers(registry: &Registry, stream_type: &str) -> Vec<(&'static str, Vec<String>)> {
     registry
         .iter()
-        .filter(|p| p.stream_types().contains(&stream_type))
-        .map(|p| p.name())
+        .filter_map(|p| {
+            let reads = p.stream_types().iter().any(|t| {
+                *t == stream_type
+                    || t.strip_prefix(stream_type)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            });
+            reads.then(|| {
+                let types = p.stream_types().iter().map(|t| (*t).to_owned()).collect();
+                (p.name(), types)
+            })
+        })
         .collect()
 }

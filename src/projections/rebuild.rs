@@ -194,6 +194,12 @@ impl Rebuild {
                 .client
                 .execute(MARK_SQL, &[&name, &e.state(), &None::<i64>])
                 .await;
+            // The half-built copy goes: it may hold values erased since (a forgotten
+            // subject's attributes), which nothing would erase there.
+            let _ = self
+                .client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS cl_rebuild_{name} CASCADE"))
+                .await;
         }
         METRICS.rebuild_position.with_label_values(&[name]).set(0);
         // Released here, not when the connection closes (that happens some time after

@@ -126,6 +126,24 @@ impl KindSchema {
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubjectKind {
     pub schema: Option<KindSchema>,
+    /// Every attribute name ever declared, and whether it is sensitive: an attribute
+    /// dropped and declared again keeps its sensitivity.
+    #[serde(default)]
+    pub declared: std::collections::BTreeMap<String, bool>,
+}
+
+impl SubjectKind {
+    /// The attributes that are or were sensitive: what a forget erases.
+    pub fn ever_sensitive(&self) -> Vec<String> {
+        let current = self.schema.as_ref().map(KindSchema::sensitive);
+        let mut names = current.unwrap_or_default();
+        for (name, sensitive) in &self.declared {
+            if *sensitive && !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
 }
 
 impl EventSourced for SubjectKind {
@@ -167,17 +185,20 @@ impl Aggregate for SubjectKind {
                         "an attribute's type cannot change once declared",
                     ));
                 }
-                // Values stored in the clear cannot be sealed afterwards, nor sealed ones
-                // be read without their keys: sensitivity is part of the declaration.
-                if old
-                    .attribute(&a.name)
-                    .is_some_and(|o| o.sensitive != a.sensitive)
-                {
-                    return Err(invalid(
-                        format!("attributes/{i}/sensitive"),
-                        "whether an attribute is sensitive cannot change once declared",
-                    ));
-                }
+            }
+        }
+        for (i, a) in schema.attributes.iter().enumerate() {
+            // Values stored in the clear cannot be sealed afterwards, nor sealed ones be
+            // read without their keys: sensitivity belongs to the name, for good.
+            if self
+                .declared
+                .get(&a.name)
+                .is_some_and(|s| *s != a.sensitive)
+            {
+                return Err(invalid(
+                    format!("attributes/{i}/sensitive"),
+                    "whether an attribute is sensitive cannot change once declared",
+                ));
             }
         }
         Ok(vec![SubjectKindEvent::SubjectKindDeclared(schema)])
@@ -185,6 +206,9 @@ impl Aggregate for SubjectKind {
 
     fn apply(&mut self, event: SubjectKindEvent) {
         let SubjectKindEvent::SubjectKindDeclared(s) = event;
+        for a in &s.attributes {
+            self.declared.insert(a.name.clone(), a.sensitive);
+        }
         self.schema = Some(s);
     }
 }
@@ -660,6 +684,31 @@ mod tests {
                 sensitive: false,
             }],
         }
+    }
+
+    #[tokio::test]
+    async fn an_attribute_dropped_and_declared_again_keeps_its_sensitivity() {
+        let mut kind = SubjectKind::default();
+        let mut sensitive = draft();
+        sensitive.attributes[0].sensitive = true;
+        let e = kind.handle(("user".into(), sensitive), &()).await.unwrap();
+        kind.apply(e[0].clone());
+        let mut dropped = draft();
+        dropped.attributes.clear();
+        let e = kind.handle(("user".into(), dropped), &()).await.unwrap();
+        kind.apply(e[0].clone());
+        assert_eq!(kind.ever_sensitive(), ["total_asset_value"]);
+        let err = kind
+            .handle(("user".into(), draft()), &())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            invalid(
+                "attributes/0/sensitive",
+                "whether an attribute is sensitive cannot change once declared"
+            )
+        );
     }
 
     #[tokio::test]

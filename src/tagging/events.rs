@@ -143,8 +143,9 @@ impl DomainEvent for SubjectImportEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum SubjectErasureEvent {
-    /// The subject's data keys were destroyed: its sensitive values (`attributes`) sealed
-    /// under `keys` no longer open, in any copy of the log.
+    /// The subject's data keys were destroyed: its sensitive values (`attributes`, all
+    /// the kind ever declared sensitive) sealed under a key made up to this event (`keys`
+    /// lists the live ones the command saw) no longer open, in any copy of the log.
     SubjectForgotten {
         kind: String,
         subject_id: String,

@@ -27,9 +27,18 @@ INSERT INTO subject_keys (key_id, tenant_id, kind, subject_id, wrapped)
 SELECT k, $1, $2, s, w FROM unnest($3::uuid[], $4::text[], $5::bytea[]) AS t(k, s, w)
     ON CONFLICT (tenant_id, kind, subject_id) WHERE destroyed_at IS NULL DO NOTHING";
 const DATA_KEYS_SQL: &str = "SELECT key_id, wrapped FROM subject_keys WHERE key_id = ANY($1)";
+/// A forget covers every key the subject had when it was recorded (`$4`): also one that a
+/// concurrent import made after the forget looked, so nothing sealed before it survives.
 const DESTROY_SQL: &str = "\
-UPDATE subject_keys SET wrapped = NULL, destroyed_at = $2
- WHERE key_id = ANY($1) AND destroyed_at IS NULL";
+UPDATE subject_keys SET wrapped = NULL, destroyed_at = $4
+ WHERE tenant_id = $1 AND kind = $2 AND subject_id = $3 AND created_at <= $4
+   AND destroyed_at IS NULL";
+/// `DESTROY_SQL` at the time the forget at position `$4` was recorded.
+const DESTROY_AT_SQL: &str = "\
+UPDATE subject_keys k SET wrapped = NULL, destroyed_at = e.recorded_at
+  FROM events e
+ WHERE e.position = $4 AND k.tenant_id = $1 AND k.kind = $2 AND k.subject_id = $3
+   AND k.created_at <= e.recorded_at AND k.destroyed_at IS NULL";
 const SUBJECT_KEYS_SQL: &str = "\
 SELECT key_id FROM subject_keys
  WHERE tenant_id = $1 AND kind = $2 AND subject_id = $3 AND destroyed_at IS NULL";
@@ -132,11 +141,27 @@ pub async fn known(
         .get(0))
 }
 
-/// Crypto-shredding: overwrites the wrapped copies of `keys`; the number destroyed now.
+/// Crypto-shredding: overwrites the wrapped copies of the subject's keys made up to `at`
+/// (the forget's `recorded_at`); the number destroyed now.
 pub async fn destroy(
     client: &impl GenericClient,
-    keys: &[Uuid],
+    (tenant, kind): (&str, &str),
+    id: &str,
     at: DateTime<Utc>,
 ) -> Result<u64, tokio_postgres::Error> {
-    client.execute(DESTROY_SQL, &[&keys, &at]).await
+    client
+        .execute(DESTROY_SQL, &[&tenant, &kind, &id, &at])
+        .await
+}
+
+/// `destroy` as of the forget recorded at `position`.
+pub async fn destroy_for(
+    client: &impl GenericClient,
+    (tenant, kind): (&str, &str),
+    id: &str,
+    position: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(DESTROY_AT_SQL, &[&tenant, &kind, &id, &position])
+        .await
 }

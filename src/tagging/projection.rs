@@ -422,11 +422,12 @@ impl Projection for SubjectAttributesProjector {
                         kind,
                         subject_id,
                         attributes,
-                        keys,
+                        ..
                     } = SubjectErasure::decode(e)?;
                     // The command destroyed them already; certain once applied, a no-op
                     // on replays.
-                    super::keys::destroy(tx, &keys, e.recorded_at).await?;
+                    let subject = (e.tenant_id.as_str(), kind.as_str());
+                    super::keys::destroy(tx, subject, &subject_id, e.recorded_at).await?;
                     tx.execute(
                         ERASE_SQL,
                         &[

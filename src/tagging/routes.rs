@@ -146,7 +146,8 @@ pub struct ImportParams {
            ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters: the same request (body included) again answers the first import's result and applies nothing", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = ImportResult), (status = 400, body = Problem), (status = 404, body = Problem),
-              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+              (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem, description = "`encryption_unavailable`: the source has sensitive attributes and the server no master key; or the database is unavailable")))]
 #[post("/api/v1/subjects/{kind}/import")]
 pub async fn import_rows(
     state: web::Data<AppState>,
@@ -1119,7 +1120,8 @@ pub struct ForgetResult {
     pub subject_id: String,
     /// The sensitive attributes erased (all the kind declares).
     pub erased: Vec<String>,
-    /// Data keys destroyed by this request (0 when nothing sensitive was stored).
+    /// The subject's data keys this forget destroyed (0 when nothing sensitive was
+    /// stored since the last forget).
     pub keys_destroyed: u64,
     pub version: i64,
     pub position: i64,
@@ -1144,53 +1146,71 @@ pub async fn forget_subject(
     let ctx = command_context(&req, b"")?;
     let tenant = ctx.tenant_id.clone();
     let (kind, id) = path.into_inner();
-    let schema = pipeline::load::<SubjectKind>(
+    let declared = pipeline::load::<SubjectKind>(
         &state.store,
         &tenant,
         stream_id(&tenant, "subject_kind", &kind),
     )
     .await
     .map_err(ApiError::from)?
-    .aggregate
-    .schema
-    .ok_or_else(|| ApiError::NotFound("subject kind".into()))?;
-    let client = state.store.pool().get().await.map_err(StoreError::from)?;
-    let subject = (tenant.as_str(), kind.as_str());
-    if !super::keys::known(&**client, subject, &id)
-        .await
-        .map_err(StoreError::from)?
-    {
-        return Err(ApiError::NotFound("subject".into()));
+    .aggregate;
+    if declared.schema.is_none() {
+        return Err(ApiError::NotFound("subject kind".into()));
     }
-    let keys = super::keys::of_subject(&**client, subject, &id)
-        .await
-        .map_err(StoreError::from)?;
-    let erased = schema.sensitive();
+    let subject = (tenant.as_str(), kind.as_str());
+    let keys = {
+        let client = state.store.pool().get().await.map_err(StoreError::from)?;
+        if !super::keys::known(&**client, subject, &id)
+            .await
+            .map_err(StoreError::from)?
+        {
+            return Err(ApiError::NotFound("subject".into()));
+        }
+        super::keys::of_subject(&**client, subject, &id)
+            .await
+            .map_err(StoreError::from)?
+    };
+    let stream = stream_id(&tenant, "subject", &format!("{kind}/{id}"));
     let (result, _) = pipeline::execute::<SubjectErasure>(
         &state.store,
         &ctx,
         "ForgetSubject",
-        stream_id(&tenant, "subject", &format!("{kind}/{id}")),
+        stream,
         Expect::Any,
         SubjectErasureEvent::SubjectForgotten {
-            kind,
+            kind: kind.clone(),
             subject_id: id.clone(),
-            attributes: erased.clone(),
-            keys: keys.clone(),
+            attributes: declared.ever_sensitive(),
+            keys,
         },
         &(),
     )
     .await?;
-    // Destroyed now, not when the projector reaches the event (it destroys them too, so a
-    // crash between the append and this loses nothing).
-    let destroyed = super::keys::destroy(&**client, &keys, chrono::Utc::now())
+    // Destroyed now, not when the projector reaches the event (it destroys the same keys,
+    // so a crash between the append and this loses nothing). A retry destroys what the
+    // first forget covered, never keys made since.
+    let client = state.store.pool().get().await.map_err(StoreError::from)?;
+    let destroyed = super::keys::destroy_for(&**client, subject, &id, result.position)
         .await
         .map_err(StoreError::from)?;
     super::metrics::data_keys("destroyed", destroyed);
+    // The answer describes the recorded event (the first one's, for a retry).
+    let recorded = state
+        .store
+        .load_stream(SubjectErasure::STREAM_TYPE, stream)
+        .await?
+        .into_iter()
+        .find(|e| e.position == result.position && e.tenant_id == tenant)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the forget event vanished")))?;
+    let SubjectErasureEvent::SubjectForgotten {
+        attributes: erased,
+        keys,
+        ..
+    } = SubjectErasure::decode(&recorded).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(HttpResponse::Ok().json(ForgetResult {
         subject_id: id,
         erased,
-        keys_destroyed: destroyed,
+        keys_destroyed: keys.len() as u64,
         version: result.version,
         position: result.position,
     }))

@@ -222,6 +222,33 @@ async fn a_forgotten_subject_s_sensitive_attributes_are_erased_everywhere_and_st
     rebuild_and_wait(&app, "subject_attributes").await;
     assert_eq!(snapshot(&app.conn, ATTRIBUTES_SQL).await, live);
 
+    // A retried forget (same Idempotency-Key) answers as the first one and destroys no
+    // key made since: p2's new values stay readable.
+    let forget_p2 = || async {
+        app.client
+            .post(app.url("/api/v1/subjects/person/p2:forget"))
+            .insert_header(("Idempotency-Key", "forget-p2"))
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = body(forget_p2().await).await;
+    assert_eq!(first["keys_destroyed"], 1);
+    let at = import_ok(&app, "basic", "person_id,phone\np2,+8613900000002\n").await;
+    let retried = forget_p2().await;
+    assert_eq!(retried.status(), 200);
+    assert_eq!(body(retried).await, first);
+    let p2 = person(&app, "p2", at).await;
+    assert_eq!(p2["attributes"]["phone"], "+8613900000002");
+    assert_eq!(
+        count(
+            &app.conn,
+            "SELECT count(*) FROM subject_keys WHERE subject_id = 'p2' AND wrapped IS NOT NULL"
+        )
+        .await,
+        1
+    );
+
     // Whether an attribute is sensitive is fixed once declared.
     let res = app
         .client

@@ -86,6 +86,8 @@ pub fn test_settings() -> Settings {
                 .unwrap(),
         ),
         projector_poll: Duration::from_millis(100),
+        // Streams deleted a moment ago may be archived.
+        archive_min_age: Duration::ZERO,
         // Small steps, so a test's few hundred lines are recomputed in several.
         recompute_step_lines: 300,
         ..Settings::default()
