@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -63,17 +63,6 @@ fn spans(v: &Value) -> Vec<Value> {
         .flat_map(|r| arr(r, "scopeSpans"))
         .flat_map(|s| arr(&s, "spans"))
         .collect()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
