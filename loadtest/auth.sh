@@ -12,7 +12,8 @@
 # 3. Per round, wrk -t2 -c32 for SECONDS: GET /api/v1/budgets/{id} (random seeded id) on
 #    "open" and on "key" (with `Authorization: Bearer <writer key>`), then POST
 #    /api/v1/budgets on both the same way; odd rounds start with "open", even ones with
-#    "key". The idle server waits meanwhile.
+#    "key". The idle server waits meanwhile. The two POST runs of a round go at once
+#    (-t1 -c16 each; AUTH_POST_PAIRED=0: one after the other like the GETs).
 # 4. Prints every run, the medians [min–max], and the share of the open throughput that
 #    the keyed server reaches (medians of the per-round ratios).
 #
@@ -92,7 +93,8 @@ curl -sf -o /dev/null -H "Authorization: Bearer $WRITER" "$KEYED/api/v1/budgets"
 run() { # round label url mode [wrk args…]
   local round=$1 label=$2 url=$3 mode=$4
   shift 4
-  wrk -t2 -c32 -d"${SECS}s" --latency -s "$HERE/budgets.lua" "$@" "$url" -- "$mode" "$BUDGETS" |
+  # shellcheck disable=SC2086 # WRK_TC holds two options
+  wrk ${WRK_TC:--t2 -c32} -d"${SECS}s" --latency -s "$HERE/budgets.lua" "$@" "$url" -- "$mode" "$BUDGETS" |
     grep '^RESULT ' | awk -v r="$round" -v l="$label" '{
       for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
       printf "%s %s %.0f %.2f %.2f %d\n", r, l, v["requests"] / (v["duration_us"] / 1e6),
@@ -104,15 +106,30 @@ for ((r = 1; r <= ROUNDS; r++)); do
   # Odd rounds start with the open server, even ones with the keyed one: whatever the
   # run before leaves behind (checkpoints, autovacuum) falls on both alike.
   if ((r % 2)); then order="open key"; else order="key open"; fi
-  for op in get post; do
+  for side in $order; do
+    if [ "$side" = open ]; then
+      run "$r" get-open "$OPEN" get
+    else
+      run "$r" get-key "$KEYED" get -H "Authorization: Bearer $WRITER"
+    fi
+  done
+  # POSTs grow the databases, and whichever server ran second in a round was slower
+  # (run 1–3 in RESULTS.md): both POST runs go at once, half the connections each, so
+  # they share every condition; AUTH_POST_PAIRED=0 runs them one after the other.
+  if [ "${AUTH_POST_PAIRED:-1}" = 1 ]; then
+    WRK_TC="-t1 -c16" run "$r" post-open "$OPEN" post &
+    local_open=$!
+    WRK_TC="-t1 -c16" run "$r" post-key "$KEYED" post -H "Authorization: Bearer $WRITER" &
+    wait "$local_open" $!  # not a bare `wait`: the servers are children too
+  else
     for side in $order; do
       if [ "$side" = open ]; then
-        run "$r" "$op-open" "$OPEN" "$op"
+        run "$r" post-open "$OPEN" post
       else
-        run "$r" "$op-key" "$KEYED" "$op" -H "Authorization: Bearer $WRITER"
+        run "$r" post-key "$KEYED" post -H "Authorization: Bearer $WRITER"
       fi
     done
-  done
+  fi
 done
 
 echo "== medians [min–max] over $ROUNDS rounds"
