@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use crate::access::{self, events::Role};
 use crate::config::Settings;
 use crate::context;
-use crate::crypto::Vault;
 use crate::db::{self, cluster::LocalCluster};
 use crate::eventstore::{self, signal::EventSignal, EventStore, StoreError};
 use crate::http::{self, AppState};
@@ -116,7 +115,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
     let reads = db::Reader::new(&conn, settings.read_pool_size, settings.read_tenants);
     let signal = EventSignal::default();
     let store = EventStore::new(pool.clone(), signal.clone());
-    let vault = Vault::new(settings.master_key.clone());
+    let vault = settings.vault();
     let registry = context::projections(&vault);
     eventstore::archive::init_metrics(&context::ended_streams());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -384,7 +383,7 @@ pub fn archive(settings: Settings, ended_days_ago: u32, dry_run: bool) -> anyhow
         "--ended-days-ago is at most {}",
         eventstore::archive::MAX_DAYS
     );
-    let vault = Vault::new(settings.master_key.clone());
+    let vault = settings.vault();
     let cutoff = eventstore::archive::Cutoff {
         ended_days_ago,
         min_age: settings.archive_min_age,
@@ -428,7 +427,7 @@ pub fn restore(
     into: Option<String>,
 ) -> anyhow::Result<()> {
     use crate::ops::backup;
-    let vault = Vault::new(settings.master_key.clone());
+    let vault = settings.vault();
     with_database(&settings, |conn| async move {
         if verify {
             let report = backup::verify(&src, &conn, keep, &vault).await?;
@@ -456,7 +455,7 @@ pub fn migrate(settings: Settings) -> anyhow::Result<()> {
 
 /// `cloudlens projections status`: one line per projector.
 pub fn projections_status(settings: Settings) -> anyhow::Result<()> {
-    let vault = Vault::new(settings.master_key.clone());
+    let vault = settings.vault();
     with_database(&settings, |conn| async move {
         let client = db::connect(&conn).await?;
         println!(
@@ -477,7 +476,7 @@ pub fn projections_status(settings: Settings) -> anyhow::Result<()> {
 
 /// `cloudlens projections rebuild NAME`: runs the rebuild here and reports it.
 pub fn projections_rebuild(settings: Settings, name: String) -> anyhow::Result<()> {
-    let vault = Vault::new(settings.master_key.clone());
+    let vault = settings.vault();
     let batch = settings.projector_batch_size;
     with_database(&settings, |conn| async move {
         let p = context::projections(&vault)

@@ -102,6 +102,11 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The vault of the configured master key (none: sensitive values are refused).
+    pub fn vault(&self) -> crate::crypto::Vault {
+        crate::crypto::Vault::new(self.master_key.clone())
+    }
+
     /// The local cluster's master key (`data_dir/master.key`, made on first use) unless
     /// one is given: sensitive attributes work out of the box on a development machine.
     pub fn with_local_master_key(mut self) -> anyhow::Result<Self> {

@@ -181,23 +181,22 @@ INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_typ
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING position, stream_version";
 
-/// A stream's events, archived ones (ADR 0020) included.
-const LOAD_STREAM_SQL: &str = concat!(
-    "SELECT ",
-    global::event_columns!(),
-    " FROM events WHERE stream_type = $1 AND stream_id = $2 UNION ALL SELECT ",
-    global::event_columns!(),
-    " FROM events_archive WHERE stream_type = $1 AND stream_id = $2 ORDER BY stream_version"
-);
+/// A stream's events, archived ones (ADR 0020) included, unordered.
+macro_rules! stream_events {
+    () => {
+        concat!(
+            "SELECT ",
+            global::event_columns!(),
+            " FROM events WHERE stream_type = $1 AND stream_id = $2 UNION ALL SELECT ",
+            global::event_columns!(),
+            " FROM events_archive WHERE stream_type = $1 AND stream_id = $2"
+        )
+    };
+}
 
-const LAST_EVENT_SQL: &str = concat!(
-    "SELECT ",
-    global::event_columns!(),
-    " FROM events WHERE stream_type = $1 AND stream_id = $2 UNION ALL SELECT ",
-    global::event_columns!(),
-    " FROM events_archive WHERE stream_type = $1 AND stream_id = $2
-     ORDER BY stream_version DESC LIMIT 1"
-);
+const LOAD_STREAM_SQL: &str = concat!(stream_events!(), " ORDER BY stream_version");
+
+const LAST_EVENT_SQL: &str = concat!(stream_events!(), " ORDER BY stream_version DESC LIMIT 1");
 
 const FIND_IDEMPOTENT_SQL: &str = "\
 SELECT request_hash, stream_id, stream_version, position FROM idempotency_keys

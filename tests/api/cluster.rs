@@ -2,21 +2,12 @@
 //! The self-managed cluster: crash recovery of `cloudlens serve`, and a database restart
 //! under a running server.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::helpers::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn serve(data_dir: &std::path::Path, port: u16) -> Server {
     Server(

@@ -62,22 +62,8 @@ async fn forget(app: &TestApp, kind: &str, id: &str) -> Response {
 
 /// Runs the tag's rules over all people; the ids holding `tag`.
 async fn tagged(app: &TestApp, tag: i64) -> Vec<String> {
-    let res = app
-        .post_json("/api/v1/tagging/runs", &json!({"subject_kind": "person"}))
-        .await;
-    assert_eq!(res.status(), 202);
-    let accepted = body(res).await;
-    let path = format!(
-        "/api/v1/tagging/runs/{}?min_position={}",
-        accepted["run_id"].as_str().unwrap(),
-        accepted["position"]
-    );
-    let run = eventually(std::time::Duration::from_secs(60), || async {
-        let v = body(app.get(&path).await).await;
-        (v["state"] == "succeeded").then_some(v)
-    })
-    .await
-    .expect("the run succeeds");
+    let run = crate::tagging::run(app, json!({"subject_kind": "person"})).await;
+    assert_eq!(run["state"], "succeeded");
     let mut ids = Vec::new();
     for id in ["p1", "p2"] {
         let v = body(

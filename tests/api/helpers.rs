@@ -76,7 +76,7 @@ pub fn store(conn: &str, pool_size: usize) -> EventStore {
 
 /// The master key of every test server (sensitive attributes).
 pub fn test_vault() -> cloudlens::crypto::Vault {
-    cloudlens::crypto::Vault::new(test_settings().master_key)
+    test_settings().vault()
 }
 
 pub fn test_settings() -> Settings {
@@ -351,4 +351,13 @@ impl Drop for Server {
             let _ = self.0.wait();
         }
     }
+}
+
+/// A port nothing listens on now (for a server the test starts itself).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -229,11 +229,7 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     );
     let app = spawn_app().await;
     let app_port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
-    let prom_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let prom_port = free_port();
     let _prom = start_prometheus(
         &test_root().join(format!("prometheus-{}", uuid::Uuid::new_v4().simple())),
         app_port,

@@ -63,7 +63,7 @@ async fn create_tag(app: &TestApp, code: &str, kind: &str, rule: Option<Value>) 
 }
 
 /// Starts a run and waits until it has finished; returns its view.
-async fn run(app: &TestApp, request: Value) -> Value {
+pub async fn run(app: &TestApp, request: Value) -> Value {
     let res = app.post_json("/api/v1/tagging/runs", &request).await;
     assert_eq!(res.status(), 202);
     let accepted = body(res).await;

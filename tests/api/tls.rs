@@ -82,14 +82,6 @@ fn certificates(dir: &Path) {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A cluster listening on 127.0.0.1 that refuses TCP without TLS.
 fn tls_cluster() -> (LocalCluster, std::path::PathBuf, u16) {
     use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};

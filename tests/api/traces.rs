@@ -72,11 +72,7 @@ const TRACE_2: &str = "0af7651916cd43dd8448eb211c80319c";
 #[actix_web::test]
 async fn spans_of_requests_commands_appends_and_projector_batches_reach_the_collector() {
     let (endpoint, received) = otlp_receiver();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let log = test_root().join(format!("traces-{}.log", uuid::Uuid::new_v4().simple()));
     let mut server = Server(
         Command::new(env!("CARGO_BIN_EXE_cloudlens"))
