@@ -116,7 +116,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
     let signal = EventSignal::default();
     let store = EventStore::new(pool.clone(), signal.clone());
     let vault = settings.vault();
-    let registry = context::projections(&vault);
+    let registry = context::projections(&settings);
     eventstore::archive::init_metrics(&context::ended_streams());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let progress = Progress::new(registry.iter().map(|p| p.name()));
@@ -158,6 +158,13 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         purge_staged,
         shutdown_rx.clone(),
     )));
+    for job in context::scheduled(&settings, &conn) {
+        tasks.push(tokio::spawn(scheduled::run(
+            conn.clone(),
+            job,
+            shutdown_rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(jobs::run(
         JobEnv {
             store: store.clone(),
@@ -383,13 +390,12 @@ pub fn archive(settings: Settings, ended_days_ago: u32, dry_run: bool) -> anyhow
         "--ended-days-ago is at most {}",
         eventstore::archive::MAX_DAYS
     );
-    let vault = settings.vault();
+    let registry = context::projections(&settings);
     let cutoff = eventstore::archive::Cutoff {
         ended_days_ago,
         min_age: settings.archive_min_age,
     };
     with_database(&settings, |conn| async move {
-        let registry = context::projections(&vault);
         let report = eventstore::archive::archive_ended(
             &conn,
             &context::ended_streams(),
@@ -427,10 +433,10 @@ pub fn restore(
     into: Option<String>,
 ) -> anyhow::Result<()> {
     use crate::ops::backup;
-    let vault = settings.vault();
+    let registry = context::projections(&settings);
     with_database(&settings, |conn| async move {
         if verify {
-            let report = backup::verify(&src, &conn, keep, &vault).await?;
+            let report = backup::verify(&src, &conn, keep, &registry).await?;
             print!("{}", backup::render(&report));
             anyhow::ensure!(
                 report.differences.is_empty(),
@@ -455,14 +461,14 @@ pub fn migrate(settings: Settings) -> anyhow::Result<()> {
 
 /// `cloudlens projections status`: one line per projector.
 pub fn projections_status(settings: Settings) -> anyhow::Result<()> {
-    let vault = settings.vault();
+    let registry = context::projections(&settings);
     with_database(&settings, |conn| async move {
         let client = db::connect(&conn).await?;
         println!(
             "{:<16} {:>12} {:>12} {:>12}  {:<10} rebuild",
             "NAME", "POSITION", "LAG_EVENTS", "LAG_SECONDS", "STATE"
         );
-        for p in context::projections(&vault).iter() {
+        for p in registry.iter() {
             let s = projections::status::of(&client, &**p).await?;
             let rebuild = s.rebuild.map(|r| r.state).unwrap_or_else(|| "-".into());
             println!(
@@ -476,10 +482,10 @@ pub fn projections_status(settings: Settings) -> anyhow::Result<()> {
 
 /// `cloudlens projections rebuild NAME`: runs the rebuild here and reports it.
 pub fn projections_rebuild(settings: Settings, name: String) -> anyhow::Result<()> {
-    let vault = settings.vault();
+    let registry = context::projections(&settings);
     let batch = settings.projector_batch_size;
     with_database(&settings, |conn| async move {
-        let p = context::projections(&vault)
+        let p = registry
             .iter()
             .find(|p| p.name() == name)
             .cloned()

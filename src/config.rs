@@ -56,6 +56,15 @@ pub struct Settings {
     /// Streams are archived only once they ended at least this long ago, whatever the
     /// request asks: a command that loaded a stream before its end has long finished.
     pub archive_min_age: Duration,
+    /// Days raw metric points are kept unless their metric says otherwise
+    /// (`CLOUDLENS_METRICS_RETENTION_DAYS`, default 30).
+    pub metrics_retention_days: i32,
+    /// How often the elected process runs retention
+    /// (`CLOUDLENS_METRICS_RETENTION_INTERVAL_SECONDS`, default 3600).
+    pub metrics_retention_interval: Duration,
+    /// Most points (buckets × series) one query may return
+    /// (`CLOUDLENS_METRICS_MAX_POINTS`, default 100,000).
+    pub metrics_max_points: i64,
 }
 
 /// A secret that `{:?}` does not print (settings end up in logs and error reports).
@@ -97,6 +106,9 @@ impl Default for Settings {
             master_key: None,
             otlp_endpoint: None,
             archive_min_age: Duration::from_secs(3600),
+            metrics_retention_days: 30,
+            metrics_retention_interval: Duration::from_secs(3600),
+            metrics_max_points: 100_000,
         }
     }
 }
@@ -205,6 +217,30 @@ impl Settings {
         if let Some(v) = var("CLOUDLENS_ARCHIVE_MIN_AGE_SECONDS") {
             s.archive_min_age =
                 Duration::from_secs(parse("CLOUDLENS_ARCHIVE_MIN_AGE_SECONDS", &v)?);
+        }
+        if let Some(v) = var("CLOUDLENS_METRICS_RETENTION_DAYS") {
+            s.metrics_retention_days = parse("CLOUDLENS_METRICS_RETENTION_DAYS", &v)?;
+            anyhow::ensure!(
+                (1..=crate::timeseries::aggregate::MAX_RETENTION_DAYS)
+                    .contains(&s.metrics_retention_days),
+                "CLOUDLENS_METRICS_RETENTION_DAYS must be from 1 to {}",
+                crate::timeseries::aggregate::MAX_RETENTION_DAYS
+            );
+        }
+        if let Some(v) = var("CLOUDLENS_METRICS_RETENTION_INTERVAL_SECONDS") {
+            let secs: u64 = parse("CLOUDLENS_METRICS_RETENTION_INTERVAL_SECONDS", &v)?;
+            anyhow::ensure!(
+                secs >= 1,
+                "CLOUDLENS_METRICS_RETENTION_INTERVAL_SECONDS must be at least 1"
+            );
+            s.metrics_retention_interval = Duration::from_secs(secs);
+        }
+        if let Some(v) = var("CLOUDLENS_METRICS_MAX_POINTS") {
+            s.metrics_max_points = parse("CLOUDLENS_METRICS_MAX_POINTS", &v)?;
+            anyhow::ensure!(
+                s.metrics_max_points >= 1,
+                "CLOUDLENS_METRICS_MAX_POINTS must be at least 1"
+            );
         }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use actix_web::web;
 
-use crate::crypto::Vault;
+use crate::config::Settings;
 use crate::eventstore::archive::EndedBy;
 use crate::jobs::{JobHandler, JobsProjection};
 use crate::projections::Projection;
+use crate::scheduled::Job;
 
 pub struct BoundedContext {
     /// Short name, for logs.
@@ -19,11 +20,14 @@ pub struct BoundedContext {
     pub routes: fn(&mut web::ServiceConfig),
     /// The context's paths and schemas, merged into the served OpenAPI document.
     pub openapi: fn() -> utoipa::openapi::OpenApi,
-    /// The projectors that keep the context's read models (those that read sealed
-    /// values open them with the vault).
-    pub projections: fn(&Vault) -> Vec<Arc<dyn Projection>>,
+    /// The projectors that keep the context's read models, configured from the settings
+    /// (those that read sealed values open them with `settings.vault()`).
+    pub projections: fn(&Settings) -> Vec<Arc<dyn Projection>>,
     /// The background jobs its commands may request (see `jobs`).
     pub jobs: fn() -> Vec<Arc<dyn JobHandler>>,
+    /// Its periodic work, run by one elected process (`scheduled`); the `&str` is the
+    /// database's connection string.
+    pub scheduled: fn(&Settings, &str) -> Vec<Job>,
     /// Its streams that end leaving no read-model rows, which may be archived.
     pub ended: &'static [EndedBy],
 }
@@ -35,13 +39,16 @@ pub fn all() -> Vec<BoundedContext> {
         crate::tagging::context(),
         crate::costs::context(),
         crate::access::context(),
+        crate::timeseries::context(),
     ]
 }
 
 /// Every projector of every context, and the `jobs` projector that enqueues their jobs.
-pub fn projections(vault: &Vault) -> crate::projections::Registry {
-    let mut all_projections: Vec<Arc<dyn Projection>> =
-        all().iter().flat_map(|c| (c.projections)(vault)).collect();
+pub fn projections(settings: &Settings) -> crate::projections::Registry {
+    let mut all_projections: Vec<Arc<dyn Projection>> = all()
+        .iter()
+        .flat_map(|c| (c.projections)(settings))
+        .collect();
     all_projections.push(Arc::new(JobsProjection::new(jobs())));
     Arc::new(all_projections)
 }
@@ -49,6 +56,14 @@ pub fn projections(vault: &Vault) -> crate::projections::Registry {
 /// Every job handler of every context.
 pub fn jobs() -> crate::jobs::Handlers {
     Arc::new(all().iter().flat_map(|c| (c.jobs)()).collect())
+}
+
+/// Every context's periodic jobs.
+pub fn scheduled(settings: &Settings, conn: &str) -> Vec<Job> {
+    all()
+        .iter()
+        .flat_map(|c| (c.scheduled)(settings, conn))
+        .collect()
 }
 
 /// Every archivable kind of stream end, of every context.

@@ -35,3 +35,4 @@ pub mod projections;
 pub mod scheduled;
 pub mod tagging;
 pub mod telemetry;
+pub mod timeseries;

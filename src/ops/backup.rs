@@ -327,7 +327,7 @@ pub async fn verify(
     src: &Path,
     conn: &str,
     keep: bool,
-    vault: &crate::crypto::Vault,
+    registry: &crate::projections::Registry,
 ) -> anyhow::Result<VerifyReport> {
     let manifest: Manifest = serde_json::from_slice(
         &tokio::fs::read(src.join(MANIFEST_FILE))
@@ -348,7 +348,7 @@ pub async fn verify(
     report.database = scratch.clone();
     let result = async {
         let target = restore_into(src, &maintenance, &scratch).await?;
-        check(&target, &manifest, vault, &mut report).await
+        check(&target, &manifest, registry, &mut report).await
     }
     .await;
     if !keep {
@@ -371,7 +371,7 @@ pub async fn verify(
 async fn check(
     target: &str,
     manifest: &Manifest,
-    vault: &crate::crypto::Vault,
+    registry: &crate::projections::Registry,
     report: &mut VerifyReport,
 ) -> anyhow::Result<()> {
     let mut client = db::connect(target).await?;
@@ -413,7 +413,7 @@ async fn check(
     // are not replayed: a replay would request their work again.
     crate::eventstore::check_epoch(&client).await?;
     let (_keep, never) = tokio::sync::watch::channel(false);
-    for p in crate::context::projections(vault).iter() {
+    for p in registry.iter() {
         let name = p.name();
         if p.options().durable_commit {
             report.projections_skipped.push(name.to_owned());

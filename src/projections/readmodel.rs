@@ -68,7 +68,7 @@ impl ReadModel {
         self.columns.iter().map(|c| c.ty.clone()).collect()
     }
 
-    fn stage(&self) -> String {
+    fn stage_table(&self) -> String {
         format!("cl_stage_{}", self.table)
     }
 
@@ -156,9 +156,23 @@ impl ReadModel {
         self.merge(tx, rows, &set).await
     }
 
+    /// Copies rows into the table's staging table `pg_temp.cl_stage_{table}` (created on
+    /// first use, emptied at commit), for a projector's own set-wise SQL.
+    pub async fn stage<R: Row>(&self, tx: &Transaction<'_>, rows: &[R]) -> anyhow::Result<()> {
+        let stage = self.stage_table();
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
+            self.table
+        ))
+        .await?;
+        self.copy(tx, &format!("pg_temp.{stage}"), rows).await
+    }
+
     /// Copies rows into the staging table and merges them with one `INSERT … SELECT … ON
-    /// CONFLICT (key) DO UPDATE SET {set}`.
-    async fn merge<R: Row>(
+    /// CONFLICT (key) DO UPDATE SET {set}`. `set` is SQL of the projector (constants, the
+    /// existing row under the table's name, the new one as `EXCLUDED`), never input.
+    /// The rows must have distinct keys.
+    pub async fn merge<R: Row>(
         &self,
         tx: &Transaction<'_>,
         rows: &[R],
@@ -167,13 +181,8 @@ impl ReadModel {
         if rows.is_empty() {
             return Ok(());
         }
-        let stage = self.stage();
-        tx.batch_execute(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS",
-            self.table
-        ))
-        .await?;
-        self.copy(tx, &format!("pg_temp.{stage}"), rows).await?;
+        let stage = self.stage_table();
+        self.stage(tx, rows).await?;
         let cols = self.column_list();
         // Emptied in the same statement (a rebuild's swap applies several batches in one
         // transaction; TRUNCATE would give the temporary table a new file every batch).

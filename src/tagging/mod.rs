@@ -108,16 +108,19 @@ pub fn context() -> BoundedContext {
         name: "tagging",
         routes: routes::configure,
         openapi: TaggingApi::openapi,
-        projections: |vault| {
+        projections: |settings| {
             vec![
                 Arc::new(Typed(projection::SubjectKindsProjector)),
                 Arc::new(Typed(projection::TagCategoriesProjector)),
                 Arc::new(Typed(projection::TagsProjector)),
-                Arc::new(projection::SubjectAttributesProjector::new(vault.clone())),
+                Arc::new(projection::SubjectAttributesProjector::new(
+                    settings.vault(),
+                )),
                 Arc::new(projection::SubjectTagsProjector),
             ]
         },
         jobs: || vec![Arc::new(run::TagRunJob)],
+        scheduled: |_, _| Vec::new(),
         ended: &[],
     }
 }

@@ -60,9 +60,14 @@ async fn a_backup_under_load_verifies_and_a_tampered_one_does_not() {
     // A second backup into the same directory is refused.
     assert!(backup::backup(&app.conn, &dir).await.is_err());
 
-    let report = backup::verify(&dir, &app.conn, false, &test_vault())
-        .await
-        .unwrap();
+    let report = backup::verify(
+        &dir,
+        &app.conn,
+        false,
+        &cloudlens::context::projections(&test_settings()),
+    )
+    .await
+    .unwrap();
     assert!(report.differences.is_empty(), "{:?}", report.differences);
     for p in ["budgets", "cost_lines", "tag_categories"] {
         assert!(

@@ -19,5 +19,6 @@ mod protocol;
 mod store;
 mod tagging;
 mod tenancy;
+mod timeseries;
 mod tls;
 mod traces;

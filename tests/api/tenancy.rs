@@ -11,7 +11,7 @@ use crate::helpers::*;
 
 /// Every table of every projector the server runs, with its projector.
 fn read_model_tables() -> Vec<(String, &'static str)> {
-    cloudlens::context::projections(&cloudlens::crypto::Vault::default())
+    cloudlens::context::projections(&cloudlens::config::Settings::default())
         .iter()
         .flat_map(|p| {
             let name = p.name().to_owned();
