@@ -10,7 +10,9 @@
 //! - `catchup` replays a log of N budget events (creates, updates, deletes) into a fresh
 //!   read model (a rebuild) and, in the same round, COPYs N rows into an identically
 //!   shaped table, in rounds;
-//! - `bills` writes seeded bill files (cloudlens format) and their exact sums.
+//! - `bills` writes seeded bill files (cloudlens format) and their exact sums;
+//! - `timeseries` ingests points and bars into a running server and times queries
+//!   against the hypertables, the rollups and a plain table (loadtest/timeseries.sh).
 //!
 //! Numbers are printed, never asserted: see loadtest/RESULTS.md and loadtest/run.sh.
 
@@ -18,6 +20,7 @@ mod bills;
 mod db_bench;
 mod http_load;
 mod stats;
+mod timeseries;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +43,8 @@ enum Command {
     Catchup(db_bench::CatchupArgs),
     /// Seeded bill files for the costs benchmark (loadtest/costs.sh).
     Bills(bills::BillArgs),
+    /// The time-series benchmark against a running server (loadtest/timeseries.sh).
+    Timeseries(timeseries::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Command::RawInsert(args) => db_bench::raw_insert(args),
         Command::Catchup(args) => db_bench::catchup(args),
         Command::Bills(args) => bills::run(args),
+        Command::Timeseries(args) => timeseries::run(args),
     }
 }

@@ -211,9 +211,9 @@ async fn ingested_before(
     request_body(content = String, content_type = "application/json", description = "JSON `{\"points\": [...]}`; also application/x-ndjson and text/csv"),
     params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
-    responses((status = 202, body = BatchAccepted), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 413, body = Problem, content_type = "application/problem+json"), (status = 415, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, body = BatchAccepted), (status = 400, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/metrics:batch")]
 pub async fn ingest_points(
     state: web::Data<AppState>,
@@ -230,9 +230,9 @@ pub async fn ingest_points(
     request_body(content = String, content_type = "application/json", description = "JSON `{\"bars\": [...]}`; also application/x-ndjson and text/csv"),
     params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
-    responses((status = 202, body = BatchAccepted), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 413, body = Problem, content_type = "application/problem+json"), (status = 415, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 202, body = BatchAccepted), (status = 400, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/bars:batch")]
 pub async fn ingest_bars(
     state: web::Data<AppState>,
@@ -412,10 +412,10 @@ pub struct BucketParams {
 #[utoipa::path(get, path = "/api/v1/metrics/{series}/{metric}",
     params(("series" = String, Path), ("metric" = String, Path), BucketParams,
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
-    responses((status = 200, body = SeriesBuckets), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 404, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json", description = "`validation_failed`, or `too_many_points` naming a bucket that fits"),
-              (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = SeriesBuckets), (status = 400, body = Problem),
+              (status = 404, body = Problem),
+              (status = 422, body = Problem, description = "`validation_failed`, or `too_many_points` naming a bucket that fits"),
+              (status = 503, body = Problem)))]
 #[get("/api/v1/metrics/{series}/{metric}")]
 pub async fn series_buckets(
     state: web::Data<AppState>,
@@ -451,10 +451,10 @@ pub async fn series_buckets(
     params(("series" = String, Path), ("metric" = String, Path),
            ("min_position" = Option<i64>, Query, minimum = 0),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
-    responses((status = 200, body = SeriesView), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 404, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = SeriesView), (status = 400, body = Problem),
+              (status = 404, body = Problem),
+              (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
 #[get("/api/v1/metrics/{series}/{metric}/latest")]
 pub async fn latest(
     state: web::Data<AppState>,
@@ -506,9 +506,9 @@ pub struct CrossParams {
 #[utoipa::path(get, path = "/api/v1/metrics",
     params(CrossParams,
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
-    responses((status = 200, body = CrossSeries), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json", description = "`validation_failed`, or `too_many_points` naming a bucket that fits"),
-              (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = CrossSeries), (status = 400, body = Problem),
+              (status = 422, body = Problem, description = "`validation_failed`, or `too_many_points` naming a bucket that fits"),
+              (status = 503, body = Problem)))]
 #[get("/api/v1/metrics")]
 pub async fn cross_series(
     state: web::Data<AppState>,
@@ -596,9 +596,9 @@ pub struct SeriesListParams {
 #[utoipa::path(get, path = "/api/v1/metrics/series",
     params(SeriesListParams,
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
-    responses((status = 200, body = SeriesList), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = SeriesList), (status = 400, body = Problem),
+              (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
 #[get("/api/v1/metrics/series")]
 pub async fn list_series(
     state: web::Data<AppState>,
@@ -647,9 +647,9 @@ pub struct BarParams {
 #[utoipa::path(get, path = "/api/v1/bars/{symbol}",
     params(("symbol" = String, Path), BarParams,
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
-    responses((status = 200, body = queries::BarSeries), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json", description = "`validation_failed`, or `too_many_points` naming an interval that fits"),
-              (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = queries::BarSeries), (status = 400, body = Problem),
+              (status = 422, body = Problem, description = "`validation_failed`, or `too_many_points` naming an interval that fits"),
+              (status = 503, body = Problem)))]
 #[get("/api/v1/bars/{symbol}")]
 pub async fn bars(
     state: web::Data<AppState>,
@@ -685,10 +685,10 @@ pub struct RetentionDraft {
     params(("metric" = String, Path),
            ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
-    responses((status = 200, body = CommandResult), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
-              (status = 409, body = Problem, content_type = "application/problem+json"), (status = 413, body = Problem, content_type = "application/problem+json"),
-              (status = 415, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = CommandResult), (status = 400, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem), (status = 413, body = Problem),
+              (status = 415, body = Problem), (status = 422, body = Problem)))]
 #[put("/api/v1/admin/metrics/retention/{metric}")]
 pub async fn set_retention(
     state: web::Data<AppState>,
@@ -737,9 +737,9 @@ pub struct MetricRetentionView {
 #[utoipa::path(get, path = "/api/v1/admin/metrics/retention",
     params(("min_position" = Option<i64>, Query, minimum = 0),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
-    responses((status = 200, body = RetentionStatus), (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 401, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = RetentionStatus), (status = 400, body = Problem),
+              (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/admin/metrics/retention")]
 pub async fn retention_status(
     state: web::Data<AppState>,
@@ -776,8 +776,8 @@ pub async fn retention_status(
 /// Run retention now (it also runs on its own every `CLOUDLENS_METRICS_RETENTION_INTERVAL_SECONDS`).
 /// Admin keys only.
 #[utoipa::path(post, path = "/api/v1/admin/metrics/retention:run",
-    responses((status = 200, body = RetentionRun), (status = 401, body = Problem, content_type = "application/problem+json"),
-              (status = 403, body = Problem, content_type = "application/problem+json"), (status = 503, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = RetentionRun), (status = 401, body = Problem),
+              (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/admin/metrics/retention:run")]
 pub async fn run_retention(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut client = state.admin_scan().await?;

@@ -181,6 +181,58 @@ async fn drive_costs(app: &TestApp) {
     }
 }
 
+/// Points and bars ingested (accepted and rejected), queried from each source, a refused
+/// query and a retention run.
+async fn drive_timeseries(app: &TestApp) {
+    let t = (chrono::Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+    let mut position = 0;
+    for (path, body, status) in [
+        (
+            "/api/v1/metrics:batch",
+            serde_json::json!({"points": [{"series": "h", "metric": "cpu", "time": t, "value": 1.5}]}),
+            202,
+        ),
+        (
+            "/api/v1/metrics:batch",
+            serde_json::json!({"points": [{"series": "", "metric": "cpu", "time": t, "value": 1}]}),
+            422,
+        ),
+        (
+            "/api/v1/bars:batch",
+            serde_json::json!({"bars": [{"symbol": "A", "time": "2024-01-02T09:30:00Z", "open": "1", "high": "2", "low": "1", "close": "2", "volume": "10"}]}),
+            202,
+        ),
+    ] {
+        let mut res = app.post_json(path, &body).await;
+        assert_eq!(res.status(), status, "{path}");
+        let v: Value = res.json().await.unwrap();
+        position = position.max(v["position"].as_i64().unwrap_or(0));
+    }
+    let first = format!("/api/v1/metrics/h/cpu?bucket=1m&agg=avg,p95&min_position={position}");
+    for (q, status) in [
+        (first.as_str(), 200),
+        ("/api/v1/metrics/h/cpu?bucket=1h", 200),
+        ("/api/v1/metrics?metric=cpu&bucket=1d", 200),
+        (
+            "/api/v1/bars/A?from=2024-01-02T00:00:00Z&to=2024-01-03T00:00:00Z&interval=1h",
+            200,
+        ),
+        (
+            "/api/v1/metrics/h/cpu?bucket=1m&from=2020-01-01T00:00:00Z",
+            422,
+        ),
+    ] {
+        assert_eq!(app.get(q).await.status(), status, "{q}");
+    }
+    let res = app
+        .client
+        .post(app.url("/api/v1/admin/metrics/retention:run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
 async fn drive_load(app: &TestApp) {
     for i in 0..20 {
         let mut res = app
@@ -242,6 +294,7 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     drive_load(&app).await;
     drive_tagging(&app).await;
     drive_costs(&app).await;
+    drive_timeseries(&app).await;
     let scraped = eventually(Duration::from_secs(60), || async {
         let v = query(
             &client,
