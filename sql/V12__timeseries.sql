@@ -80,16 +80,29 @@ CREATE TABLE metric_retention (
     PRIMARY KEY (tenant_id, metric)
 );
 
--- What each retention run removed (operations, not a read model: never rebuilt).
+-- Where each metric's raw points start (kept by the point projector from the
+-- `RawPointsExpired` events): raw points before `before` are dropped and not written
+-- again; it only moves forward. What the projector removed is counted here.
+CREATE TABLE metric_raw_horizon (
+    tenant_id      text        NOT NULL,
+    metric         text        NOT NULL,
+    before         timestamptz NOT NULL,
+    points_deleted bigint      NOT NULL DEFAULT 0,
+    updated_at     timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, metric)
+);
+
+-- Each retention run that requested something (operations, not a read model: the
+-- requests themselves are events).
 CREATE TABLE metric_retention_runs (
-    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    ran_at         timestamptz NOT NULL DEFAULT now(),
-    trigger        text        NOT NULL,
-    cutoff         timestamptz NOT NULL,
-    chunks_dropped integer     NOT NULL,
-    points_deleted bigint      NOT NULL
+    id        bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    ran_at    timestamptz NOT NULL DEFAULT now(),
+    trigger   text        NOT NULL,
+    tenants   integer     NOT NULL,
+    metrics   integer     NOT NULL,
+    position  bigint      NOT NULL
 );
 
 SELECT cloudlens_secure_read_model(t::regclass) FROM unnest(ARRAY[
     'metric_series', 'metric_points', 'metric_points_1h', 'metric_points_1d', 'bars_1m',
-    'metric_retention']) AS t;
+    'metric_retention', 'metric_raw_horizon']) AS t;

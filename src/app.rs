@@ -158,7 +158,12 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         purge_staged,
         shutdown_rx.clone(),
     )));
-    for job in context::scheduled(&settings, &conn) {
+    let env = scheduled::Env {
+        settings: settings.clone(),
+        conn: conn.clone(),
+        store: store.clone(),
+    };
+    for job in context::scheduled(&env) {
         tasks.push(tokio::spawn(scheduled::run(
             conn.clone(),
             job,

@@ -25,9 +25,8 @@ pub struct BoundedContext {
     pub projections: fn(&Settings) -> Vec<Arc<dyn Projection>>,
     /// The background jobs its commands may request (see `jobs`).
     pub jobs: fn() -> Vec<Arc<dyn JobHandler>>,
-    /// Its periodic work, run by one elected process (`scheduled`); the `&str` is the
-    /// database's connection string.
-    pub scheduled: fn(&Settings, &str) -> Vec<Job>,
+    /// Its periodic work, run by one elected process (`scheduled`).
+    pub scheduled: fn(&crate::scheduled::Env) -> Vec<Job>,
     /// Its streams that end leaving no read-model rows, which may be archived.
     pub ended: &'static [EndedBy],
 }
@@ -59,11 +58,8 @@ pub fn jobs() -> crate::jobs::Handlers {
 }
 
 /// Every context's periodic jobs.
-pub fn scheduled(settings: &Settings, conn: &str) -> Vec<Job> {
-    all()
-        .iter()
-        .flat_map(|c| (c.scheduled)(settings, conn))
-        .collect()
+pub fn scheduled(env: &crate::scheduled::Env) -> Vec<Job> {
+    all().iter().flat_map(|c| (c.scheduled)(env)).collect()
 }
 
 /// Every archivable kind of stream end, of every context.

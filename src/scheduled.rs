@@ -15,6 +15,14 @@ const TRY_LEAD_SQL: &str = "SELECT pg_try_advisory_lock(1668048004, hashtext($1)
 
 type Work = Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
 
+/// What a context's periodic jobs are made from (`BoundedContext.scheduled`).
+pub struct Env {
+    pub settings: crate::config::Settings,
+    /// The database's connection string.
+    pub conn: String,
+    pub store: crate::eventstore::EventStore,
+}
+
 /// A job: what to run and how often.
 pub struct Job {
     pub name: &'static str,

@@ -98,7 +98,7 @@ pub fn context() -> BoundedContext {
         openapi: AccessApi::openapi,
         projections: |_| vec![Arc::new(Typed(projection::ApiKeysProjector))],
         jobs: Vec::new,
-        scheduled: |_, _| Vec::new(),
+        scheduled: |_| Vec::new(),
         ended: &[],
     }
 }

@@ -51,7 +51,7 @@ pub fn context() -> BoundedContext {
         projections: |_| vec![Arc::new(Typed(projection::BudgetsProjector))],
         jobs: Vec::new,
         // A deleted budget's row and alerts are gone from the read models.
-        scheduled: |_, _| Vec::new(),
+        scheduled: |_| Vec::new(),
         ended: &[crate::eventstore::archive::EndedBy {
             stream_type: <aggregate::Budget as crate::pipeline::EventSourced>::STREAM_TYPE,
             event_types: &["BudgetDeleted"],

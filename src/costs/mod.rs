@@ -116,7 +116,7 @@ pub fn context() -> BoundedContext {
                 Arc::new(recompute::VirtualTagRecomputeJob),
             ]
         },
-        scheduled: |_, _| Vec::new(),
+        scheduled: |_| Vec::new(),
         ended: &[],
     }
 }

@@ -96,8 +96,11 @@ pub enum ApiError {
     QueryTimeout,
     /// 422 `too_many_points`: a query would return more points than the server's limit;
     /// the detail names a bucket that would fit.
-    #[error("{0}")]
-    TooManyPoints(String),
+    #[error("{message}")]
+    TooManyPoints {
+        field: &'static str,
+        message: String,
+    },
     /// 500 `internal_error`; the cause is logged only.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -148,7 +151,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::MalformedBody(_) => "malformed_body",
             ApiError::InvalidRow { .. } => "invalid_row",
-            ApiError::TooManyPoints(_) => "too_many_points",
+            ApiError::TooManyPoints { .. } => "too_many_points",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::ReadModelBehind(_) => "read_model_behind",
@@ -164,7 +167,7 @@ impl ApiError {
             ApiError::InvalidHeader { header, .. } => Some((*header).to_owned()),
             ApiError::PositionNotIssued { .. } => Some("min_position".to_owned()),
             ApiError::InvalidRow { column, .. } => Some(column.clone()),
-            ApiError::TooManyPoints(_) => Some("bucket".to_owned()),
+            ApiError::TooManyPoints { field, .. } => Some((*field).to_owned()),
             _ => None,
         }
     }
@@ -186,7 +189,7 @@ impl ResponseError for ApiError {
             ApiError::Validation { .. }
             | ApiError::InvalidRow { .. }
             | ApiError::IdempotencyKeyReused
-            | ApiError::TooManyPoints(_)
+            | ApiError::TooManyPoints { .. }
             | ApiError::PositionNotIssued { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,

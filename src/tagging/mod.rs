@@ -120,7 +120,7 @@ pub fn context() -> BoundedContext {
             ]
         },
         jobs: || vec![Arc::new(run::TagRunJob)],
-        scheduled: |_, _| Vec::new(),
+        scheduled: |_| Vec::new(),
         ended: &[],
     }
 }

@@ -65,7 +65,8 @@ impl Aggregate for MetricBatch {
     fn apply(&mut self, event: MetricBatchEvent) {
         match event {
             MetricBatchEvent::PointsWritten(b) => self.points += i64::from(b.count),
-            MetricBatchEvent::MetricBatchCompleted { .. } => self.completed = true,
+            MetricBatchEvent::MetricBatchCompleted { .. }
+            | MetricBatchEvent::RawPointsExpired { .. } => self.completed = true,
         }
     }
 }

@@ -6,10 +6,12 @@
 //! carries its points compactly: the distinct names once, then the points as binary runs
 //! (one run per series, times as varint deltas, values as 8 bytes), base64 in the JSON
 //! payload. PostgreSQL then parses one string per event, not a JSON object per point.
+//! Retention is in the log too: a `metric_batch` stream of one `RawPointsExpired`.
 
 use std::collections::BTreeMap;
 
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use cqrs_es::DomainEvent;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -45,11 +47,28 @@ pub struct BarsBlock {
     pub runs: String,
 }
 
+/// Raw points of a metric before `before` (a day boundary) are dropped, and raw points
+/// written later for that range are not kept (their rollups are).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cutoff {
+    pub metric: String,
+    pub before: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data")]
 pub enum MetricBatchEvent {
     PointsWritten(PointsBlock),
-    MetricBatchCompleted { points: i64, series: i64 },
+    MetricBatchCompleted {
+        points: i64,
+        series: i64,
+    },
+    /// Retention of a tenant's raw points (ADR 0021): what `trigger` (`schedule`,
+    /// `admin`) found past its retention.
+    RawPointsExpired {
+        trigger: String,
+        cutoffs: Vec<Cutoff>,
+    },
 }
 
 impl DomainEvent for MetricBatchEvent {
@@ -57,6 +76,7 @@ impl DomainEvent for MetricBatchEvent {
         match self {
             Self::PointsWritten(_) => "PointsWritten",
             Self::MetricBatchCompleted { .. } => "MetricBatchCompleted",
+            Self::RawPointsExpired { .. } => "RawPointsExpired",
         }
         .to_owned()
     }

@@ -147,12 +147,17 @@ fn canonical(name: &str) -> &str {
 /// Microseconds since the epoch of an RFC 3339 / ISO 8601 time, or of a number of
 /// seconds since the epoch (fractions allowed).
 fn parse_time(row: i64, column: &str, t: &Value, now: DateTime<Utc>) -> Result<i64, ImportError> {
+    // Years 1 to 9999, as for RFC 3339 times (PostgreSQL takes them all).
+    let epoch = |s: f64| {
+        (-62_135_596_800.0..253_402_300_800.0)
+            .contains(&s)
+            .then(|| (s * 1e6).round() as i64)
+    };
     let parsed = match t {
-        Value::String(s) => parse_date(s.trim()).map(|t| t.timestamp_micros()),
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|s| s.is_finite() && s.abs() < 253_402_300_800.0)
-            .map(|s| (s * 1e6).round() as i64),
+        Value::String(s) => parse_date(s.trim())
+            .map(|t| t.timestamp_micros())
+            .or_else(|| s.trim().parse::<f64>().ok().and_then(epoch)),
+        Value::Number(n) => n.as_f64().and_then(epoch),
         _ => None,
     };
     let micros = parsed.ok_or_else(|| {
@@ -192,7 +197,7 @@ fn name(row: i64, column: &str, v: Option<&Value>) -> Result<String, ImportError
     Ok(s)
 }
 
-/// Tags: an object of scalars, values as text (null drops the tag).
+/// Tags: an object of scalars, values as text (a null value is ignored).
 fn tags_of(row: i64, column: &str, v: &Value, into: &mut Tags) -> Result<(), ImportError> {
     let Value::Object(map) = v else {
         return Err(bad_row(row, column, "is not a JSON object"));
@@ -507,8 +512,13 @@ async fn read_items<I: Item, R: AsyncRead + Unpin + Send + 'static>(
                 }
             }
             drop(rx);
-            let _ = parser.await;
-            failed.map_or(Ok(()), Err)
+            let parsed = parser.await;
+            match (failed, parsed) {
+                (Some(e), _) => Err(e),
+                // The parser died: what it sent may be incomplete.
+                (None, Err(e)) => Err(ImportError::Body(format!("the JSON parser failed: {e}"))),
+                (None, Ok(())) => Ok(()),
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ pub struct TimeseriesMetrics {
     pub ingest_duration: HistogramVec,
     pub query_duration: HistogramVec,
     pub queries_refused: IntCounterVec,
+    pub retention_requests: IntCounterVec,
     pub chunks_dropped: IntCounterVec,
     pub points_deleted: IntCounterVec,
     pub retention_last_run: Gauge,
@@ -73,12 +74,22 @@ fn build() -> Result<TimeseriesMetrics, prometheus::Error> {
                 &["query"],
             )?,
         )?,
+        retention_requests: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_timeseries_retention_cutoffs_total",
+                    "Metric cutoffs requested by retention (RawPointsExpired), by trigger (schedule, admin)",
+                ),
+                &["trigger"],
+            )?,
+        )?,
         chunks_dropped: reg(
             r,
             IntCounterVec::new(
                 Opts::new(
                     "cloudlens_timeseries_retention_chunks_dropped_total",
-                    "Raw-point chunks dropped by retention, by trigger (schedule, admin, projector)",
+                    "Raw-point chunks dropped by the point projector applying retention, by trigger",
                 ),
                 &["trigger"],
             )?,
@@ -88,7 +99,7 @@ fn build() -> Result<TimeseriesMetrics, prometheus::Error> {
             IntCounterVec::new(
                 Opts::new(
                     "cloudlens_timeseries_retention_points_deleted_total",
-                    "Raw points deleted by retention of metrics shorter than the longest, by trigger",
+                    "Raw points removed by the point projector applying retention (dropped chunks included), by trigger",
                 ),
                 &["trigger"],
             )?,
@@ -97,7 +108,7 @@ fn build() -> Result<TimeseriesMetrics, prometheus::Error> {
             r,
             Gauge::new(
                 "cloudlens_timeseries_retention_last_run_timestamp_seconds",
-                "When retention last ran in this process (Unix time)",
+                "When retention last ran in this process (Unix time; only the elected process runs the schedule)",
             )?,
         )?,
     })
@@ -116,19 +127,9 @@ pub fn init() {
             TS.batches.with_label_values(&[kind, outcome]);
         }
     }
-    for t in [Trigger::Schedule, Trigger::Admin, Trigger::Projector] {
+    for t in [Trigger::Schedule, Trigger::Admin] {
+        TS.retention_requests.with_label_values(&[t.as_str()]);
         TS.chunks_dropped.with_label_values(&[t.as_str()]);
         TS.points_deleted.with_label_values(&[t.as_str()]);
     }
-}
-
-pub fn retention_ran(trigger: Trigger, chunks: i32, deleted: i64) {
-    TS.chunks_dropped
-        .with_label_values(&[trigger.as_str()])
-        .inc_by(u64::try_from(chunks).unwrap_or(0));
-    TS.points_deleted
-        .with_label_values(&[trigger.as_str()])
-        .inc_by(u64::try_from(deleted).unwrap_or(0));
-    TS.retention_last_run
-        .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
 }

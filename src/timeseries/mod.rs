@@ -21,7 +21,6 @@ use sha2::{Digest, Sha256};
 use utoipa::OpenApi;
 use uuid::Uuid;
 
-use crate::config::Settings;
 use crate::context::BoundedContext;
 use crate::projections::Typed;
 use crate::scheduled::Job;
@@ -70,6 +69,7 @@ pub fn retention_stream(tenant: &str, metric: &str) -> Uuid {
         routes::RetentionDraft,
         routes::RetentionStatus,
         routes::MetricRetentionView,
+        routes::HorizonView,
         retention::RetentionRun,
         queries::SeriesBuckets,
         queries::BucketView,
@@ -91,11 +91,9 @@ pub fn context() -> BoundedContext {
         name: "timeseries",
         routes: routes::configure,
         openapi: TimeseriesApi::openapi,
-        projections: |settings| {
+        projections: |_| {
             vec![
-                Arc::new(Typed(projection::PointsProjector {
-                    default_retention_days: settings.metrics_retention_days,
-                })),
+                Arc::new(Typed(projection::PointsProjector)),
                 Arc::new(Typed(projection::BarsProjector)),
                 Arc::new(Typed(projection::RetentionProjector)),
             ]
@@ -106,19 +104,18 @@ pub fn context() -> BoundedContext {
     }
 }
 
-/// Retention, run by the elected process every `metrics_retention_interval`.
-fn retention_job(settings: &Settings, conn: &str) -> Vec<Job> {
-    let (conn, days) = (conn.to_owned(), settings.metrics_retention_days);
+/// Retention requested by the elected process every `metrics_retention_interval`.
+fn retention_job(env: &crate::scheduled::Env) -> Vec<Job> {
+    let (conn, store) = (env.conn.clone(), env.store.clone());
+    let days = env.settings.metrics_retention_days;
     vec![Job::new(
         "metrics_retention",
-        settings.metrics_retention_interval,
+        env.settings.metrics_retention_interval,
         move || {
-            let conn = conn.clone();
+            let (conn, store) = (conn.clone(), store.clone());
             async move {
-                let mut client = crate::db::connect(&conn).await?;
-                let tx = client.transaction().await?;
-                retention::apply(&tx, days, retention::Trigger::Schedule).await?;
-                tx.commit().await?;
+                let client = crate::db::connect(&conn).await?;
+                retention::request(&client, &store, days, retention::Trigger::Schedule).await?;
                 Ok(())
             }
         },

@@ -6,9 +6,9 @@
 //!   wins); the rollup buckets of the batch are merged into the rollups (sums added,
 //!   least/greatest, earlier first, later last), except buckets where a point replaced an
 //!   earlier one: those are computed again from the raw points (an old value cannot be
-//!   taken out of a sum). When the batch holds points older than the shortest retention,
-//!   retention runs in the same transaction, so a replay never brings dropped raw points
-//!   back (ADR 0021).
+//!   taken out of a sum). A `RawPointsExpired` in the log applies retention right there
+//!   (`retention::expire`, `metric_raw_horizon`); raw points before a metric's horizon
+//!   are not written (their rollups are). So a replay drops what live dropped (ADR 0021).
 //! - `bars_1m` (projector `bars`): 1-minute bars, last write wins.
 //! - `metric_retention` (projector `metric_retention`): per-metric raw retention.
 
@@ -22,7 +22,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 
 use super::aggregate::{BarBatch, MetricBatch, MetricRetention};
-use super::events::{BarBatchEvent, MetricBatchEvent, RetentionEvent, Tags};
+use super::events::{BarBatchEvent, MetricBatchEvent, PointsBlock, RetentionEvent};
 use super::{retention, series_id};
 use crate::projections::readmodel::{col, ReadModel, Row};
 use crate::projections::{Envelope, Projector, ProjectorOptions};
@@ -92,6 +92,20 @@ macro_rules! rollup {
     };
 }
 use rollup;
+
+static HORIZON: ReadModel = ReadModel {
+    table: "metric_raw_horizon",
+    key: &["tenant_id", "metric"],
+    columns: &[
+        col("tenant_id", Type::TEXT),
+        col("metric", Type::TEXT),
+        col("before", Type::TIMESTAMPTZ),
+        col("points_deleted", Type::INT8),
+        col("updated_at", Type::TIMESTAMPTZ),
+    ],
+    keep_on_update: &[],
+    newer: None,
+};
 
 static BARS_1M: ReadModel = ReadModel {
     table: "bars_1m",
@@ -174,14 +188,17 @@ const SERIES_MERGE: &str = "tags = metric_series.tags || EXCLUDED.tags, \
                   THEN EXCLUDED.last_value ELSE metric_series.last_value END, \
      last_time = greatest(metric_series.last_time, EXCLUDED.last_time)";
 
-/// Upserts the staged points; the buckets (series, hour) where a point replaced a stored
-/// one go to `cl_replaced`.
+/// Upserts the staged points, except those before their series' horizon (`cl_horizon`:
+/// retention dropped that range); the buckets (series, hour) where a point replaced a
+/// stored one go to `cl_replaced`.
 const UPSERT_POINTS_SQL: &str = "
 CREATE TEMP TABLE IF NOT EXISTS cl_replaced (series_id bigint, bucket timestamptz)
     ON COMMIT DELETE ROWS;
 WITH up AS (
     INSERT INTO metric_points (tenant_id, series_id, time, value)
-    SELECT tenant_id, series_id, time, value FROM pg_temp.cl_stage_metric_points
+    SELECT s.tenant_id, s.series_id, s.time, s.value FROM pg_temp.cl_stage_metric_points s
+    LEFT JOIN pg_temp.cl_horizon h ON h.series_id = s.series_id
+    WHERE h.before IS NULL OR s.time >= h.before
     ON CONFLICT (series_id, time) DO UPDATE SET value = EXCLUDED.value
     RETURNING series_id, time, xmax <> 0 AS replaced)
 INSERT INTO pg_temp.cl_replaced
@@ -217,7 +234,8 @@ const REPLACE_ROLLUP: &str = "ON CONFLICT (series_id, bucket) DO UPDATE SET
     first_time = EXCLUDED.first_time, first_value = EXCLUDED.first_value,
     last_time = EXCLUDED.last_time, last_value = EXCLUDED.last_value";
 
-/// Hours with a replaced point, computed again from the raw points.
+/// Hours with a replaced point, computed again from the raw points (a replaced point is
+/// never before its horizon, and horizons are whole days: the hour is whole).
 const RECOMPUTE_1H_SQL: &str = "
 INSERT INTO metric_points_1h (tenant_id, series_id, bucket, count, sum, min, max,
                               first_time, first_value, last_time, last_value)
@@ -242,16 +260,152 @@ JOIN metric_points_1h h ON h.series_id = r.series_id
 GROUP BY h.tenant_id, h.series_id, r.day
 ";
 
-/// Keeps the raw points, the series catalog and the rollups.
-pub struct PointsProjector {
-    pub default_retention_days: i32,
+const BATCH_HORIZONS_SQL: &str =
+    "SELECT tenant_id, metric, before FROM metric_raw_horizon WHERE metric = ANY($1)";
+
+/// The points of a batch's events up to the next retention event, and their series.
+#[derive(Default)]
+struct Pending {
+    /// (series id, time, order of arrival, value)
+    points: Vec<(i64, i64, usize, f64)>,
+    series: HashMap<i64, SeriesRow>,
 }
+
+impl Pending {
+    fn add(&mut self, tenant: &str, block: &PointsBlock) -> anyhow::Result<()> {
+        let ids: Vec<i64> = block
+            .keys
+            .iter()
+            .map(|(s, m)| series_id(tenant, s, m))
+            .collect();
+        for p in block.points()? {
+            let id = ids[p.key as usize];
+            let order = self.points.len();
+            self.points.push((id, p.time, order, p.value));
+            let t = micros(p.time);
+            let row = self.series.entry(id).or_insert_with(|| {
+                let (s, m) = &block.keys[p.key as usize];
+                SeriesRow {
+                    tenant: tenant.to_owned(),
+                    id,
+                    series: s.clone(),
+                    metric: m.clone(),
+                    tags: Value::Object(serde_json::Map::new()),
+                    first_time: t,
+                    last_time: t,
+                    last_value: p.value,
+                }
+            });
+            row.first_time = row.first_time.min(t);
+            if t >= row.last_time {
+                row.last_time = t;
+                row.last_value = p.value;
+            }
+        }
+        for (k, tags) in &block.tags {
+            if let Some(Value::Object(map)) =
+                self.series.get_mut(&ids[*k as usize]).map(|r| &mut r.tags)
+            {
+                for (tk, tv) in tags {
+                    map.insert(tk.clone(), Value::String(tv.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the points (last write wins), the series and the rollups; empties itself.
+    async fn flush(&mut self, tx: &Transaction<'_>) -> anyhow::Result<()> {
+        let mut points = std::mem::take(&mut self.points);
+        let series: Vec<SeriesRow> = std::mem::take(&mut self.series).into_values().collect();
+        if points.is_empty() {
+            return Ok(());
+        }
+        // Across the batch, the last point given for a (series, time) wins.
+        points.sort_unstable_by_key(|p| (p.0, p.1, p.2));
+        points.dedup_by(|later, earlier| {
+            if (later.0, later.1) == (earlier.0, earlier.1) {
+                earlier.3 = later.3;
+                true
+            } else {
+                false
+            }
+        });
+        let tenant_of: HashMap<i64, &str> =
+            series.iter().map(|s| (s.id, s.tenant.as_str())).collect();
+        // Series whose metric has a retention horizon: no raw point before it.
+        let metrics: Vec<&str> = {
+            let mut m: Vec<&str> = series.iter().map(|s| s.metric.as_str()).collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        let horizons: HashMap<(String, String), DateTime<Utc>> = tx
+            .query(BATCH_HORIZONS_SQL, &[&metrics])
+            .await?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        let (mut ids, mut befores) = (Vec::new(), Vec::new());
+        for s in &series {
+            if let Some(b) = horizons.get(&(s.tenant.clone(), s.metric.clone())) {
+                ids.push(s.id);
+                befores.push(*b);
+            }
+        }
+        let rows: Vec<PointRow<'_>> = points
+            .iter()
+            .map(|p| PointRow {
+                tenant: tenant_of.get(&p.0).copied().unwrap_or_default(),
+                series_id: p.0,
+                time: micros(p.1),
+                value: p.3,
+            })
+            .collect();
+        SERIES.merge(tx, &series, SERIES_MERGE).await?;
+        tx.batch_execute(
+            "CREATE TEMP TABLE IF NOT EXISTS cl_horizon (series_id bigint, before timestamptz)
+                 ON COMMIT DELETE ROWS",
+        )
+        .await?;
+        if !ids.is_empty() {
+            tx.execute(
+                "INSERT INTO pg_temp.cl_horizon SELECT * FROM unnest($1::bigint[], $2::timestamptz[])",
+                &[&ids, &befores],
+            )
+            .await?;
+        }
+        POINTS.stage(tx, &rows).await?;
+        tx.batch_execute(UPSERT_POINTS_SQL).await?;
+        for (table, width) in [
+            ("metric_points_1h", "1 hour"),
+            ("metric_points_1d", "1 day"),
+        ] {
+            tx.batch_execute(
+                &MERGE_ROLLUP_SQL
+                    .replace("{table}", table)
+                    .replace("{width}", width),
+            )
+            .await?;
+        }
+        tx.batch_execute(&format!(
+            "{RECOMPUTE_1H_SQL} {REPLACE_ROLLUP}; {RECOMPUTE_1D_SQL} {REPLACE_ROLLUP}; \
+             TRUNCATE pg_temp.cl_stage_metric_points, pg_temp.cl_replaced, pg_temp.cl_horizon"
+        ))
+        .await?;
+        Ok(())
+    }
+}
+
+/// Keeps the raw points, the series catalog, the rollups and the retention horizons.
+pub struct PointsProjector;
 
 #[async_trait]
 impl Projector for PointsProjector {
     type Aggregate = MetricBatch;
     const NAME: &'static str = METRIC_POINTS;
-    const READ_MODELS: &'static [&'static ReadModel] = &[&POINTS, &SERIES, &ROLLUP_1H, &ROLLUP_1D];
+    const READ_MODELS: &'static [&'static ReadModel] =
+        &[&POINTS, &SERIES, &ROLLUP_1H, &ROLLUP_1D, &HORIZON];
 
     fn options(&self) -> ProjectorOptions {
         ProjectorOptions {
@@ -278,118 +432,19 @@ impl Projector for PointsProjector {
         tx: &Transaction<'_>,
         events: Vec<Envelope<MetricBatchEvent>>,
     ) -> anyhow::Result<()> {
-        // (series id, time, order of arrival) → value; the catalog rows by series id.
-        let mut points: Vec<(i64, i64, usize, f64)> = Vec::new();
-        let mut series: HashMap<i64, SeriesRow> = HashMap::new();
-        let mut tenants: Vec<String> = Vec::new();
-        let mut tenant_of: HashMap<i64, usize> = HashMap::new();
+        let mut pending = Pending::default();
         for e in &events {
-            let MetricBatchEvent::PointsWritten(block) = &e.event else {
-                continue;
-            };
-            let tenant_idx = match tenants.iter().position(|t| *t == e.tenant_id) {
-                Some(i) => i,
-                None => {
-                    tenants.push(e.tenant_id.clone());
-                    tenants.len() - 1
-                }
-            };
-            let ids: Vec<i64> = block
-                .keys
-                .iter()
-                .map(|(s, m)| series_id(&e.tenant_id, s, m))
-                .collect();
-            let mut given: HashMap<u32, &Tags> = HashMap::new();
-            for (k, t) in &block.tags {
-                given.insert(*k, t);
-            }
-            for p in block.points()? {
-                let id = ids[p.key as usize];
-                tenant_of.insert(id, tenant_idx);
-                let order = points.len();
-                points.push((id, p.time, order, p.value));
-                let (s, m) = &block.keys[p.key as usize];
-                let row = series.entry(id).or_insert_with(|| SeriesRow {
-                    tenant: e.tenant_id.clone(),
-                    id,
-                    series: s.clone(),
-                    metric: m.clone(),
-                    tags: Value::Object(serde_json::Map::new()),
-                    first_time: micros(p.time),
-                    last_time: micros(p.time),
-                    last_value: p.value,
-                });
-                let t = micros(p.time);
-                row.first_time = row.first_time.min(t);
-                if t >= row.last_time {
-                    row.last_time = t;
-                    row.last_value = p.value;
-                }
-            }
-            for (k, tags) in given {
-                let id = ids[k as usize];
-                if let Some(row) = series.get_mut(&id) {
-                    if let Value::Object(map) = &mut row.tags {
-                        for (tk, tv) in tags {
-                            map.insert(tk.clone(), Value::String(tv.clone()));
-                        }
-                    }
+            match &e.event {
+                MetricBatchEvent::PointsWritten(block) => pending.add(&e.tenant_id, block)?,
+                MetricBatchEvent::MetricBatchCompleted { .. } => {}
+                MetricBatchEvent::RawPointsExpired { trigger, cutoffs } => {
+                    // The points before it in the log first: retention applies to them.
+                    pending.flush(tx).await?;
+                    retention::expire(tx, &e.tenant_id, trigger, cutoffs, e.recorded_at).await?;
                 }
             }
         }
-        if points.is_empty() {
-            return Ok(());
-        }
-        // Across the batch, the last point given for a (series, time) wins.
-        points.sort_unstable_by_key(|p| (p.0, p.1, p.2));
-        points.dedup_by(|later, earlier| {
-            if (later.0, later.1) == (earlier.0, earlier.1) {
-                earlier.3 = later.3;
-                true
-            } else {
-                false
-            }
-        });
-        let oldest = points.iter().map(|p| p.1).min().unwrap_or(i64::MAX);
-        let rows: Vec<PointRow<'_>> = points
-            .iter()
-            .map(|p| PointRow {
-                tenant: &tenants[tenant_of[&p.0]],
-                series_id: p.0,
-                time: micros(p.1),
-                value: p.3,
-            })
-            .collect();
-        POINTS.stage(tx, &rows).await?;
-        tx.batch_execute(UPSERT_POINTS_SQL).await?;
-        for (table, width) in [
-            ("metric_points_1h", "1 hour"),
-            ("metric_points_1d", "1 day"),
-        ] {
-            tx.batch_execute(
-                &MERGE_ROLLUP_SQL
-                    .replace("{table}", table)
-                    .replace("{width}", width),
-            )
-            .await?;
-        }
-        tx.batch_execute(&format!(
-            "{RECOMPUTE_1H_SQL} {REPLACE_ROLLUP}; {RECOMPUTE_1D_SQL} {REPLACE_ROLLUP}; \
-             TRUNCATE pg_temp.cl_stage_metric_points, pg_temp.cl_replaced"
-        ))
-        .await?;
-        let series: Vec<SeriesRow> = series.into_values().collect();
-        SERIES.merge(tx, &series, SERIES_MERGE).await?;
-        // Points older than some retention: apply it now, live or in a replay alike.
-        if retention::reaches(tx, self.default_retention_days, micros(oldest)).await? {
-            retention::apply(
-                tx,
-                self.default_retention_days,
-                retention::Trigger::Projector,
-            )
-            .await?;
-        }
-        Ok(())
+        pending.flush(tx).await
     }
 }
 

@@ -551,18 +551,25 @@ pub async fn cross_series<C: GenericClient + Sync>(
             .filter_map(|(i, (_, list))| total(list, rank).map(|v| (v, i)))
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        let keep: std::collections::HashSet<usize> =
-            scored.iter().take(n as usize).map(|s| s.1).collect();
-        let mut kept = Vec::new();
-        for (i, g) in by_group.into_iter().enumerate() {
-            if keep.contains(&i) {
-                kept.push((g, scored.iter().position(|s| s.1 == i).unwrap_or(0)));
-            }
-        }
-        kept.sort_by_key(|(_, place)| *place);
-        by_group = kept.into_iter().map(|(g, _)| g).collect();
+        let place: std::collections::HashMap<usize, usize> = scored
+            .iter()
+            .take(usize::try_from(n).unwrap_or(usize::MAX))
+            .enumerate()
+            .map(|(place, s)| (s.1, place))
+            .collect();
+        let mut kept: Vec<_> = by_group
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, g)| place.get(&i).map(|p| (*p, g)))
+            .collect();
+        kept.sort_by_key(|(p, _)| *p);
+        by_group = kept.into_iter().map(|(_, g)| g).collect();
     }
-    let count = |g: &Option<String>| series.iter().filter(|s| s.1 == *g).count() as i64;
+    let mut sizes: std::collections::HashMap<&Option<String>, i64> = Default::default();
+    for s in series {
+        *sizes.entry(&s.1).or_default() += 1;
+    }
+    let count = |g: &Option<String>| sizes.get(g).copied().unwrap_or(0);
     Ok(CrossSeries {
         metric: q.metric.to_owned(),
         bucket: q.range.bucket.as_str().to_owned(),

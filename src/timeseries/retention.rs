@@ -1,27 +1,39 @@
-//! Retention of raw points (ADR 0021). Each metric of a tenant keeps its raw points for
-//! its `raw_days` (`metric_retention`) or the server's default
+//! Retention of raw points (ADR 0021), as events. Each metric of a tenant keeps its raw
+//! points for its `raw_days` (`metric_retention`) or the server's default
 //! (`CLOUDLENS_METRICS_RETENTION_DAYS`); rollups are kept.
 //!
-//! Whole chunks older than the longest retention of any metric are dropped with
-//! `drop_chunks`; points of metrics with a shorter retention are deleted from the chunks
-//! that remain. The elected scheduled job runs it (`scheduled`), the admin API on
-//! request, and the point projector in its batch transaction whenever the batch holds
-//! points older than the shortest retention: so a replay applies it as it goes and a
-//! rebuild never brings dropped raw points back, while the rollups, fed from the events,
-//! stay whole. Every run that removed something is recorded in `metric_retention_runs`.
+//! - [`request`] (the elected scheduled job, or the admin API) finds the metrics whose
+//!   cutoff (now minus the retention, rounded down to the day: the chunk interval) has
+//!   moved past their horizon and appends, per tenant, a `metric_batch` stream of one
+//!   `RawPointsExpired` event with those cutoffs.
+//! - [`expire`] (the point projector, in log order with the points) moves each metric's
+//!   horizon (`metric_raw_horizon`, only forward), drops the chunks older than every
+//!   horizon with `drop_chunks`, deletes the metric's remaining points before its horizon,
+//!   and counts what it removed per metric. Raw points written later for a range before
+//!   the horizon are not kept (their rollups are).
+//!
+//! Live and replay run the same events in the same order, so a rebuild drops exactly what
+//! the live read model dropped and never brings a raw point back.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::json;
 use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
+use uuid::Uuid;
 
-use super::metrics;
+use super::aggregate::MetricBatch;
+use super::events::{Cutoff, MetricBatchEvent};
+use super::metrics::TS;
+use crate::eventstore::{codec, AppendRequest, EventStore};
+use crate::pipeline::EventSourced;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     Schedule,
     Admin,
-    Projector,
 }
 
 impl Trigger {
@@ -29,85 +41,96 @@ impl Trigger {
         match self {
             Trigger::Schedule => "schedule",
             Trigger::Admin => "admin",
-            Trigger::Projector => "projector",
         }
     }
 }
 
-/// What one run removed.
+/// What one retention request asked for.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RetentionRun {
     pub trigger: String,
     pub ran_at: DateTime<Utc>,
-    /// Raw points before this time were dropped for every metric (the longest retention).
-    pub cutoff: DateTime<Utc>,
-    pub chunks_dropped: i32,
-    pub points_deleted: i64,
+    /// Tenants and metrics whose raw points got a new cutoff.
+    pub tenants: i32,
+    pub metrics: i32,
+    /// Read with `min_position` at least this to see the points removed (0: nothing to
+    /// remove).
+    pub position: i64,
 }
 
-/// The shortest and longest retention in days, the default included.
-const RANGE_SQL: &str = "SELECT least($1::int, coalesce(min(raw_days), $1::int)),
-        greatest($1::int, coalesce(max(raw_days), $1::int)),
-        now() - make_interval(days => greatest($1::int, coalesce(max(raw_days), $1::int)))
- FROM metric_retention";
+/// The metrics whose cutoff moved past their horizon, by tenant.
+const DUE_SQL: &str = "
+SELECT s.tenant_id, s.metric, c.cutoff
+FROM (SELECT DISTINCT tenant_id, metric FROM metric_series) s
+LEFT JOIN metric_retention r ON r.tenant_id = s.tenant_id AND r.metric = s.metric
+CROSS JOIN LATERAL (SELECT time_bucket('1 day',
+        now() - make_interval(days => coalesce(r.raw_days, $1::int))) AS cutoff) c
+LEFT JOIN metric_raw_horizon h ON h.tenant_id = s.tenant_id AND h.metric = s.metric
+WHERE h.before IS NULL OR h.before < c.cutoff
+ORDER BY 1, 2";
 
-const DROP_SQL: &str = "SELECT count(*)::int
- FROM drop_chunks('metric_points', older_than => now() - make_interval(days => $1::int))";
+const RECORD_SQL: &str = "INSERT INTO metric_retention_runs (trigger, tenants, metrics, position)
+ VALUES ($1, $2, $3, $4) RETURNING ran_at";
 
-const DELETE_SQL: &str = "DELETE FROM metric_points p
- USING metric_series s
- LEFT JOIN metric_retention r ON r.tenant_id = s.tenant_id AND r.metric = s.metric
- WHERE p.series_id = s.id
-   AND p.time < now() - make_interval(days => $1::int)
-   AND p.time < now() - make_interval(days => coalesce(r.raw_days, $2::int))";
-
-const RECORD_SQL: &str = "INSERT INTO metric_retention_runs
- (trigger, cutoff, chunks_dropped, points_deleted) VALUES ($1, $2, $3, $4)
- RETURNING ran_at";
-
-/// Whether points as old as `oldest` are past some metric's retention.
-pub async fn reaches<C: GenericClient + Sync>(
+/// Appends the cutoffs that are due, one `RawPointsExpired` per tenant, and records the
+/// run.
+pub async fn request<C: GenericClient + Sync>(
     client: &C,
-    default_days: i32,
-    oldest: DateTime<Utc>,
-) -> anyhow::Result<bool> {
-    let row = client.query_one(RANGE_SQL, &[&default_days]).await?;
-    let shortest: i32 = row.get(0);
-    Ok(oldest < Utc::now() - chrono::Duration::days(i64::from(shortest)))
-}
-
-/// Removes the raw points past their retention and records what it removed.
-pub async fn apply<C: GenericClient + Sync>(
-    client: &C,
+    store: &EventStore,
     default_days: i32,
     trigger: Trigger,
 ) -> anyhow::Result<RetentionRun> {
-    let row = client.query_one(RANGE_SQL, &[&default_days]).await?;
-    let (shortest, longest, cutoff): (i32, i32, DateTime<Utc>) =
-        (row.get(0), row.get(1), row.get(2));
-    let chunks: i32 = client.query_one(DROP_SQL, &[&longest]).await?.get(0);
-    let deleted = if shortest < longest {
-        client
-            .execute(DELETE_SQL, &[&shortest, &default_days])
-            .await? as i64
-    } else {
-        0
-    };
-    let mut run = RetentionRun {
-        trigger: trigger.as_str().to_owned(),
-        ran_at: Utc::now(),
-        cutoff,
-        chunks_dropped: chunks,
-        points_deleted: deleted,
-    };
-    if chunks > 0 || deleted > 0 || trigger != Trigger::Projector {
-        run.ran_at = client
-            .query_one(RECORD_SQL, &[&run.trigger, &cutoff, &chunks, &deleted])
-            .await?
-            .get(0);
+    let rows = client.query(DUE_SQL, &[&default_days]).await?;
+    let mut by_tenant: BTreeMap<String, Vec<Cutoff>> = BTreeMap::new();
+    for r in &rows {
+        by_tenant.entry(r.get(0)).or_default().push(Cutoff {
+            metric: r.get(1),
+            before: r.get(2),
+        });
     }
-    metrics::retention_ran(trigger, chunks, deleted);
-    Ok(run)
+    let mut position = 0;
+    for (tenant, cutoffs) in &by_tenant {
+        let event = codec::encode(&MetricBatchEvent::RawPointsExpired {
+            trigger: trigger.as_str().to_owned(),
+            cutoffs: cutoffs.clone(),
+        })?;
+        let appended = store
+            .append(AppendRequest {
+                tenant_id: tenant,
+                stream_type: MetricBatch::STREAM_TYPE,
+                stream_id: Uuid::now_v7(),
+                expected_version: 0,
+                events: vec![event],
+                metadata: json!({
+                    "command_id": Uuid::now_v7(),
+                    "actor": format!("cloudlens:retention:{}", trigger.as_str()),
+                    "tenant_id": tenant,
+                }),
+                idempotency: None,
+            })
+            .await?;
+        position = position.max(appended.position);
+    }
+    let (tenants, metrics) = (by_tenant.len() as i32, rows.len() as i32);
+    let ran_at = client
+        .query_one(
+            RECORD_SQL,
+            &[&trigger.as_str(), &tenants, &metrics, &position],
+        )
+        .await?
+        .get(0);
+    TS.retention_requests
+        .with_label_values(&[trigger.as_str()])
+        .inc_by(u64::try_from(metrics).unwrap_or(0));
+    TS.retention_last_run
+        .set(Utc::now().timestamp_millis() as f64 / 1000.0);
+    Ok(RetentionRun {
+        trigger: trigger.as_str().to_owned(),
+        ran_at,
+        tenants,
+        metrics,
+        position,
+    })
 }
 
 /// The last runs, newest first.
@@ -117,7 +140,7 @@ pub async fn runs<C: GenericClient + Sync>(
 ) -> anyhow::Result<Vec<RetentionRun>> {
     let rows = client
         .query(
-            "SELECT trigger, ran_at, cutoff, chunks_dropped, points_deleted
+            "SELECT trigger, ran_at, tenants, metrics, position
              FROM metric_retention_runs ORDER BY id DESC LIMIT $1",
             &[&limit],
         )
@@ -127,9 +150,83 @@ pub async fn runs<C: GenericClient + Sync>(
         .map(|r| RetentionRun {
             trigger: r.get(0),
             ran_at: r.get(1),
-            cutoff: r.get(2),
-            chunks_dropped: r.get(3),
-            points_deleted: r.get(4),
+            tenants: r.get(2),
+            metrics: r.get(3),
+            position: r.get(4),
         })
         .collect())
+}
+
+const HORIZON_SQL: &str = "
+INSERT INTO metric_raw_horizon (tenant_id, metric, before, updated_at)
+SELECT $1, c.metric, c.before, $4 FROM unnest($2::text[], $3::timestamptz[]) AS c(metric, before)
+ON CONFLICT (tenant_id, metric) DO UPDATE
+SET before = greatest(metric_raw_horizon.before, EXCLUDED.before), updated_at = EXCLUDED.updated_at";
+
+/// Chunks may go up to the earliest horizon, once every metric with points has one.
+const DROPPABLE_SQL: &str = "
+SELECT CASE WHEN EXISTS (SELECT 1 FROM metric_series s WHERE NOT EXISTS
+                          (SELECT 1 FROM metric_raw_horizon h
+                           WHERE h.tenant_id = s.tenant_id AND h.metric = s.metric))
+            THEN NULL ELSE (SELECT min(before) FROM metric_raw_horizon) END";
+
+/// The points in the chunks about to be dropped, counted to their metrics.
+const COUNT_DROPPED_SQL: &str = "
+UPDATE metric_raw_horizon h SET points_deleted = h.points_deleted + c.n
+FROM (SELECT s.tenant_id, s.metric, count(*) AS n
+      FROM metric_points p JOIN metric_series s ON s.id = p.series_id
+      WHERE p.time < $1 GROUP BY 1, 2) c
+WHERE h.tenant_id = c.tenant_id AND h.metric = c.metric
+RETURNING c.n";
+
+const DROP_SQL: &str =
+    "SELECT count(*)::int FROM drop_chunks('metric_points', older_than => $1::timestamptz)";
+
+/// The tenant's points of these metrics before their horizons, in the chunks that stay.
+const DELETE_SQL: &str = "
+WITH d AS (
+    DELETE FROM metric_points p USING metric_series s, metric_raw_horizon h
+    WHERE p.series_id = s.id AND s.tenant_id = $1 AND s.metric = ANY($2)
+      AND h.tenant_id = s.tenant_id AND h.metric = s.metric
+      AND p.time < h.before AND p.time < $3
+    RETURNING s.metric)
+UPDATE metric_raw_horizon h SET points_deleted = h.points_deleted + c.n
+FROM (SELECT metric, count(*) AS n FROM d GROUP BY metric) c
+WHERE h.tenant_id = $1 AND h.metric = c.metric
+RETURNING c.n";
+
+/// Applies one `RawPointsExpired` of `tenant` (the point projector, in its batch).
+pub async fn expire(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &str,
+    trigger: &str,
+    cutoffs: &[Cutoff],
+    recorded_at: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let metrics: Vec<&str> = cutoffs.iter().map(|c| c.metric.as_str()).collect();
+    let befores: Vec<DateTime<Utc>> = cutoffs.iter().map(|c| c.before).collect();
+    let Some(latest) = befores.iter().max().copied() else {
+        return Ok(());
+    };
+    tx.execute(HORIZON_SQL, &[&tenant, &metrics, &befores, &recorded_at])
+        .await?;
+    let mut deleted: i64 = 0;
+    let mut chunks = 0;
+    let droppable: Option<DateTime<Utc>> = tx.query_one(DROPPABLE_SQL, &[]).await?.get(0);
+    if let Some(older_than) = droppable {
+        for r in tx.query(COUNT_DROPPED_SQL, &[&older_than]).await? {
+            deleted += r.get::<_, i64>(0);
+        }
+        chunks = tx.query_one(DROP_SQL, &[&older_than]).await?.get(0);
+    }
+    for r in tx.query(DELETE_SQL, &[&tenant, &metrics, &latest]).await? {
+        deleted += r.get::<_, i64>(0);
+    }
+    TS.chunks_dropped
+        .with_label_values(&[trigger])
+        .inc_by(u64::try_from(chunks).unwrap_or(0));
+    TS.points_deleted
+        .with_label_values(&[trigger])
+        .inc_by(u64::try_from(deleted).unwrap_or(0));
+    Ok(())
 }

@@ -12,7 +12,7 @@ use super::aggregate::{BarBatch, MetricBatch, MetricRetention, SetRetention};
 use super::events::{BarBatchEvent, MetricBatchEvent};
 use super::ingest::{self, Format, Ingested};
 use super::metrics::TS;
-use super::projection::{BARS, METRIC_POINTS};
+use super::projection::{BARS, METRIC_POINTS, METRIC_RETENTION};
 use super::queries::{
     self, bucket_that_fits, Agg, Bucket, CrossQuery, CrossSeries, Fill, Range, SeriesBuckets,
     SeriesList, SeriesView,
@@ -363,7 +363,7 @@ impl Params {
 /// 422 `too_many_points` unless `buckets × groups` fits the limit; names a bucket that fits.
 fn check_size(
     state: &AppState,
-    query: &'static str,
+    (query, parameter): (&'static str, &'static str),
     (from, to): (DateTime<Utc>, DateTime<Utc>),
     range: &Range,
     groups: i64,
@@ -376,12 +376,13 @@ fn check_size(
     }
     TS.queries_refused.with_label_values(&[query]).inc();
     let hint = match bucket_that_fits(from, to, groups.max(1), max, allowed) {
-        Some(b) => format!("bucket={} would fit", b.as_str()),
+        Some(b) => format!("{parameter}={} would fit", b.as_str()),
         None => "no bucket fits; narrow the range (or the series)".to_owned(),
     };
-    Err(ApiError::TooManyPoints(format!(
-        "the query would return up to {points} points, more than {max}; {hint}"
-    )))
+    Err(ApiError::TooManyPoints {
+        field: parameter,
+        message: format!("the query would return up to {points} points, more than {max}; {hint}"),
+    })
 }
 
 fn observe(query: &str, source: &str, started: std::time::Instant) {
@@ -433,7 +434,14 @@ pub async fn series_buckets(
     let bucket = p.bucket("bucket", &Bucket::FOR_POINTS, Bucket::H1)?;
     let (aggs, fill) = (p.aggs()?, p.fill()?);
     let range = Range::whole(span.0, span.1, bucket);
-    check_size(&state, "series", span, &range, 1, &Bucket::FOR_POINTS)?;
+    check_size(
+        &state,
+        ("series", "bucket"),
+        span,
+        &range,
+        1,
+        &Bucket::FOR_POINTS,
+    )?;
     let id = series_id(&tenant, &series, &metric);
     let client = state
         .scan(&tenant, &[METRIC_POINTS], p.min_position()?)
@@ -562,15 +570,13 @@ pub async fn cross_series(
     let mut groups: Vec<&Option<String>> = series.iter().map(|s| &s.1).collect();
     groups.sort();
     groups.dedup();
-    let shown = q
-        .top
-        .map_or(groups.len() as i64, |n| n.min(groups.len() as i64));
+    // Every group's buckets are read (`top` ranks them after), so every group counts.
     check_size(
         &state,
-        "cross_series",
+        ("cross_series", "bucket"),
         span,
         &q.range,
-        shown,
+        groups.len() as i64,
         &Bucket::FOR_POINTS,
     )?;
     let out: CrossSeries = queries::cross_series(&client, &q, &series).await?;
@@ -662,7 +668,14 @@ pub async fn bars(
     let span = p.range()?;
     let interval = p.bucket("interval", &Bucket::FOR_BARS, Bucket::M1)?;
     let range = Range::whole(span.0, span.1, interval);
-    check_size(&state, "bars", span, &range, 1, &Bucket::FOR_BARS)?;
+    check_size(
+        &state,
+        ("bars", "interval"),
+        span,
+        &range,
+        1,
+        &Bucket::FOR_BARS,
+    )?;
     let client = state.scan(&tenant, &[BARS], p.min_position()?).await?;
     let out = queries::bars(&client, &tenant, &symbol, &range).await?;
     observe("bars", "bars_1m", started);
@@ -715,15 +728,16 @@ pub async fn set_retention(
     Ok(HttpResponse::Ok().json(result))
 }
 
-/// Retention as configured and as run.
+/// Retention as configured and as applied.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RetentionStatus {
     /// The server's default (`CLOUDLENS_METRICS_RETENTION_DAYS`).
     pub default_days: i32,
     /// Metrics of the tenant with their own retention.
     pub metrics: Vec<MetricRetentionView>,
-    /// The last runs that removed something (and every scheduled or requested one),
-    /// newest first.
+    /// Where each metric's raw points start now, and how many retention removed.
+    pub horizons: Vec<HorizonView>,
+    /// The last retention runs (all tenants), newest first.
     pub runs: Vec<RetentionRun>,
 }
 
@@ -733,7 +747,22 @@ pub struct MetricRetentionView {
     pub raw_days: i32,
 }
 
-/// Retention of the tenant's metrics and the last 20 runs. Admin keys only.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HorizonView {
+    pub metric: String,
+    /// Raw points before this are dropped (rollups keep them).
+    pub raw_from: DateTime<Utc>,
+    pub points_deleted: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+const RETENTION_SQL: &str =
+    "SELECT metric, raw_days FROM metric_retention WHERE tenant_id = $1 ORDER BY metric";
+const HORIZONS_SQL: &str = "SELECT metric, before, points_deleted, updated_at
+ FROM metric_raw_horizon WHERE tenant_id = $1 ORDER BY metric";
+
+/// Retention of the tenant's metrics, where their raw points start, and the last 20 runs.
+/// Admin keys only.
 #[utoipa::path(get, path = "/api/v1/admin/metrics/retention",
     params(("min_position" = Option<i64>, Query, minimum = 0),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
@@ -747,47 +776,68 @@ pub async fn retention_status(
 ) -> Result<HttpResponse, ApiError> {
     let p = Params::new(&req, &["min_position"])?;
     let tenant = tenant(&req)?;
-    let client = state.admin_scan().await?;
-    let metrics = client
-        .query(
-            "SELECT metric, raw_days FROM metric_retention WHERE tenant_id = $1 ORDER BY metric",
-            &[&tenant],
+    let reader = state
+        .read_models(
+            &tenant,
+            &[METRIC_RETENTION, METRIC_POINTS],
+            p.min_position()?,
         )
-        .await
-        .map_err(crate::db::QueryError::from)?
+        .await?;
+    let metrics = reader
+        .query(RETENTION_SQL, &[&tenant])
+        .await?
         .iter()
-        .map(|r| MetricRetentionView {
-            metric: r.get(0),
-            raw_days: r.get(1),
+        .map(|r| {
+            Ok(MetricRetentionView {
+                metric: r.try_get(0)?,
+                raw_days: r.try_get(1)?,
+            })
         })
-        .collect();
-    let _ = p.min_position()?;
-    let owner: &tokio_postgres::Client = &client;
+        .collect::<Result<Vec<_>, crate::db::QueryError>>()?;
+    let horizons = reader
+        .query(HORIZONS_SQL, &[&tenant])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(HorizonView {
+                metric: r.try_get(0)?,
+                raw_from: r.try_get(1)?,
+                points_deleted: r.try_get(2)?,
+                updated_at: r.try_get(3)?,
+            })
+        })
+        .collect::<Result<Vec<_>, crate::db::QueryError>>()?;
+    let owner = state.admin_scan().await?;
+    let owner: &tokio_postgres::Client = &owner;
     let runs = retention::runs(owner, 20)
         .await
         .map_err(ApiError::Internal)?;
     Ok(HttpResponse::Ok().json(RetentionStatus {
         default_days: state.settings.metrics_retention_days,
         metrics,
+        horizons,
         runs,
     }))
 }
 
-/// Run retention now (it also runs on its own every `CLOUDLENS_METRICS_RETENTION_INTERVAL_SECONDS`).
-/// Admin keys only.
+/// Request retention now, for every tenant (it also runs on its own every
+/// `CLOUDLENS_METRICS_RETENTION_INTERVAL_SECONDS`): the metrics whose cutoff moved get a
+/// `RawPointsExpired`; read with `min_position` = `position` to see it applied. Admin
+/// keys only.
 #[utoipa::path(post, path = "/api/v1/admin/metrics/retention:run",
-    responses((status = 200, body = RetentionRun), (status = 401, body = Problem),
+    responses((status = 202, body = RetentionRun), (status = 401, body = Problem),
               (status = 403, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/admin/metrics/retention:run")]
 pub async fn run_retention(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let mut client = state.admin_scan().await?;
-    let tx = client
-        .transaction()
-        .await
-        .map_err(crate::db::QueryError::from)?;
-    let run = retention::apply(&*tx, state.settings.metrics_retention_days, Trigger::Admin)
-        .await
-        .map_err(ApiError::Internal)?;
-    tx.commit().await.map_err(crate::db::QueryError::from)?;
-    Ok(HttpResponse::Ok().json(run))
+    let owner = state.admin_scan().await?;
+    let owner: &tokio_postgres::Client = &owner;
+    let run = retention::request(
+        owner,
+        &state.store,
+        state.settings.metrics_retention_days,
+        Trigger::Admin,
+    )
+    .await
+    .map_err(ApiError::Internal)?;
+    Ok(HttpResponse::Accepted().json(run))
 }

@@ -230,7 +230,7 @@ async fn drive_timeseries(app: &TestApp) {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200);
+    assert_eq!(res.status(), 202);
 }
 
 async fn drive_load(app: &TestApp) {

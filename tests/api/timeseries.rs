@@ -676,109 +676,159 @@ async fn retention_drops_old_raw_points_keeps_rollups_and_a_rebuild_does_not_bri
         .unwrap()
         .and_utc()
         - chrono::Duration::days(10);
-    let recent = Utc::now() - chrono::Duration::hours(1);
+    let recent = Utc::now() - chrono::Duration::hours(3);
+    let point = |metric: &str, t: DateTime<Utc>, v: i64| json!({"series": "r", "metric": metric, "time": rfc(t), "value": v});
     let mut pts = Vec::new();
-    for (series, metric) in [("r", "short"), ("r", "long")] {
+    // 40 days back: past every retention, so its day chunk is dropped whole.
+    let ancient = old - chrono::Duration::days(30);
+    for metric in ["short", "long"] {
         for m in 0..120 {
             for t in [old, recent] {
-                pts.push(json!({"series": series, "metric": metric, "time": rfc(t + chrono::Duration::minutes(m)), "value": m}));
+                pts.push(point(metric, t + chrono::Duration::minutes(m), m));
             }
+        }
+        for m in 0..10 {
+            pts.push(point(metric, ancient + chrono::Duration::minutes(m), m));
         }
     }
     // `short` keeps raw points for 5 days; the default (30) keeps `long`'s.
-    let res = app
-        .client
-        .put(app.url("/api/v1/admin/metrics/retention/short"))
-        .send_json(&json!({"raw_days": 5}))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let res = app
-        .client
-        .put(app.url("/api/v1/admin/metrics/retention/short"))
-        .send_json(&json!({"raw_days": 0}))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 422);
-    let a = accepted(
+    let put = |days: Value| {
+        app.client
+            .put(app.url("/api/v1/admin/metrics/retention/short"))
+            .send_json(&json!({ "raw_days": days }))
+    };
+    assert_eq!(put(json!(5)).await.unwrap().status(), 200);
+    assert_eq!(put(json!(0)).await.unwrap().status(), 422);
+    accepted(
         app.post_json("/api/v1/metrics:batch", &json!({"points": pts}))
             .await,
     )
     .await;
-    let raw = |metric: &'static str| {
-        let conn = app.conn.clone();
-        async move {
-            count(&conn, &format!(
-                "SELECT count(*) FROM metric_points p JOIN metric_series s ON s.id = p.series_id
-                 WHERE s.metric = '{metric}' AND p.time < '{}'", rfc(old + chrono::Duration::days(1))
-            )).await
-        }
-    };
-    // The projector applied retention in the batch that brought the old points.
-    let v = body(
-        app.get(&format!(
-            "/api/v1/metrics/r/short/latest?min_position={}",
-            a["position"]
-        ))
+    // A correction of an old point before retention runs: live replaces it exactly.
+    let fix = accepted(
+        app.post_json(
+            "/api/v1/metrics:batch",
+            &json!({"points": [point("short", old, 1000)]}),
+        )
         .await,
     )
     .await;
-    assert!(v["last_time"].is_string());
-    assert_eq!(raw("short").await, 0, "short's old raw points are gone");
-    assert_eq!(raw("long").await, 120, "long keeps its old raw points");
-    // The rollups of the dropped points are kept.
-    let q = format!(
-        "/api/v1/metrics/r/short?from={}&to={}&bucket=1h&agg=count,sum",
-        rfc(old),
-        rfc(old + chrono::Duration::hours(2))
-    );
-    let v = body(app.get(&q).await).await;
-    assert_eq!(v["points"][0]["count"].as_f64(), Some(60.0), "{v}");
-    // The admin API runs it and reports it; /metrics counts it.
+    // Retention looks at the series the read model has: wait for them.
     let res = app
+        .get(&format!(
+            "/api/v1/metrics/r/short/latest?min_position={}",
+            fix["position"]
+        ))
+        .await;
+    assert_eq!(res.status(), 200);
+    let raw = |metric: &'static str| {
+        let conn = app.conn.clone();
+        async move {
+            count(
+                &conn,
+                &format!(
+                    "SELECT count(*) FROM metric_points p JOIN metric_series s ON s.id = p.series_id
+                     WHERE s.metric = '{metric}' AND p.time < '{}'",
+                    rfc(old + chrono::Duration::days(1))
+                ),
+            )
+            .await
+        }
+    };
+    let run = app
         .client
         .post(app.url("/api/v1/admin/metrics/retention:run"))
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 200);
-    let status = body(app.get("/api/v1/admin/metrics/retention").await).await;
+    assert_eq!(run.status(), 202);
+    let run = body(run).await;
+    assert_eq!(
+        (run["tenants"].as_i64(), run["metrics"].as_i64()),
+        (Some(1), Some(2)),
+        "{run}"
+    );
+    let status = body(
+        app.get(&format!(
+            "/api/v1/admin/metrics/retention?min_position={}",
+            run["position"]
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(raw("short").await, 0, "short's old raw points are gone");
+    assert_eq!(raw("long").await, 120, "long keeps its old raw points");
     assert_eq!(status["default_days"], 30);
     assert_eq!(
         status["metrics"],
         json!([{"metric": "short", "raw_days": 5}])
     );
-    assert!(
-        status["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["trigger"] == "projector" && r["points_deleted"] == 120),
-        "{status}"
-    );
+    let horizons = status["horizons"].as_array().unwrap();
+    let short = horizons.iter().find(|h| h["metric"] == "short").unwrap();
+    assert_eq!(short["points_deleted"], 130, "{status}");
+    let long = horizons.iter().find(|h| h["metric"] == "long").unwrap();
+    assert_eq!(long["points_deleted"], 10, "{status}");
+    assert!(status["runs"][0]["trigger"] == "admin", "{status}");
     let metrics = app.get("/metrics").await.body().await.unwrap();
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
-        metrics.contains(
-            "cloudlens_timeseries_retention_points_deleted_total{trigger=\"projector\"} 120"
-        ),
+        metrics
+            .contains("cloudlens_timeseries_retention_points_deleted_total{trigger=\"admin\"} 140")
+            && metrics.contains(
+                "cloudlens_timeseries_retention_chunks_dropped_total{trigger=\"admin\"} 1"
+            ),
         "{metrics}"
     );
-    // A rebuild replays the old points and applies retention again as it goes.
-    let rollups = snapshot(
-        &app.conn,
-        "SELECT format('%s %s %s %s', series_id, bucket, count, sum) FROM metric_points_1h",
+    // Nothing more is due: a second run requests nothing.
+    let again = body(
+        app.client
+            .post(app.url("/api/v1/admin/metrics/retention:run"))
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
+    assert_eq!(again["metrics"], 0);
+    // A late write before the horizon is not kept raw; its rollup counts it.
+    let late = accepted(
+        app.post_json(
+            "/api/v1/metrics:batch",
+            &json!({"points": [point("short", old + chrono::Duration::minutes(500), 7)]}),
+        )
+        .await,
+    )
+    .await;
+    let q = format!(
+        "/api/v1/metrics/r/short?from={}&to={}&bucket=1h&agg=count,sum,first&min_position={}",
+        rfc(old),
+        rfc(old + chrono::Duration::hours(9)),
+        late["position"]
+    );
+    let v = body(app.get(&q).await).await;
+    let hours = v["points"].as_array().unwrap();
+    assert_eq!(
+        hours[0]["count"].as_f64(),
+        Some(60.0),
+        "the corrected hour: {v}"
+    );
+    assert_eq!(hours[0]["first"].as_f64(), Some(1000.0));
+    assert_eq!(hours.last().unwrap()["count"].as_f64(), Some(1.0), "{v}");
+    assert_eq!(raw("short").await, 0);
+
+    // A rebuild replays points, corrections and retention in log order: the same result.
+    let tables = [
+        "SELECT format('%s %s %s %s %s', series_id, bucket, count, sum, first_value) FROM metric_points_1h",
+        "SELECT format('%s %s %s', series_id, time, value) FROM metric_points",
+        "SELECT format('%s %s %s %s', tenant_id, metric, before, points_deleted) FROM metric_raw_horizon",
+    ];
+    let mut live = Vec::new();
+    for t in tables {
+        live.push(snapshot(&app.conn, t).await);
+    }
     rebuild_and_wait(&app, "metric_points").await;
     assert_eq!(raw("short").await, 0, "the rebuild did not bring them back");
     assert_eq!(raw("long").await, 120);
-    assert_eq!(
-        snapshot(
-            &app.conn,
-            "SELECT format('%s %s %s %s', series_id, bucket, count, sum) FROM metric_points_1h"
-        )
-        .await,
-        rollups
-    );
+    for (t, l) in tables.iter().zip(&live) {
+        assert_eq!(&snapshot(&app.conn, t).await, l, "{t}");
+    }
 }
