@@ -47,7 +47,7 @@ pub struct BarsBlock {
     pub runs: String,
 }
 
-/// Raw points of a metric before `before` (a day boundary) are dropped, and raw points
+/// Raw points of a metric before `before` (a chunk boundary) are dropped, and raw points
 /// written later for that range are not kept (their rollups are).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cutoff {

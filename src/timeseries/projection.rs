@@ -235,7 +235,7 @@ const REPLACE_ROLLUP: &str = "ON CONFLICT (series_id, bucket) DO UPDATE SET
     last_time = EXCLUDED.last_time, last_value = EXCLUDED.last_value";
 
 /// Hours with a replaced point, computed again from the raw points (a replaced point is
-/// never before its horizon, and horizons are whole days: the hour is whole).
+/// never before its horizon, and horizons are whole chunks: the hour is whole).
 const RECOMPUTE_1H_SQL: &str = "
 INSERT INTO metric_points_1h (tenant_id, series_id, bucket, count, sum, min, max,
                               first_time, first_value, last_time, last_value)
@@ -417,7 +417,7 @@ impl Projector for PointsProjector {
     async fn prepare_shadow(&self, tx: &Transaction<'_>, schema: &str) -> anyhow::Result<()> {
         tx.batch_execute(&format!(
             "SELECT create_hypertable('{schema}.metric_points', 'time',
-                 chunk_time_interval => interval '1 day', create_default_indexes => false);
+                 chunk_time_interval => interval '7 days', create_default_indexes => false);
              SELECT create_hypertable('{schema}.metric_points_1h', 'bucket',
                  chunk_time_interval => interval '30 days', create_default_indexes => false);
              SELECT create_hypertable('{schema}.metric_points_1d', 'bucket',

@@ -3,7 +3,8 @@
 //! (`CLOUDLENS_METRICS_RETENTION_DAYS`); rollups are kept.
 //!
 //! - [`request`] (the elected scheduled job, or the admin API) finds the metrics whose
-//!   cutoff (now minus the retention, rounded down to the day: the chunk interval) has
+//!   cutoff (now minus the retention, rounded down to the chunk interval of 7 days, as
+//!   chunks are aligned: from the Unix epoch) has
 //!   moved past their horizon and appends, per tenant, a `metric_batch` stream of one
 //!   `RawPointsExpired` event with those cutoffs.
 //! - [`expire`] (the point projector, in log order with the points) moves each metric's
@@ -58,13 +59,15 @@ pub struct RetentionRun {
     pub position: i64,
 }
 
-/// The metrics whose cutoff moved past their horizon, by tenant.
+/// The metrics whose cutoff moved past their horizon, by tenant. The cutoff is a chunk
+/// boundary of `metric_points` (7 days from the epoch), so whole chunks go.
 const DUE_SQL: &str = "
 SELECT s.tenant_id, s.metric, c.cutoff
 FROM (SELECT DISTINCT tenant_id, metric FROM metric_series) s
 LEFT JOIN metric_retention r ON r.tenant_id = s.tenant_id AND r.metric = s.metric
-CROSS JOIN LATERAL (SELECT time_bucket('1 day',
-        now() - make_interval(days => coalesce(r.raw_days, $1::int))) AS cutoff) c
+CROSS JOIN LATERAL (SELECT time_bucket(interval '7 days',
+        now() - make_interval(days => coalesce(r.raw_days, $1::int)),
+        '1970-01-01 00:00:00+00'::timestamptz) AS cutoff) c
 LEFT JOIN metric_raw_horizon h ON h.tenant_id = s.tenant_id AND h.metric = s.metric
 WHERE h.before IS NULL OR h.before < c.cutoff
 ORDER BY 1, 2";

@@ -670,16 +670,18 @@ async fn bars_roll_up_exactly_from_one_minute_bars() {
 #[actix_web::test]
 async fn retention_drops_old_raw_points_keeps_rollups_and_a_rebuild_does_not_bring_them_back() {
     let app = spawn_app().await;
+    // Cutoffs are whole 7-day chunks: `short` (5 days) cuts between 5 and 12 days back,
+    // the default (30) between 30 and 37.
     let old = Utc::now()
         .date_naive()
         .and_hms_opt(0, 0, 0)
         .unwrap()
         .and_utc()
-        - chrono::Duration::days(10);
+        - chrono::Duration::days(20);
     let recent = Utc::now() - chrono::Duration::hours(3);
     let point = |metric: &str, t: DateTime<Utc>, v: i64| json!({"series": "r", "metric": metric, "time": rfc(t), "value": v});
     let mut pts = Vec::new();
-    // 40 days back: past every retention, so its day chunk is dropped whole.
+    // 50 days back: past every retention, so its chunk is dropped whole.
     let ancient = old - chrono::Duration::days(30);
     for metric in ["short", "long"] {
         for m in 0..120 {
