@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::aggregate::{check_name, BarBatch, MetricBatch, TimeseriesError};
 use super::events::{Bar, BarBatchEvent, BarsBlock, MetricBatchEvent, Point, PointsBlock, Tags};
-use crate::eventstore::{codec, Appended, EventStore};
+use crate::eventstore::{codec, Appended, EventStore, NewEvent};
 use crate::imports::{bad_row, CsvRows, ImportError, Staging, StreamedKey};
 use crate::pipeline::EventSourced;
 use crate::tagging::rules::parse_date;
@@ -66,7 +66,17 @@ trait Item: Sized + Send + 'static {
     fn required_columns() -> &'static [&'static str];
     /// Columns that are neither required nor known: allowed (points: tags) or not.
     const OTHER_COLUMNS_ARE_TAGS: bool;
+    /// The stream type of a batch of these.
+    const STREAM_TYPE: &'static str;
+    /// A chunk as one block event; adds its distinct series to `seen`.
+    fn block(chunk: Vec<Self>, seen: &mut HashSet<(String, String)>) -> impl BlockEvent;
+    /// The event that ends a batch.
+    fn completed(items: i64, series: i64) -> Result<NewEvent, codec::CodecError>;
 }
+
+/// A block event, as staging takes it.
+trait BlockEvent: serde::Serialize + cqrs_es::DomainEvent + Send + Sync {}
+impl<E: serde::Serialize + cqrs_es::DomainEvent + Send + Sync> BlockEvent for E {}
 
 /// A point as read, before it joins a block.
 #[derive(Debug, Clone)]
@@ -245,6 +255,15 @@ fn field<'m>(m: &'m serde_json::Map<String, Value>, name: &str, alias: &str) -> 
 impl Item for PointIn {
     const MEMBER: &'static str = "points";
     const OTHER_COLUMNS_ARE_TAGS: bool = true;
+    const STREAM_TYPE: &'static str = MetricBatch::STREAM_TYPE;
+
+    fn block(chunk: Vec<Self>, seen: &mut HashSet<(String, String)>) -> impl BlockEvent {
+        PointIn::block(chunk, seen)
+    }
+
+    fn completed(points: i64, series: i64) -> Result<NewEvent, codec::CodecError> {
+        codec::encode(&MetricBatchEvent::MetricBatchCompleted { points, series })
+    }
 
     fn required_columns() -> &'static [&'static str] {
         &["series", "metric", "time", "value"]
@@ -397,6 +416,15 @@ impl BarIn {
 impl Item for BarIn {
     const MEMBER: &'static str = "bars";
     const OTHER_COLUMNS_ARE_TAGS: bool = false;
+    const STREAM_TYPE: &'static str = BarBatch::STREAM_TYPE;
+
+    fn block(chunk: Vec<Self>, seen: &mut HashSet<(String, String)>) -> impl BlockEvent {
+        BarIn::block(chunk, seen)
+    }
+
+    fn completed(bars: i64, symbols: i64) -> Result<NewEvent, codec::CodecError> {
+        codec::encode(&BarBatchEvent::BarBatchCompleted { bars, symbols })
+    }
 
     fn required_columns() -> &'static [&'static str] {
         &["symbol", "time", "open", "high", "low", "close", "volume"]
@@ -441,7 +469,7 @@ impl Item for BarIn {
 async fn read_items<I: Item, R: AsyncRead + Unpin + Send + 'static>(
     format: Format,
     body: R,
-    sink: &mut (dyn ChunkSink<I> + Send),
+    sink: &mut Blocks<'_>,
 ) -> Result<(), ImportError> {
     let now = Utc::now();
     let too_many = |row| bad_row(row, "", format!("at most {MAX_ITEMS} items per request"));
@@ -632,44 +660,54 @@ fn parse_json_body<I: Item>(
     }
 }
 
-/// Takes the items of a body chunk by chunk.
-#[async_trait::async_trait]
-trait ChunkSink<I>: Send {
-    async fn take(&mut self, chunk: Vec<I>) -> Result<(), ImportError>;
-}
-
-/// Points into blocks, staged as `PointsWritten` events.
-struct PointBlocks<'s> {
+/// One batch's blocks, staged as their chunks fill.
+struct Blocks<'s> {
     staging: Staging<'s>,
     items: i64,
+    /// Distinct (series, metric) pairs, or (symbol, "").
     series: HashSet<(String, String)>,
 }
 
-#[async_trait::async_trait]
-impl ChunkSink<PointIn> for PointBlocks<'_> {
-    async fn take(&mut self, chunk: Vec<PointIn>) -> Result<(), ImportError> {
+impl Blocks<'_> {
+    async fn take<I: Item>(&mut self, chunk: Vec<I>) -> Result<(), ImportError> {
         if chunk.is_empty() {
             return Ok(());
         }
         self.items += chunk.len() as i64;
-        let mut keys: Vec<(String, String)> = Vec::new();
-        let mut index: HashMap<(String, String), u32> = HashMap::new();
+        let event = I::block(chunk, &mut self.series);
+        self.staging.push(&event).await
+    }
+}
+
+/// Names in order of first appearance, each with its index.
+#[derive(Default)]
+struct Names<K> {
+    list: Vec<K>,
+    index: HashMap<K, u32>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Names<K> {
+    fn of(&mut self, k: K, seen: &mut HashSet<K>) -> u32 {
+        if let Some(i) = self.index.get(&k) {
+            return *i;
+        }
+        let i = self.list.len() as u32;
+        if !seen.contains(&k) {
+            seen.insert(k.clone());
+        }
+        self.index.insert(k.clone(), i);
+        self.list.push(k);
+        i
+    }
+}
+
+impl PointIn {
+    fn block(chunk: Vec<Self>, seen: &mut HashSet<(String, String)>) -> MetricBatchEvent {
+        let mut keys = Names::default();
         let mut tags: HashMap<u32, Tags> = HashMap::new();
         let mut points = Vec::with_capacity(chunk.len());
         for p in chunk {
-            let k = (p.series, p.metric);
-            let key = match index.get(&k) {
-                Some(i) => *i,
-                None => {
-                    let i = keys.len() as u32;
-                    if !self.series.contains(&k) {
-                        self.series.insert(k.clone());
-                    }
-                    index.insert(k.clone(), i);
-                    keys.push(k);
-                    i
-                }
-            };
+            let key = keys.of((p.series, p.metric), seen);
             if let Some(t) = p.tags {
                 tags.entry(key).or_default().extend(t);
             }
@@ -682,45 +720,17 @@ impl ChunkSink<PointIn> for PointBlocks<'_> {
         let points = last_wins(points, |p| (p.key, p.time));
         let mut tags: Vec<(u32, Tags)> = tags.into_iter().collect();
         tags.sort_by_key(|(k, _)| *k);
-        let block = PointsBlock::new(keys, tags, &points);
-        self.staging
-            .push(&MetricBatchEvent::PointsWritten(block))
-            .await
+        MetricBatchEvent::PointsWritten(PointsBlock::new(keys.list, tags, &points))
     }
 }
 
-/// Bars into blocks, staged as `BarsWritten` events.
-struct BarBlocks<'s> {
-    staging: Staging<'s>,
-    items: i64,
-    symbols: HashSet<String>,
-}
-
-#[async_trait::async_trait]
-impl ChunkSink<BarIn> for BarBlocks<'_> {
-    async fn take(&mut self, chunk: Vec<BarIn>) -> Result<(), ImportError> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        self.items += chunk.len() as i64;
-        let mut symbols: Vec<String> = Vec::new();
-        let mut index: HashMap<String, u32> = HashMap::new();
+impl BarIn {
+    fn block(chunk: Vec<Self>, seen: &mut HashSet<(String, String)>) -> BarBatchEvent {
+        let mut symbols = Names::default();
         let mut bars = Vec::with_capacity(chunk.len());
         for b in chunk {
-            let symbol = match index.get(&b.symbol) {
-                Some(i) => *i,
-                None => {
-                    let i = symbols.len() as u32;
-                    if !self.symbols.contains(&b.symbol) {
-                        self.symbols.insert(b.symbol.clone());
-                    }
-                    index.insert(b.symbol.clone(), i);
-                    symbols.push(b.symbol);
-                    i
-                }
-            };
             bars.push(Bar {
-                symbol,
+                symbol: symbols.of((b.symbol, String::new()), seen),
                 time: b.time,
                 open: b.open,
                 high: b.high,
@@ -730,9 +740,8 @@ impl ChunkSink<BarIn> for BarBlocks<'_> {
             });
         }
         let bars = last_wins(bars, |b| (b.symbol, b.time));
-        self.staging
-            .push(&BarBatchEvent::BarsWritten(BarsBlock::new(symbols, &bars)))
-            .await
+        let names = symbols.list.into_iter().map(|(s, _)| s).collect();
+        BarBatchEvent::BarsWritten(BarsBlock::new(names, &bars))
     }
 }
 
@@ -750,7 +759,7 @@ pub fn last_wins<T, K: Ord + Copy>(mut items: Vec<T>, key: impl Fn(&T) -> K) -> 
     out
 }
 
-/// Streams a points body into a new `metric_batch` stream.
+/// Streams a body of points into a new `metric_batch` stream.
 pub async fn ingest_points<R: AsyncRead + Unpin + Send + 'static>(
     store: &EventStore,
     tenant: &str,
@@ -759,49 +768,10 @@ pub async fn ingest_points<R: AsyncRead + Unpin + Send + 'static>(
     metadata: &Value,
     key: Option<&StreamedKey>,
 ) -> Result<Ingested, ImportError> {
-    let batch_id = Uuid::now_v7();
-    let mut sink = PointBlocks {
-        staging: Staging::new(store, batch_id),
-        items: 0,
-        series: HashSet::new(),
-    };
-    let outcome = async {
-        read_items::<PointIn, R>(format, body, &mut sink).await?;
-        if sink.items == 0 {
-            return Err(bad_row(1, "", "the batch has no points"));
-        }
-        let tail = codec::encode(&MetricBatchEvent::MetricBatchCompleted {
-            points: sink.items,
-            series: sink.series.len() as i64,
-        })?;
-        let record = key.map(StreamedKey::record);
-        Ok(sink
-            .staging
-            .commit(
-                tenant,
-                (MetricBatch::STREAM_TYPE, batch_id, 0),
-                &[tail],
-                metadata,
-                record.as_ref(),
-            )
-            .await?)
-    }
-    .await;
-    match outcome {
-        Ok(appended) => Ok(Ingested {
-            batch_id,
-            items: sink.items,
-            series: sink.series.len() as i64,
-            appended,
-        }),
-        Err(e) => {
-            sink.staging.discard().await;
-            Err(e)
-        }
-    }
+    ingest::<PointIn, R>(store, tenant, format, body, metadata, key).await
 }
 
-/// Streams a bars body into a new `bar_batch` stream.
+/// Streams a body of bars into a new `bar_batch` stream.
 pub async fn ingest_bars<R: AsyncRead + Unpin + Send + 'static>(
     store: &EventStore,
     tenant: &str,
@@ -810,27 +780,37 @@ pub async fn ingest_bars<R: AsyncRead + Unpin + Send + 'static>(
     metadata: &Value,
     key: Option<&StreamedKey>,
 ) -> Result<Ingested, ImportError> {
+    ingest::<BarIn, R>(store, tenant, format, body, metadata, key).await
+}
+
+/// Stages the blocks of `body` and commits them with the completion event, all or
+/// nothing.
+async fn ingest<I: Item, R: AsyncRead + Unpin + Send + 'static>(
+    store: &EventStore,
+    tenant: &str,
+    format: Format,
+    body: R,
+    metadata: &Value,
+    key: Option<&StreamedKey>,
+) -> Result<Ingested, ImportError> {
     let batch_id = Uuid::now_v7();
-    let mut sink = BarBlocks {
+    let mut blocks = Blocks {
         staging: Staging::new(store, batch_id),
         items: 0,
-        symbols: HashSet::new(),
+        series: HashSet::new(),
     };
     let outcome = async {
-        read_items::<BarIn, R>(format, body, &mut sink).await?;
-        if sink.items == 0 {
-            return Err(bad_row(1, "", "the batch has no bars"));
+        read_items::<I, R>(format, body, &mut blocks).await?;
+        if blocks.items == 0 {
+            return Err(bad_row(1, "", format!("the batch has no {}", I::MEMBER)));
         }
-        let tail = codec::encode(&BarBatchEvent::BarBatchCompleted {
-            bars: sink.items,
-            symbols: sink.symbols.len() as i64,
-        })?;
+        let tail = I::completed(blocks.items, blocks.series.len() as i64)?;
         let record = key.map(StreamedKey::record);
-        Ok(sink
+        Ok(blocks
             .staging
             .commit(
                 tenant,
-                (BarBatch::STREAM_TYPE, batch_id, 0),
+                (I::STREAM_TYPE, batch_id, 0),
                 &[tail],
                 metadata,
                 record.as_ref(),
@@ -841,12 +821,12 @@ pub async fn ingest_bars<R: AsyncRead + Unpin + Send + 'static>(
     match outcome {
         Ok(appended) => Ok(Ingested {
             batch_id,
-            items: sink.items,
-            series: sink.symbols.len() as i64,
+            items: blocks.items,
+            series: blocks.series.len() as i64,
             appended,
         }),
         Err(e) => {
-            sink.staging.discard().await;
+            blocks.staging.discard().await;
             Err(e)
         }
     }
