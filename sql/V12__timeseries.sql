@@ -93,8 +93,8 @@ CREATE TABLE metric_raw_horizon (
     PRIMARY KEY (tenant_id, metric)
 );
 
--- Each retention run that requested something (operations, not a read model: the
--- requests themselves are events).
+-- Each retention run, also one that found nothing due (operations, not a read model:
+-- what it requested is in the log, as events).
 CREATE TABLE metric_retention_runs (
     id        bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     ran_at    timestamptz NOT NULL DEFAULT now(),

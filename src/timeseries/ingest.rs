@@ -164,9 +164,7 @@ fn parse_time(row: i64, column: &str, t: &Value, now: DateTime<Utc>) -> Result<i
             .then(|| (s * 1e6).round() as i64)
     };
     let parsed = match t {
-        Value::String(s) => parse_date(s.trim())
-            .map(|t| t.timestamp_micros())
-            .or_else(|| s.trim().parse::<f64>().ok().and_then(epoch)),
+        Value::String(s) => parse_date(s.trim()).map(|t| t.timestamp_micros()),
         Value::Number(n) => n.as_f64().and_then(epoch),
         _ => None,
     };
@@ -174,7 +172,7 @@ fn parse_time(row: i64, column: &str, t: &Value, now: DateTime<Utc>) -> Result<i
         bad_row(
             row,
             column,
-            format!("{t} is not a time (RFC 3339, or seconds since the epoch)"),
+            format!("{t} is not a time (RFC 3339, or a JSON number of seconds since the epoch)"),
         )
     })?;
     if micros > (now + Duration::days(1)).timestamp_micros() {

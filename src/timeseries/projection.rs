@@ -260,8 +260,8 @@ JOIN metric_points_1h h ON h.series_id = r.series_id
 GROUP BY h.tenant_id, h.series_id, r.day
 ";
 
-const BATCH_HORIZONS_SQL: &str =
-    "SELECT tenant_id, metric, before FROM metric_raw_horizon WHERE metric = ANY($1)";
+const BATCH_HORIZONS_SQL: &str = "SELECT tenant_id, metric, before FROM metric_raw_horizon
+ WHERE tenant_id = ANY($1) AND metric = ANY($2)";
 
 /// The points of a batch's events up to the next retention event, and their series.
 #[derive(Default)]
@@ -321,38 +321,45 @@ impl Pending {
         if points.is_empty() {
             return Ok(());
         }
-        // Across the batch, the last point given for a (series, time) wins.
+        let tenant_of: HashMap<i64, &str> =
+            series.iter().map(|s| (s.id, s.tenant.as_str())).collect();
+        // Series whose metric has a retention horizon: no raw point before it.
+        let distinct = |f: fn(&SeriesRow) -> &str| {
+            let mut v: Vec<&str> = series.iter().map(f).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let (tenants, metrics) = (distinct(|s| &s.tenant), distinct(|s| &s.metric));
+        let horizons: HashMap<(String, String), DateTime<Utc>> = tx
+            .query(BATCH_HORIZONS_SQL, &[&tenants, &metrics])
+            .await?
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        let (mut ids, mut befores) = (Vec::new(), Vec::new());
+        let mut horizon_of: HashMap<i64, i64> = HashMap::new();
+        for s in &series {
+            if let Some(b) = horizons.get(&(s.tenant.clone(), s.metric.clone())) {
+                ids.push(s.id);
+                befores.push(*b);
+                horizon_of.insert(s.id, b.timestamp_micros());
+            }
+        }
+        // Across the batch, the last point given for a (series, time) wins. A point before
+        // its horizon has no raw row to replace: each write of it adds to the rollups as it
+        // is (within its block it is already the last), whichever batch it falls in, live
+        // or in a replay.
         points.sort_unstable_by_key(|p| (p.0, p.1, p.2));
+        let late = |p: &(i64, i64, usize, f64)| horizon_of.get(&p.0).is_some_and(|h| p.1 < *h);
         points.dedup_by(|later, earlier| {
-            if (later.0, later.1) == (earlier.0, earlier.1) {
+            if (later.0, later.1) == (earlier.0, earlier.1) && !late(later) {
                 earlier.3 = later.3;
                 true
             } else {
                 false
             }
         });
-        let tenant_of: HashMap<i64, &str> =
-            series.iter().map(|s| (s.id, s.tenant.as_str())).collect();
-        // Series whose metric has a retention horizon: no raw point before it.
-        let metrics: Vec<&str> = {
-            let mut m: Vec<&str> = series.iter().map(|s| s.metric.as_str()).collect();
-            m.sort_unstable();
-            m.dedup();
-            m
-        };
-        let horizons: HashMap<(String, String), DateTime<Utc>> = tx
-            .query(BATCH_HORIZONS_SQL, &[&metrics])
-            .await?
-            .iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-            .collect();
-        let (mut ids, mut befores) = (Vec::new(), Vec::new());
-        for s in &series {
-            if let Some(b) = horizons.get(&(s.tenant.clone(), s.metric.clone())) {
-                ids.push(s.id);
-                befores.push(*b);
-            }
-        }
         let rows: Vec<PointRow<'_>> = points
             .iter()
             .map(|p| PointRow {
@@ -390,7 +397,8 @@ impl Pending {
         }
         tx.batch_execute(&format!(
             "{RECOMPUTE_1H_SQL} {REPLACE_ROLLUP}; {RECOMPUTE_1D_SQL} {REPLACE_ROLLUP}; \
-             TRUNCATE pg_temp.cl_stage_metric_points, pg_temp.cl_replaced, pg_temp.cl_horizon"
+             DELETE FROM pg_temp.cl_stage_metric_points; DELETE FROM pg_temp.cl_replaced; \
+             DELETE FROM pg_temp.cl_horizon"
         ))
         .await?;
         Ok(())
@@ -433,6 +441,7 @@ impl Projector for PointsProjector {
         events: Vec<Envelope<MetricBatchEvent>>,
     ) -> anyhow::Result<()> {
         let mut pending = Pending::default();
+        let mut expired = retention::Expired::default();
         for e in &events {
             match &e.event {
                 MetricBatchEvent::PointsWritten(block) => pending.add(&e.tenant_id, block)?,
@@ -440,11 +449,14 @@ impl Projector for PointsProjector {
                 MetricBatchEvent::RawPointsExpired { trigger, cutoffs } => {
                     // The points before it in the log first: retention applies to them.
                     pending.flush(tx).await?;
-                    retention::expire(tx, &e.tenant_id, trigger, cutoffs, e.recorded_at).await?;
+                    expired
+                        .advance(tx, &e.tenant_id, trigger, cutoffs, e.recorded_at)
+                        .await?;
                 }
             }
         }
-        pending.flush(tx).await
+        pending.flush(tx).await?;
+        expired.remove(tx).await
     }
 }
 

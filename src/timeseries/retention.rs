@@ -7,11 +7,12 @@
 //!   chunks are aligned: from the Unix epoch) has
 //!   moved past their horizon and appends, per tenant, a `metric_batch` stream of one
 //!   `RawPointsExpired` event with those cutoffs.
-//! - [`expire`] (the point projector, in log order with the points) moves each metric's
-//!   horizon (`metric_raw_horizon`, only forward), drops the chunks older than every
-//!   horizon with `drop_chunks`, deletes the metric's remaining points before its horizon,
-//!   and counts what it removed per metric. Raw points written later for a range before
-//!   the horizon are not kept (their rollups are).
+//! - [`Expired`] (the point projector, in log order with the points) moves each metric's
+//!   horizon (`metric_raw_horizon`, only forward) at the event, and at the end of the
+//!   batch drops the chunks older than every horizon with `drop_chunks`, deletes the
+//!   moved metrics' remaining points before their horizons, and counts what it removed
+//!   per metric. Raw points written later for a range before the horizon are not kept
+//!   (their rollups are).
 //!
 //! Live and replay run the same events in the same order, so a rebuild drops exactly what
 //! the live read model dropped and never brings a raw point back.
@@ -173,63 +174,101 @@ SELECT CASE WHEN EXISTS (SELECT 1 FROM metric_series s WHERE NOT EXISTS
                            WHERE h.tenant_id = s.tenant_id AND h.metric = s.metric))
             THEN NULL ELSE (SELECT min(before) FROM metric_raw_horizon) END";
 
-/// The points in the chunks about to be dropped, counted to their metrics.
+/// The points in the chunks about to be dropped (by chunk, so exactly what `drop_chunks`
+/// takes), counted to their metrics.
 const COUNT_DROPPED_SQL: &str = "
 UPDATE metric_raw_horizon h SET points_deleted = h.points_deleted + c.n
 FROM (SELECT s.tenant_id, s.metric, count(*) AS n
       FROM metric_points p JOIN metric_series s ON s.id = p.series_id
-      WHERE p.time < $1 GROUP BY 1, 2) c
+      WHERE p.tableoid = ANY(ARRAY(SELECT show_chunks('metric_points', older_than => $1::timestamptz))::oid[])
+      GROUP BY 1, 2) c
 WHERE h.tenant_id = c.tenant_id AND h.metric = c.metric
 RETURNING c.n";
 
 const DROP_SQL: &str =
     "SELECT count(*)::int FROM drop_chunks('metric_points', older_than => $1::timestamptz)";
 
-/// The tenant's points of these metrics before their horizons, in the chunks that stay.
+/// The points of these (tenant, metric) pairs before their horizons, in the chunks that
+/// stay.
 const DELETE_SQL: &str = "
 WITH d AS (
     DELETE FROM metric_points p USING metric_series s, metric_raw_horizon h
-    WHERE p.series_id = s.id AND s.tenant_id = $1 AND s.metric = ANY($2)
+    WHERE p.series_id = s.id
+      AND (s.tenant_id, s.metric) IN (SELECT * FROM unnest($1::text[], $2::text[]))
       AND h.tenant_id = s.tenant_id AND h.metric = s.metric
       AND p.time < h.before AND p.time < $3
-    RETURNING s.metric)
+    RETURNING s.tenant_id, s.metric)
 UPDATE metric_raw_horizon h SET points_deleted = h.points_deleted + c.n
-FROM (SELECT metric, count(*) AS n FROM d GROUP BY metric) c
-WHERE h.tenant_id = $1 AND h.metric = c.metric
+FROM (SELECT tenant_id, metric, count(*) AS n FROM d GROUP BY 1, 2) c
+WHERE h.tenant_id = c.tenant_id AND h.metric = c.metric
 RETURNING c.n";
 
-/// Applies one `RawPointsExpired` of `tenant` (the point projector, in its batch).
-pub async fn expire(
-    tx: &tokio_postgres::Transaction<'_>,
-    tenant: &str,
-    trigger: &str,
-    cutoffs: &[Cutoff],
-    recorded_at: DateTime<Utc>,
-) -> anyhow::Result<()> {
-    let metrics: Vec<&str> = cutoffs.iter().map(|c| c.metric.as_str()).collect();
-    let befores: Vec<DateTime<Utc>> = cutoffs.iter().map(|c| c.before).collect();
-    let Some(latest) = befores.iter().max().copied() else {
-        return Ok(());
-    };
-    tx.execute(HORIZON_SQL, &[&tenant, &metrics, &befores, &recorded_at])
-        .await?;
-    let mut deleted: i64 = 0;
-    let mut chunks = 0;
-    let droppable: Option<DateTime<Utc>> = tx.query_one(DROPPABLE_SQL, &[]).await?.get(0);
-    if let Some(older_than) = droppable {
-        for r in tx.query(COUNT_DROPPED_SQL, &[&older_than]).await? {
+/// The horizons that `RawPointsExpired` events of one projector batch moved; the points
+/// before them are removed once, at the end of the batch ([`Expired::remove`]).
+#[derive(Default)]
+pub struct Expired {
+    pairs: Vec<(String, String)>,
+    latest: Option<DateTime<Utc>>,
+    trigger: String,
+}
+
+impl Expired {
+    /// Moves the horizons of one event of `tenant` forward. From here on the projector
+    /// writes no raw point before them, so removing the older ones later in the batch
+    /// removes the same points as right now would.
+    pub async fn advance(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        tenant: &str,
+        trigger: &str,
+        cutoffs: &[Cutoff],
+        recorded_at: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let metrics: Vec<&str> = cutoffs.iter().map(|c| c.metric.as_str()).collect();
+        let befores: Vec<DateTime<Utc>> = cutoffs.iter().map(|c| c.before).collect();
+        tx.execute(HORIZON_SQL, &[&tenant, &metrics, &befores, &recorded_at])
+            .await?;
+        self.pairs
+            .extend(metrics.iter().map(|m| (tenant.to_owned(), (*m).to_owned())));
+        self.latest = self.latest.max(befores.iter().max().copied());
+        trigger.clone_into(&mut self.trigger);
+        Ok(())
+    }
+
+    /// Drops the chunks before every horizon, then deletes the moved metrics' points
+    /// before theirs, counting both per metric. One pass for all the batch's events: a
+    /// retention request appends one event per tenant, and only with all of their
+    /// horizons moved can the chunks go whole.
+    pub async fn remove(self, tx: &tokio_postgres::Transaction<'_>) -> anyhow::Result<()> {
+        let Some(latest) = self.latest else {
+            return Ok(());
+        };
+        let mut deleted: i64 = 0;
+        let mut chunks = 0;
+        let droppable: Option<DateTime<Utc>> = tx.query_one(DROPPABLE_SQL, &[]).await?.get(0);
+        if let Some(older_than) = droppable {
+            for r in tx.query(COUNT_DROPPED_SQL, &[&older_than]).await? {
+                deleted += r.get::<_, i64>(0);
+            }
+            chunks = tx.query_one(DROP_SQL, &[&older_than]).await?.get(0);
+        }
+        let (tenants, metrics): (Vec<String>, Vec<String>) = self.pairs.into_iter().unzip();
+        for r in tx.query(DELETE_SQL, &[&tenants, &metrics, &latest]).await? {
             deleted += r.get::<_, i64>(0);
         }
-        chunks = tx.query_one(DROP_SQL, &[&older_than]).await?.get(0);
+        // Counted for the live read model only, not again by a rebuild's replay.
+        let live: bool = tx
+            .query_one("SELECT current_schema() = 'public'", &[])
+            .await?
+            .get(0);
+        if live {
+            TS.chunks_dropped
+                .with_label_values(&[&self.trigger])
+                .inc_by(u64::try_from(chunks).unwrap_or(0));
+            TS.points_deleted
+                .with_label_values(&[&self.trigger])
+                .inc_by(u64::try_from(deleted).unwrap_or(0));
+        }
+        Ok(())
     }
-    for r in tx.query(DELETE_SQL, &[&tenant, &metrics, &latest]).await? {
-        deleted += r.get::<_, i64>(0);
-    }
-    TS.chunks_dropped
-        .with_label_values(&[trigger])
-        .inc_by(u64::try_from(chunks).unwrap_or(0));
-    TS.points_deleted
-        .with_label_values(&[trigger])
-        .inc_by(u64::try_from(deleted).unwrap_or(0));
-    Ok(())
 }
