@@ -303,8 +303,10 @@ impl Pending {
             }
         }
         for (k, tags) in &block.tags {
-            if let Some(Value::Object(map)) =
-                self.series.get_mut(&ids[*k as usize]).map(|r| &mut r.tags)
+            let id = ids.get(*k as usize);
+            if let Some(Value::Object(map)) = id
+                .and_then(|id| self.series.get_mut(id))
+                .map(|r| &mut r.tags)
             {
                 for (tk, tv) in tags {
                     map.insert(tk.clone(), Value::String(tv.clone()));
