@@ -39,6 +39,7 @@ pub fn all() -> Vec<BoundedContext> {
         crate::costs::context(),
         crate::access::context(),
         crate::timeseries::context(),
+        crate::documents::context(),
     ]
 }
 

@@ -25,6 +25,7 @@ pub mod context;
 pub mod costs;
 pub mod crypto;
 pub mod db;
+pub mod documents;
 pub mod eventstore;
 pub mod http;
 pub mod imports;

@@ -10,6 +10,7 @@ mod assessment;
 mod backup;
 mod cluster;
 mod costs;
+mod documents;
 mod erasure;
 mod http_api;
 mod jobs;

@@ -1,0 +1,148 @@
+//! The document aggregate: created once, replaced, deleted for good.
+
+use async_trait::async_trait;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+
+use super::events::{DocumentDraft, DocumentEvent};
+use crate::pipeline::{DomainError, EventSourced, Rejection};
+
+/// Most bytes of a document's content.
+pub const MAX_CONTENT_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("document not found")]
+    NotFound,
+    #[error("document exists")]
+    AlreadyExists,
+}
+
+impl DomainError for DocumentError {
+    fn rejection(&self) -> Rejection {
+        match self {
+            Self::Invalid { field, message } => Rejection::Invalid {
+                field: field.clone(),
+                message: message.clone(),
+            },
+            Self::NotFound => Rejection::NotFound {
+                what: "document".into(),
+            },
+            Self::AlreadyExists => Rejection::AlreadyExists {
+                what: "document".into(),
+            },
+        }
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> DocumentError {
+    DocumentError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DocumentCommand {
+    Create(DocumentDraft),
+    Update(DocumentDraft),
+    Delete,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Document {
+    pub exists: bool,
+    pub deleted: bool,
+}
+
+impl EventSourced for Document {
+    const STREAM_TYPE: &'static str = "document";
+}
+
+/// Checks a draft: lengths, no NUL characters (PostgreSQL text cannot hold them).
+pub fn check(d: &DocumentDraft) -> Result<(), DocumentError> {
+    let text = |field: &str, v: &str, max: usize| {
+        if v.contains('\0') {
+            Err(invalid(field, "must not contain NUL characters"))
+        } else if v.chars().count() > max {
+            Err(invalid(field, format!("must be at most {max} characters")))
+        } else {
+            Ok(())
+        }
+    };
+    if d.title.trim().is_empty() {
+        return Err(invalid("title", "must not be empty"));
+    }
+    text("title", &d.title, 1000)?;
+    if d.content.len() > MAX_CONTENT_BYTES {
+        return Err(invalid("content", "must be at most 1 MiB"));
+    }
+    text("content", &d.content, usize::MAX)?;
+    for (field, v) in [
+        ("source", &d.source),
+        ("category", &d.category),
+        ("author", &d.author),
+    ] {
+        if let Some(v) = v {
+            text(field, v, 200)?;
+        }
+    }
+    if d.tags.len() > 100 {
+        return Err(invalid("tags", "at most 100 tags"));
+    }
+    for t in &d.tags {
+        if t.trim().is_empty() {
+            return Err(invalid("tags", "a tag must not be empty"));
+        }
+        text("tags", t, 200)?;
+    }
+    if serde_json::to_string(&d.metadata).is_ok_and(|m| m.contains("\\u0000")) {
+        return Err(invalid("metadata", "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Aggregate for Document {
+    type Command = DocumentCommand;
+    type Event = DocumentEvent;
+    type Error = DocumentError;
+    type Services = ();
+
+    fn aggregate_type() -> String {
+        Self::STREAM_TYPE.to_owned()
+    }
+
+    async fn handle(
+        &self,
+        c: DocumentCommand,
+        _: &(),
+    ) -> Result<Vec<DocumentEvent>, DocumentError> {
+        let live = self.exists && !self.deleted;
+        match c {
+            DocumentCommand::Create(d) => {
+                if self.exists {
+                    return Err(DocumentError::AlreadyExists);
+                }
+                check(&d)?;
+                Ok(vec![DocumentEvent::DocumentCreated(d)])
+            }
+            DocumentCommand::Update(d) if live => {
+                check(&d)?;
+                Ok(vec![DocumentEvent::DocumentUpdated(d)])
+            }
+            DocumentCommand::Delete if live => Ok(vec![DocumentEvent::DocumentDeleted {}]),
+            DocumentCommand::Update(_) | DocumentCommand::Delete => Err(DocumentError::NotFound),
+        }
+    }
+
+    fn apply(&mut self, e: DocumentEvent) {
+        match e {
+            DocumentEvent::DocumentCreated(_) => self.exists = true,
+            DocumentEvent::DocumentUpdated(_) => {}
+            DocumentEvent::DocumentDeleted {} => self.deleted = true,
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! HTTP endpoints of documents and search.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::aggregate::{Document, DocumentCommand, MAX_CONTENT_BYTES};
+use super::events::DocumentDraft;
+use super::projection::DOCUMENTS;
+use super::queries::{self, DocumentView, Search, SearchPage};
+use crate::http::error::{ApiError, Problem};
+use crate::http::extract::{command_context, if_match, min_position, tenant, with_etag, JsonBody};
+use crate::http::AppState;
+use crate::pipeline::{self, CommandResult, Expect};
+use crate::tagging::rules::parse_date;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(create)
+        .service(get_one)
+        .service(update)
+        .service(remove)
+        .service(search);
+}
+
+/// Content past 1 MiB: 413, like a body past its limit.
+fn within_limit(d: &DocumentDraft) -> Result<(), ApiError> {
+    if d.content.len() > MAX_CONTENT_BYTES {
+        return Err(ApiError::PayloadTooLarge(MAX_CONTENT_BYTES));
+    }
+    Ok(())
+}
+
+fn document_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound("document".into()))
+}
+
+/// Add a document.
+#[utoipa::path(post, path = "/api/v1/documents", request_body = DocumentDraft,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 201, body = CommandResult), (status = 400, body = Problem), (status = 413, body = Problem),
+              (status = 415, body = Problem), (status = 422, body = Problem)))]
+#[post("/api/v1/documents")]
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let draft: DocumentDraft = body.parse()?;
+    within_limit(&draft)?;
+    let ctx = command_context(&req, &body.bytes)?;
+    let (result, _) = pipeline::execute::<Document>(
+        &state.store,
+        &ctx,
+        "CreateDocument",
+        Uuid::now_v7(),
+        Expect::New,
+        DocumentCommand::Create(draft),
+        &(),
+    )
+    .await?;
+    let mut response = with_etag(StatusCode::CREATED, result.version, result);
+    if let Ok(location) = format!("/api/v1/documents/{}", result.id).parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Replace a document. `If-Match: "<version>"` makes a stale write fail with 409.
+#[utoipa::path(put, path = "/api/v1/documents/{id}", request_body = DocumentDraft,
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\"", pattern = "^(W/)?\"?[0-9]{1,18}\"?$"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = CommandResult), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
+              (status = 422, body = Problem)))]
+#[put("/api/v1/documents/{id}")]
+pub async fn update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: JsonBody,
+) -> Result<HttpResponse, ApiError> {
+    let id = document_id(&id)?;
+    let draft: DocumentDraft = body.parse()?;
+    within_limit(&draft)?;
+    let ctx = command_context(&req, &body.bytes)?;
+    let expect = if_match(&req)?.map_or(Expect::Any, Expect::Version);
+    let (result, _) = pipeline::execute::<Document>(
+        &state.store,
+        &ctx,
+        "UpdateDocument",
+        id,
+        expect,
+        DocumentCommand::Update(draft),
+        &(),
+    )
+    .await?;
+    Ok(with_etag(StatusCode::OK, result.version, result))
+}
+
+/// Delete a document (its history stays in the event store).
+#[utoipa::path(delete, path = "/api/v1/documents/{id}",
+    params(("id" = Uuid, Path), ("If-Match" = Option<String>, Header, description = "expected version, e.g. \"1\"", pattern = "^(W/)?\"?[0-9]{1,18}\"?$"),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = CommandResult), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[delete("/api/v1/documents/{id}")]
+pub async fn remove(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = document_id(&id)?;
+    let ctx = command_context(&req, b"")?;
+    let expect = if_match(&req)?.map_or(Expect::Any, Expect::Version);
+    let (result, _) = pipeline::execute::<Document>(
+        &state.store,
+        &ctx,
+        "DeleteDocument",
+        id,
+        expect,
+        DocumentCommand::Delete,
+        &(),
+    )
+    .await?;
+    Ok(with_etag(StatusCode::OK, result.version, result))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadParams {
+    pub min_position: Option<i64>,
+}
+
+/// One document.
+#[utoipa::path(get, path = "/api/v1/documents/{id}",
+    params(("id" = Uuid, Path), ReadParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = DocumentView), (status = 400, body = Problem), (status = 404, body = Problem),
+              (status = 422, body = Problem)))]
+#[get("/api/v1/documents/{id}")]
+pub async fn get_one(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<String>,
+    params: web::Query<ReadParams>,
+) -> Result<HttpResponse, ApiError> {
+    let id = document_id(&id)?;
+    let tenant = tenant(&req)?;
+    let reader = state
+        .read_model(&tenant, DOCUMENTS, min_position(params.min_position)?)
+        .await?;
+    let view = reader
+        .query_opt(queries::DOCUMENT_SQL, &[&tenant, &id])
+        .await?
+        .map(|r| queries::document_view(&r))
+        .transpose()?
+        .ok_or_else(|| ApiError::NotFound("document".into()))?;
+    Ok(with_etag(StatusCode::OK, view.version, view))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    /// websearch syntax: words, "phrases", `or`, `-word`; Chinese and other CJK text too.
+    pub q: String,
+    pub category: Option<String>,
+    /// A tag the document has (comma-separated: all of them).
+    pub tag: Option<String>,
+    /// A JSON object the metadata must contain.
+    pub metadata: Option<String>,
+    /// Created at or after (RFC 3339).
+    pub from: Option<String>,
+    /// Created before (RFC 3339).
+    pub to: Option<String>,
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+    pub min_position: Option<i64>,
+}
+
+/// Full-text search, ranked (title matches first), with snippets.
+#[utoipa::path(get, path = "/api/v1/search",
+    params(SearchParams,
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = SearchPage), (status = 400, body = Problem), (status = 422, body = Problem)))]
+#[get("/api/v1/search")]
+pub async fn search(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    params: web::Query<SearchParams>,
+) -> Result<HttpResponse, ApiError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let tenant = tenant(&req)?;
+    let p = params.into_inner();
+    if p.q.trim().is_empty() || p.q.chars().count() > 1000 || p.q.contains('\0') {
+        return Err(ApiError::validation("q", "must be 1 to 1,000 characters"));
+    }
+    let metadata: serde_json::Value = match &p.metadata {
+        None => serde_json::json!({}),
+        Some(m) => match serde_json::from_str(m) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => return Err(ApiError::validation("metadata", "must be a JSON object")),
+        },
+    };
+    let time = |name: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|t| {
+                parse_date(t).ok_or_else(|| ApiError::validation(name, "is not a time (RFC 3339)"))
+            })
+            .transpose()
+    };
+    let after = p
+        .cursor
+        .as_deref()
+        .map(|c| {
+            b64.decode(c)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<(f32, Uuid)>(&b).ok())
+                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor this server gave"))
+        })
+        .transpose()?;
+    let limit = p.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be from 1 to 100"));
+    }
+    let s = Search {
+        q: &p.q,
+        category: p.category.as_deref(),
+        tags: p
+            .tag
+            .as_deref()
+            .map(|t| {
+                t.split(',')
+                    .map(|x| x.trim().to_owned())
+                    .filter(|x| !x.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        metadata: &metadata,
+        from: time("from", &p.from)?,
+        to: time("to", &p.to)?,
+        limit,
+        after,
+    };
+    let client = state
+        .scan(&tenant, &[DOCUMENTS], min_position(p.min_position)?)
+        .await?;
+    let hits = queries::search(&client, &tenant, &s).await?;
+    let next = (hits.len() as i64 == limit)
+        .then(|| hits.last())
+        .flatten()
+        .and_then(|h| serde_json::to_vec(&(h.rank, h.id)).ok())
+        .map(|b| b64.encode(b));
+    Ok(HttpResponse::Ok().json(SearchPage { hits, next }))
+}
