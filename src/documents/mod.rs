@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod cjk;
 pub mod events;
+pub mod metrics;
 pub mod projection;
 pub mod queries;
 pub mod routes;
@@ -35,6 +36,7 @@ struct DocumentsApi;
 
 /// The documents context, as the server registers it (`context::all`).
 pub fn context() -> BoundedContext {
+    metrics::init();
     BoundedContext {
         name: "documents",
         routes: routes::configure,

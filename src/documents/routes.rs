@@ -252,7 +252,20 @@ pub async fn search(
     let client = state
         .scan(&tenant, &[DOCUMENTS], min_position(p.min_position)?)
         .await?;
+    let started = std::time::Instant::now();
     let hits = queries::search(&client, &tenant, &s).await?;
+    let script = match (
+        p.q.chars().any(super::cjk::is_cjk),
+        p.q.chars().any(|c| c.is_ascii_alphanumeric()),
+    ) {
+        (true, true) => "mixed",
+        (true, false) => "cjk",
+        _ => "latin",
+    };
+    super::metrics::DOCS
+        .search_duration
+        .with_label_values(&[script])
+        .observe(started.elapsed().as_secs_f64());
     let next = (hits.len() as i64 == limit)
         .then(|| hits.last())
         .flatten()

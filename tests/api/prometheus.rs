@@ -233,6 +233,23 @@ async fn drive_timeseries(app: &TestApp) {
     assert_eq!(res.status(), 202);
 }
 
+/// A document and searches in both scripts.
+async fn drive_documents(app: &TestApp) {
+    let res = app
+        .post_json(
+            "/api/v1/documents",
+            &serde_json::json!({"title": "成本 report", "content": "cost"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    for q in [
+        "/api/v1/search?q=cost",
+        "/api/v1/search?q=%E6%88%90%E6%9C%AC",
+    ] {
+        assert_eq!(app.get(q).await.status(), 200, "{q}");
+    }
+}
+
 async fn drive_load(app: &TestApp) {
     for i in 0..20 {
         let mut res = app
@@ -295,6 +312,7 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     drive_tagging(&app).await;
     drive_costs(&app).await;
     drive_timeseries(&app).await;
+    drive_documents(&app).await;
     let scraped = eventually(Duration::from_secs(60), || async {
         let v = query(
             &client,

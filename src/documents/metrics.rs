@@ -1,0 +1,39 @@
+//! The documents context's Prometheus metrics, registered in the server's registry.
+
+use std::sync::LazyLock;
+
+use prometheus::{exponential_buckets, HistogramOpts, HistogramVec};
+
+use crate::telemetry::{reg, METRICS};
+
+pub struct DocumentsMetrics {
+    pub search_duration: HistogramVec,
+}
+
+fn build() -> Result<DocumentsMetrics, prometheus::Error> {
+    Ok(DocumentsMetrics {
+        search_duration: reg(
+            &METRICS.registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "cloudlens_documents_search_duration_seconds",
+                    "Full-text searches, by script of the query (latin, cjk, mixed)",
+                )
+                .buckets(exponential_buckets(0.0005, 2.0, 16)?),
+                &["script"],
+            )?,
+        )?,
+    })
+}
+
+#[allow(clippy::expect_used)] // metric definitions are constants: a failure is a programming error
+pub static DOCS: LazyLock<DocumentsMetrics> =
+    LazyLock::new(|| build().expect("documents metric definitions are valid"));
+
+/// Registers the metrics (so they show on `/metrics` before the first search).
+pub fn init() {
+    LazyLock::force(&DOCS);
+    for script in ["latin", "cjk", "mixed"] {
+        DOCS.search_duration.with_label_values(&[script]);
+    }
+}
