@@ -17,6 +17,13 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT regexp_replace(coalesce(t, ''), '[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+', ' ', 'g')
 $$;
 
+-- The text with spaces around its CJK runs: for snippets of Latin matches that keep the
+-- CJK text around them.
+CREATE FUNCTION cloudlens_cjk_spaced(t text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT regexp_replace(coalesce(t, ''), '([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)', ' \1 ', 'g')
+$$;
+
 -- array_to_string is only STABLE; a generated column needs IMMUTABLE.
 CREATE FUNCTION cloudlens_words(t text[]) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT array_to_string(t, ' ') $$;
@@ -34,13 +41,16 @@ CREATE TABLE documents (
     created_at  timestamptz NOT NULL,
     updated_at  timestamptz NOT NULL,
     version     bigint      NOT NULL,
+    -- Title, tags, content in that order (positions stop at 16,383: the title's stay
+    -- exact). Bounded so that no document can pass the 1 MB limit of a tsvector: the
+    -- first 100,000 characters of the content are searched, CJK text in its first 30,000.
     search      tsvector GENERATED ALWAYS AS (
            setweight(to_tsvector('english', cloudlens_non_cjk(title)), 'A')
-        || setweight(to_tsvector('english', cloudlens_non_cjk(cloudlens_words(tags))), 'B')
-        || setweight(to_tsvector('english', cloudlens_non_cjk(content)), 'C')
         || setweight(to_tsvector('simple', cloudlens_cjk_grams(title)), 'A')
+        || setweight(to_tsvector('english', cloudlens_non_cjk(cloudlens_words(tags))), 'B')
         || setweight(to_tsvector('simple', cloudlens_cjk_grams(cloudlens_words(tags))), 'B')
-        || setweight(to_tsvector('simple', cloudlens_cjk_grams(content)), 'C')) STORED,
+        || setweight(to_tsvector('english', cloudlens_non_cjk(left(content, 100000))), 'C')
+        || setweight(to_tsvector('simple', cloudlens_cjk_grams(left(content, 30000))), 'C')) STORED,
     PRIMARY KEY (id)
 );
 CREATE INDEX documents_search ON documents USING gin (search);

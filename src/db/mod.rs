@@ -169,6 +169,9 @@ BEGIN
         ALTER FUNCTION jsonb_exists(jsonb, text) LEAKPROOF;
         ALTER FUNCTION jsonb_exists_any(jsonb, text[]) LEAKPROOF;
         ALTER FUNCTION jsonb_exists_all(jsonb, text[]) LEAKPROOF;
+        -- Full-text match and array containment: the search's GIN indexes (documents).
+        ALTER FUNCTION ts_match_vq(tsvector, tsquery) LEAKPROOF;
+        ALTER FUNCTION arraycontains(anyarray, anyarray) LEAKPROOF;
     ELSE
         RAISE NOTICE 'jsonb operators not marked LEAKPROOF (needs a superuser): tag filters scan the tenant';
     END IF;

@@ -63,9 +63,13 @@ impl EventSourced for Document {
 
 /// Checks a draft: lengths, no NUL characters (PostgreSQL text cannot hold them).
 pub fn check(d: &DocumentDraft) -> Result<(), DocumentError> {
+    // Control characters other than tab and line breaks have no place in text (and
+    // U+0001/U+0002 mark matches in snippets).
     let text = |field: &str, v: &str, max: usize| {
-        if v.contains('\0') {
-            Err(invalid(field, "must not contain NUL characters"))
+        if v.chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+        {
+            Err(invalid(field, "must not contain control characters"))
         } else if v.chars().count() > max {
             Err(invalid(field, format!("must be at most {max} characters")))
         } else {
@@ -93,15 +97,36 @@ pub fn check(d: &DocumentDraft) -> Result<(), DocumentError> {
         return Err(invalid("tags", "at most 100 tags"));
     }
     for t in &d.tags {
-        if t.trim().is_empty() {
-            return Err(invalid("tags", "a tag must not be empty"));
+        if t.trim().is_empty() || t.trim() != t || t.contains(',') {
+            return Err(invalid(
+                "tags",
+                "a tag is not empty, has no spaces at its ends and no comma",
+            ));
         }
         text("tags", t, 200)?;
     }
-    if serde_json::to_string(&d.metadata).is_ok_and(|m| m.contains("\\u0000")) {
+    if d.metadata
+        .iter()
+        .any(|(k, v)| k.contains('\0') || has_nul(v))
+    {
         return Err(invalid("metadata", "must not contain NUL characters"));
     }
+    if let Some(t) = d.created_at {
+        use chrono::Datelike;
+        if !(1..=9999).contains(&t.year()) {
+            return Err(invalid("created_at", "must be within the years 1 to 9999"));
+        }
+    }
     Ok(())
+}
+
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(a) => a.iter().any(has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 #[async_trait]

@@ -27,15 +27,57 @@ pub struct Query {
 }
 
 /// Splits a user's query (websearch syntax: words, "phrases", OR, -exclusions).
+///
+/// - Outside quotes, a CJK run of two or more characters becomes a quoted bigram phrase;
+///   a `-` right before it (at the start or after a space) excludes it. A `-` glued
+///   between characters is a separator, not an exclusion.
+/// - Inside quotes, the phrase is split where the script changes: CJK bigrams and Latin
+///   words live in different parts of the index and are never adjacent, so
+///   `"云成本 report"` becomes `"云成 成本" "report"` (both must match).
+/// - A single CJK character is a prefix term to AND in (an excluded one is dropped).
 pub fn query(q: &str) -> Query {
-    let mut websearch = String::with_capacity(q.len() * 3);
-    let mut single = Vec::new();
-    let mut runs = Vec::new();
-    let chars: Vec<char> = q.chars().collect();
+    let mut out = Query {
+        websearch: String::with_capacity(q.len() * 3),
+        single: Vec::new(),
+        runs: Vec::new(),
+    };
+    for (k, part) in q.split('"').enumerate() {
+        if k % 2 == 1 {
+            quoted(part, &mut out);
+        } else {
+            unquoted(part, &mut out);
+        }
+        out.websearch.push(' ');
+    }
+    out.websearch = out
+        .websearch
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    out
+}
+
+/// The bigrams of a run of two or more CJK characters.
+fn bigrams(run: &[char]) -> String {
+    run.windows(2)
+        .map(|w| w.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn unquoted(part: &str, out: &mut Query) {
+    let chars: Vec<char> = part.chars().collect();
     let mut i = 0;
     while i < chars.len() {
-        if !is_cjk(chars[i]) {
-            websearch.push(chars[i]);
+        let c = chars[i];
+        if c == '-' {
+            let negation = i == 0 || chars[i - 1].is_whitespace();
+            out.websearch.push(if negation { '-' } else { ' ' });
+            i += 1;
+            continue;
+        }
+        if !is_cjk(c) {
+            out.websearch.push(c);
             i += 1;
             continue;
         }
@@ -43,36 +85,50 @@ pub fn query(q: &str) -> Query {
         while i < chars.len() && is_cjk(chars[i]) {
             i += 1;
         }
-        let run: Vec<char> = chars[start..i].to_vec();
-        runs.push(run.iter().collect());
+        let run = &chars[start..i];
+        let negated = out.websearch.ends_with('-');
         if run.len() == 1 {
-            // `-X` or a lone character: a prefix term; an exclusion of one character is
-            // left out (it would exclude every text with the character).
-            if websearch.ends_with('-') {
-                websearch.pop();
+            if negated {
+                out.websearch.pop();
             } else {
-                single.push(run[0]);
+                out.single.push(run[0]);
+                out.runs.push(run.iter().collect());
             }
-            websearch.push(' ');
-            continue;
+        } else {
+            if !negated {
+                out.websearch.push(' ');
+                out.runs.push(run.iter().collect());
+            }
+            out.websearch.push('"');
+            out.websearch.push_str(&bigrams(run));
+            out.websearch.push('"');
         }
-        let grams: Vec<String> = run.windows(2).map(|w| w.iter().collect()).collect();
-        // Inside a quoted phrase already: just the bigrams; else a phrase of its own. A
-        // `-` or an opening quote right before stays attached.
-        let quoted = websearch.matches('"').count() % 2 == 1;
-        if !websearch.ends_with(['-', '"']) {
-            websearch.push(' ');
-        }
-        if !quoted {
-            websearch.push('"');
-        }
-        websearch.push_str(&grams.join(" "));
-        websearch.push_str(if quoted { " " } else { "\" " });
+        out.websearch.push(' ');
     }
-    Query {
-        websearch: websearch.split_whitespace().collect::<Vec<_>>().join(" "),
-        single,
-        runs,
+}
+
+fn quoted(part: &str, out: &mut Query) {
+    let chars: Vec<char> = part.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let cjk = is_cjk(chars[i]);
+        let start = i;
+        while i < chars.len() && is_cjk(chars[i]) == cjk {
+            i += 1;
+        }
+        let seg = &chars[start..i];
+        if !cjk {
+            let text: String = seg.iter().collect();
+            if !text.trim().is_empty() {
+                out.websearch.push_str(&format!(" \"{}\" ", text.trim()));
+            }
+        } else if seg.len() == 1 {
+            out.single.push(seg[0]);
+            out.runs.push(seg.iter().collect());
+        } else {
+            out.websearch.push_str(&format!(" \"{}\" ", bigrams(seg)));
+            out.runs.push(seg.iter().collect());
+        }
     }
 }
 
@@ -89,44 +145,51 @@ pub fn single_tsquery(single: &[char]) -> String {
 /// A snippet of about `width` characters around the first match of any of `terms` in
 /// `text`, HTML-escaped, every match wrapped in `<b>…</b>`; `None` when none matches.
 pub fn highlight(text: &str, terms: &[String], width: usize) -> Option<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let terms: Vec<Vec<char>> = terms
+    let mut terms: Vec<&str> = terms
         .iter()
+        .map(String::as_str)
         .filter(|t| !t.is_empty())
-        .map(|t| t.chars().collect())
         .collect();
-    let matches_at = |i: usize| {
-        terms
-            .iter()
-            .filter(|t| chars[i..].starts_with(t))
-            .map(Vec::len)
-            .max()
-    };
-    let first = (0..chars.len()).find(|i| matches_at(*i).is_some())?;
-    let start = first.saturating_sub(width / 2);
-    let end = (start + width).min(chars.len());
+    if terms.is_empty() {
+        return None;
+    }
+    // Longest first, so a longer term wins where two start at the same place.
+    terms.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    terms.dedup();
+    let first = terms.iter().filter_map(|t| text.find(t)).min()?;
+    // The window, in characters, around the first match.
+    let before: Vec<(usize, char)> = text[..first].char_indices().collect();
+    let from = before
+        .len()
+        .checked_sub(width / 2)
+        .map_or(0, |k| before[k].0);
+    let to = text[from..]
+        .char_indices()
+        .nth(width)
+        .map_or(text.len(), |(k, _)| from + k);
     let mut out = String::new();
-    if start > 0 {
+    if from > 0 {
         out.push('…');
     }
-    let mut i = start;
-    while i < end {
-        match matches_at(i) {
-            Some(n) => {
-                out.push_str("<b>");
-                for c in &chars[i..(i + n).min(chars.len())] {
-                    escape(*c, &mut out);
-                }
-                out.push_str("</b>");
-                i += n;
-            }
-            None => {
-                escape(chars[i], &mut out);
-                i += 1;
-            }
+    let mut at = from;
+    while at < to {
+        let found = terms
+            .iter()
+            .filter_map(|t| text[at..to].find(t).map(|k| (at + k, t.len())))
+            .min_by_key(|(k, len)| (*k, std::cmp::Reverse(*len)));
+        let (k, len) = found.unwrap_or((to, 0));
+        text[at..k].chars().for_each(|c| escape(c, &mut out));
+        if len == 0 {
+            break;
         }
+        out.push_str("<b>");
+        text[k..(k + len).min(text.len())]
+            .chars()
+            .for_each(|c| escape(c, &mut out));
+        out.push_str("</b>");
+        at = k + len;
     }
-    if end < chars.len() {
+    if to < text.len() {
         out.push('…');
     }
     Some(out)
@@ -153,7 +216,15 @@ mod tests {
         let q = query("全文搜索 -mysql");
         assert_eq!(q.websearch, "\"全文 文搜 搜索\" -mysql");
         let q = query("\"云成本 report\"");
-        assert_eq!(q.websearch, "\"云成 成本 report\"");
+        assert_eq!(q.websearch, "\"云成 成本\" \"report\"");
+        let q = query("全文-检索 成本-cost abc-务");
+        assert_eq!(q.websearch, "\"全文\" \"检索\" \"成本\" cost abc");
+        assert_eq!(q.single, vec!['务']);
+        let q = query("cloud -务");
+        assert_eq!(
+            (q.websearch.as_str(), q.single.len(), q.runs.len()),
+            ("cloud", 0, 0)
+        );
         let q = query("-成本 budget");
         assert_eq!(q.websearch, "-\"成本\" budget");
         let q = query("务 cloud");
@@ -180,8 +251,8 @@ mod tests {
         let class = "[\\u3400-\\u4dbf\\u4e00-\\u9fff\\uf900-\\ufaff]+";
         assert_eq!(
             sql.matches(class).count(),
-            2,
-            "both SQL functions use the class"
+            3,
+            "the three SQL functions use the class"
         );
         let rendered: String = CJK
             .iter()

@@ -107,7 +107,7 @@ page AS (
     LIMIT $11)
 SELECT p.id, p.title, p.rank, p.created_at, p.content,
        CASE WHEN tq.w IS NULL THEN NULL
-            ELSE ts_headline('english', cloudlens_non_cjk(p.content), tq.w,
+            ELSE ts_headline('english', cloudlens_cjk_spaced(left(p.content, 100000)), tq.w,
                  'MaxFragments=2, MaxWords=30, MinWords=10, StartSel=\u{1}, StopSel=\u{2}') END
 FROM page p, tq ORDER BY p.rank DESC, p.id";
 

@@ -167,6 +167,7 @@ pub async fn get_one(
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// websearch syntax: words, "phrases", `or`, `-word`; Chinese and other CJK text too.
+    #[param(min_length = 1, max_length = 1000)]
     pub q: String,
     pub category: Option<String>,
     /// A tag the document has (comma-separated: all of them).

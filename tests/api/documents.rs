@@ -85,6 +85,19 @@ async fn search_ranks_titles_first_and_understands_chinese() {
         titles(&search(&app, "检", pos).await),
         ["时序数据与全文检索"]
     );
+    // A quoted phrase of both scripts, a hyphen between Chinese words, an exclusion.
+    assert_eq!(
+        titles(&search(&app, "\"PostgreSQL里做全文检索\"", pos).await),
+        ["时序数据与全文检索"]
+    );
+    assert_eq!(
+        titles(&search(&app, "全文-检索", pos).await),
+        ["时序数据与全文检索"]
+    );
+    assert!(search(&app, "全文 -检索", pos).await["hits"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert!(search(&app, "检测", pos).await["hits"]
         .as_array()
         .unwrap()
@@ -210,6 +223,19 @@ async fn documents_change_and_bad_input_is_refused() {
         (json!({"title": "t", "content": "x", "tags": [""]}), "tags"),
         (json!({"title": "t", "content": "x", "colour": 1}), ""),
         (json!({"title": "t\u{0}", "content": "x"}), "title"),
+        (json!({"title": "t", "content": "x\u{1}"}), "content"),
+        (
+            json!({"title": "t", "content": "x", "tags": ["a,b"]}),
+            "tags",
+        ),
+        (
+            json!({"title": "t", "content": "x", "created_at": "-5000-01-01T00:00:00Z"}),
+            "created_at",
+        ),
+        (
+            json!({"title": "t", "content": "x", "metadata": {"k": "a\u{0}"}}),
+            "metadata",
+        ),
     ] {
         let res = app.post_json("/api/v1/documents", &bad).await;
         assert_eq!(res.status(), 422, "{bad}");
@@ -218,6 +244,17 @@ async fn documents_change_and_bad_input_is_refused() {
             assert_eq!(v["field"], field, "{v}");
         }
     }
+    // 1 MiB of Chinese with few repeats: indexed (its first 30,000 characters), and the
+    // projector goes on.
+    let mut seed = 7_u32;
+    let mut varied = String::new();
+    while varied.len() + 3 <= 1024 * 1024 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        varied.push(char::from_u32(0x4e00 + (seed >> 8) % 20_000).unwrap());
+    }
+    let heavy = create(&app, json!({"title": "heavy", "content": varied})).await;
+    let found = search(&app, "heavy", &heavy["position"]).await;
+    assert_eq!(titles(&found), ["heavy"]);
     let big = "字".repeat(400_000); // 1.2 MB
     let res = app
         .post_json(
