@@ -253,6 +253,19 @@ async fn documents_change_and_bad_input_is_refused() {
         varied.push(char::from_u32(0x4e00 + (seed >> 8) % 20_000).unwrap());
     }
     let heavy = create(&app, json!({"title": "heavy", "content": varied})).await;
+    // Indexing it takes a moment on a busy machine: wait past the 5 s of min_position.
+    let seen = eventually(std::time::Duration::from_secs(120), || async {
+        let res = app
+            .get(&format!(
+                "/api/v1/documents/{}?min_position={}",
+                heavy["id"].as_str().unwrap(),
+                heavy["position"]
+            ))
+            .await;
+        (res.status() == 200).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "the 1 MiB document was projected");
     let found = search(&app, "heavy", &heavy["position"]).await;
     assert_eq!(titles(&found), ["heavy"]);
     let big = "字".repeat(400_000); // 1.2 MB
