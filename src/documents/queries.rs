@@ -105,7 +105,7 @@ page AS (
            OR (ts_rank_cd(d.search, tq.t, 32) = $9 AND d.id > $10))
     ORDER BY rank DESC, d.id
     LIMIT $11)
-SELECT p.id, p.title, p.rank, p.created_at, p.content,
+SELECT p.id, p.title, p.rank, p.created_at, left(p.content, 100000),
        CASE WHEN tq.w IS NULL THEN NULL
             ELSE ts_headline('english', cloudlens_cjk_spaced(left(p.content, 100000)), tq.w,
                  'MaxFragments=2, MaxWords=30, MinWords=10, StartSel=\u{1}, StopSel=\u{2}') END
