@@ -11,7 +11,9 @@ use super::events::DocumentDraft;
 use super::projection::DOCUMENTS;
 use super::queries::{self, DocumentView, Search, SearchPage};
 use crate::http::error::{ApiError, Problem};
-use crate::http::extract::{command_context, if_match, min_position, tenant, with_etag, JsonBody};
+use crate::http::extract::{
+    command_context, if_match, min_position, tenant, with_etag, JsonBody, ReadParams,
+};
 use crate::http::AppState;
 use crate::pipeline::{self, CommandResult, Expect};
 use crate::tagging::rules::parse_date;
@@ -128,12 +130,6 @@ pub async fn remove(
     )
     .await?;
     Ok(with_etag(StatusCode::OK, result.version, result))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ReadParams {
-    pub min_position: Option<i64>,
 }
 
 /// One document.

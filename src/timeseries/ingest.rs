@@ -256,7 +256,24 @@ impl Item for PointIn {
     const STREAM_TYPE: &'static str = MetricBatch::STREAM_TYPE;
 
     fn block(chunk: Vec<Self>, seen: &mut HashSet<(String, String)>) -> impl BlockEvent {
-        PointIn::block(chunk, seen)
+        let mut keys = Names::default();
+        let mut tags: HashMap<u32, Tags> = HashMap::new();
+        let mut points = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            let key = keys.of((p.series, p.metric), seen);
+            if let Some(t) = p.tags {
+                tags.entry(key).or_default().extend(t);
+            }
+            points.push(Point {
+                key,
+                time: p.time,
+                value: p.value,
+            });
+        }
+        let points = last_wins(points, |p| (p.key, p.time));
+        let mut tags: Vec<(u32, Tags)> = tags.into_iter().collect();
+        tags.sort_by_key(|(k, _)| *k);
+        MetricBatchEvent::PointsWritten(PointsBlock::new(keys.list, tags, &points))
     }
 
     fn completed(points: i64, series: i64) -> Result<NewEvent, codec::CodecError> {
@@ -417,7 +434,22 @@ impl Item for BarIn {
     const STREAM_TYPE: &'static str = BarBatch::STREAM_TYPE;
 
     fn block(chunk: Vec<Self>, seen: &mut HashSet<(String, String)>) -> impl BlockEvent {
-        BarIn::block(chunk, seen)
+        let mut symbols = Names::default();
+        let mut bars = Vec::with_capacity(chunk.len());
+        for b in chunk {
+            bars.push(Bar {
+                symbol: symbols.of((b.symbol, String::new()), seen),
+                time: b.time,
+                open: b.open,
+                high: b.high,
+                low: b.low,
+                close: b.close,
+                volume: b.volume,
+            });
+        }
+        let bars = last_wins(bars, |b| (b.symbol, b.time));
+        let names = symbols.list.into_iter().map(|(s, _)| s).collect();
+        BarBatchEvent::BarsWritten(BarsBlock::new(names, &bars))
     }
 
     fn completed(bars: i64, symbols: i64) -> Result<NewEvent, codec::CodecError> {
@@ -696,50 +728,6 @@ impl<K: std::hash::Hash + Eq + Clone> Names<K> {
         self.index.insert(k.clone(), i);
         self.list.push(k);
         i
-    }
-}
-
-impl PointIn {
-    fn block(chunk: Vec<Self>, seen: &mut HashSet<(String, String)>) -> MetricBatchEvent {
-        let mut keys = Names::default();
-        let mut tags: HashMap<u32, Tags> = HashMap::new();
-        let mut points = Vec::with_capacity(chunk.len());
-        for p in chunk {
-            let key = keys.of((p.series, p.metric), seen);
-            if let Some(t) = p.tags {
-                tags.entry(key).or_default().extend(t);
-            }
-            points.push(Point {
-                key,
-                time: p.time,
-                value: p.value,
-            });
-        }
-        let points = last_wins(points, |p| (p.key, p.time));
-        let mut tags: Vec<(u32, Tags)> = tags.into_iter().collect();
-        tags.sort_by_key(|(k, _)| *k);
-        MetricBatchEvent::PointsWritten(PointsBlock::new(keys.list, tags, &points))
-    }
-}
-
-impl BarIn {
-    fn block(chunk: Vec<Self>, seen: &mut HashSet<(String, String)>) -> BarBatchEvent {
-        let mut symbols = Names::default();
-        let mut bars = Vec::with_capacity(chunk.len());
-        for b in chunk {
-            bars.push(Bar {
-                symbol: symbols.of((b.symbol, String::new()), seen),
-                time: b.time,
-                open: b.open,
-                high: b.high,
-                low: b.low,
-                close: b.close,
-                volume: b.volume,
-            });
-        }
-        let bars = last_wins(bars, |b| (b.symbol, b.time));
-        let names = symbols.list.into_iter().map(|(s, _)| s).collect();
-        BarBatchEvent::BarsWritten(BarsBlock::new(names, &bars))
     }
 }
 

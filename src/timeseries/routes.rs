@@ -19,7 +19,7 @@ use super::queries::{
 };
 use super::retention::{self, RetentionRun, Trigger};
 use super::{retention_stream, series_id};
-use crate::eventstore::StoreError;
+use crate::eventstore::{StoreError, StoredAppend};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
     command_context, media_type, min_position, streamed_body, streamed_command_context, tenant,
@@ -101,7 +101,7 @@ async fn ingest(
             tokio::io::copy(&mut key.reader(body), &mut tokio::io::sink())
                 .await
                 .map_err(|e| ApiError::from(crate::imports::body_error(&e)))?;
-            return ingested_before(state, &tenant, key, stored.stream_id, kind).await;
+            return ingested_before(state, &tenant, key, stored, kind).await;
         }
     }
     let body: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &key {
@@ -125,7 +125,7 @@ async fn ingest(
                 .find_idempotent(&tenant, &key.key)
                 .await?
                 .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
-            return ingested_before(state, &tenant, key, stored.stream_id, kind).await;
+            return ingested_before(state, &tenant, key, stored, kind).await;
         }
         (Err(e), _) => {
             TS.batches
@@ -157,14 +157,10 @@ async fn ingested_before(
     state: &AppState,
     tenant: &str,
     key: &StreamedKey,
-    stream: Uuid,
+    stored: StoredAppend,
     kind: Kind,
 ) -> Result<HttpResponse, ApiError> {
-    let stored = state
-        .store
-        .find_idempotent(tenant, &key.key)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
+    let stream = stored.stream_id;
     if key.record().request_hash != stored.request_hash {
         return Err(ApiError::IdempotencyKeyReused);
     }
