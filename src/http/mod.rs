@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod batch;
 pub mod error;
 pub mod extract;
 pub mod openapi;

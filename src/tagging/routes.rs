@@ -24,14 +24,13 @@ use super::queries::{
     TagStats, TagView,
 };
 use super::{rules, stream_id};
-use crate::eventstore::{codec, StoreError, StoredAppend, StreamEvents};
+use crate::eventstore::{codec, RecordedEvent, StoreError, StreamEvents};
+use crate::http::batch::{streamed, Streamed};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
-    command_context, if_match, media_type, min_position, streamed_body, streamed_command_context,
-    tenant, with_etag, JsonBody, ReadParams,
+    command_context, if_match, media_type, min_position, tenant, with_etag, JsonBody, ReadParams,
 };
 use crate::http::AppState;
-use crate::imports::{ImportError, StreamedKey};
 use crate::pipeline::{self, CommandError, CommandResult, EventSourced, Expect};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -194,43 +193,30 @@ pub async fn import_rows(
     if sealed_source && !state.vault.is_enabled() {
         return Err(ApiError::EncryptionUnavailable);
     }
-    let body = streamed_body(payload, state.settings.import_limit);
-    let (ctx, key) = streamed_command_context(&req)?;
-    let key = key.map(|(k, hash)| StreamedKey::new(k, hash));
-    let metadata = ctx.metadata();
-    if let Some(key) = &key {
-        if let Some(stored) = state.store.find_idempotent(&tenant, &key.key).await? {
-            // Seen before: only the same request (this body too) gets the first answer.
-            tokio::io::copy(&mut key.reader(body), &mut tokio::io::sink())
-                .await
-                .map_err(|e| ApiError::from(crate::imports::body_error(&e)))?;
-            return imported_before(&state, &tenant, key, stored).await;
-        }
-    }
-    let body: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &key {
-        Some(key) => Box::new(key.reader(body)),
-        None => Box::new(body),
-    };
     let target = super::import::Target {
         schema: &schema,
         source: &params.source,
         format,
         vault: &state.vault,
     };
-    let imported =
-        super::import::import(&state.store, &tenant, target, body, &metadata, key.as_ref()).await;
-    let imported = match (imported, &key) {
-        (Ok(imported), _) => imported,
-        // A retry under the same key committed first: answer with its import.
-        (Err(ImportError::Store(StoreError::IdempotencyKeyTaken)), Some(key)) => {
-            let stored = state
-                .store
-                .find_idempotent(&tenant, &key.key)
-                .await?
-                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
-            return imported_before(&state, &tenant, key, stored).await;
-        }
-        (Err(e), _) => return Err(e.into()),
+    let store = &state.store;
+    let outcome = streamed(
+        &state,
+        &req,
+        payload,
+        SubjectImport::STREAM_TYPE,
+        async |body, metadata, key| {
+            super::import::import(store, &tenant, target, body, metadata, key).await
+        },
+    )
+    .await?;
+    let imported = match outcome {
+        Streamed::New(imported) => imported,
+        Streamed::Earlier {
+            stream_id,
+            last,
+            position,
+        } => return imported_before(stream_id, &last, position),
     };
     super::metrics::rows_imported(&params.source, imported.rows);
     Ok(HttpResponse::Ok().json(ImportResult {
@@ -240,35 +226,24 @@ pub async fn import_rows(
     }))
 }
 
-/// The answer of an import already made under `key` (the whole body has been read into
-/// its hash), as `stored` under it: 422 for another request under the key; else the
-/// first import's, whose `ImportCompleted` holds the rows.
-async fn imported_before(
-    state: &AppState,
-    tenant: &str,
-    key: &StreamedKey,
-    stored: StoredAppend,
+/// The answer of the import an earlier request under the same key made: its
+/// `ImportCompleted` holds the rows.
+fn imported_before(
+    import_id: Uuid,
+    last: &RecordedEvent,
+    position: i64,
 ) -> Result<HttpResponse, ApiError> {
-    if key.record().request_hash != stored.request_hash {
-        return Err(ApiError::IdempotencyKeyReused);
-    }
-    let last = state
-        .store
-        .last_event(SubjectImport::STREAM_TYPE, stored.stream_id)
-        .await?
-        .filter(|e| e.tenant_id == tenant)
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("stored import stream is empty")))?;
     let event: SubjectImportEvent =
-        SubjectImport::decode(&last).map_err(|e| ApiError::Internal(e.into()))?;
+        SubjectImport::decode(last).map_err(|e| ApiError::Internal(e.into()))?;
     let SubjectImportEvent::ImportCompleted { rows, .. } = event else {
         return Err(ApiError::Internal(anyhow::anyhow!(
             "an import stream ends without ImportCompleted"
         )));
     };
     Ok(HttpResponse::Ok().json(ImportResult {
-        import_id: stored.stream_id,
+        import_id,
         rows,
-        position: stored.appended.position,
+        position,
     }))
 }
 

@@ -19,14 +19,11 @@ use super::queries::{
 };
 use super::retention::{self, RetentionRun, Trigger};
 use super::{retention_stream, series_id};
-use crate::eventstore::{StoreError, StoredAppend};
+use crate::eventstore::RecordedEvent;
+use crate::http::batch::{streamed, Streamed};
 use crate::http::error::{ApiError, Problem};
-use crate::http::extract::{
-    command_context, media_type, min_position, streamed_body, streamed_command_context, tenant,
-    JsonBody,
-};
+use crate::http::extract::{command_context, media_type, min_position, tenant, JsonBody};
 use crate::http::AppState;
-use crate::imports::{ImportError, StreamedKey};
 use crate::pipeline::{self, CommandResult, EventSourced, Expect};
 use crate::tagging::rules::parse_date;
 
@@ -92,46 +89,36 @@ async fn ingest(
     let started = std::time::Instant::now();
     let format = format_of(req)?;
     let tenant = tenant(req)?;
-    let body = streamed_body(payload, state.settings.import_limit);
-    let (ctx, key) = streamed_command_context(req)?;
-    let key = key.map(|(k, hash)| StreamedKey::new(k, hash));
-    let metadata = ctx.metadata();
-    if let Some(key) = &key {
-        if let Some(stored) = state.store.find_idempotent(&tenant, &key.key).await? {
-            tokio::io::copy(&mut key.reader(body), &mut tokio::io::sink())
-                .await
-                .map_err(|e| ApiError::from(crate::imports::body_error(&e)))?;
-            return ingested_before(state, &tenant, key, stored, kind).await;
-        }
-    }
-    let body: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &key {
-        Some(key) => Box::new(key.reader(body)),
-        None => Box::new(body),
+    let store = &state.store;
+    let stream_type = match kind {
+        Kind::Points => MetricBatch::STREAM_TYPE,
+        Kind::Bars => BarBatch::STREAM_TYPE,
     };
-    let outcome = match kind {
-        Kind::Points => {
-            ingest::ingest_points(&state.store, &tenant, format, body, &metadata, key.as_ref())
-                .await
-        }
-        Kind::Bars => {
-            ingest::ingest_bars(&state.store, &tenant, format, body, &metadata, key.as_ref()).await
-        }
-    };
-    let done: Ingested = match (outcome, &key) {
-        (Ok(done), _) => done,
-        (Err(ImportError::Store(StoreError::IdempotencyKeyTaken)), Some(key)) => {
-            let stored = state
-                .store
-                .find_idempotent(&tenant, &key.key)
-                .await?
-                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
-            return ingested_before(state, &tenant, key, stored, kind).await;
-        }
-        (Err(e), _) => {
+    let outcome = streamed(
+        state,
+        req,
+        payload,
+        stream_type,
+        async |body, metadata, key| match kind {
+            Kind::Points => {
+                ingest::ingest_points(store, &tenant, format, body, metadata, key).await
+            }
+            Kind::Bars => ingest::ingest_bars(store, &tenant, format, body, metadata, key).await,
+        },
+    )
+    .await;
+    let done: Ingested = match outcome {
+        Ok(Streamed::New(done)) => done,
+        Ok(Streamed::Earlier {
+            stream_id,
+            last,
+            position,
+        }) => return ingested_before(stream_id, &last, position, kind),
+        Err(e) => {
             TS.batches
                 .with_label_values(&[kind.as_str(), "rejected"])
                 .inc();
-            return Err(e.into());
+            return Err(e);
         }
     };
     TS.batches
@@ -151,36 +138,20 @@ async fn ingest(
     }))
 }
 
-/// The answer of the batch made earlier under `key` (its body has been hashed by now):
-/// 422 for another request under the key.
-async fn ingested_before(
-    state: &AppState,
-    tenant: &str,
-    key: &StreamedKey,
-    stored: StoredAppend,
+/// The answer of the batch an earlier request under the same key made, from the last
+/// event of its stream.
+fn ingested_before(
+    batch_id: Uuid,
+    last: &RecordedEvent,
+    position: i64,
     kind: Kind,
 ) -> Result<HttpResponse, ApiError> {
-    let stream = stored.stream_id;
-    if key.record().request_hash != stored.request_hash {
-        return Err(ApiError::IdempotencyKeyReused);
-    }
-    let stream_type = match kind {
-        Kind::Points => MetricBatch::STREAM_TYPE,
-        Kind::Bars => BarBatch::STREAM_TYPE,
-    };
-    let last = state
-        .store
-        .last_event(stream_type, stream)
-        .await?
-        .filter(|e| e.tenant_id == tenant)
-        // The key was used for a request of another kind.
-        .ok_or(ApiError::IdempotencyKeyReused)?;
     let counts = match kind {
-        Kind::Points => match MetricBatch::decode(&last) {
+        Kind::Points => match MetricBatch::decode(last) {
             Ok(MetricBatchEvent::MetricBatchCompleted { points, series }) => Some((points, series)),
             _ => None,
         },
-        Kind::Bars => match BarBatch::decode(&last) {
+        Kind::Bars => match BarBatch::decode(last) {
             Ok(BarBatchEvent::BarBatchCompleted { bars: n, symbols }) => Some((n, symbols)),
             _ => None,
         },
@@ -188,10 +159,10 @@ async fn ingested_before(
     let (accepted, series) = counts
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a batch stream ends unfinished")))?;
     Ok(HttpResponse::Accepted().json(BatchAccepted {
-        batch_id: stream,
+        batch_id,
         accepted,
         series,
-        position: stored.appended.position,
+        position,
     }))
 }
 
