@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use super::events::{DocumentDraft, DocumentEvent};
+use super::events::{DocumentBatchEvent, DocumentDraft, DocumentEvent};
 use crate::pipeline::{DomainError, EventSourced, Rejection};
 
 /// Most bytes of a document's content.
@@ -55,6 +55,13 @@ pub enum DocumentCommand {
 pub struct Document {
     pub exists: bool,
     pub deleted: bool,
+}
+
+/// Where a document without events of its own may come from: a committed batch
+/// (`document_batch_ids`, checked by the route before the command).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Origin {
+    pub imported: bool,
 }
 
 impl EventSourced for Document {
@@ -134,7 +141,7 @@ impl Aggregate for Document {
     type Command = DocumentCommand;
     type Event = DocumentEvent;
     type Error = DocumentError;
-    type Services = ();
+    type Services = Origin;
 
     fn aggregate_type() -> String {
         Self::STREAM_TYPE.to_owned()
@@ -143,12 +150,15 @@ impl Aggregate for Document {
     async fn handle(
         &self,
         c: DocumentCommand,
-        _: &(),
+        origin: &Origin,
     ) -> Result<Vec<DocumentEvent>, DocumentError> {
-        let live = self.exists && !self.deleted;
+        // A batch's document has no creation event of its own: its stream starts with
+        // its first change.
+        let imported = origin.imported && !self.exists;
+        let live = (self.exists || imported) && !self.deleted;
         match c {
             DocumentCommand::Create(d) => {
-                if self.exists {
+                if self.exists || origin.imported {
                     return Err(DocumentError::AlreadyExists);
                 }
                 check(&d)?;
@@ -157,6 +167,9 @@ impl Aggregate for Document {
             DocumentCommand::Update(d) if live => {
                 check(&d)?;
                 Ok(vec![DocumentEvent::DocumentUpdated(d)])
+            }
+            DocumentCommand::Delete if live && origin.imported => {
+                Ok(vec![DocumentEvent::ImportedDocumentDeleted {}])
             }
             DocumentCommand::Delete if live => Ok(vec![DocumentEvent::DocumentDeleted {}]),
             DocumentCommand::Update(_) | DocumentCommand::Delete => Err(DocumentError::NotFound),
@@ -167,7 +180,50 @@ impl Aggregate for Document {
         match e {
             DocumentEvent::DocumentCreated(_) => self.exists = true,
             DocumentEvent::DocumentUpdated(_) => {}
-            DocumentEvent::DocumentDeleted {} => self.deleted = true,
+            DocumentEvent::DocumentDeleted {} | DocumentEvent::ImportedDocumentDeleted {} => {
+                self.deleted = true
+            }
+        }
+    }
+}
+
+/// A `document_batch` stream, written whole by `POST /api/v1/documents:batch`
+/// (`super::import`) and only folded.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct DocumentBatch {
+    pub documents: i64,
+    pub completed: bool,
+}
+
+impl EventSourced for DocumentBatch {
+    const STREAM_TYPE: &'static str = "document_batch";
+}
+
+/// Batch streams take no commands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum NoCommand {}
+
+#[async_trait]
+impl Aggregate for DocumentBatch {
+    type Command = NoCommand;
+    type Event = DocumentBatchEvent;
+    type Error = DocumentError;
+    type Services = ();
+
+    fn aggregate_type() -> String {
+        Self::STREAM_TYPE.to_owned()
+    }
+
+    async fn handle(&self, c: NoCommand, _: &()) -> Result<Vec<DocumentBatchEvent>, DocumentError> {
+        match c {}
+    }
+
+    fn apply(&mut self, e: DocumentBatchEvent) {
+        match e {
+            DocumentBatchEvent::DocumentsImported { documents } => {
+                self.documents += documents.len() as i64
+            }
+            DocumentBatchEvent::DocumentBatchCompleted { .. } => self.completed = true,
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum DocumentEvent {
     DocumentCreated(DocumentDraft),
     DocumentUpdated(DocumentDraft),
     DocumentDeleted {},
+    /// The deletion of a document a batch created: its stream is not archived (ADR 0020),
+    /// since the batch that created it stays in the log.
+    ImportedDocumentDeleted {},
 }
 
 impl DomainEvent for DocumentEvent {
@@ -42,6 +45,36 @@ impl DomainEvent for DocumentEvent {
             Self::DocumentCreated(_) => "DocumentCreated",
             Self::DocumentUpdated(_) => "DocumentUpdated",
             Self::DocumentDeleted {} => "DocumentDeleted",
+            Self::ImportedDocumentDeleted {} => "ImportedDocumentDeleted",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+/// A document of a batch, with the id it gets (the client's, or a new one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportedDocument {
+    pub id: uuid::Uuid,
+    pub document: DocumentDraft,
+}
+
+/// The events of a `document_batch` stream: the documents of one
+/// `POST /api/v1/documents:batch`, in blocks, then its completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum DocumentBatchEvent {
+    DocumentsImported { documents: Vec<ImportedDocument> },
+    DocumentBatchCompleted { documents: i64 },
+}
+
+impl DomainEvent for DocumentBatchEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::DocumentsImported { .. } => "DocumentsImported",
+            Self::DocumentBatchCompleted { .. } => "DocumentBatchCompleted",
         }
         .to_owned()
     }

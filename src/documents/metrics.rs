@@ -2,12 +2,15 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{exponential_buckets, HistogramOpts, HistogramVec};
+use prometheus::{exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter};
 
 use crate::telemetry::{reg, METRICS};
 
 pub struct DocumentsMetrics {
     pub search_duration: HistogramVec,
+    pub batch_documents: IntCounter,
+    pub batches_rejected: IntCounter,
+    pub batch_duration: Histogram,
 }
 
 fn build() -> Result<DocumentsMetrics, prometheus::Error> {
@@ -21,6 +24,30 @@ fn build() -> Result<DocumentsMetrics, prometheus::Error> {
                 )
                 .buckets(exponential_buckets(0.0005, 2.0, 16)?),
                 &["script"],
+            )?,
+        )?,
+        batch_documents: reg(
+            &METRICS.registry,
+            IntCounter::new(
+                "cloudlens_documents_batch_documents_total",
+                "Documents accepted by POST /api/v1/documents:batch",
+            )?,
+        )?,
+        batches_rejected: reg(
+            &METRICS.registry,
+            IntCounter::new(
+                "cloudlens_documents_batches_rejected_total",
+                "Document batches refused (a bad line, a taken id, a broken body)",
+            )?,
+        )?,
+        batch_duration: reg(
+            &METRICS.registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "cloudlens_documents_batch_duration_seconds",
+                    "Accepted document batches, from the first byte to the commit",
+                )
+                .buckets(exponential_buckets(0.01, 2.0, 16)?),
             )?,
         )?,
     })

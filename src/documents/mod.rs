@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod cjk;
 pub mod events;
+pub mod import;
 pub mod metrics;
 pub mod projection;
 pub mod queries;
@@ -14,12 +15,13 @@ use std::sync::Arc;
 use utoipa::OpenApi;
 
 use crate::context::BoundedContext;
-use crate::projections::Typed;
+use crate::scheduled::Job;
 
 #[derive(OpenApi)]
 #[openapi(
     paths(
         routes::create,
+        routes::batch,
         routes::update,
         routes::remove,
         routes::get_one,
@@ -27,6 +29,7 @@ use crate::projections::Typed;
     ),
     components(schemas(
         events::DocumentDraft,
+        routes::DocumentBatchAccepted,
         queries::DocumentView,
         queries::Hit,
         queries::SearchPage
@@ -41,12 +44,29 @@ pub fn context() -> BoundedContext {
         name: "documents",
         routes: routes::configure,
         openapi: DocumentsApi::openapi,
-        projections: |_| vec![Arc::new(Typed(projection::DocumentsProjector))],
+        projections: |_| vec![Arc::new(projection::DocumentsProjector)],
         jobs: Vec::new,
-        scheduled: |_| Vec::new(),
+        scheduled: reservations_job,
         ended: &[crate::eventstore::archive::EndedBy {
             stream_type: <aggregate::Document as crate::pipeline::EventSourced>::STREAM_TYPE,
             event_types: &["DocumentDeleted"],
         }],
     }
+}
+
+/// Drops the id reservations of batches whose request died (`import::purge_reservations`).
+fn reservations_job(env: &crate::scheduled::Env) -> Vec<Job> {
+    let store = env.store.clone();
+    vec![Job::new(
+        "document_batch_ids_purge",
+        env.settings.purge_interval,
+        move || {
+            let store = store.clone();
+            // A batch reserves for as long as its body streams in; a day is far beyond.
+            async move {
+                import::purge_reservations(&store, std::time::Duration::from_secs(86_400)).await?;
+                Ok(())
+            }
+        },
+    )]
 }

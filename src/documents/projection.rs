@@ -10,10 +10,12 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
-use super::aggregate::Document;
-use super::events::DocumentEvent;
+use super::aggregate::{Document, DocumentBatch};
+use super::events::{DocumentBatchEvent, DocumentDraft, DocumentEvent};
+use crate::eventstore::RecordedEvent;
+use crate::pipeline::EventSourced;
 use crate::projections::readmodel::{col, ReadModel, Row};
-use crate::projections::{Envelope, Projector};
+use crate::projections::{Projection, ProjectorOptions};
 
 pub const DOCUMENTS: &str = "documents";
 
@@ -75,47 +77,86 @@ impl Row for DocumentRow {
 
 pub struct DocumentsProjector;
 
-#[async_trait]
-impl Projector for DocumentsProjector {
-    type Aggregate = Document;
-    const NAME: &'static str = DOCUMENTS;
-    const READ_MODELS: &'static [&'static ReadModel] = &[&TABLE];
+/// The last state of each document a batch of events touched.
+#[derive(Default)]
+struct Changes {
+    /// `Some(row)` to write, `None` to delete.
+    last: HashMap<Uuid, Option<DocumentRow>>,
+}
 
-    async fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        events: Vec<Envelope<DocumentEvent>>,
-    ) -> anyhow::Result<()> {
-        // The last state per document: `Some(row)` to write, `None` to delete.
-        let mut last: HashMap<Uuid, Option<DocumentRow>> = HashMap::new();
+impl Changes {
+    fn write(&mut self, tenant: &str, id: Uuid, d: DocumentDraft, e: &RecordedEvent, version: i64) {
+        let created_at = match self.last.get(&id) {
+            Some(Some(earlier)) => earlier.created_at,
+            _ => d.created_at.unwrap_or(e.recorded_at),
+        };
+        let row = DocumentRow {
+            tenant: tenant.to_owned(),
+            id,
+            title: d.title,
+            content: d.content,
+            source: d.source,
+            category: d.category,
+            author: d.author,
+            tags: d.tags,
+            metadata: Value::Object(d.metadata),
+            created_at,
+            updated_at: e.recorded_at,
+            version,
+        };
+        self.last.insert(id, Some(row));
+    }
+}
+
+/// The projector reads a document's own stream and the batches that create documents
+/// (version 0: a batch's document has no events of its own yet), so it implements
+/// `Projection` and decodes each event by its stream type.
+#[async_trait]
+impl Projection for DocumentsProjector {
+    fn name(&self) -> &'static str {
+        DOCUMENTS
+    }
+
+    fn stream_types(&self) -> &[&'static str] {
+        &[Document::STREAM_TYPE, DocumentBatch::STREAM_TYPE]
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        vec![TABLE.table]
+    }
+
+    fn options(&self) -> ProjectorOptions {
+        // A batch event holds up to 500 documents.
+        ProjectorOptions {
+            durable_commit: false,
+            batch_size: Some(20),
+        }
+    }
+
+    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
+        let mut changes = Changes::default();
         for e in events {
-            let change = match e.event {
-                DocumentEvent::DocumentCreated(d) | DocumentEvent::DocumentUpdated(d) => {
-                    let created_at = match last.get(&e.stream_id) {
-                        Some(Some(earlier)) => earlier.created_at,
-                        _ => d.created_at.unwrap_or(e.recorded_at),
-                    };
-                    Some(DocumentRow {
-                        tenant: e.tenant_id,
-                        id: e.stream_id,
-                        title: d.title,
-                        content: d.content,
-                        source: d.source,
-                        category: d.category,
-                        author: d.author,
-                        tags: d.tags,
-                        metadata: Value::Object(d.metadata),
-                        created_at,
-                        updated_at: e.recorded_at,
-                        version: e.version,
-                    })
+            if e.stream_type == DocumentBatch::STREAM_TYPE {
+                if let DocumentBatchEvent::DocumentsImported { documents } =
+                    DocumentBatch::decode(e)?
+                {
+                    for d in documents {
+                        changes.write(&e.tenant_id, d.id, d.document, e, 0);
+                    }
                 }
-                DocumentEvent::DocumentDeleted {} => None,
-            };
-            last.insert(e.stream_id, change);
+                continue;
+            }
+            match Document::decode(e)? {
+                DocumentEvent::DocumentCreated(d) | DocumentEvent::DocumentUpdated(d) => {
+                    changes.write(&e.tenant_id, e.stream_id, d, e, e.stream_version)
+                }
+                DocumentEvent::DocumentDeleted {} | DocumentEvent::ImportedDocumentDeleted {} => {
+                    changes.last.insert(e.stream_id, None);
+                }
+            }
         }
         let (mut rows, mut gone) = (Vec::new(), Vec::new());
-        for (id, change) in last {
+        for (id, change) in changes.last {
             match change {
                 Some(row) => rows.push(row),
                 None => gone.push(id),

@@ -2,28 +2,119 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::aggregate::{Document, DocumentCommand, MAX_CONTENT_BYTES};
-use super::events::DocumentDraft;
+use super::aggregate::{Document, DocumentBatch, DocumentCommand, Origin, MAX_CONTENT_BYTES};
+use super::events::{DocumentBatchEvent, DocumentDraft};
+use super::import;
+use super::metrics::DOCS;
 use super::projection::DOCUMENTS;
 use super::queries::{self, DocumentView, Search, SearchPage};
+use crate::http::batch::{streamed, Streamed};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
-    command_context, if_match, min_position, tenant, with_etag, JsonBody, ReadParams,
+    command_context, if_match, media_type, min_position, tenant, with_etag, JsonBody, ReadParams,
 };
 use crate::http::AppState;
-use crate::pipeline::{self, CommandResult, Expect};
+use crate::pipeline::{self, CommandResult, EventSourced, Expect};
 use crate::tagging::rules::parse_date;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(create)
+        .service(batch)
         .service(get_one)
         .service(update)
         .service(remove)
         .service(search);
+}
+
+/// Whether `id` is a document a batch created (it has no events of its own yet).
+async fn origin(state: &AppState, tenant: &str, id: Uuid) -> Result<Origin, ApiError> {
+    Ok(Origin {
+        imported: import::imported(&state.store, tenant, id).await?,
+    })
+}
+
+/// What a batch of documents appended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DocumentBatchAccepted {
+    /// The batch's stream (`document_batch`).
+    pub batch_id: Uuid,
+    /// Documents accepted.
+    pub accepted: i64,
+    /// Read with `min_position` at least this to find the whole batch.
+    pub position: i64,
+}
+
+/// Add documents in bulk: one document per line (NDJSON), each
+/// `{id?, title, content, source?, category?, author?, tags?, metadata?, created_at?}`.
+/// Up to 1,000,000 documents, read as they stream, recorded as blocks of 500 in one
+/// `document_batch` stream. A line may name its document's `id` (a UUID no other document
+/// has); otherwise the document gets a new one. A bad line rejects the whole batch (422
+/// `invalid_row` with `row` and `field`) and nothing is written. A batch's documents are
+/// changed and deleted like any other.
+#[utoipa::path(post, path = "/api/v1/documents:batch",
+    request_body(content = String, content_type = "application/x-ndjson", description = "one document per line"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
+           ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 202, body = DocumentBatchAccepted), (status = 400, body = Problem),
+              (status = 413, body = Problem), (status = 415, body = Problem),
+              (status = 422, body = Problem), (status = 503, body = Problem)))]
+#[post("/api/v1/documents:batch")]
+pub async fn batch(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    if media_type(&req).as_deref() != Some("application/x-ndjson") {
+        return Err(ApiError::UnsupportedMediaType("application/x-ndjson"));
+    }
+    let started = std::time::Instant::now();
+    let tenant = tenant(&req)?;
+    let store = &state.store;
+    let outcome = streamed(
+        &state,
+        &req,
+        payload,
+        DocumentBatch::STREAM_TYPE,
+        async |body, metadata, key| import::import(store, &tenant, body, metadata, key).await,
+    )
+    .await;
+    let accepted = match outcome {
+        Ok(Streamed::New(done)) => {
+            DOCS.batch_documents
+                .inc_by(u64::try_from(done.documents).unwrap_or(0));
+            DOCS.batch_duration.observe(started.elapsed().as_secs_f64());
+            DocumentBatchAccepted {
+                batch_id: done.batch_id,
+                accepted: done.documents,
+                position: done.appended.position,
+            }
+        }
+        Ok(Streamed::Earlier {
+            stream_id,
+            last,
+            position,
+        }) => match DocumentBatch::decode(&last) {
+            Ok(DocumentBatchEvent::DocumentBatchCompleted { documents }) => DocumentBatchAccepted {
+                batch_id: stream_id,
+                accepted: documents,
+                position,
+            },
+            _ => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "a batch stream ends unfinished"
+                )))
+            }
+        },
+        Err(e) => {
+            DOCS.batches_rejected.inc();
+            return Err(e);
+        }
+    };
+    Ok(HttpResponse::Accepted().json(accepted))
 }
 
 /// Content past 1 MiB: 413, like a body past its limit.
@@ -60,7 +151,7 @@ pub async fn create(
         Uuid::now_v7(),
         Expect::New,
         DocumentCommand::Create(draft),
-        &(),
+        &Origin::default(),
     )
     .await?;
     let mut response = with_etag(StatusCode::CREATED, result.version, result);
@@ -97,7 +188,7 @@ pub async fn update(
         id,
         expect,
         DocumentCommand::Update(draft),
-        &(),
+        &origin(&state, &ctx.tenant_id, id).await?,
     )
     .await?;
     Ok(with_etag(StatusCode::OK, result.version, result))
@@ -126,7 +217,7 @@ pub async fn remove(
         id,
         expect,
         DocumentCommand::Delete,
-        &(),
+        &origin(&state, &ctx.tenant_id, id).await?,
     )
     .await?;
     Ok(with_etag(StatusCode::OK, result.version, result))
@@ -259,8 +350,7 @@ pub async fn search(
         (true, false) => "cjk",
         _ => "latin",
     };
-    super::metrics::DOCS
-        .search_duration
+    DOCS.search_duration
         .with_label_values(&[script])
         .observe(started.elapsed().as_secs_f64());
     let next = (hits.len() as i64 == limit)

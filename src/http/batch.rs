@@ -24,7 +24,7 @@ pub enum Streamed<T> {
     /// event (which holds the counts) and the position of the append.
     Earlier {
         stream_id: Uuid,
-        last: RecordedEvent,
+        last: Box<RecordedEvent>,
         position: i64,
     },
 }
@@ -97,7 +97,7 @@ async fn earlier<T>(
         .ok_or(ApiError::IdempotencyKeyReused)?;
     Ok(Streamed::Earlier {
         stream_id: stored.stream_id,
-        last,
+        last: Box::new(last),
         position: stored.appended.position,
     })
 }

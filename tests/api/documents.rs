@@ -290,3 +290,211 @@ async fn documents_change_and_bad_input_is_refused() {
         );
     }
 }
+
+async fn post_ndjson(app: &TestApp, body: String, key: Option<&str>) -> (u16, Value) {
+    let mut req = app
+        .client
+        .post(app.url("/api/v1/documents:batch"))
+        .insert_header(("Content-Type", "application/x-ndjson"));
+    if let Some(k) = key {
+        req = req.insert_header(("Idempotency-Key", k));
+    }
+    let res = req.send_body(body).await.unwrap();
+    let status = res.status().as_u16();
+    (status, crate::helpers::body(res).await)
+}
+
+#[actix_web::test]
+async fn batches_are_searchable_changeable_and_all_or_nothing() {
+    let app = spawn_app().await;
+    let own_id = "0190c7a9-4a5e-7c1d-9d0e-715300000042";
+    let mut lines = Vec::new();
+    for i in 0..1_200 {
+        let doc = match i {
+            0 => {
+                json!({"id": own_id, "title": "Batch alpha", "content": "unique zebra words", "metadata": {"n": 0}})
+            }
+            1 => {
+                json!({"title": "成本分析报告", "content": "云资源的成本与预算", "tags": ["财务"]})
+            }
+            2 => json!({"title": "Gamma", "content": "混合 mixed 文本 with budget alerts"}),
+            _ => {
+                json!({"title": format!("Filler {i}"), "content": "plain filler text", "metadata": {"n": i}})
+            }
+        };
+        lines.push(doc.to_string());
+    }
+    let ndjson = lines.join("\n") + "\n";
+    let (status, v) = post_ndjson(&app, ndjson.clone(), Some("docs-1")).await;
+    assert_eq!(status, 202, "{v}");
+    assert_eq!(v["accepted"], 1_200);
+    // Blocks of 500 documents: three events and the completion, not one per document.
+    let events = count(
+        &app.conn,
+        &format!(
+            "SELECT count(*) FROM events WHERE stream_type = 'document_batch' AND stream_id = '{}'",
+            v["batch_id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(events, 4);
+    // A retry under the same key answers with the same batch and writes nothing.
+    let (status, again) = post_ndjson(&app, ndjson, Some("docs-1")).await;
+    assert_eq!(status, 202);
+    assert_eq!(again["batch_id"], v["batch_id"]);
+    assert_eq!(
+        count(
+            &app.conn,
+            "SELECT count(*) FROM events WHERE stream_type = 'document_batch'"
+        )
+        .await,
+        4
+    );
+    let pos = &v["position"];
+    assert_eq!(titles(&search(&app, "zebra", pos).await), ["Batch alpha"]);
+    assert_eq!(titles(&search(&app, "成本", pos).await), ["成本分析报告"]);
+    assert_eq!(titles(&search(&app, "文本 budget", pos).await), ["Gamma"]);
+    let fillers = body(
+        app.get(&format!(
+            "/api/v1/search?q=filler&limit=100&min_position={pos}"
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(fillers["hits"].as_array().unwrap().len(), 100);
+
+    // A batch's document is changed and deleted like any other (version 0 until then).
+    let got = app.get(&format!("/api/v1/documents/{own_id}")).await;
+    assert_eq!(got.headers().get("etag").unwrap(), "\"0\"");
+    let res = app
+        .client
+        .put(app.url(&format!("/api/v1/documents/{own_id}")))
+        .insert_header(("If-Match", "\"0\""))
+        .send_json(&json!({"title": "Batch alpha, edited", "content": "unique okapi words"}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let edited = body(res).await;
+    assert_eq!(edited["version"], 1);
+    assert_eq!(
+        titles(&search(&app, "okapi", &edited["position"]).await),
+        ["Batch alpha, edited"]
+    );
+    assert!(search(&app, "zebra", &edited["position"]).await["hits"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let gamma = search(&app, "gamma", pos).await["hits"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/v1/documents/{gamma}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deleted = body(res).await;
+    assert!(search(&app, "gamma", &deleted["position"]).await["hits"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let again = app
+        .client
+        .delete(app.url(&format!("/api/v1/documents/{gamma}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+
+    // All or nothing: a bad line, a repeated id, an id another document has.
+    let reserved = "SELECT count(*) FROM document_batch_ids";
+    let before = count(&app.conn, reserved).await;
+    let good = |t: &str| json!({"title": t, "content": "x"}).to_string();
+    for (body_text, row, field) in [
+        (
+            format!(
+                "{}\n{}\n{{\"title\":\"\",\"content\":\"x\"}}\n",
+                good("a"),
+                good("b")
+            ),
+            3,
+            "title",
+        ),
+        (
+            format!(
+                "{}\n{{\"title\":\"t\",\"content\":\"x\",\"tags\":[\"a,b\"]}}\n",
+                good("a")
+            ),
+            2,
+            "tags",
+        ),
+        (format!("{}\nnot json\n", good("a")), 2, ""),
+        (
+            format!("{{\"id\":\"{own_id}\",\"title\":\"t\",\"content\":\"x\"}}\n"),
+            1,
+            "id",
+        ),
+        (
+            format!("{{\"id\":\"{gamma}\",\"title\":\"t\",\"content\":\"x\"}}\n"),
+            1,
+            "id",
+        ),
+        (
+            format!(
+                "{{\"id\":\"{}\",\"title\":\"t\",\"content\":\"x\"}}\n{}\n",
+                edited["id"].as_str().unwrap(),
+                good("a")
+            ),
+            1,
+            "id",
+        ),
+        (
+            "{\"id\":\"0190c7a9-4a5e-7c1d-9d0e-715300000043\",\"title\":\"t\",\"content\":\"x\"}\n\
+             {\"id\":\"0190c7a9-4a5e-7c1d-9d0e-715300000043\",\"title\":\"u\",\"content\":\"y\"}\n"
+                .to_owned(),
+            2,
+            "id",
+        ),
+    ] {
+        let (status, v) = post_ndjson(&app, body_text.clone(), None).await;
+        assert_eq!(status, 422, "{body_text}: {v}");
+        assert_eq!(v["code"], "invalid_row", "{v}");
+        assert_eq!(v["row"], row, "{body_text}: {v}");
+        if !field.is_empty() {
+            assert_eq!(v["field"], field, "{v}");
+        }
+    }
+    assert_eq!(count(&app.conn, reserved).await, before);
+    assert_eq!(
+        count(
+            &app.conn,
+            "SELECT count(*) FROM events WHERE stream_type = 'document_batch'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        count(&app.conn, "SELECT count(*) FROM staged_events").await,
+        0
+    );
+    let (status, _) = post_ndjson(&app, String::new(), None).await;
+    assert_eq!(status, 422);
+    let res = app
+        .client
+        .post(app.url("/api/v1/documents:batch"))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body("{}")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+
+    // Rebuild equals live, batch documents and their changes included.
+    let sql =
+        "SELECT format('%s %s %s %s %s', id, title, version, created_at, search) FROM documents";
+    let live = snapshot(&app.conn, sql).await;
+    assert_eq!(live.len(), 1_199);
+    rebuild_and_wait(&app, "documents").await;
+    assert_eq!(snapshot(&app.conn, sql).await, live);
+}
