@@ -25,7 +25,8 @@ URL="http://127.0.0.1:$PORT"
 DATA=var/timeseries
 scripts/setup.sh >/dev/null
 if [ "${LOADTEST_NO_BUILD:-}" != 1 ]; then
-  cargo build --release --bin cloudlens -p cloudlens -p loadtest 2>&1 | tail -1
+  cargo build --release --bin cloudlens 2>&1 | tail -1
+  cargo build --release -p loadtest 2>&1 | tail -1
 fi
 
 echo "== machine"; nproc; grep MemTotal /proc/meminfo

@@ -12,12 +12,15 @@
 //!   shaped table, in rounds;
 //! - `bills` writes seeded bill files (cloudlens format) and their exact sums;
 //! - `timeseries` ingests points and bars into a running server and times queries
-//!   against the hypertables, the rollups and a plain table (loadtest/timeseries.sh).
+//!   against the hypertables, the rollups and a plain table (loadtest/timeseries.sh);
+//! - `documents` bulk-loads generated documents and times searches, with a pg_trgm
+//!   baseline for two-character Chinese queries (loadtest/documents.sh).
 //!
 //! Numbers are printed, never asserted: see loadtest/RESULTS.md and loadtest/run.sh.
 
 mod bills;
 mod db_bench;
+mod documents;
 mod http_load;
 mod stats;
 mod timeseries;
@@ -45,6 +48,8 @@ enum Command {
     Bills(bills::BillArgs),
     /// The time-series benchmark against a running server (loadtest/timeseries.sh).
     Timeseries(timeseries::Args),
+    /// The documents benchmark against a running server (loadtest/documents.sh).
+    Documents(documents::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +60,6 @@ fn main() -> anyhow::Result<()> {
         Command::Catchup(args) => db_bench::catchup(args),
         Command::Bills(args) => bills::run(args),
         Command::Timeseries(args) => timeseries::run(args),
+        Command::Documents(args) => documents::run(args),
     }
 }

@@ -154,7 +154,7 @@ fn bar_bodies(a: &Args, end: DateTime<Utc>) -> (Vec<String>, usize) {
     (bodies, total)
 }
 
-async fn reached(client: &awc::Client, url: &str, projection: &str) -> anyhow::Result<i64> {
+pub async fn reached(client: &awc::Client, url: &str, projection: &str) -> anyhow::Result<i64> {
     let mut res = client
         .get(format!("{url}/api/v1/admin/projections"))
         .send()

@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod cjk;
+pub mod entries;
 pub mod events;
 pub mod import;
 pub mod metrics;
@@ -44,7 +45,12 @@ pub fn context() -> BoundedContext {
         name: "documents",
         routes: routes::configure,
         openapi: DocumentsApi::openapi,
-        projections: |_| vec![Arc::new(projection::DocumentsProjector)],
+        projections: |_| {
+            vec![
+                Arc::new(projection::DocumentsProjector),
+                Arc::new(entries::SearchEntriesProjector),
+            ]
+        },
         jobs: Vec::new,
         scheduled: reservations_job,
         ended: &[crate::eventstore::archive::EndedBy {

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -53,13 +54,16 @@ pub fn document_view(r: &tokio_postgres::Row) -> Result<DocumentView, QueryError
 /// One search hit.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Hit {
-    pub id: Uuid,
-    /// `document` (the only type searched so far).
+    /// The id the hit's own API knows it by (a document's or budget's UUID, a tag's
+    /// number, an account's UUID).
+    pub id: String,
+    /// `document`, `budget`, `tag` or `account`.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: String,
     pub title: String,
     pub rank: f32,
-    /// A piece of the content with the matched words in `<b>…</b>`, HTML-escaped.
+    /// A piece of the content (a document's) or description with the matched words in
+    /// `<b>…</b>`, HTML-escaped.
     pub snippet: String,
     pub created_at: DateTime<Utc>,
 }
@@ -75,41 +79,133 @@ pub struct SearchPage {
 /// What a search asks for.
 pub struct Search<'a> {
     pub q: &'a str,
+    /// The types of hit wanted (`entries::TYPES`).
+    pub types: Vec<String>,
     pub category: Option<&'a str>,
     pub tags: Vec<String>,
-    pub metadata: &'a Value,
+    pub metadata: Option<&'a Value>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     pub limit: i64,
-    /// (rank, id) of the last hit of the previous page.
-    pub after: Option<(f32, Uuid)>,
+    /// (rank, type, id) of the last hit of the previous page.
+    pub after: Option<(f32, String, String)>,
 }
 
-/// `$2` websearch text, `$3` single CJK characters as a `simple` tsquery (either may be
-/// empty), filters `$4`–`$8`, keyset `$9`/`$10`, limit `$11`. Snippets only for the page.
-const SEARCH_SQL: &str = "
+impl Search<'_> {
+    /// Whether a filter that only documents have is set (then only documents match).
+    pub fn filters_documents(&self) -> bool {
+        self.category.is_some()
+            || !self.tags.is_empty()
+            || self.metadata.is_some()
+            || self.from.is_some()
+            || self.to.is_some()
+    }
+}
+
+/// The query as a tsquery: `$2` websearch text, `$3` single CJK characters as a `simple`
+/// tsquery (either may be empty).
+const QUERY_CTE: &str = "
 WITH q AS (
     SELECT CASE WHEN $2 = '' THEN NULL ELSE websearch_to_tsquery('english', $2) END AS w,
            CASE WHEN $3 = '' THEN NULL ELSE to_tsquery('simple', $3) END AS s),
-tq AS (SELECT w, CASE WHEN w IS NULL THEN s WHEN s IS NULL THEN w ELSE w && s END AS t FROM q),
-page AS (
-    SELECT d.id, d.title, d.content, d.created_at, ts_rank_cd(d.search, tq.t, 32) AS rank
-    FROM documents d, tq
-    WHERE d.tenant_id = $1 AND tq.t IS NOT NULL AND d.search @@ tq.t
-      AND ($4::text IS NULL OR d.category = $4)
-      AND d.tags @> $5::text[]
-      AND d.metadata @> $6::jsonb
-      AND ($7::timestamptz IS NULL OR d.created_at >= $7)
-      AND ($8::timestamptz IS NULL OR d.created_at < $8)
-      AND ($9::real IS NULL OR ts_rank_cd(d.search, tq.t, 32) < $9
-           OR (ts_rank_cd(d.search, tq.t, 32) = $9 AND d.id > $10))
-    ORDER BY rank DESC, d.id
-    LIMIT $11)
-SELECT p.id, p.title, p.rank, p.created_at, left(p.content, 100000),
+tq AS (SELECT w, CASE WHEN w IS NULL THEN s WHEN s IS NULL THEN w ELSE w && s END AS t FROM q)";
+
+/// Snippets only for the page: a document's content, an entry's description.
+const PAGE_SQL: &str = "
+SELECT p.type, p.id, p.title, p.rank, p.created_at, p.body,
        CASE WHEN tq.w IS NULL THEN NULL
-            ELSE ts_headline('english', cloudlens_cjk_spaced(left(p.content, 100000)), tq.w,
+            ELSE ts_headline('english', cloudlens_cjk_spaced(p.body), tq.w,
                  'MaxFragments=2, MaxWords=30, MinWords=10, StartSel=\u{1}, StopSel=\u{2}') END
-FROM page p, tq ORDER BY p.rank DESC, p.id";
+FROM (SELECT h.type, h.id, h.title, h.rank, h.created_at,
+             coalesce(left(d.content, 100000), e.description, '') AS body
+        FROM page h
+        LEFT JOIN documents d
+               ON d.id = CASE WHEN h.type = 'document' THEN h.id::uuid END AND d.tenant_id = $1
+        LEFT JOIN search_entries e ON h.type <> 'document' AND e.tenant_id = $1
+                                  AND e.type = h.type AND e.ref_id = h.id) p, tq
+ORDER BY p.rank DESC, p.type, p.id";
+
+/// The statement for `s`: only the conditions it sets, so that every plan can use the
+/// GIN indexes it needs (an always-true `metadata @> '{}'` would read the whole metadata
+/// index). The fragments are constants; every value is a parameter.
+fn search_sql(s: &Search<'_>, params: &mut Vec<Box<dyn ToSql + Sync + Send>>) -> String {
+    let next = |v: Box<dyn ToSql + Sync + Send>, params: &mut Vec<_>| {
+        params.push(v);
+        format!("${}", params.len())
+    };
+    let mut docs = String::from(
+        "SELECT 'document'::text AS type, d.id::text AS id, d.title, d.created_at,
+                ts_rank_cd(d.search, tq.t, 32) AS rank
+           FROM documents d, tq
+          WHERE d.tenant_id = $1 AND tq.t IS NOT NULL AND d.search @@ tq.t",
+    );
+    if let Some(c) = s.category {
+        let p = next(Box::new(c.to_owned()), params);
+        docs.push_str(&format!(" AND d.category = {p}"));
+    }
+    if !s.tags.is_empty() {
+        let p = next(Box::new(s.tags.clone()), params);
+        docs.push_str(&format!(" AND d.tags @> {p}::text[]"));
+    }
+    if let Some(m) = s.metadata {
+        let p = next(Box::new(m.clone()), params);
+        docs.push_str(&format!(" AND d.metadata @> {p}::jsonb"));
+    }
+    if let Some(t) = s.from {
+        let p = next(Box::new(t), params);
+        docs.push_str(&format!(" AND d.created_at >= {p}"));
+    }
+    if let Some(t) = s.to {
+        let p = next(Box::new(t), params);
+        docs.push_str(&format!(" AND d.created_at < {p}"));
+    }
+    let mut branches = Vec::new();
+    if s.types.iter().any(|t| t == "document") {
+        branches.push(docs);
+    }
+    let others: Vec<String> = s
+        .types
+        .iter()
+        .filter(|t| *t != "document")
+        .cloned()
+        .collect();
+    if !others.is_empty() && !s.filters_documents() {
+        let p = next(Box::new(others), params);
+        branches.push(format!(
+            "SELECT e.type, e.ref_id AS id, e.title, e.created_at,
+                    ts_rank_cd(e.search, tq.t, 32) AS rank
+               FROM search_entries e, tq
+              WHERE e.tenant_id = $1 AND tq.t IS NOT NULL AND e.search @@ tq.t
+                AND e.type = ANY({p}::text[])"
+        ));
+    }
+    if branches.is_empty() {
+        branches.push(
+            "SELECT NULL::text AS type, NULL::text AS id, NULL::text AS title,
+                    NULL::timestamptz AS created_at, NULL::real AS rank WHERE false"
+                .into(),
+        );
+    }
+    let keyset = match &s.after {
+        Some((rank, kind, id)) => {
+            let r = next(Box::new(*rank), params);
+            let k = next(Box::new(kind.clone()), params);
+            let i = next(Box::new(id.clone()), params);
+            format!(
+                "WHERE h.rank < {r} OR (h.rank = {r} AND (h.type, h.id) > ({k}::text, {i}::text))"
+            )
+        }
+        None => String::new(),
+    };
+    let limit = next(Box::new(s.limit), params);
+    format!(
+        "{QUERY_CTE},
+hits AS ({}),
+page AS (SELECT * FROM hits h {keyset} ORDER BY h.rank DESC, h.type, h.id LIMIT {limit})
+{PAGE_SQL}",
+        branches.join("\nUNION ALL\n")
+    )
+}
 
 pub async fn search<C: GenericClient + Sync>(
     client: &C,
@@ -118,41 +214,33 @@ pub async fn search<C: GenericClient + Sync>(
 ) -> Result<Vec<Hit>, QueryError> {
     let q = cjk::query(s.q);
     let single = cjk::single_tsquery(&q.single);
-    let stmt = client.prepare_cached(SEARCH_SQL).await?;
-    let (rank, after) = (s.after.map(|a| a.0), s.after.map(|a| a.1));
-    let rows = client
-        .query(
-            &stmt,
-            &[
-                &tenant,
-                &q.websearch,
-                &single,
-                &s.category,
-                &s.tags,
-                s.metadata,
-                &s.from,
-                &s.to,
-                &rank,
-                &after,
-                &s.limit,
-            ],
-        )
-        .await?;
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+        Box::new(tenant.to_owned()),
+        Box::new(q.websearch.clone()),
+        Box::new(single),
+    ];
+    let sql = search_sql(s, &mut params);
+    let stmt = client.prepare_cached(&sql).await?;
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let rows = client.query(&stmt, &refs).await?;
     let mut terms: Vec<String> = q.runs.clone();
     terms.sort_by_key(|t| std::cmp::Reverse(t.chars().count()));
     rows.iter()
         .map(|r| {
-            let content: String = r.try_get(4)?;
-            let latin: Option<String> = r.try_get(5)?;
-            let snippet = cjk::highlight(&content, &terms, 120)
+            let body: String = r.try_get(5)?;
+            let latin: Option<String> = r.try_get(6)?;
+            let snippet = cjk::highlight(&body, &terms, 120)
                 .or_else(|| latin.map(|h| marked(&h)))
-                .unwrap_or_else(|| marked(&content.chars().take(120).collect::<String>()));
+                .unwrap_or_else(|| marked(&body.chars().take(120).collect::<String>()));
             Ok(Hit {
-                id: r.try_get(0)?,
-                kind: "document",
-                title: r.try_get(1)?,
-                rank: r.try_get(2)?,
-                created_at: r.try_get(3)?,
+                kind: r.try_get(0)?,
+                id: r.try_get(1)?,
+                title: r.try_get(2)?,
+                rank: r.try_get(3)?,
+                created_at: r.try_get(4)?,
                 snippet,
             })
         })

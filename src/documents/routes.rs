@@ -7,6 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::aggregate::{Document, DocumentBatch, DocumentCommand, Origin, MAX_CONTENT_BYTES};
+use super::entries::{SEARCH_ENTRIES, TYPES};
 use super::events::{DocumentBatchEvent, DocumentDraft};
 use super::import;
 use super::metrics::DOCS;
@@ -256,6 +257,12 @@ pub struct SearchParams {
     /// websearch syntax: words, "phrases", `or`, `-word`; Chinese and other CJK text too.
     #[param(min_length = 1, max_length = 1000)]
     pub q: String,
+    /// The types of hit wanted, comma-separated: `document`, `budget`, `tag`, `account`
+    /// (default all). The document filters below (category, tag, metadata, from, to)
+    /// limit the search to documents.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub kind: Option<String>,
     pub category: Option<String>,
     /// A tag the document has (comma-separated: all of them).
     pub tag: Option<String>,
@@ -272,7 +279,8 @@ pub struct SearchParams {
     pub min_position: Option<i64>,
 }
 
-/// Full-text search, ranked (title matches first), with snippets.
+/// Full-text search over documents, budgets, tags and accounts, ranked (title and name
+/// matches first), with snippets.
 #[utoipa::path(get, path = "/api/v1/search",
     params(SearchParams,
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
@@ -290,12 +298,25 @@ pub async fn search(
     if p.q.trim().is_empty() || p.q.chars().count() > 1000 || p.q.contains('\0') {
         return Err(ApiError::validation("q", "must be 1 to 1,000 characters"));
     }
-    let metadata: serde_json::Value = match &p.metadata {
-        None => serde_json::json!({}),
+    let metadata: Option<serde_json::Value> = match &p.metadata {
+        None => None,
         Some(m) => match serde_json::from_str(m) {
-            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(v @ serde_json::Value::Object(_)) => Some(v),
             _ => return Err(ApiError::validation("metadata", "must be a JSON object")),
         },
+    };
+    let types: Vec<String> = match &p.kind {
+        None => TYPES.iter().map(|t| (*t).to_owned()).collect(),
+        Some(list) => {
+            let wanted: Vec<String> = list.split(',').map(|t| t.trim().to_owned()).collect();
+            if let Some(bad) = wanted.iter().find(|t| !TYPES.contains(&t.as_str())) {
+                return Err(ApiError::validation(
+                    "type",
+                    format!("{bad:?} is not one of {}", TYPES.join(", ")),
+                ));
+            }
+            wanted
+        }
     };
     let time = |name: &str, v: &Option<String>| {
         v.as_deref()
@@ -310,7 +331,7 @@ pub async fn search(
         .map(|c| {
             b64.decode(c)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<(f32, Uuid)>(&b).ok())
+                .and_then(|b| serde_json::from_slice::<(f32, String, String)>(&b).ok())
                 .ok_or_else(|| ApiError::validation("cursor", "is not a cursor this server gave"))
         })
         .transpose()?;
@@ -320,6 +341,7 @@ pub async fn search(
     }
     let s = Search {
         q: &p.q,
+        types,
         category: p.category.as_deref(),
         tags: p
             .tag
@@ -331,14 +353,18 @@ pub async fn search(
                     .collect()
             })
             .unwrap_or_default(),
-        metadata: &metadata,
+        metadata: metadata.as_ref(),
         from: time("from", &p.from)?,
         to: time("to", &p.to)?,
         limit,
         after,
     };
     let client = state
-        .scan(&tenant, &[DOCUMENTS], min_position(p.min_position)?)
+        .scan(
+            &tenant,
+            &[DOCUMENTS, SEARCH_ENTRIES],
+            min_position(p.min_position)?,
+        )
         .await?;
     let started = std::time::Instant::now();
     let hits = queries::search(&client, &tenant, &s).await?;
@@ -356,7 +382,7 @@ pub async fn search(
     let next = (hits.len() as i64 == limit)
         .then(|| hits.last())
         .flatten()
-        .and_then(|h| serde_json::to_vec(&(h.rank, h.id)).ok())
+        .and_then(|h| serde_json::to_vec(&(h.rank, &h.kind, &h.id)).ok())
         .map(|b| b64.encode(b));
     Ok(HttpResponse::Ok().json(SearchPage { hits, next }))
 }

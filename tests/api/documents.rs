@@ -498,3 +498,148 @@ async fn batches_are_searchable_changeable_and_all_or_nothing() {
     rebuild_and_wait(&app, "documents").await;
     assert_eq!(snapshot(&app.conn, sql).await, live);
 }
+
+#[actix_web::test]
+async fn one_search_finds_budgets_tags_accounts_and_documents() {
+    let app = spawn_app().await;
+    let budget = app
+        .post_json("/api/v1/budgets", &budget_body("Platform egress 成本预算"))
+        .await;
+    assert_eq!(budget.status(), 201);
+    let budget = body(budget).await;
+    let res = app
+        .post_json(
+            "/api/v1/accounts",
+            &json!({"provider": "aliyun", "name": "egress billing account", "currency": "CNY", "external_id": "1234-5678"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let res = app
+        .client
+        .put(app.url("/api/v1/subject-kinds/user"))
+        .send_json(&json!({"id_field": "user_id", "primary_source": "basic",
+            "attributes": [{"name": "level", "type": "number", "source": "basic"}]}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .post_json(
+            "/api/v1/tag-categories",
+            &json!({"code": "value", "name": "Value"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let res = app
+        .post_json(
+            "/api/v1/tags",
+            &json!({"code": "heavy_egress", "name": "Heavy egress users", "category": "value",
+                    "kind": "MANUAL", "subject_kind": "user", "description": "流量大的用户"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let tag = body(res).await;
+    let doc = create(&app, json!({"title": "Egress pricing notes", "content": "Egress costs by region.", "category": "finance"})).await;
+    let pos = doc["position"]
+        .as_i64()
+        .unwrap()
+        .max(tag["position"].as_i64().unwrap());
+
+    let kinds = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["type"].as_str().unwrap().to_owned())
+            .collect();
+        k.sort();
+        k
+    };
+    let all = search(&app, "egress", &json!(pos)).await;
+    assert_eq!(
+        kinds(&all),
+        ["account", "budget", "document", "tag"],
+        "{all}"
+    );
+    let hit = |v: &Value, kind: &str| {
+        v["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["type"] == kind)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(hit(&all, "budget")["id"], budget["id"]);
+    assert_eq!(hit(&all, "tag")["id"], tag["id"].to_string());
+    // Chinese in a name and in a description; the account by its external id.
+    assert_eq!(kinds(&search(&app, "成本", &json!(pos)).await), ["budget"]);
+    let users = search(&app, "用户", &json!(pos)).await;
+    assert_eq!(kinds(&users), ["tag"]);
+    assert!(
+        hit(&users, "tag")["snippet"]
+            .as_str()
+            .unwrap()
+            .contains("<b>用户</b>"),
+        "{users}"
+    );
+    // `type=` picks types; a document filter keeps to documents.
+    let only = body(
+        app.get(&format!(
+            "/api/v1/search?q=egress&type=budget,tag&min_position={pos}"
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(kinds(&only), ["budget", "tag"], "{only}");
+    let filtered = body(
+        app.get(&format!(
+            "/api/v1/search?q=egress&category=finance&min_position={pos}"
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(kinds(&filtered), ["document"], "{filtered}");
+    // Pages of one walk every hit once.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = body(
+            app.get(&format!(
+                "/api/v1/search?q=egress&limit=1{cursor}&min_position={pos}"
+            ))
+            .await,
+        )
+        .await;
+        assert!(page["hits"].is_array(), "{page}");
+        seen.extend(kinds(&page));
+        match page["next"].as_str() {
+            Some(n) => cursor = format!("&cursor={n}"),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, kinds(&all));
+    let res = app.get("/api/v1/search?q=egress&type=invoice").await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(body(res).await["field"], "type");
+
+    // A deleted budget leaves the search; rebuild equals live.
+    let res = app
+        .client
+        .delete(app.url(&format!(
+            "/api/v1/budgets/{}",
+            budget["id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deleted = body(res).await;
+    let after = search(&app, "egress", &deleted["position"]).await;
+    assert_eq!(kinds(&after), ["account", "document", "tag"]);
+    let sql = "SELECT format('%s %s %s %s %s %s', key, type, ref_id, title, created_at, search) FROM search_entries";
+    let live = snapshot(&app.conn, sql).await;
+    assert_eq!(live.len(), 2);
+    rebuild_and_wait(&app, "search_entries").await;
+    assert_eq!(snapshot(&app.conn, sql).await, live);
+}
