@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Make a Debian 12 (bookworm) machine ready to build, test and run cloudlens:
 #   - PostgreSQL 15 server + contrib (Debian packages)
-#   - TimescaleDB (Apache-2 part only), built from the Debian 13 (trixie) source
-#     package against PostgreSQL 15, because bookworm has no TimescaleDB package
+#   - TimescaleDB (Apache-2 part only) and pgvector, built from the Debian 13 (trixie)
+#     source packages against PostgreSQL 15, because bookworm has neither for PG 15
 #   - prometheus/promtool and wrk for end-to-end tests and benchmarks
 #
 # Idempotent: when everything is already present it does not touch apt at all and
@@ -15,7 +15,7 @@
 #                                    no lock); exits 1 with a message when none is found
 #
 # Environment:
-#   CLOUDLENS_BUILD_DIR   work directory for the TimescaleDB build
+#   CLOUDLENS_BUILD_DIR   work directory for the TimescaleDB and pgvector builds
 #                         (default /var/tmp/cloudlens-build; removed after success)
 #   CLOUDLENS_SETUP_LOCK  lock file (default /var/tmp/cloudlens-setup.lock)
 #   CLOUDLENS_APT_ROOT    directory holding etc/apt/ whose sources are searched for the
@@ -50,6 +50,7 @@ pg_sharedir() {
 }
 
 tsdb_control() { echo "$(pg_sharedir)/extension/timescaledb.control"; }
+vector_control() { echo "$(pg_sharedir)/extension/vector.control"; }
 
 pkg_installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
@@ -58,10 +59,12 @@ pkg_installed() {
 # --- what is missing? (cheap file/command checks only) -----------------------------
 MISSING_PKGS=()
 NEED_TSDB=0
+NEED_VECTOR=0
 
 check_state() {
     MISSING_PKGS=()
     NEED_TSDB=0
+    NEED_VECTOR=0
     if [ ! -x "$PG_BIN/postgres" ] || [ ! -x "$PG_BIN/initdb" ] || [ ! -x "$PG_CONFIG" ]; then
         MISSING_PKGS+=("postgresql-${PG_MAJOR}")
     fi
@@ -88,6 +91,13 @@ check_state() {
     if [ ! -f "$PG_LIBDIR/timescaledb.so" ] || [ ! -f "$(tsdb_control)" ]; then
         NEED_TSDB=1
     fi
+    if [ ! -f "$PG_LIBDIR/vector.so" ] || [ ! -f "$(vector_control)" ]; then
+        NEED_VECTOR=1
+    fi
+}
+
+control_version() {
+    sed -n "s/^[[:space:]]*default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" "$1" | head -n 1
 }
 
 report_ok() {
@@ -95,15 +105,17 @@ report_ok() {
     control=$(tsdb_control)
     [ -f "$PG_LIBDIR/timescaledb.so" ] || die "missing $PG_LIBDIR/timescaledb.so after setup"
     [ -f "$control" ] || die "missing $control after setup"
+    [ -f "$PG_LIBDIR/vector.so" ] || die "missing $PG_LIBDIR/vector.so after setup"
+    [ -f "$(vector_control)" ] || die "missing $(vector_control) after setup"
     for f in "$PG_BIN/postgres" "$PG_BIN/initdb" "$PG_BIN/pg_ctl" "$PG_CONFIG"; do
         [ -x "$f" ] || die "missing $f after setup"
     done
     for c in prometheus promtool wrk pkg-config openssl; do
         command -v "$c" >/dev/null 2>&1 || die "missing command $c after setup"
     done
-    version=$(sed -n "s/^[[:space:]]*default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" "$control" | head -n 1)
+    version=$(control_version "$control")
     [ -n "$version" ] || die "cannot read default_version from $control"
-    log "ok (postgres ${PG_MAJOR}, timescaledb ${version})"
+    log "ok (postgres ${PG_MAJOR}, timescaledb ${version}, pgvector $(control_version "$(vector_control)"))"
 }
 
 # --- locking ------------------------------------------------------------------------
@@ -259,16 +271,16 @@ debian_mirror() {
     printf '%s\n' "$uri"
 }
 
-build_timescaledb() {
-    local work="$BUILD_ROOT/timescaledb" mirror orig srcdir
+# Downloads and unpacks the trixie source package $1 into $2/src; prints the source
+# directory. The private apt configuration holds only the trixie *source* index: nothing
+# of trixie ever reaches the system's binary package sources.
+fetch_trixie_source() {
+    local pkg=$1 work=$2 mirror orig srcdir
     local -a apt_src
     mirror=$(debian_mirror)
     [ -f "$ARCHIVE_KEYRING" ] || die "missing $ARCHIVE_KEYRING (package debian-archive-keyring)"
-
     rm -rf "$work"
     mkdir -p "$work/apt/lists/partial" "$work/src"
-    # A private apt configuration holding only the trixie *source* index: nothing of
-    # trixie ever reaches the system's binary package sources.
     printf 'deb-src [signed-by=%s] %s %s main\n' "$ARCHIVE_KEYRING" "$mirror" "$TSDB_SOURCE_SUITE" \
         >"$work/apt/sources.list"
     apt_src=(
@@ -279,16 +291,21 @@ build_timescaledb() {
         -o Dir::Cache::srcpkgcache=
         -o APT::Sandbox::User=root
     )
-    log "fetching timescaledb source from $mirror $TSDB_SOURCE_SUITE"
+    log "fetching $pkg source from $mirror $TSDB_SOURCE_SUITE"
     run apt-get "${apt_src[@]}" update
-    (cd "$work/src" && run apt-get "${apt_src[@]}" source --download-only timescaledb)
-
-    orig=$(find "$work/src" -maxdepth 1 -name 'timescaledb_*.orig.tar.*' | head -n 1)
-    [ -n "$orig" ] || die "no timescaledb .orig.tar.* downloaded into $work/src"
+    (cd "$work/src" && run apt-get "${apt_src[@]}" source --download-only "$pkg")
+    orig=$(find "$work/src" -maxdepth 1 -name "${pkg}_*.orig.tar.*" | head -n 1)
+    [ -n "$orig" ] || die "no $pkg .orig.tar.* downloaded into $work/src"
     run tar -xf "$orig" -C "$work/src"
-    srcdir=$(find "$work/src" -mindepth 1 -maxdepth 1 -type d -name 'timescaledb*' | head -n 1)
-    [ -n "$srcdir" ] && [ -x "$srcdir/bootstrap" ] || die "unexpected layout of $orig"
+    srcdir=$(find "$work/src" -mindepth 1 -maxdepth 1 -type d -name "${pkg}*" | head -n 1)
+    [ -n "$srcdir" ] || die "unexpected layout of $orig"
+    printf '%s\n' "$srcdir"
+}
 
+build_timescaledb() {
+    local srcdir
+    srcdir=$(fetch_trixie_source timescaledb "$BUILD_ROOT/timescaledb")
+    [ -x "$srcdir/bootstrap" ] || die "unexpected layout of the timescaledb source"
     log "building $(basename "$srcdir") against PostgreSQL ${PG_MAJOR}"
     (cd "$srcdir" && run env BUILD_DIR=build ./bootstrap \
         -DAPACHE_ONLY=1 -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF \
@@ -298,11 +315,24 @@ build_timescaledb() {
     run make -C "$srcdir/build" install
 }
 
+# pgvector (vector search, optional to the server: without it vector queries are
+# refused). OPTFLAGS="" drops upstream's -march=native, as Debian's own build does, so the
+# library runs on any CPU of the architecture.
+build_pgvector() {
+    local srcdir
+    srcdir=$(fetch_trixie_source pgvector "$BUILD_ROOT/pgvector")
+    [ -f "$srcdir/Makefile" ] || die "unexpected layout of the pgvector source"
+    log "building $(basename "$srcdir") against PostgreSQL ${PG_MAJOR}"
+    run make -C "$srcdir" OPTFLAGS="" PG_CONFIG="$PG_CONFIG" -j"$(nproc)"
+    log "installing pgvector"
+    run make -C "$srcdir" OPTFLAGS="" PG_CONFIG="$PG_CONFIG" install
+}
+
 # --- main -----------------------------------------------------------------------------
 main() {
     take_lock
     check_state
-    if [ "${#MISSING_PKGS[@]}" -eq 0 ] && [ "$NEED_TSDB" -eq 0 ]; then
+    if [ "${#MISSING_PKGS[@]}" -eq 0 ] && [ "$NEED_TSDB" -eq 0 ] && [ "$NEED_VECTOR" -eq 0 ]; then
         report_ok
         return 0
     fi
@@ -310,6 +340,7 @@ main() {
     if ! is_root; then
         local what=("${MISSING_PKGS[@]}")
         [ "$NEED_TSDB" -eq 0 ] || what+=("timescaledb (built from source)")
+        [ "$NEED_VECTOR" -eq 0 ] || what+=("pgvector (built from source)")
         die "missing: ${what[*]}; run this script as root to install them"
     fi
 
@@ -318,7 +349,7 @@ main() {
     : >"$LOG_FILE"
 
     local -a pkgs=("${MISSING_PKGS[@]}")
-    if [ "$NEED_TSDB" -eq 1 ]; then
+    if [ "$NEED_TSDB" -eq 1 ] || [ "$NEED_VECTOR" -eq 1 ]; then
         for p in "${TSDB_BUILD_PKGS[@]}"; do
             pkg_installed "$p" || pkgs+=("$p")
         done
@@ -332,6 +363,9 @@ main() {
     fi
     if [ "$NEED_TSDB" -eq 1 ]; then
         build_timescaledb
+    fi
+    if [ "$NEED_VECTOR" -eq 1 ]; then
+        build_pgvector
     fi
 
     report_ok
