@@ -65,6 +65,12 @@ pub struct Settings {
     /// Most points (buckets × series) one query may return
     /// (`CLOUDLENS_METRICS_MAX_POINTS`, default 100,000).
     pub metrics_max_points: i64,
+    /// Dimensions of a document's `embedding` (`CLOUDLENS_EMBEDDING_DIMENSIONS`, default
+    /// 384, at most 2,000: pgvector's HNSW limit). Fixed per deployment.
+    pub embedding_dimensions: usize,
+    /// Whether to serve vector search when pgvector is there (`CLOUDLENS_VECTOR_SEARCH`,
+    /// `on` or `off`; default on).
+    pub vector_search: bool,
 }
 
 /// A secret that `{:?}` does not print (settings end up in logs and error reports).
@@ -109,6 +115,8 @@ impl Default for Settings {
             metrics_retention_days: 30,
             metrics_retention_interval: Duration::from_secs(3600),
             metrics_max_points: 100_000,
+            embedding_dimensions: 384,
+            vector_search: true,
         }
     }
 }
@@ -241,6 +249,20 @@ impl Settings {
                 s.metrics_max_points >= 1,
                 "CLOUDLENS_METRICS_MAX_POINTS must be at least 1"
             );
+        }
+        if let Some(v) = var("CLOUDLENS_EMBEDDING_DIMENSIONS") {
+            s.embedding_dimensions = parse("CLOUDLENS_EMBEDDING_DIMENSIONS", &v)?;
+            anyhow::ensure!(
+                (1..=2000).contains(&s.embedding_dimensions),
+                "CLOUDLENS_EMBEDDING_DIMENSIONS must be from 1 to 2000"
+            );
+        }
+        if let Some(v) = var("CLOUDLENS_VECTOR_SEARCH") {
+            s.vector_search = match v.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => anyhow::bail!("CLOUDLENS_VECTOR_SEARCH must be on or off"),
+            };
         }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;

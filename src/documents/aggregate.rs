@@ -57,19 +57,37 @@ pub struct Document {
     pub deleted: bool,
 }
 
-/// Where a document without events of its own may come from: a committed batch
-/// (`document_batch_ids`, checked by the route before the command).
-#[derive(Debug, Default, Clone, Copy)]
+/// What a document command needs to know besides the stream: whether the document
+/// came from a committed batch (`document_batch_ids`, checked by the route before the
+/// command: such a document has no events of its own yet), and the deployment's
+/// embedding size.
+#[derive(Debug, Clone, Copy)]
 pub struct Origin {
     pub imported: bool,
+    pub dimensions: usize,
 }
 
 impl EventSourced for Document {
     const STREAM_TYPE: &'static str = "document";
 }
 
-/// Checks a draft: lengths, no NUL characters (PostgreSQL text cannot hold them).
-pub fn check(d: &DocumentDraft) -> Result<(), DocumentError> {
+/// Checks a draft: lengths, no NUL characters (PostgreSQL text cannot hold them), an
+/// embedding of `dimensions` finite numbers.
+pub fn check(d: &DocumentDraft, dimensions: usize) -> Result<(), DocumentError> {
+    if let Some(e) = &d.embedding {
+        if e.len() != dimensions {
+            return Err(invalid(
+                "embedding",
+                format!("must have {dimensions} numbers (this deployment's size)"),
+            ));
+        }
+        if e.iter().any(|x| !x.is_finite()) {
+            return Err(invalid("embedding", "must be finite numbers"));
+        }
+        if e.iter().all(|x| *x == 0.0) {
+            return Err(invalid("embedding", "must not be all zeros (no direction)"));
+        }
+    }
     // Control characters other than tab and line breaks have no place in text (and
     // U+0001/U+0002 mark matches in snippets).
     let text = |field: &str, v: &str, max: usize| {
@@ -161,11 +179,11 @@ impl Aggregate for Document {
                 if self.exists || origin.imported {
                     return Err(DocumentError::AlreadyExists);
                 }
-                check(&d)?;
+                check(&d, origin.dimensions)?;
                 Ok(vec![DocumentEvent::DocumentCreated(d)])
             }
             DocumentCommand::Update(d) if live => {
-                check(&d)?;
+                check(&d, origin.dimensions)?;
                 Ok(vec![DocumentEvent::DocumentUpdated(d)])
             }
             DocumentCommand::Delete if live && origin.imported => {

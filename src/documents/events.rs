@@ -26,6 +26,9 @@ pub struct DocumentDraft {
     pub metadata: Map<String, Value>,
     /// When the document was written (default: when it was recorded).
     pub created_at: Option<DateTime<Utc>>,
+    /// A vector for similarity search (`CLOUDLENS_EMBEDDING_DIMENSIONS` numbers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

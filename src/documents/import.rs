@@ -91,7 +91,7 @@ pub async fn purge_reservations(
 }
 
 /// One line of the body: a document, with its own `id` if the client gave one.
-fn parse_line(row: i64, line: &str) -> Result<ImportedDocument, ImportError> {
+fn parse_line(row: i64, line: &str, dimensions: usize) -> Result<ImportedDocument, ImportError> {
     let mut object: Map<String, Value> = match serde_json::from_str(line) {
         Ok(Value::Object(o)) => o,
         Ok(_) => return Err(bad_row(row, "", "a line is one JSON object")),
@@ -113,7 +113,7 @@ fn parse_line(row: i64, line: &str) -> Result<ImportedDocument, ImportError> {
     if document.content.len() > MAX_CONTENT_BYTES {
         return Err(bad_row(row, "content", "must be at most 1 MiB"));
     }
-    check(&document).map_err(|e| match e {
+    check(&document, dimensions).map_err(|e| match e {
         DocumentError::Invalid { field, message } => bad_row(row, &field, message),
         other => bad_row(row, "", other.to_string()),
     })?;
@@ -182,6 +182,7 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
     store: &EventStore,
     tenant: &str,
     body: R,
+    dimensions: usize,
     metadata: &Value,
     key: Option<&StreamedKey>,
 ) -> Result<Imported, ImportError> {
@@ -210,7 +211,7 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
                     format!("at most {MAX_DOCUMENTS} documents per request"),
                 ));
             }
-            blocks.add(row, parse_line(row, &line)?).await?;
+            blocks.add(row, parse_line(row, &line, dimensions)?).await?;
         }
         blocks.flush().await?;
         if blocks.documents == 0 {
@@ -255,7 +256,7 @@ mod tests {
     use super::*;
 
     fn field(line: &str) -> (i64, String) {
-        match parse_line(3, line) {
+        match parse_line(3, line, 2) {
             Err(ImportError::BadRow { row, column, .. }) => (row, column),
             other => panic!("{line}: {other:?}"),
         }
@@ -264,10 +265,20 @@ mod tests {
     #[test]
     fn a_line_takes_its_id_or_gets_one() {
         let id = "0190c7a9-4a5e-7c1d-9d0e-715300000001";
-        let d = parse_line(1, &format!(r#"{{"id":"{id}","title":"t","content":"c"}}"#)).unwrap();
+        let d = parse_line(
+            1,
+            &format!(r#"{{"id":"{id}","title":"t","content":"c"}}"#),
+            2,
+        )
+        .unwrap();
         assert_eq!(d.id.to_string(), id);
         assert_eq!(d.document.title, "t");
-        let d = parse_line(1, r#"{"title":"t","content":"c","tags":["a"]}"#).unwrap();
+        let d = parse_line(
+            1,
+            r#"{"title":"t","content":"c","tags":["a"],"embedding":[1,0]}"#,
+            2,
+        )
+        .unwrap();
         assert_eq!(d.id.get_version_num(), 7);
     }
 
@@ -288,6 +299,10 @@ mod tests {
             (3, String::new())
         );
         assert_eq!(field("[1]"), (3, String::new()));
+        let e = |v: &str| field(&format!(r#"{{"title":"t","content":"c","embedding":{v}}}"#));
+        assert_eq!(e("[1]"), (3, "embedding".into()));
+        assert_eq!(e("[0,0]"), (3, "embedding".into()));
+        assert_eq!(e("[1e39,1]"), (3, "embedding".into()));
         assert_eq!(field("{"), (3, String::new()));
     }
 }

@@ -20,7 +20,7 @@ fn build() -> Result<DocumentsMetrics, prometheus::Error> {
             HistogramVec::new(
                 HistogramOpts::new(
                     "cloudlens_documents_search_duration_seconds",
-                    "Full-text searches, by script of the query (latin, cjk, mixed)",
+                    "Searches, by kind: script of a text query (latin, cjk, mixed), vector, hybrid",
                 )
                 .buckets(exponential_buckets(0.0005, 2.0, 16)?),
                 &["script"],
@@ -60,7 +60,7 @@ pub static DOCS: LazyLock<DocumentsMetrics> =
 /// Registers the metrics (so they show on `/metrics` before the first search).
 pub fn init() {
     LazyLock::force(&DOCS);
-    for script in ["latin", "cjk", "mixed"] {
+    for script in ["latin", "cjk", "mixed", "vector", "hybrid"] {
         DOCS.search_duration.with_label_values(&[script]);
     }
 }

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod projection;
 pub mod queries;
 pub mod routes;
+pub mod vector;
 
 use std::sync::Arc;
 

@@ -35,6 +35,7 @@ static TABLE: ReadModel = ReadModel {
         col("created_at", Type::TIMESTAMPTZ),
         col("updated_at", Type::TIMESTAMPTZ),
         col("version", Type::INT8),
+        col("embedding", Type::FLOAT4_ARRAY),
     ],
     // A document keeps the time it was created at; an update's `created_at` is ignored.
     keep_on_update: &["created_at"],
@@ -54,6 +55,7 @@ struct DocumentRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     version: i64,
+    embedding: Option<Vec<f32>>,
 }
 
 impl Row for DocumentRow {
@@ -71,6 +73,7 @@ impl Row for DocumentRow {
             &self.created_at,
             &self.updated_at,
             &self.version,
+            &self.embedding,
         ]
     }
 }
@@ -103,6 +106,7 @@ impl Changes {
             created_at,
             updated_at: e.recorded_at,
             version,
+            embedding: d.embedding,
         };
         self.last.insert(id, Some(row));
     }

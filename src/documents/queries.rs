@@ -125,20 +125,20 @@ FROM (SELECT h.type, h.id, h.title, h.rank, h.created_at,
                                   AND e.type = h.type AND e.ref_id = h.id) p, tq
 ORDER BY p.rank DESC, p.type, p.id";
 
-/// The statement for `s`: only the conditions it sets, so that every plan can use the
-/// GIN indexes it needs (an always-true `metadata @> '{}'` would read the whole metadata
-/// index). The fragments are constants; every value is a parameter.
-fn search_sql(s: &Search<'_>, params: &mut Vec<Box<dyn ToSql + Sync + Send>>) -> String {
-    let next = |v: Box<dyn ToSql + Sync + Send>, params: &mut Vec<_>| {
-        params.push(v);
-        format!("${}", params.len())
-    };
-    let mut docs = String::from(
-        "SELECT 'document'::text AS type, d.id::text AS id, d.title, d.created_at,
-                ts_rank_cd(d.search, tq.t, 32) AS rank
-           FROM documents d, tq
-          WHERE d.tenant_id = $1 AND tq.t IS NOT NULL AND d.search @@ tq.t",
-    );
+type Params = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// Adds a parameter; returns its placeholder.
+fn next(v: Box<dyn ToSql + Sync + Send>, params: &mut Params) -> String {
+    params.push(v);
+    format!("${}", params.len())
+}
+
+/// The document filters `s` sets, as conditions on `d` (only those it sets, so that
+/// every plan can use the GIN indexes it needs: an always-true `metadata @> '{}'` would
+/// read the whole metadata index). The fragments are constants; every value is a
+/// parameter.
+fn document_filters(s: &Search<'_>, params: &mut Params) -> String {
+    let mut docs = String::new();
     if let Some(c) = s.category {
         let p = next(Box::new(c.to_owned()), params);
         docs.push_str(&format!(" AND d.category = {p}"));
@@ -159,6 +159,18 @@ fn search_sql(s: &Search<'_>, params: &mut Vec<Box<dyn ToSql + Sync + Send>>) ->
         let p = next(Box::new(t), params);
         docs.push_str(&format!(" AND d.created_at < {p}"));
     }
+    docs
+}
+
+/// The statement of a text search for `s`.
+fn search_sql(s: &Search<'_>, params: &mut Params) -> String {
+    let docs = format!(
+        "SELECT 'document'::text AS type, d.id::text AS id, d.title, d.created_at,
+                ts_rank_cd(d.search, tq.t, 32) AS rank
+           FROM documents d, tq
+          WHERE d.tenant_id = $1 AND tq.t IS NOT NULL AND d.search @@ tq.t{}",
+        document_filters(s, params)
+    );
     let mut branches = Vec::new();
     if s.types.iter().any(|t| t == "document") {
         branches.push(docs);
@@ -207,19 +219,91 @@ page AS (SELECT * FROM hits h {keyset} ORDER BY h.rank DESC, h.type, h.id LIMIT 
     )
 }
 
+/// A vector or hybrid search: the query vector (pgvector text), the deployment's size,
+/// and whether the text query's ranking is fused in.
+pub struct VectorQuery {
+    pub vector: String,
+    pub dimensions: usize,
+    pub hybrid: bool,
+}
+
+/// Candidates each list contributes to a hybrid search's fusion (and the most hits a
+/// vector search returns): the HNSW scan's `ef_search` is set to this.
+pub const CANDIDATES: i64 = 200;
+/// Reciprocal rank fusion's constant (Cormack et al. 2009).
+const RRF_K: i64 = 60;
+
+/// The statement of a vector search (documents only, nearest first, rank = cosine
+/// similarity) or of a hybrid one (rank = reciprocal rank fusion of the text ranking and
+/// the vector distance, each over its best `CANDIDATES`).
+fn vector_sql(s: &Search<'_>, v: &VectorQuery, params: &mut Params) -> String {
+    let filters = document_filters(s, params);
+    let expr = super::vector::expression(v.dimensions);
+    let vector = next(Box::new(v.vector.clone()), params);
+    let target = format!("{vector}::text::vector({})", v.dimensions);
+    let candidates = next(Box::new(CANDIDATES), params);
+    let limit = next(Box::new(s.limit), params);
+    let nearest = format!(
+        "SELECT d.id, d.title, d.created_at, {expr} <=> {target} AS distance
+           FROM documents d
+          WHERE d.tenant_id = $1 AND d.embedding IS NOT NULL{filters}
+          ORDER BY {expr} <=> {target} LIMIT {candidates}"
+    );
+    let page = if v.hybrid {
+        format!(
+            "text_list AS (
+    SELECT d.id, d.title, d.created_at,
+           row_number() OVER (ORDER BY ts_rank_cd(d.search, tq.t, 32) DESC, d.id) AS r
+      FROM documents d, tq
+     WHERE d.tenant_id = $1 AND tq.t IS NOT NULL AND d.search @@ tq.t{filters}
+     ORDER BY ts_rank_cd(d.search, tq.t, 32) DESC, d.id LIMIT {candidates}),
+nearest AS MATERIALIZED ({nearest}),
+vector_list AS (SELECT n.*, row_number() OVER (ORDER BY n.distance, n.id) AS r FROM nearest n),
+page AS (
+    SELECT 'document'::text AS type, coalesce(t.id, v.id)::text AS id,
+           coalesce(t.title, v.title) AS title, coalesce(t.created_at, v.created_at) AS created_at,
+           (coalesce(1.0 / ({RRF_K} + t.r), 0) + coalesce(1.0 / ({RRF_K} + v.r), 0))::real AS rank
+      FROM text_list t FULL JOIN vector_list v ON v.id = t.id
+     ORDER BY rank DESC, id LIMIT {limit})"
+        )
+    } else {
+        format!(
+            "nearest AS MATERIALIZED ({nearest}),
+page AS (
+    SELECT 'document'::text AS type, n.id::text AS id, n.title, n.created_at,
+           (1 - n.distance)::real AS rank
+      FROM nearest n ORDER BY n.distance, n.id LIMIT {limit})"
+        )
+    };
+    format!("{QUERY_CTE},\n{page}\n{PAGE_SQL}")
+}
+
 pub async fn search<C: GenericClient + Sync>(
     client: &C,
     tenant: &str,
     s: &Search<'_>,
+    vector: Option<&VectorQuery>,
 ) -> Result<Vec<Hit>, QueryError> {
+    if vector.is_some() {
+        // More candidates than the default 40, and an index scan that goes on past rows
+        // other tenants' or the filters drop (pgvector 0.8 iterative scans).
+        client
+            .batch_execute(&format!(
+                "SET hnsw.ef_search = {CANDIDATES}; SET hnsw.iterative_scan = relaxed_order"
+            ))
+            .await?;
+    }
     let q = cjk::query(s.q);
     let single = cjk::single_tsquery(&q.single);
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![
+    let mut params: Params = vec![
         Box::new(tenant.to_owned()),
         Box::new(q.websearch.clone()),
         Box::new(single),
     ];
-    let sql = search_sql(s, &mut params);
+    let sql = match vector {
+        None => search_sql(s, &mut params),
+        Some(v) => vector_sql(s, v, &mut params),
+    };
     let stmt = client.prepare_cached(&sql).await?;
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()

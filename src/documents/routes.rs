@@ -35,6 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn origin(state: &AppState, tenant: &str, id: Uuid) -> Result<Origin, ApiError> {
     Ok(Origin {
         imported: import::imported(&state.store, tenant, id).await?,
+        dimensions: state.settings.embedding_dimensions,
     })
 }
 
@@ -75,12 +76,15 @@ pub async fn batch(
     let started = std::time::Instant::now();
     let tenant = tenant(&req)?;
     let store = &state.store;
+    let dimensions = state.settings.embedding_dimensions;
     let outcome = streamed(
         &state,
         &req,
         payload,
         DocumentBatch::STREAM_TYPE,
-        async |body, metadata, key| import::import(store, &tenant, body, metadata, key).await,
+        async |body, metadata, key| {
+            import::import(store, &tenant, body, dimensions, metadata, key).await
+        },
     )
     .await;
     let accepted = match outcome {
@@ -152,7 +156,10 @@ pub async fn create(
         Uuid::now_v7(),
         Expect::New,
         DocumentCommand::Create(draft),
-        &Origin::default(),
+        &Origin {
+            imported: false,
+            dimensions: state.settings.embedding_dimensions,
+        },
     )
     .await?;
     let mut response = with_etag(StatusCode::CREATED, result.version, result);
@@ -255,8 +262,16 @@ pub async fn get_one(
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// websearch syntax: words, "phrases", `or`, `-word`; Chinese and other CJK text too.
+    /// Needed unless `vector` is given.
     #[param(min_length = 1, max_length = 1000)]
-    pub q: String,
+    pub q: Option<String>,
+    /// A query embedding, a JSON array of `CLOUDLENS_EMBEDDING_DIMENSIONS` numbers: the
+    /// documents nearest to it (cosine), or with `q` a hybrid search. Needs pgvector.
+    pub vector: Option<String>,
+    /// `text`, `vector` or `hybrid` (reciprocal rank fusion of both rankings); by default
+    /// whichever of `q` and `vector` are given. Vector and hybrid searches find documents
+    /// only and return one page (no `next`).
+    pub mode: Option<String>,
     /// The types of hit wanted, comma-separated: `document`, `budget`, `tag`, `account`
     /// (default all). The document filters below (category, tag, metadata, from, to)
     /// limit the search to documents.
@@ -279,12 +294,51 @@ pub struct SearchParams {
     pub min_position: Option<i64>,
 }
 
+/// The vector side of a search, checked: 422 for a bad mode or vector, 503 when this
+/// deployment cannot run vector searches.
+fn vector_query(
+    state: &AppState,
+    p: &SearchParams,
+) -> Result<Option<queries::VectorQuery>, ApiError> {
+    let mode = match (p.mode.as_deref(), p.q.is_some(), p.vector.is_some()) {
+        (None, true, false) | (Some("text"), true, false) => return Ok(None),
+        (None, false, true) | (Some("vector"), false, true) => false,
+        (None, true, true) | (Some("hybrid"), true, true) => true,
+        (None, false, false) => return Err(ApiError::validation("q", "give q, vector or both")),
+        (Some("text" | "vector" | "hybrid"), ..) => {
+            return Err(ApiError::validation(
+                "mode",
+                "text takes q, vector takes vector, hybrid takes both",
+            ))
+        }
+        (Some(_), ..) => {
+            return Err(ApiError::validation(
+                "mode",
+                "must be text, vector or hybrid",
+            ))
+        }
+    };
+    let dimensions = state.settings.embedding_dimensions;
+    let vector = super::vector::parse(p.vector.as_deref().unwrap_or(""), dimensions)
+        .map_err(|m| ApiError::validation("vector", m))?;
+    state
+        .vector
+        .check()
+        .map_err(ApiError::VectorSearchUnavailable)?;
+    Ok(Some(queries::VectorQuery {
+        vector,
+        dimensions,
+        hybrid: mode,
+    }))
+}
+
 /// Full-text search over documents, budgets, tags and accounts, ranked (title and name
 /// matches first), with snippets.
 #[utoipa::path(get, path = "/api/v1/search",
     params(SearchParams,
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
-    responses((status = 200, body = SearchPage), (status = 400, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = SearchPage), (status = 400, body = Problem), (status = 422, body = Problem),
+              (status = 503, body = Problem)))]
 #[get("/api/v1/search")]
 pub async fn search(
     state: web::Data<AppState>,
@@ -295,9 +349,12 @@ pub async fn search(
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let tenant = tenant(&req)?;
     let p = params.into_inner();
-    if p.q.trim().is_empty() || p.q.chars().count() > 1000 || p.q.contains('\0') {
-        return Err(ApiError::validation("q", "must be 1 to 1,000 characters"));
+    if let Some(q) = &p.q {
+        if q.trim().is_empty() || q.chars().count() > 1000 || q.contains('\0') {
+            return Err(ApiError::validation("q", "must be 1 to 1,000 characters"));
+        }
     }
+    let vector = vector_query(&state, &p)?;
     let metadata: Option<serde_json::Value> = match &p.metadata {
         None => None,
         Some(m) => match serde_json::from_str(m) {
@@ -339,8 +396,15 @@ pub async fn search(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::validation("limit", "must be from 1 to 100"));
     }
+    if vector.is_some() && p.cursor.is_some() {
+        return Err(ApiError::validation(
+            "cursor",
+            "vector and hybrid searches return one page",
+        ));
+    }
+    let q = p.q.as_deref().unwrap_or("");
     let s = Search {
-        q: &p.q,
+        q,
         types,
         category: p.category.as_deref(),
         tags: p
@@ -367,19 +431,22 @@ pub async fn search(
         )
         .await?;
     let started = std::time::Instant::now();
-    let hits = queries::search(&client, &tenant, &s).await?;
+    let hits = queries::search(&client, &tenant, &s, vector.as_ref()).await?;
     let script = match (
-        p.q.chars().any(super::cjk::is_cjk),
-        p.q.chars().any(|c| c.is_ascii_alphanumeric()),
+        vector.as_ref().map(|v| v.hybrid),
+        q.chars().any(super::cjk::is_cjk),
+        q.chars().any(|c| c.is_ascii_alphanumeric()),
     ) {
-        (true, true) => "mixed",
-        (true, false) => "cjk",
+        (Some(false), ..) => "vector",
+        (Some(true), ..) => "hybrid",
+        (None, true, true) => "mixed",
+        (None, true, false) => "cjk",
         _ => "latin",
     };
     DOCS.search_duration
         .with_label_values(&[script])
         .observe(started.elapsed().as_secs_f64());
-    let next = (hits.len() as i64 == limit)
+    let next = (vector.is_none() && hits.len() as i64 == limit)
         .then(|| hits.last())
         .flatten()
         .and_then(|h| serde_json::to_vec(&(h.rank, &h.kind, &h.id)).ok())

@@ -91,6 +91,10 @@ pub enum ApiError {
     /// key (`CLOUDLENS_MASTER_KEY`); no Retry-After, a retry needs the configuration fixed.
     #[error("sensitive attributes need a master key; the server has none (CLOUDLENS_MASTER_KEY)")]
     EncryptionUnavailable,
+    /// 503 `vector_search_unavailable`: a vector or hybrid search, but this deployment
+    /// cannot serve one (no pgvector, vector search off, or its index still building).
+    #[error("vector search is unavailable: {0}")]
+    VectorSearchUnavailable(String),
     /// 503 `query_timeout`: a scanning query ran past `CLOUDLENS_SCAN_TIMEOUT_MS`.
     #[error("the query ran too long and was cancelled; narrow the range or the grouping")]
     QueryTimeout,
@@ -157,6 +161,7 @@ impl ApiError {
             ApiError::ReadModelBehind(_) => "read_model_behind",
             ApiError::QueryTimeout => "query_timeout",
             ApiError::EncryptionUnavailable => "encryption_unavailable",
+            ApiError::VectorSearchUnavailable(_) => "vector_search_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -205,7 +210,8 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_)
             | ApiError::ReadModelBehind(_)
             | ApiError::QueryTimeout
-            | ApiError::EncryptionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::EncryptionUnavailable
+            | ApiError::VectorSearchUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

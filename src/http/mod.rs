@@ -46,6 +46,8 @@ pub struct AppState {
     pub keyring: auth::Keyring,
     /// Seals and opens sensitive values (`crypto`).
     pub vault: crate::crypto::Vault,
+    /// Whether vector searches can run (`documents::vector`).
+    pub vector: std::sync::Arc<crate::documents::vector::VectorIndex>,
 }
 
 impl AppState {

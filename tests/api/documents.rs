@@ -643,3 +643,126 @@ async fn one_search_finds_budgets_tags_accounts_and_documents() {
     rebuild_and_wait(&app, "search_entries").await;
     assert_eq!(snapshot(&app.conn, sql).await, live);
 }
+
+#[actix_web::test]
+async fn vector_and_hybrid_search_rank_by_embedding_or_say_they_cannot() {
+    let conn = fresh_database().await;
+    let mut settings = test_settings();
+    settings.embedding_dimensions = 3;
+    let app = spawn_app_on(conn.clone(), settings.clone()).await;
+    let ready = eventually(std::time::Duration::from_secs(60), || async {
+        let res = app.get("/api/v1/search?vector=%5B1,0,0%5D").await;
+        (res.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the vector index became ready");
+    let a = create(
+        &app,
+        json!({"title": "Apple orchard", "content": "apple trees", "embedding": [1.0, 0.0, 0.0]}),
+    )
+    .await;
+    create(
+        &app,
+        json!({"title": "Banana", "content": "yellow fruit", "embedding": [0.9, 0.2, 0.0]}),
+    )
+    .await;
+    create(&app, json!({"title": "Cherry", "content": "apple and cherry", "embedding": [0.0, 1.0, 0.0], "metadata": {"k": 1}})).await;
+    let res = app
+        .client
+        .post(app.url("/api/v1/documents"))
+        .insert_header(("X-Tenant-Id", "other"))
+        .send_json(
+            &json!({"title": "Other tenant", "content": "apple", "embedding": [1.0, 0.0, 0.0]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let last = create(
+        &app,
+        json!({"title": "No embedding", "content": "apple pie"}),
+    )
+    .await;
+    let pos = &last["position"];
+
+    let vector = body(
+        app.get(&format!(
+            "/api/v1/search?vector=%5B1,0,0%5D&min_position={pos}"
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(
+        titles(&vector),
+        ["Apple orchard", "Banana", "Cherry"],
+        "{vector}"
+    );
+    assert!((vector["hits"][0]["rank"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+    assert!(vector.get("next").is_none());
+    assert_eq!(vector["hits"][0]["id"], a["id"]);
+    // Filters apply to the nearest documents too.
+    let filtered = body(
+        app.get(&format!(
+            "/api/v1/search?vector=%5B1,0,0%5D&metadata=%7B%22k%22:1%7D&min_position={pos}"
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(titles(&filtered), ["Cherry"]);
+    // Hybrid: Cherry is in both lists (text: "apple"; vector: nearest to [0,1,0]).
+    let hybrid = body(
+        app.get(&format!(
+            "/api/v1/search?q=apple&vector=%5B0,1,0%5D&min_position={pos}"
+        ))
+        .await,
+    )
+    .await;
+    let t = titles(&hybrid);
+    assert_eq!(t[0], "Cherry", "{hybrid}");
+    assert!(
+        t.contains(&"No embedding".to_owned()),
+        "text-only hits count too: {hybrid}"
+    );
+    assert!(
+        t.contains(&"Banana".to_owned()),
+        "vector-only hits count too: {hybrid}"
+    );
+    assert!(!t.contains(&"Other tenant".to_owned()));
+
+    for (q, field) in [
+        ("vector=%5B1,0%5D", "vector"),
+        ("vector=%5B0,0,0%5D", "vector"),
+        ("vector=nope", "vector"),
+        ("q=apple&mode=hybrid", "mode"),
+        ("q=apple&mode=fuzzy", "mode"),
+        ("mode=vector", "mode"),
+        ("limit=5", "q"),
+        ("vector=%5B1,0,0%5D&cursor=abc", "cursor"),
+    ] {
+        let res = app.get(&format!("/api/v1/search?{q}")).await;
+        assert_eq!(res.status(), 422, "{q}");
+        assert_eq!(body(res).await["field"], field, "{q}");
+    }
+    let res = app
+        .post_json(
+            "/api/v1/documents",
+            &json!({"title": "t", "content": "c", "embedding": [1.0, 2.0]}),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(body(res).await["field"], "embedding");
+
+    // Rebuild equals live, embeddings included.
+    let sql = "SELECT format('%s %s %s', id, title, embedding) FROM documents";
+    let live = snapshot(&app.conn, sql).await;
+    rebuild_and_wait(&app, "documents").await;
+    assert_eq!(snapshot(&app.conn, sql).await, live);
+
+    // A server with vector search off says so, never falls back to text.
+    settings.vector_search = false;
+    let off = spawn_app_on(conn, settings).await;
+    let res = off.get("/api/v1/search?q=apple&vector=%5B1,0,0%5D").await;
+    assert_eq!(res.status(), 503);
+    let v = body(res).await;
+    assert_eq!(v["code"], "vector_search_unavailable", "{v}");
+    assert_eq!(off.get("/api/v1/search?q=apple").await.status(), 200);
+}

@@ -1,0 +1,145 @@
+//! Vector search over documents' embeddings where pgvector is installed (ADR 0023).
+//!
+//! Embeddings are kept in `documents.embedding` (`real[]`) whatever the database has.
+//! At start, a background task creates the extension and an HNSW index (cosine) on
+//! `embedding::vector(N)`; until it is ready, or where it cannot be, vector and hybrid
+//! searches answer 503 `vector_search_unavailable`: never a silent fallback to text.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
+use crate::db;
+
+const PREPARING: u8 = 0;
+const READY: u8 = 1;
+const UNAVAILABLE: u8 = 2;
+
+/// Whether this process can serve vector searches, and why not.
+#[derive(Debug, Default)]
+pub struct VectorIndex {
+    state: AtomicU8,
+    reason: Mutex<String>,
+}
+
+impl VectorIndex {
+    /// Ok when vector searches can run; else why they cannot.
+    pub fn check(&self) -> Result<(), String> {
+        match self.state.load(Ordering::Acquire) {
+            READY => Ok(()),
+            PREPARING => Err("its index is being built; try again shortly".into()),
+            _ => Err(self
+                .reason
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_else(|_| "unknown".into())),
+        }
+    }
+
+    fn set(&self, state: u8, reason: &str) {
+        if let Ok(mut r) = self.reason.lock() {
+            *r = reason.to_owned();
+        }
+        self.state.store(state, Ordering::Release);
+    }
+}
+
+/// The index expression: the query's `ORDER BY` must repeat it to use the index.
+pub fn expression(dimensions: usize) -> String {
+    format!("d.embedding::vector({dimensions})")
+}
+
+/// Builds the extension and the index (once per database: under an advisory lock, so
+/// servers starting together build it once), then marks `index` ready or unavailable.
+pub async fn prepare(conn: &str, dimensions: usize, enabled: bool, index: &VectorIndex) {
+    if !enabled {
+        index.set(
+            UNAVAILABLE,
+            "it is off on this server (CLOUDLENS_VECTOR_SEARCH=off)",
+        );
+        return;
+    }
+    let outcome = async {
+        let client = db::connect(conn).await?;
+        let available: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !available {
+            return Ok(false);
+        }
+        // `dimensions` is a checked integer from the configuration, not user input.
+        client
+            .batch_execute(&format!(
+                "SELECT pg_advisory_lock(1668048004, hashtext('documents_embedding'));
+                 CREATE EXTENSION IF NOT EXISTS vector;
+                 CREATE INDEX IF NOT EXISTS documents_embedding_{dimensions} ON documents
+                     USING hnsw ((embedding::vector({dimensions})) vector_cosine_ops)
+                     WHERE embedding IS NOT NULL;
+                 SELECT pg_advisory_unlock(1668048004, hashtext('documents_embedding'));"
+            ))
+            .await?;
+        anyhow::Ok(true)
+    }
+    .await;
+    match outcome {
+        Ok(true) => {
+            tracing::info!(dimensions, "vector search ready");
+            index.set(READY, "");
+        }
+        Ok(false) => index.set(
+            UNAVAILABLE,
+            "the database has no pgvector extension (scripts/setup.sh installs it)",
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot prepare vector search");
+            index.set(UNAVAILABLE, &format!("its index could not be built: {e}"));
+        }
+    }
+}
+
+/// A query vector as pgvector's text form, checked: `dimensions` finite numbers, not all
+/// zero (cosine distance needs a direction).
+pub fn parse(raw: &str, dimensions: usize) -> Result<String, String> {
+    let v: Vec<f32> = serde_json::from_str(raw)
+        .map_err(|_| "must be a JSON array of numbers, e.g. [0.1,0.2]".to_owned())?;
+    if v.len() != dimensions {
+        return Err(format!(
+            "must have {dimensions} numbers (this deployment's size)"
+        ));
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err("must be finite numbers".into());
+    }
+    if v.iter().all(|x| *x == 0.0) {
+        return Err("must not be all zeros".into());
+    }
+    let parts: Vec<String> = v.iter().map(f32::to_string).collect();
+    Ok(format!("[{}]", parts.join(",")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_vectors_are_checked() {
+        assert_eq!(parse("[0.5, 1, -2e-3]", 3).unwrap(), "[0.5,1,-0.002]");
+        assert!(parse("[1,2]", 3).is_err());
+        assert!(parse("[0,0,0]", 3).is_err());
+        assert!(parse("[1e39,0,0]", 3).is_err());
+        assert!(parse("1,2,3", 3).is_err());
+    }
+
+    #[test]
+    fn an_index_is_unavailable_until_prepared() {
+        let i = VectorIndex::default();
+        assert!(i.check().unwrap_err().contains("being built"));
+        i.set(READY, "");
+        assert!(i.check().is_ok());
+        i.set(UNAVAILABLE, "no pgvector");
+        assert_eq!(i.check().unwrap_err(), "no pgvector");
+    }
+}
