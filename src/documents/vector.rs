@@ -1,4 +1,4 @@
-//! Vector search over documents' embeddings where pgvector is installed (ADR 0023).
+//! Vector search over documents' embeddings where pgvector is installed (ADR 0024).
 //!
 //! Embeddings are kept in `documents.embedding` (`real[]`) whatever the database has.
 //! At start, a background task creates the extension and an HNSW index (cosine) on
