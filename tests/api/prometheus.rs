@@ -248,6 +248,19 @@ async fn drive_documents(app: &TestApp) {
     ] {
         assert_eq!(app.get(q).await.status(), 200, "{q}");
     }
+    for (body, status) in [
+        ("{\"title\":\"batch\",\"content\":\"cost\"}\n", 202),
+        ("{\"title\":\"\",\"content\":\"x\"}\n", 422),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/api/v1/documents:batch"))
+            .insert_header(("Content-Type", "application/x-ndjson"))
+            .send_body(body)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status);
+    }
 }
 
 async fn drive_load(app: &TestApp) {
