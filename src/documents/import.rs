@@ -296,7 +296,7 @@ mod tests {
         );
         assert_eq!(
             field(r#"{"title":"t","content":"c","nope":1}"#),
-            (3, String::new())
+            (3, "nope".into())
         );
         assert_eq!(field("[1]"), (3, String::new()));
         let e = |v: &str| field(&format!(r#"{{"title":"t","content":"c","embedding":{v}}}"#));

@@ -1,7 +1,7 @@
 //! The `documents` read model. Its weighted `search` tsvector (English words and CJK
 //! bigrams) is a generated column (`sql/V13`), so the projector writes plain columns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -85,6 +85,9 @@ pub struct DocumentsProjector;
 struct Changes {
     /// `Some(row)` to write, `None` to delete.
     last: HashMap<Uuid, Option<DocumentRow>>,
+    /// Documents this batch of events creates from batches and nothing else touches:
+    /// their ids are new (ADR 0025), so they are copied in, not merged.
+    new: HashSet<Uuid>,
 }
 
 impl Changes {
@@ -145,11 +148,13 @@ impl Projection for DocumentsProjector {
                     DocumentBatch::decode(e)?
                 {
                     for d in documents {
+                        changes.new.insert(d.id);
                         changes.write(&e.tenant_id, d.id, d.document, e, 0);
                     }
                 }
                 continue;
             }
+            changes.new.remove(&e.stream_id);
             match Document::decode(e)? {
                 DocumentEvent::DocumentCreated(d) | DocumentEvent::DocumentUpdated(d) => {
                     changes.write(&e.tenant_id, e.stream_id, d, e, e.stream_version)
@@ -159,13 +164,15 @@ impl Projection for DocumentsProjector {
                 }
             }
         }
-        let (mut rows, mut gone) = (Vec::new(), Vec::new());
+        let (mut new, mut rows, mut gone) = (Vec::new(), Vec::new(), Vec::new());
         for (id, change) in changes.last {
             match change {
+                Some(row) if changes.new.contains(&id) => new.push(row),
                 Some(row) => rows.push(row),
                 None => gone.push(id),
             }
         }
+        TABLE.insert(tx, &new).await?;
         TABLE.upsert(tx, &rows).await?;
         TABLE.delete(tx, &gone).await
     }
