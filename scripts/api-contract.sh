@@ -206,7 +206,7 @@ log "running: ${cmd[*]}"
 rc=0
 # Hypothesis' caches (unicode tables) live with the venv instead of ./.hypothesis.
 # In the background, so that SIGTERM/SIGINT reach the trap at once (not after the run).
-HYPOTHESIS_STORAGE_DIRECTORY="$(dirname "$(dirname "$PYENV_PY")")/hypothesis" "${cmd[@]}" &
+SCHEMATHESIS_HOOKS="$PWD/scripts/lib/contract_hooks.py" HYPOTHESIS_STORAGE_DIRECTORY="$(dirname "$(dirname "$PYENV_PY")")/hypothesis" "${cmd[@]}" &
 st_pid=$!
 wait "$st_pid" || rc=$?
 st_pid=""
