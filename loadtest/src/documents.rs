@@ -302,8 +302,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             )
         })
         .collect();
-    let en_top: Vec<String> = (0..n).map(|i| corpus.en[i % 3].clone()).collect();
-    let zh_top: Vec<String> = (0..n).map(|i| corpus.zh[i % 3].clone()).collect();
+    // The worst case takes seconds a query: 20 of them are enough.
+    let en_top: Vec<String> = (0..n.min(20)).map(|i| corpus.en[i % 3].clone()).collect();
+    let zh_top: Vec<String> = (0..n.min(20)).map(|i| corpus.zh[i % 3].clone()).collect();
 
     actix_rt::System::new().block_on(async move {
         let client = awc::Client::builder().timeout(Duration::from_secs(3600)).finish();

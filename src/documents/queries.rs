@@ -110,19 +110,24 @@ WITH q AS (
            CASE WHEN $3 = '' THEN NULL ELSE to_tsquery('simple', $3) END AS s),
 tq AS (SELECT w, CASE WHEN w IS NULL THEN s WHEN s IS NULL THEN w ELSE w && s END AS t FROM q)";
 
-/// Snippets only for the page: a document's content, an entry's description.
+/// Snippets only for the page: a document's content, an entry's description. Each is
+/// read by its key in a subquery per hit: a join would be planned for a page of unknown
+/// size (a parameter) and could read the whole table. The key is the document's `uuid`
+/// (`doc_id`), not its id as text: a cast in the condition is not leakproof, and row-level
+/// security would then keep the condition off the primary key.
 const PAGE_SQL: &str = "
 SELECT p.type, p.id, p.title, p.rank, p.created_at, p.body,
        CASE WHEN tq.w IS NULL THEN NULL
             ELSE ts_headline('english', cloudlens_cjk_spaced(p.body), tq.w,
                  'MaxFragments=2, MaxWords=30, MinWords=10, StartSel=\u{1}, StopSel=\u{2}') END
 FROM (SELECT h.type, h.id, h.title, h.rank, h.created_at,
-             coalesce(left(d.content, 100000), e.description, '') AS body
-        FROM page h
-        LEFT JOIN documents d
-               ON d.id = CASE WHEN h.type = 'document' THEN h.id::uuid END AND d.tenant_id = $1
-        LEFT JOIN search_entries e ON h.type <> 'document' AND e.tenant_id = $1
-                                  AND e.type = h.type AND e.ref_id = h.id) p, tq
+             coalesce(CASE WHEN h.doc_id IS NOT NULL
+                           THEN (SELECT left(d.content, 100000) FROM documents d
+                                  WHERE d.id = h.doc_id AND d.tenant_id = $1)
+                           ELSE (SELECT e.description FROM search_entries e
+                                  WHERE e.tenant_id = $1 AND e.type = h.type AND e.ref_id = h.id)
+                      END, '') AS body
+        FROM page h) p, tq
 ORDER BY p.rank DESC, p.type, p.id";
 
 type Params = Vec<Box<dyn ToSql + Sync + Send>>;
@@ -165,8 +170,8 @@ fn document_filters(s: &Search<'_>, params: &mut Params) -> String {
 /// The statement of a text search for `s`.
 fn search_sql(s: &Search<'_>, params: &mut Params) -> String {
     let docs = format!(
-        "SELECT 'document'::text AS type, d.id::text AS id, d.title, d.created_at,
-                ts_rank_cd(d.search, tq.t, 32) AS rank
+        "SELECT 'document'::text AS type, d.id::text AS id, d.id AS doc_id, d.title,
+                d.created_at, ts_rank_cd(d.search, tq.t, 32) AS rank
            FROM documents d, tq
           WHERE d.tenant_id = $1 AND tq.t IS NOT NULL AND d.search @@ tq.t{}",
         document_filters(s, params)
@@ -184,7 +189,7 @@ fn search_sql(s: &Search<'_>, params: &mut Params) -> String {
     if !others.is_empty() && !s.filters_documents() {
         let p = next(Box::new(others), params);
         branches.push(format!(
-            "SELECT e.type, e.ref_id AS id, e.title, e.created_at,
+            "SELECT e.type, e.ref_id AS id, NULL::uuid AS doc_id, e.title, e.created_at,
                     ts_rank_cd(e.search, tq.t, 32) AS rank
                FROM search_entries e, tq
               WHERE e.tenant_id = $1 AND tq.t IS NOT NULL AND e.search @@ tq.t
@@ -193,7 +198,7 @@ fn search_sql(s: &Search<'_>, params: &mut Params) -> String {
     }
     if branches.is_empty() {
         branches.push(
-            "SELECT NULL::text AS type, NULL::text AS id, NULL::text AS title,
+            "SELECT NULL::text AS type, NULL::text AS id, NULL::uuid AS doc_id, NULL::text AS title,
                     NULL::timestamptz AS created_at, NULL::real AS rank WHERE false"
                 .into(),
         );
@@ -260,7 +265,7 @@ fn vector_sql(s: &Search<'_>, v: &VectorQuery, params: &mut Params) -> String {
 nearest AS MATERIALIZED ({nearest}),
 vector_list AS (SELECT n.*, row_number() OVER (ORDER BY n.distance, n.id) AS r FROM nearest n),
 page AS (
-    SELECT 'document'::text AS type, coalesce(t.id, v.id)::text AS id,
+    SELECT 'document'::text AS type, coalesce(t.id, v.id)::text AS id, coalesce(t.id, v.id) AS doc_id,
            coalesce(t.title, v.title) AS title, coalesce(t.created_at, v.created_at) AS created_at,
            (coalesce(1.0 / ({RRF_K} + t.r), 0) + coalesce(1.0 / ({RRF_K} + v.r), 0))::real AS rank
       FROM text_list t FULL JOIN vector_list v ON v.id = t.id
@@ -270,7 +275,7 @@ page AS (
         format!(
             "nearest AS MATERIALIZED ({nearest}),
 page AS (
-    SELECT 'document'::text AS type, n.id::text AS id, n.title, n.created_at,
+    SELECT 'document'::text AS type, n.id::text AS id, n.id AS doc_id, n.title, n.created_at,
            (1 - n.distance)::real AS rank
       FROM nearest n ORDER BY n.distance, n.id LIMIT {limit})"
         )
