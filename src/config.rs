@@ -65,6 +65,10 @@ pub struct Settings {
     /// Most points (buckets × series) one query may return
     /// (`CLOUDLENS_METRICS_MAX_POINTS`, default 100,000).
     pub metrics_max_points: i64,
+    /// How often the elected process deletes expired collection items
+    /// (`CLOUDLENS_COLLECTIONS_PURGE_INTERVAL_SECONDS`, default 60). Reads never return
+    /// an expired item; the purge frees the space.
+    pub collections_purge_interval: Duration,
 }
 
 /// A secret that `{:?}` does not print (settings end up in logs and error reports).
@@ -109,6 +113,7 @@ impl Default for Settings {
             metrics_retention_days: 30,
             metrics_retention_interval: Duration::from_secs(3600),
             metrics_max_points: 100_000,
+            collections_purge_interval: Duration::from_secs(60),
         }
     }
 }
@@ -241,6 +246,14 @@ impl Settings {
                 s.metrics_max_points >= 1,
                 "CLOUDLENS_METRICS_MAX_POINTS must be at least 1"
             );
+        }
+        if let Some(v) = var("CLOUDLENS_COLLECTIONS_PURGE_INTERVAL_SECONDS") {
+            let secs: u64 = parse("CLOUDLENS_COLLECTIONS_PURGE_INTERVAL_SECONDS", &v)?;
+            anyhow::ensure!(
+                secs >= 1,
+                "CLOUDLENS_COLLECTIONS_PURGE_INTERVAL_SECONDS must be at least 1"
+            );
+            s.collections_purge_interval = Duration::from_secs(secs);
         }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;
