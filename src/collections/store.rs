@@ -110,6 +110,7 @@ async fn bound<'a>(
 }
 
 /// Writes one item of `collection`.
+#[tracing::instrument(name = "collections.put", level = "debug", skip_all, fields(collection = %collection.name))]
 pub async fn put(
     pool: &Pool,
     tenant: &str,
@@ -169,6 +170,7 @@ async fn write_chunk(
 
 /// Writes an NDJSON batch into `collection`, all or nothing; the number of items (lines)
 /// it carried.
+#[tracing::instrument(name = "collections.write_batch", level = "debug", skip_all, fields(collection = %collection.name))]
 pub async fn write_batch<R: AsyncRead + Unpin>(
     pool: &Pool,
     tenant: &str,
@@ -199,6 +201,7 @@ pub async fn write_batch<R: AsyncRead + Unpin>(
 }
 
 /// Deletes an item: `true` if it was live, `false` if there was none (or it had expired).
+#[tracing::instrument(name = "collections.delete", level = "debug", skip_all, fields(collection = %collection))]
 pub async fn delete(
     pool: &Pool,
     tenant: &str,
@@ -220,6 +223,7 @@ pub async fn delete(
 
 /// Deletes expired items of every tenant, batch after batch until a batch comes back
 /// short or [`PURGE_MAX_BATCHES`] ran; the number deleted.
+#[tracing::instrument(name = "collections.purge", level = "debug", skip_all)]
 pub async fn purge(pool: &Pool) -> Result<i64, StoreError> {
     let client = pool.get().await?;
     let stmt = client.prepare_cached(PURGE_SQL).await?;
