@@ -149,6 +149,16 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 
+# One collection item, so that item reads and pages answer 200 with real bodies too.
+item_answer="$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' -X PUT \
+  "$base/api/v1/collections/system_logs/items/contract-key" \
+  -H "$auth" -H 'Content-Type: application/json' -H "X-Tenant-Id: $tenant" \
+  -d '{"data":{"level":"INFO","service":"api","message":"contract seed"}}' || true)"
+if [ "$item_answer" != 201 ]; then
+  log "could not write the seed collection item: $item_answer"
+  exit 1
+fi
+
 # --- schemathesis ---------------------------------------------------------------------------
 # An explicit config file, so that no schemathesis.toml lying around is picked up, and no crash
 # cache (.schemathesis/ in the working directory) is written or replayed on the next run.
@@ -177,6 +187,15 @@ values = [50, 80, 100, 120]
 [dictionaries.words]
 values = ["ecs", "oss", "aliyun-main"]
 
+[dictionaries.collections]
+values = ["system_logs", "configurations", "task_status_cache"]
+[dictionaries.item_keys]
+values = ["contract-key"]
+[dictionaries.item_sorts]
+values = ["-created_at", "key", "-updated_at", "level"]
+[dictionaries.item_filters]
+values = ['{"level":"INFO"}', '{"service":"api"}']
+
 [parameters]
 "path.id" = { dictionary = "budget_ids", probability = 0.5 }
 "path.stream_type" = { dictionary = "stream_types", probability = 0.5 }
@@ -187,6 +206,10 @@ values = ["ecs", "oss", "aliyun-main"]
 "body.alert_thresholds[*]" = { dictionary = "thresholds", probability = 0.9 }
 "body.service_filter[*]" = { dictionary = "words", probability = 0.9 }
 "body.account" = { dictionary = "words", probability = 0.9 }
+"path.name" = { dictionary = "collections", probability = 0.5 }
+"path.key" = { dictionary = "item_keys", probability = 0.5 }
+"query.sort" = { dictionary = "item_sorts", probability = 0.5 }
+"query.filter" = { dictionary = "item_filters", probability = 0.5 }
 TOML
 cmd=(
   "$st" --config-file "$st_config" run "$base/api/v1/openapi.json"

@@ -71,6 +71,10 @@ pub struct Settings {
     /// Whether to serve vector search when pgvector is there (`CLOUDLENS_VECTOR_SEARCH`,
     /// `on` or `off`; default on).
     pub vector_search: bool,
+    /// How often the elected process deletes expired collection items
+    /// (`CLOUDLENS_COLLECTIONS_PURGE_INTERVAL_SECONDS`, default 60). Reads never return
+    /// an expired item; the purge frees the space.
+    pub collections_purge_interval: Duration,
 }
 
 /// A secret that `{:?}` does not print (settings end up in logs and error reports).
@@ -117,6 +121,7 @@ impl Default for Settings {
             metrics_max_points: 100_000,
             embedding_dimensions: 384,
             vector_search: true,
+            collections_purge_interval: Duration::from_secs(60),
         }
     }
 }
@@ -263,6 +268,14 @@ impl Settings {
                 "off" => false,
                 _ => anyhow::bail!("CLOUDLENS_VECTOR_SEARCH must be on or off"),
             };
+        }
+        if let Some(v) = var("CLOUDLENS_COLLECTIONS_PURGE_INTERVAL_SECONDS") {
+            let secs: u64 = parse("CLOUDLENS_COLLECTIONS_PURGE_INTERVAL_SECONDS", &v)?;
+            anyhow::ensure!(
+                secs >= 1,
+                "CLOUDLENS_COLLECTIONS_PURGE_INTERVAL_SECONDS must be at least 1"
+            );
+            s.collections_purge_interval = Duration::from_secs(secs);
         }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;

@@ -40,6 +40,7 @@ pub fn all() -> Vec<BoundedContext> {
         crate::access::context(),
         crate::timeseries::context(),
         crate::documents::context(),
+        crate::collections::context(),
     ]
 }
 

@@ -2,6 +2,8 @@
 //!
 //! - [`CsvRows`] reads a streamed CSV body record by record, with a checked header; the
 //!   body is never held whole in memory.
+//! - [`NdjsonLines`] reads a streamed NDJSON body line by line, numbered, each line
+//!   capped in length.
 //! - [`ImportError::BadRow`] names the row (data rows count from 1, the header is row 0)
 //!   and the column of the first bad cell; the route answers 422 `invalid_row`.
 //! - [`Staging`] stages the events of one import while the body streams in and commits
@@ -19,7 +21,7 @@ use std::task::{Context, Poll};
 use futures::StreamExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, ReadBuf};
 use uuid::Uuid;
 
 use crate::eventstore::{codec, Appended, EventStore, IdempotencyRecord, NewEvent, StoreError};
@@ -185,6 +187,86 @@ fn csv_error(row: i64, e: csv_async::Error) -> ImportError {
     }
 }
 
+/// The lines of a streamed NDJSON body, numbered from 1 as they stand in the body (blank
+/// lines are skipped but counted, so a reported line is the line an editor shows). A line
+/// longer than its cap, or one that is not UTF-8, is a bad row (422) rather than a reason
+/// to hold the body in memory; a broken stream is [`body_error`].
+pub struct NdjsonLines<R> {
+    reader: BufReader<R>,
+    line: i64,
+    max_line: usize,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> NdjsonLines<R> {
+    /// Lines of at most `max_line` bytes (without the line break).
+    pub fn new(body: R, max_line: usize) -> Self {
+        Self {
+            reader: BufReader::with_capacity(256 * 1024, body),
+            line: 0,
+            max_line,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line that is not blank, with its number; `None` at the end of the body.
+    pub async fn next(&mut self) -> Result<Option<(i64, &str)>, ImportError> {
+        loop {
+            self.buf.clear();
+            if !self.read_line().await? {
+                return Ok(None);
+            }
+            self.line += 1;
+            if self.buf.last() == Some(&b'\r') {
+                self.buf.pop();
+            }
+            if self.buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return match std::str::from_utf8(&self.buf) {
+                Ok(text) => Ok(Some((self.line, text))),
+                Err(_) => Err(bad_row(self.line, "", "is not UTF-8")),
+            };
+        }
+    }
+
+    /// Reads up to the next line break (dropped) or the end of the body into `buf`;
+    /// false when the body had nothing left.
+    async fn read_line(&mut self) -> Result<bool, ImportError> {
+        let mut any = false;
+        loop {
+            let (found, used) = {
+                let available = self.reader.fill_buf().await.map_err(|e| body_error(&e))?;
+                if available.is_empty() {
+                    return Ok(any);
+                }
+                match available.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        self.buf.extend_from_slice(&available[..i]);
+                        (true, i + 1)
+                    }
+                    None => {
+                        self.buf.extend_from_slice(available);
+                        (false, available.len())
+                    }
+                }
+            };
+            self.reader.consume(used);
+            any = true;
+            if self.buf.len() > self.max_line {
+                return Err(bad_row(
+                    self.line + 1,
+                    "",
+                    format!("is longer than {} bytes", self.max_line),
+                ));
+            }
+            if found {
+                return Ok(true);
+            }
+        }
+    }
+}
+
 /// The events of one import, staged while its body streams in. Sequence 1 is kept for a
 /// head event that can only be written at the end (totals, the periods a file covers) but
 /// must come first in the stream.
@@ -290,5 +372,47 @@ pub fn body_error(e: &std::io::Error) -> ImportError {
     {
         Some(BodyTooLarge(limit)) => BodyTooLarge(*limit).into(),
         None => ImportError::Body(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(body: &'static [u8], max: usize) -> Result<Vec<(i64, String)>, ImportError> {
+        let mut l = NdjsonLines::new(body, max);
+        let mut out = Vec::new();
+        while let Some((n, text)) = l.next().await? {
+            out.push((n, text.to_owned()));
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn ndjson_lines_are_numbered_as_they_stand_in_the_body() {
+        let got = lines(b"{\"a\":1}\n\n  \r\n{\"b\":2}\r\n{\"c\":3}", 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            [
+                (1, "{\"a\":1}".to_owned()),
+                (4, "{\"b\":2}".to_owned()),
+                (5, "{\"c\":3}".to_owned())
+            ]
+        );
+        assert!(lines(b"", 100).await.unwrap().is_empty());
+        assert!(lines(b"\n\n", 100).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_long_or_non_utf8_line_is_a_bad_row() {
+        let err = lines(b"{}\n{\"x\":\"0123456789\"}\n", 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ImportError::BadRow { row: 2, .. }), "{err:?}");
+        assert_eq!(lines(b"0123456789\n", 10).await.unwrap().len(), 1);
+        let err = lines(b"{}\n\n\xff\xfe\n", 10).await.unwrap_err();
+        assert!(matches!(err, ImportError::BadRow { row: 3, .. }), "{err:?}");
     }
 }

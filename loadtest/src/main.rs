@@ -14,11 +14,14 @@
 //! - `timeseries` ingests points and bars into a running server and times queries
 //!   against the hypertables, the rollups and a plain table (loadtest/timeseries.sh);
 //! - `documents` bulk-loads generated documents and times searches, with a pg_trgm
-//!   baseline for two-character Chinese queries (loadtest/documents.sh).
+//!   baseline for two-character Chinese queries (loadtest/documents.sh);
+//! - `collections` writes log lines to a TTL collection as NDJSON batches and times
+//!   filtered reads (loadtest/collections.sh).
 //!
 //! Numbers are printed, never asserted: see loadtest/RESULTS.md and loadtest/run.sh.
 
 mod bills;
+mod collections;
 mod db_bench;
 mod documents;
 mod http_load;
@@ -50,6 +53,8 @@ enum Command {
     Timeseries(timeseries::Args),
     /// The documents benchmark against a running server (loadtest/documents.sh).
     Documents(documents::Args),
+    /// The TTL collections benchmark against a running server (loadtest/collections.sh).
+    Collections(collections::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,5 +66,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bills(args) => bills::run(args),
         Command::Timeseries(args) => timeseries::run(args),
         Command::Documents(args) => documents::run(args),
+        Command::Collections(args) => collections::run(args),
     }
 }

@@ -9,6 +9,7 @@ mod archive;
 mod assessment;
 mod backup;
 mod cluster;
+mod collections;
 mod costs;
 mod documents;
 mod erasure;

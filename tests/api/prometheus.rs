@@ -263,6 +263,59 @@ async fn drive_documents(app: &TestApp) {
     }
 }
 
+/// A declared collection with a 1 s TTL, single and batch writes (one batch refused),
+/// reads; the expired items are purged later by [`purge_collections`].
+async fn drive_collections(app: &TestApp) {
+    let res = app
+        .client
+        .put(app.url("/api/v1/collections/blink"))
+        .send_json(&serde_json::json!({"ttl_seconds": 1}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let single = serde_json::json!({"key": "one", "data": {"level": "INFO", "service": "api"}});
+    for path in [
+        "/api/v1/collections/system_logs/items",
+        "/api/v1/collections/blink/items",
+    ] {
+        assert_eq!(app.post_json(path, &single).await.status(), 201, "{path}");
+    }
+    for (body, status) in [
+        ("{\"data\":{\"level\":\"ERROR\",\"service\":\"api\"}}\n{\"data\":{\"level\":\"INFO\"}}\n", 200),
+        ("{\"data\":{}}\n{\"data\":[1]}\n", 422),
+    ] {
+        let res = app
+            .client
+            .post(app.url("/api/v1/collections/system_logs/items"))
+            .insert_header(("Content-Type", "application/x-ndjson"))
+            .send_body(body)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status);
+    }
+    for q in [
+        "/api/v1/collections/system_logs/items/one",
+        "/api/v1/collections/system_logs/items?filter=%7B%22level%22%3A%22ERROR%22%7D&limit=10",
+    ] {
+        assert_eq!(app.get(q).await.status(), 200, "{q}");
+    }
+}
+
+/// The expired items of [`drive_collections`] purged.
+async fn purge_collections(app: &TestApp) {
+    // Past the 1 s TTL of the items written before, however fast the rest went.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut res = app
+        .client
+        .post(app.url("/api/v1/admin/collections/purge:run"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let run: Value = res.json().await.unwrap();
+    assert!(run["purged"].as_i64().unwrap() >= 1, "{run}");
+}
+
 async fn drive_load(app: &TestApp) {
     for i in 0..20 {
         let mut res = app
@@ -326,6 +379,7 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     drive_costs(&app).await;
     drive_timeseries(&app).await;
     drive_documents(&app).await;
+    drive_collections(&app).await;
     let scraped = eventually(Duration::from_secs(60), || async {
         let v = query(
             &client,
@@ -339,7 +393,46 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     .await;
     assert!(scraped.is_some(), "prometheus never scraped the server");
     drive_load(&app).await;
+    purge_collections(&app).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The collections' metrics reach Prometheus with what was done.
+    for (expr, least) in [
+        (
+            r#"cloudlens_collection_items_written_total{collection="system_logs"}"#,
+            3.0,
+        ),
+        (
+            r#"cloudlens_collection_items_written_total{collection="other"}"#,
+            1.0,
+        ),
+        (
+            r#"cloudlens_collection_writes_total{kind="batch",outcome="rejected"}"#,
+            1.0,
+        ),
+        (
+            r#"cloudlens_collection_write_duration_seconds_count{kind="batch"}"#,
+            1.0,
+        ),
+        (
+            r#"cloudlens_collection_item_read_duration_seconds_count{query="list"}"#,
+            1.0,
+        ),
+        ("cloudlens_collection_items_purged_total", 1.0),
+        ("cloudlens_collection_purge_last_run_timestamp_seconds", 1.0),
+        (
+            r#"cloudlens_db_table_size_bytes{table="collection_items"}"#,
+            1.0,
+        ),
+    ] {
+        let seen = eventually(Duration::from_secs(30), || async {
+            let v = query(&client, prom_port, expr).await;
+            let x: f64 = v["data"]["result"][0]["value"][1].as_str()?.parse().ok()?;
+            (x >= least).then_some(())
+        })
+        .await;
+        assert!(seen.is_some(), "{expr} did not reach {least} in Prometheus");
+    }
 
     let mut failures = Vec::new();
     for (file, expr) in &exprs {
