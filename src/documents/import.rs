@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 
 use serde_json::{Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use uuid::Uuid;
 
 use super::aggregate::{check, Document, DocumentBatch, DocumentError, MAX_CONTENT_BYTES};
 use super::events::{DocumentBatchEvent, DocumentDraft, ImportedDocument};
 use crate::eventstore::{codec, Appended, EventStore, StoreError};
-use crate::imports::{bad_row, body_error, ImportError, Staging, StreamedKey};
+use crate::imports::{bad_row, ImportError, NdjsonLines, Staging, StreamedKey};
 use crate::pipeline::EventSourced;
 
 /// Most documents per `DocumentsImported` event.
@@ -25,6 +25,8 @@ pub const DOCUMENTS_PER_EVENT: usize = 500;
 const BYTES_PER_EVENT: usize = 4 * 1024 * 1024;
 /// At most this many documents per request.
 pub const MAX_DOCUMENTS: i64 = 1_000_000;
+/// The longest line: a document of 1 MiB of content, escaped, with its other fields.
+const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
 
 /// What a batch appended.
 #[derive(Debug, Clone, Copy)]
@@ -197,13 +199,8 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
         documents: 0,
     };
     let outcome = async {
-        let mut lines = BufReader::with_capacity(256 * 1024, body).lines();
-        let mut row = 0_i64;
-        while let Some(line) = lines.next_line().await.map_err(|e| body_error(&e))? {
-            row += 1;
-            if line.trim().is_empty() {
-                continue;
-            }
+        let mut lines = NdjsonLines::new(body, MAX_LINE_BYTES);
+        while let Some((row, line)) = lines.next().await? {
             if row > MAX_DOCUMENTS {
                 return Err(bad_row(
                     row,
@@ -211,7 +208,7 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
                     format!("at most {MAX_DOCUMENTS} documents per request"),
                 ));
             }
-            blocks.add(row, parse_line(row, &line, dimensions)?).await?;
+            blocks.add(row, parse_line(row, line, dimensions)?).await?;
         }
         blocks.flush().await?;
         if blocks.documents == 0 {
