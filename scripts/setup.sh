@@ -21,6 +21,8 @@
 #   CLOUDLENS_APT_ROOT    directory holding etc/apt/ whose sources are searched for the
 #                         Debian mirror (default /; for tests)
 set -euo pipefail
+# Functions whose output is captured (`x=$(f)`) stop at their first failure too.
+shopt -s inherit_errexit
 
 PG_MAJOR=15
 PG_BIN=/usr/lib/postgresql/${PG_MAJOR}/bin

@@ -213,11 +213,13 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
     let scans = db::scan_pool(&conn, settings.read_pool_size.max(2), settings.scan_timeout)?;
     let keyring = http::auth::Keyring::new(&settings);
     let vector = std::sync::Arc::new(crate::documents::vector::VectorIndex::default());
-    tasks.push(tokio::spawn({
+    // Not one of the background tasks that shutdown waits for: an index build may be
+    // long, and it is simply done again (or found done) at the next start.
+    tokio::spawn({
         let (conn, vector) = (conn.clone(), vector.clone());
         let (dimensions, enabled) = (settings.embedding_dimensions, settings.vector_search);
         async move { crate::documents::vector::prepare(&conn, dimensions, enabled, &vector).await }
-    }));
+    });
     let state = web::Data::new(AppState {
         settings,
         store,

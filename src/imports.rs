@@ -106,6 +106,10 @@ pub enum ImportError {
     /// The body passed the route's limit (`http::extract::streamed_body`): 413.
     #[error(transparent)]
     TooLarge(#[from] BodyTooLarge),
+    /// Another request still in progress holds what this one needs (409
+    /// `command_refused`; a retry once it has ended gets a definite answer).
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -174,8 +174,10 @@ impl Chunk {
         self.items.len() >= CHUNK_ITEMS || self.bytes >= CHUNK_BYTES
     }
 
-    /// Keys and data as two arrays (the statement unnests them), in key order: concurrent
-    /// batches then lock the rows they share in the same order.
+    /// Keys and data as two arrays (the statement unnests them), in key order: within a
+    /// chunk, concurrent batches lock the rows they share in the same order. Across
+    /// chunks they may not (a batch streams), so two batches writing the same keys can
+    /// still deadlock: one is rolled back whole and answers 503 with Retry-After.
     pub fn columns(mut self) -> (Vec<String>, Vec<String>) {
         self.items.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         self.items.into_iter().map(|i| (i.key, i.data)).unzip()

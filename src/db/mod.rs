@@ -276,6 +276,12 @@ impl From<tokio_postgres::Error> for QueryError {
             Some(d) if d.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED => {
                 QueryError::Timeout
             }
+            // A deadlock or serialization failure (class 40) rolled the transaction back:
+            // nothing was written, and a retry can succeed (503 with Retry-After).
+            Some(d) if d.code().code().starts_with("40") => QueryError::Unavailable(format!(
+                "the transaction was rolled back, retry: {}",
+                d.message()
+            )),
             _ => QueryError::Failed(e),
         }
     }

@@ -71,22 +71,28 @@ impl EventSourced for Document {
     const STREAM_TYPE: &'static str = "document";
 }
 
+/// Checks an embedding (a document's, or a query's): `dimensions` finite numbers, not
+/// all zero (cosine distance needs a direction).
+pub fn check_embedding(e: &[f32], dimensions: usize) -> Result<(), String> {
+    if e.len() != dimensions {
+        return Err(format!(
+            "must have {dimensions} numbers (this deployment's size)"
+        ));
+    }
+    if e.iter().any(|x| !x.is_finite()) {
+        return Err("must be finite numbers".into());
+    }
+    if e.iter().all(|x| *x == 0.0) {
+        return Err("must not be all zeros (no direction)".into());
+    }
+    Ok(())
+}
+
 /// Checks a draft: lengths, no NUL characters (PostgreSQL text cannot hold them), an
 /// embedding of `dimensions` finite numbers.
 pub fn check(d: &DocumentDraft, dimensions: usize) -> Result<(), DocumentError> {
     if let Some(e) = &d.embedding {
-        if e.len() != dimensions {
-            return Err(invalid(
-                "embedding",
-                format!("must have {dimensions} numbers (this deployment's size)"),
-            ));
-        }
-        if e.iter().any(|x| !x.is_finite()) {
-            return Err(invalid("embedding", "must be finite numbers"));
-        }
-        if e.iter().all(|x| *x == 0.0) {
-            return Err(invalid("embedding", "must not be all zeros (no direction)"));
-        }
+        check_embedding(e, dimensions).map_err(|m| invalid("embedding", m))?;
     }
     // Control characters other than tab and line breaks have no place in text (and
     // U+0001/U+0002 mark matches in snippets).

@@ -36,7 +36,8 @@ pub struct Imported {
     pub appended: Appended,
 }
 
-/// Reserves `ids` for `batch`; returns those another document or batch holds.
+/// Reserves `ids` for `batch`; returns those another document or batch holds, and
+/// whether that holder is a batch still in progress (not committed yet).
 const RESERVE_SQL: &str = "\
 WITH wanted AS (SELECT unnest($3::uuid[]) AS id),
 own AS (SELECT stream_id FROM events
@@ -49,9 +50,18 @@ reserved AS (
     SELECT id, $1, $2 FROM wanted WHERE id NOT IN (SELECT stream_id FROM own)
     ON CONFLICT (id) DO NOTHING
     RETURNING id)
-SELECT id FROM wanted WHERE id NOT IN (SELECT id FROM reserved)";
+SELECT w.id,
+       coalesce((SELECT NOT EXISTS (SELECT 1 FROM events e
+                                     WHERE e.stream_type = $5 AND e.stream_id = r.batch_id)
+                   FROM document_batch_ids r WHERE r.id = w.id), false)
+  FROM wanted w WHERE w.id NOT IN (SELECT id FROM reserved)";
 
-const RELEASE_SQL: &str = "DELETE FROM document_batch_ids WHERE batch_id = $1";
+/// Releases a failed batch's ids, unless it committed after all (a commit whose answer
+/// was lost).
+const RELEASE_SQL: &str = "\
+DELETE FROM document_batch_ids
+ WHERE batch_id = $1
+   AND NOT EXISTS (SELECT 1 FROM events WHERE stream_type = $2 AND stream_id = $1)";
 
 /// Whether `id` is a document of a committed batch of `tenant`.
 const IMPORTED_SQL: &str = "\
@@ -161,13 +171,27 @@ impl Blocks<'_> {
         let taken = client
             .query(
                 RESERVE_SQL,
-                &[&self.tenant, &self.staging.id, &ids, &Document::STREAM_TYPE],
+                &[
+                    &self.tenant,
+                    &self.staging.id,
+                    &ids,
+                    &Document::STREAM_TYPE,
+                    &DocumentBatch::STREAM_TYPE,
+                ],
             )
             .await
             .map_err(StoreError::from)?;
         if let Some(t) = taken.first() {
             let id: Uuid = t.try_get(0).map_err(StoreError::from)?;
+            let in_progress: bool = t.try_get(1).map_err(StoreError::from)?;
             let row = self.seen.get(&id).copied().unwrap_or(0);
+            if in_progress {
+                // Perhaps this very batch, sent again while the first is still running.
+                return Err(ImportError::Busy(format!(
+                    "line {row}: id {id} is being imported by a batch still in progress; \
+                     retry once it has ended"
+                )));
+            }
             return Err(bad_row(row, "id", "is the id of another document"));
         }
         self.documents += self.block.len() as i64;
@@ -189,6 +213,13 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
     key: Option<&StreamedKey>,
 ) -> Result<Imported, ImportError> {
     let batch_id = Uuid::now_v7();
+    // Releases the ids if this request ends without a commit, even when it is dropped
+    // mid-way (the client went away).
+    let mut reservations = Reservations {
+        store: store.clone(),
+        batch_id,
+        committed: false,
+    };
     let mut blocks = Blocks {
         store,
         tenant,
@@ -231,19 +262,54 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
     }
     .await;
     match outcome {
-        Ok(appended) => Ok(Imported {
-            batch_id,
-            documents: blocks.documents,
-            appended,
-        }),
+        Ok(appended) => {
+            reservations.committed = true;
+            Ok(Imported {
+                batch_id,
+                documents: blocks.documents,
+                appended,
+            })
+        }
         Err(e) => {
             blocks.staging.discard().await;
-            if let Ok(client) = store.pool().get().await {
-                if let Err(e) = client.execute(RELEASE_SQL, &[&batch_id]).await {
-                    tracing::warn!(error = %e, "cannot release a failed batch's ids; the purge job does");
-                }
-            }
             Err(e)
+        }
+    }
+}
+
+/// A batch's id reservations, released when it is dropped uncommitted.
+struct Reservations {
+    store: EventStore,
+    batch_id: Uuid,
+    committed: bool,
+}
+
+impl Drop for Reservations {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let (store, batch_id) = (self.store.clone(), self.batch_id);
+        let release = async move {
+            let released = async {
+                let client = store.pool().get().await?;
+                client
+                    .execute(RELEASE_SQL, &[&batch_id, &DocumentBatch::STREAM_TYPE])
+                    .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            if let Err(e) = released {
+                tracing::warn!(error = %e, "cannot release a failed batch's ids; the purge job does");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(release);
+            }
+            Err(_) => {
+                tracing::warn!("no runtime to release a failed batch's ids; the purge job does")
+            }
         }
     }
 }

@@ -251,8 +251,9 @@ fn vector_sql(s: &Search<'_>, v: &VectorQuery, params: &mut Params) -> String {
     let nearest = format!(
         "SELECT d.id, d.title, d.created_at, {expr} <=> {target} AS distance
            FROM documents d
-          WHERE d.tenant_id = $1 AND d.embedding IS NOT NULL{filters}
-          ORDER BY {expr} <=> {target} LIMIT {candidates}"
+          WHERE d.tenant_id = $1 AND {indexed}{filters}
+          ORDER BY {expr} <=> {target} LIMIT {candidates}",
+        indexed = super::vector::predicate(v.dimensions, "d.")
     );
     let page = if v.hybrid {
         format!(

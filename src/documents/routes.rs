@@ -55,14 +55,15 @@ pub struct DocumentBatchAccepted {
 /// Up to 1,000,000 documents, read as they stream, recorded as blocks of 500 in one
 /// `document_batch` stream. A line may name its document's `id` (a UUID no other document
 /// has); otherwise the document gets a new one. A bad line rejects the whole batch (422
-/// `invalid_row` with `row` and `field`) and nothing is written. A batch's documents are
-/// changed and deleted like any other.
+/// `invalid_row` with `row` and `field`) and nothing is written; 409 `command_refused` when
+/// a line's id is being imported by another batch still in progress. A batch's documents
+/// are changed and deleted like any other.
 #[utoipa::path(post, path = "/api/v1/documents:batch",
     request_body(content = String, content_type = "application/x-ndjson", description = "one document per line"),
     params(("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 202, body = DocumentBatchAccepted), (status = 400, body = Problem),
-              (status = 413, body = Problem), (status = 415, body = Problem),
+              (status = 409, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem),
               (status = 422, body = Problem), (status = 503, body = Problem)))]
 #[post("/api/v1/documents:batch")]
 pub async fn batch(
@@ -318,6 +319,15 @@ fn vector_query(
             ))
         }
     };
+    if p.kind
+        .as_deref()
+        .is_some_and(|k| !k.split(',').any(|t| t.trim() == "document"))
+    {
+        return Err(ApiError::validation(
+            "type",
+            "vector and hybrid searches find documents only",
+        ));
+    }
     let dimensions = state.settings.embedding_dimensions;
     let vector = super::vector::parse(p.vector.as_deref().unwrap_or(""), dimensions)
         .map_err(|m| ApiError::validation("vector", m))?;

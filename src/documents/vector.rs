@@ -48,6 +48,12 @@ pub fn expression(dimensions: usize) -> String {
     format!("d.embedding::vector({dimensions})")
 }
 
+/// The index's predicate (on columns of `alias`): embeddings of this size only. A query
+/// repeats it, so that the index serves it and no other size reaches the cast.
+pub fn predicate(dimensions: usize, alias: &str) -> String {
+    format!("{alias}embedding IS NOT NULL AND cardinality({alias}embedding) = {dimensions}")
+}
+
 /// Builds the extension and the index (once per database: under an advisory lock, so
 /// servers starting together build it once), then marks `index` ready or unavailable.
 pub async fn prepare(conn: &str, dimensions: usize, enabled: bool, index: &VectorIndex) {
@@ -70,17 +76,39 @@ pub async fn prepare(conn: &str, dimensions: usize, enabled: bool, index: &Vecto
         if !available {
             return Ok(false);
         }
-        // `dimensions` is a checked integer from the configuration, not user input.
+        // One transaction (a simple query): the lock is held until the index is
+        // committed, so a server starting at the same time finds it built. Indexes for
+        // another size go. The predicate keeps embeddings of any other size out of the
+        // index and its cast. `dimensions` is a checked integer from the configuration.
         client
             .batch_execute(&format!(
-                "SELECT pg_advisory_lock(1668048004, hashtext('documents_embedding'));
+                "SELECT pg_advisory_xact_lock(1668048004, hashtext('documents_embedding'));
                  CREATE EXTENSION IF NOT EXISTS vector;
+                 DO $$ DECLARE i text; BEGIN
+                     FOR i IN SELECT indexname FROM pg_indexes
+                               WHERE tablename = 'documents' AND schemaname = 'public'
+                                 AND indexname ~ '^documents_embedding_[0-9]+$'
+                                 AND indexname <> 'documents_embedding_{dimensions}' LOOP
+                         EXECUTE format('DROP INDEX %I', i);
+                     END LOOP;
+                 END $$;
                  CREATE INDEX IF NOT EXISTS documents_embedding_{dimensions} ON documents
                      USING hnsw ((embedding::vector({dimensions})) vector_cosine_ops)
-                     WHERE embedding IS NOT NULL;
-                 SELECT pg_advisory_unlock(1668048004, hashtext('documents_embedding'));"
+                     WHERE {};",
+                predicate(dimensions, "")
             ))
             .await?;
+        let version: String = client
+            .query_one(
+                "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+                &[],
+            )
+            .await?
+            .get(0);
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        if (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (0, 8) {
+            anyhow::bail!("pgvector {version} is older than 0.8 (iterative index scans)");
+        }
         anyhow::Ok(true)
     }
     .await;
@@ -105,17 +133,7 @@ pub async fn prepare(conn: &str, dimensions: usize, enabled: bool, index: &Vecto
 pub fn parse(raw: &str, dimensions: usize) -> Result<String, String> {
     let v: Vec<f32> = serde_json::from_str(raw)
         .map_err(|_| "must be a JSON array of numbers, e.g. [0.1,0.2]".to_owned())?;
-    if v.len() != dimensions {
-        return Err(format!(
-            "must have {dimensions} numbers (this deployment's size)"
-        ));
-    }
-    if v.iter().any(|x| !x.is_finite()) {
-        return Err("must be finite numbers".into());
-    }
-    if v.iter().all(|x| *x == 0.0) {
-        return Err("must not be all zeros".into());
-    }
+    super::aggregate::check_embedding(&v, dimensions)?;
     let parts: Vec<String> = v.iter().map(f32::to_string).collect();
     Ok(format!("[{}]", parts.join(",")))
 }

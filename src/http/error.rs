@@ -296,6 +296,7 @@ impl From<ImportError> for ApiError {
                 message,
             },
             ImportError::Body(m) => ApiError::MalformedBody(m),
+            ImportError::Busy(m) => ApiError::Refused(m),
             ImportError::TooLarge(crate::imports::BodyTooLarge(limit)) => {
                 ApiError::PayloadTooLarge(usize::try_from(limit).unwrap_or(usize::MAX))
             }

@@ -737,6 +737,7 @@ async fn vector_and_hybrid_search_rank_by_embedding_or_say_they_cannot() {
         ("mode=vector", "mode"),
         ("limit=5", "q"),
         ("vector=%5B1,0,0%5D&cursor=abc", "cursor"),
+        ("vector=%5B1,0,0%5D&type=tag", "type"),
     ] {
         let res = app.get(&format!("/api/v1/search?{q}")).await;
         assert_eq!(res.status(), 422, "{q}");
@@ -756,6 +757,32 @@ async fn vector_and_hybrid_search_rank_by_embedding_or_say_they_cannot() {
     let live = snapshot(&app.conn, sql).await;
     rebuild_and_wait(&app, "documents").await;
     assert_eq!(snapshot(&app.conn, sql).await, live);
+
+    // Another embedding size for the deployment: the documents of the old size stay out
+    // of the new index, and the projector goes on with documents of the new size.
+    let mut wider = settings.clone();
+    wider.embedding_dimensions = 4;
+    let app4 = spawn_app_on(conn.clone(), wider).await;
+    let ready = eventually(std::time::Duration::from_secs(60), || async {
+        let res = app4.get("/api/v1/search?vector=%5B1,0,0,0%5D").await;
+        (res.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the index for the new size became ready");
+    let d4 = create(
+        &app4,
+        json!({"title": "Four", "content": "four numbers", "embedding": [0.0, 0.0, 0.0, 1.0]}),
+    )
+    .await;
+    let four = body(
+        app4.get(&format!(
+            "/api/v1/search?vector=%5B0,0,0,1%5D&min_position={}",
+            d4["position"]
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(titles(&four), ["Four"], "{four}");
 
     // A server with vector search off says so, never falls back to text.
     settings.vector_search = false;
