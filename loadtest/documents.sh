@@ -27,24 +27,9 @@ fi
 echo "== machine"; nproc; grep MemTotal /proc/meminfo
 echo "== commit"; git log -1 --format='%h %s' | cut -c1-120
 
-stop_stale_cluster "$DATA"
-rm -rf "$DATA"
-mkdir -p var
-CLOUDLENS_DATA_DIR=$DATA CLOUDLENS_LISTEN=127.0.0.1:$PORT RUST_LOG=warn \
-  target/release/cloudlens serve > var/documents-server.log 2>&1 &
-SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do curl -sf "$URL/readyz" >/dev/null && break; sleep 0.5; done
-curl -sf "$URL/readyz" >/dev/null || { echo "server not ready; see var/documents-server.log" >&2; exit 1; }
+start_own_server documents "$DATA" "$PORT"
 
 target/release/loadtest documents --url "$URL" --docs "$DOCS" --reps "$REPS" \
   --conn "host=$PWD/$DATA/run port=54329 user=cloudlens dbname=cloudlens"
 
-echo "== memory"
-echo "server VmHWM: $(grep VmHWM /proc/$SERVER/status | awk '{ printf "%.0f MiB", $2 / 1024 }')"
-pg_max=0
-for p in $(pgrep -f "postgres.*var/documents" || true); do
-  kb=$(awk '/VmHWM/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)
-  [ "${kb:-0}" -gt "$pg_max" ] && pg_max=$kb
-done
-echo "PostgreSQL largest process VmHWM: $((pg_max / 1024)) MiB"
+report_memory "$DATA"

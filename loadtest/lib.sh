@@ -60,3 +60,34 @@ SQL
   [ "${lag:-1}" = 0 ] || { echo "projector did not catch up: $status" >&2; return 1; }
   "${psql[@]}" -c "VACUUM ANALYZE events" -c "VACUUM ANALYZE budgets_view" -c "CHECKPOINT"
 }
+
+# Starts the release server on a fresh local cluster in DATA (wiped first), listening on
+# 127.0.0.1:PORT, with any extra VAR=value settings; sets SERVER (its pid) and a trap that
+# stops it on exit; waits until it is ready. Its log is var/NAME-server.log.
+start_own_server() { # NAME DATA PORT [VAR=value…]
+  local name=$1 data=$2 port=$3
+  shift 3
+  stop_stale_cluster "$data"
+  rm -rf "$data"
+  mkdir -p var
+  env CLOUDLENS_DATA_DIR="$data" CLOUDLENS_LISTEN="127.0.0.1:$port" RUST_LOG=warn "$@" \
+    target/release/cloudlens serve >"var/$name-server.log" 2>&1 &
+  SERVER=$!
+  trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+  for _ in $(seq 1 120); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.5; done
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null ||
+    { echo "server not ready; see var/$name-server.log" >&2; exit 1; }
+}
+
+# Prints the memory high-water marks of the server ($SERVER) and of the largest process
+# of the cluster in DATA.
+report_memory() { # DATA
+  local p kb pg_max=0
+  echo "== memory"
+  echo "server VmHWM: $(grep VmHWM "/proc/$SERVER/status" | awk '{ printf "%.0f MiB", $2 / 1024 }')"
+  for p in $(pgrep -f "postgres.*$1" || true); do
+    kb=$(awk '/VmHWM/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)
+    [ "${kb:-0}" -gt "$pg_max" ] && pg_max=$kb
+  done
+  echo "PostgreSQL largest process VmHWM: $((pg_max / 1024)) MiB"
+}
