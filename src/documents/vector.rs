@@ -76,28 +76,55 @@ pub async fn prepare(conn: &str, dimensions: usize, enabled: bool, index: &Vecto
         if !available {
             return Ok(false);
         }
-        // One transaction (a simple query): the lock is held until the index is
-        // committed, so a server starting at the same time finds it built. Indexes for
-        // another size go. The predicate keeps embeddings of any other size out of the
-        // index and its cast. `dimensions` is a checked integer from the configuration.
+        // Built CONCURRENTLY, so the projector keeps writing `documents` while a large
+        // table is indexed; that cannot run in a transaction, hence a session lock held
+        // until the index is committed (a server starting at the same time then finds it
+        // built). An index left invalid by an interrupted build is dropped first, and so
+        // are indexes for another size. The predicate keeps embeddings of any other size
+        // out of the index and its cast. `dimensions` is a checked integer from the
+        // configuration, not user input.
+        let name = format!("documents_embedding_{dimensions}");
         client
-            .batch_execute(&format!(
-                "SELECT pg_advisory_xact_lock(1668048004, hashtext('documents_embedding'));
-                 CREATE EXTENSION IF NOT EXISTS vector;
-                 DO $$ DECLARE i text; BEGIN
-                     FOR i IN SELECT indexname FROM pg_indexes
-                               WHERE tablename = 'documents' AND schemaname = 'public'
-                                 AND indexname ~ '^documents_embedding_[0-9]+$'
-                                 AND indexname <> 'documents_embedding_{dimensions}' LOOP
-                         EXECUTE format('DROP INDEX %I', i);
-                     END LOOP;
-                 END $$;
-                 CREATE INDEX IF NOT EXISTS documents_embedding_{dimensions} ON documents
-                     USING hnsw ((embedding::vector({dimensions})) vector_cosine_ops)
-                     WHERE {};",
-                predicate(dimensions, "")
-            ))
+            .execute(
+                "SELECT pg_advisory_lock(1668048004, hashtext('documents_embedding'))",
+                &[],
+            )
             .await?;
+        let built = async {
+            client
+                .batch_execute("CREATE EXTENSION IF NOT EXISTS vector")
+                .await?;
+            client
+                .batch_execute(&format!(
+                    "DO $$ DECLARE i text; BEGIN
+                         FOR i IN SELECT c.relname FROM pg_index x
+                                    JOIN pg_class c ON c.oid = x.indexrelid
+                                   WHERE x.indrelid = 'public.documents'::regclass
+                                     AND c.relname ~ '^documents_embedding_[0-9]+$'
+                                     AND (c.relname <> '{name}' OR NOT x.indisvalid) LOOP
+                             EXECUTE format('DROP INDEX %I', i);
+                         END LOOP;
+                     END $$"
+                ))
+                .await?;
+            client
+                .batch_execute(&format!(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON documents
+                         USING hnsw ((embedding::vector({dimensions})) vector_cosine_ops)
+                         WHERE {}",
+                    predicate(dimensions, "")
+                ))
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        client
+            .execute(
+                "SELECT pg_advisory_unlock(1668048004, hashtext('documents_embedding'))",
+                &[],
+            )
+            .await?;
+        built?;
         let version: String = client
             .query_one(
                 "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
