@@ -351,6 +351,33 @@ impl<'a> Staging<'a> {
         Ok(appended)
     }
 
+    /// Ends a streamed import: `read` is the outcome of reading the body (staging its
+    /// blocks) and gives the completion event. Commits the staged events and that event
+    /// with the Idempotency-Key's record (the body has been read whole, so its hash is
+    /// complete); a failure to read or to commit discards what was staged.
+    pub async fn finish(
+        &mut self,
+        tenant: &str,
+        stream: (&'static str, Uuid, i64),
+        read: Result<NewEvent, ImportError>,
+        metadata: &Value,
+        key: Option<&StreamedKey>,
+    ) -> Result<Appended, ImportError> {
+        let committed = match read {
+            Ok(tail) => {
+                let record = key.map(StreamedKey::record);
+                self.commit(tenant, stream, &[tail], metadata, record.as_ref())
+                    .await
+                    .map_err(ImportError::from)
+            }
+            Err(e) => Err(e),
+        };
+        if committed.is_err() {
+            self.discard().await;
+        }
+        committed
+    }
+
     /// Drops what was staged (after a failure). A failure to drop is only logged: the
     /// elected purge job removes stale stages.
     pub async fn discard(&mut self) {

@@ -56,11 +56,8 @@ pub async fn create(
         &(),
     )
     .await?;
-    let mut response = accepted(StatusCode::CREATED, result);
-    if let Ok(location) = format!("/api/v1/budgets/{}", result.id).parse() {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    let path = format!("/api/v1/budgets/{}", result.id);
+    Ok(crate::http::extract::created(&path, result.version, result))
 }
 
 /// Replace a budget. `If-Match: "<version>"` makes a stale write fail with 409.

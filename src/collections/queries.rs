@@ -6,7 +6,6 @@
 //! range, keyset), built from constant fragments with every value, the sort field
 //! included, as a parameter (`data->>$n`); prepared once per shape and connection.
 
-use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
@@ -257,15 +256,12 @@ pub fn encode_cursor(sort: &Sort, after: &After) -> String {
         After::Text(s, k) => serde_json::json!([sort.spec(), s, k]),
         After::Key(k) => serde_json::json!([sort.spec(), null, k]),
     };
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    crate::db::cursor::encode(&v)
 }
 
 /// A cursor of [`encode_cursor`] for `sort`, else `None`.
 pub fn decode_cursor(cursor: &str, sort: &Sort) -> Option<After> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()?;
-    let (spec, value, key): (String, Value, String) = serde_json::from_slice(&bytes).ok()?;
+    let (spec, value, key): (String, Value, String) = crate::db::cursor::decode(cursor)?;
     if spec != sort.spec() || key.contains('\0') {
         return None;
     }

@@ -21,12 +21,11 @@ use super::store::{self, Stored};
 use super::stream_id;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
-    command_context, if_match, media_type, min_position, saved, streamed_body, tenant, with_etag,
-    JsonBody, ReadParams,
+    command_context, if_match, media_type, min_position, saved, streamed_body, tenant, time_param,
+    with_etag, JsonBody, ReadParams,
 };
 use crate::http::AppState;
 use crate::pipeline::{self, CommandResult, Expect};
-use crate::tagging::rules::parse_date;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(declare)
@@ -299,11 +298,6 @@ pub struct ItemsParams {
     pub min_position: Option<i64>,
 }
 
-fn time(name: &str, v: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    v.map(|t| parse_date(t).ok_or_else(|| ApiError::validation(name, "is not a time (RFC 3339)")))
-        .transpose()
-}
-
 /// A page of the collection's live items, newest first unless `sort` says otherwise,
 /// keyset paginated.
 #[utoipa::path(get, path = "/api/v1/collections/{name}/items",
@@ -332,8 +326,8 @@ pub async fn list_items(
             }
         },
     };
-    let from = time("from", p.from.as_deref())?;
-    let to = time("to", p.to.as_deref())?;
+    let from = time_param("from", p.from.as_deref())?;
+    let to = time_param("to", p.to.as_deref())?;
     let limit = p.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::validation("limit", "must be from 1 to 1,000"));

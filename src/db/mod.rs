@@ -2,6 +2,7 @@
 //! self-managed local cluster.
 
 pub mod cluster;
+pub mod cursor;
 pub mod reader;
 pub mod stats;
 pub mod tls;

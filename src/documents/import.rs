@@ -229,7 +229,7 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
         seen: HashMap::new(),
         documents: 0,
     };
-    let outcome = async {
+    let read = async {
         let mut lines = NdjsonLines::new(body, MAX_LINE_BYTES);
         while let Some((row, line)) = lines.next().await? {
             if row > MAX_DOCUMENTS {
@@ -245,36 +245,24 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
         if blocks.documents == 0 {
             return Err(bad_row(1, "", "the batch has no documents"));
         }
-        let tail = codec::encode(&DocumentBatchEvent::DocumentBatchCompleted {
-            documents: blocks.documents,
-        })?;
-        let record = key.map(StreamedKey::record);
-        Ok(blocks
-            .staging
-            .commit(
-                tenant,
-                (DocumentBatch::STREAM_TYPE, batch_id, 0),
-                &[tail],
-                metadata,
-                record.as_ref(),
-            )
-            .await?)
+        Ok(codec::encode(
+            &DocumentBatchEvent::DocumentBatchCompleted {
+                documents: blocks.documents,
+            },
+        )?)
     }
     .await;
-    match outcome {
-        Ok(appended) => {
-            reservations.committed = true;
-            Ok(Imported {
-                batch_id,
-                documents: blocks.documents,
-                appended,
-            })
-        }
-        Err(e) => {
-            blocks.staging.discard().await;
-            Err(e)
-        }
-    }
+    let stream = (DocumentBatch::STREAM_TYPE, batch_id, 0);
+    let appended = blocks
+        .staging
+        .finish(tenant, stream, read, metadata, key)
+        .await?;
+    reservations.committed = true;
+    Ok(Imported {
+        batch_id,
+        documents: blocks.documents,
+        appended,
+    })
 }
 
 /// A batch's id reservations, released when it is dropped uncommitted.

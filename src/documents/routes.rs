@@ -1,6 +1,6 @@
 //! HTTP endpoints of documents and search.
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -13,14 +13,15 @@ use super::import;
 use super::metrics::DOCS;
 use super::projection::DOCUMENTS;
 use super::queries::{self, DocumentView, Search, SearchPage};
+use crate::db::cursor;
 use crate::http::batch::{streamed, Streamed};
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
-    command_context, if_match, media_type, min_position, tenant, with_etag, JsonBody, ReadParams,
+    command_context, created, if_match, media_type, min_position, tenant, time_param, with_etag,
+    JsonBody, ReadParams,
 };
 use crate::http::AppState;
 use crate::pipeline::{self, CommandResult, EventSourced, Expect};
-use crate::tagging::rules::parse_date;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(create)
@@ -163,11 +164,8 @@ pub async fn create(
         },
     )
     .await?;
-    let mut response = with_etag(StatusCode::CREATED, result.version, result);
-    if let Ok(location) = format!("/api/v1/documents/{}", result.id).parse() {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    let path = format!("/api/v1/documents/{}", result.id);
+    Ok(created(&path, result.version, result))
 }
 
 /// Replace a document. `If-Match: "<version>"` makes a stale write fail with 409.
@@ -355,8 +353,6 @@ pub async fn search(
     req: HttpRequest,
     params: web::Query<SearchParams>,
 ) -> Result<HttpResponse, ApiError> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let tenant = tenant(&req)?;
     let p = params.into_inner();
     if let Some(q) = &p.q {
@@ -385,20 +381,11 @@ pub async fn search(
             wanted
         }
     };
-    let time = |name: &str, v: &Option<String>| {
-        v.as_deref()
-            .map(|t| {
-                parse_date(t).ok_or_else(|| ApiError::validation(name, "is not a time (RFC 3339)"))
-            })
-            .transpose()
-    };
     let after = p
         .cursor
         .as_deref()
         .map(|c| {
-            b64.decode(c)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<(f32, String, String)>(&b).ok())
+            cursor::decode::<(f32, String, String)>(c)
                 .ok_or_else(|| ApiError::validation("cursor", "is not a cursor this server gave"))
         })
         .transpose()?;
@@ -428,8 +415,8 @@ pub async fn search(
             })
             .unwrap_or_default(),
         metadata: metadata.as_ref(),
-        from: time("from", &p.from)?,
-        to: time("to", &p.to)?,
+        from: time_param("from", p.from.as_deref())?,
+        to: time_param("to", p.to.as_deref())?,
         limit,
         after,
     };
@@ -459,7 +446,6 @@ pub async fn search(
     let next = (vector.is_none() && hits.len() as i64 == limit)
         .then(|| hits.last())
         .flatten()
-        .and_then(|h| serde_json::to_vec(&(h.rank, &h.kind, &h.id)).ok())
-        .map(|b| b64.encode(b));
+        .map(|h| cursor::encode(&(h.rank, &h.kind, &h.id)));
     Ok(HttpResponse::Ok().json(SearchPage { hits, next }))
 }

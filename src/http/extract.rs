@@ -259,6 +259,28 @@ pub fn streamed_body(
     tokio_util::io::StreamReader::new(rx)
 }
 
+/// An optional time parameter (RFC 3339), or 422 naming it.
+pub fn time_param(
+    name: &str,
+    value: Option<&str>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    value
+        .map(|t| {
+            crate::tagging::rules::parse_date(t)
+                .ok_or_else(|| ApiError::validation(name, "is not a time (RFC 3339)"))
+        })
+        .transpose()
+}
+
+/// 201 for a command that created something: its version as the ETag, `Location: path`.
+pub fn created(path: &str, version: i64, body: impl serde::Serialize) -> actix_web::HttpResponse {
+    let mut response = with_etag(actix_web::http::StatusCode::CREATED, version, body);
+    if let Ok(location) = path.parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
 /// A command's answer with its version as the ETag (what `If-Match` takes back).
 pub fn with_etag(
     status: actix_web::http::StatusCode,

@@ -279,7 +279,7 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
         count: 0,
     };
     let mut staging = Staging::new(store, import_id);
-    let outcome = async {
+    let read = async {
         match format {
             Format::Csv => read_csv(body, &mut b, &mut staging, &sealer).await?,
             Format::Ndjson => read_ndjson(body, &mut b, &mut staging, &sealer).await?,
@@ -287,35 +287,22 @@ pub async fn import<R: AsyncRead + Unpin + Send + 'static>(
         if !b.rows.is_empty() {
             staging.push(&b.take_batch(&sealer).await?).await?;
         }
-        let completed = codec::encode(&SubjectImportEvent::ImportCompleted {
+        Ok(codec::encode(&SubjectImportEvent::ImportCompleted {
             kind: schema.kind.clone(),
             source: source.to_owned(),
             rows: b.count,
-        })?;
-        let appended = staging
-            .commit(
-                tenant,
-                (SubjectImport::STREAM_TYPE, import_id, 0),
-                &[completed],
-                metadata,
-                // The body has been read whole: its hash is complete.
-                idempotency.map(StreamedKey::record).as_ref(),
-            )
-            .await?;
-        Ok::<_, ImportError>(appended)
+        })?)
     }
     .await;
-    match outcome {
-        Ok(appended) => Ok(Imported {
-            import_id,
-            rows: b.count,
-            appended,
-        }),
-        Err(e) => {
-            staging.discard().await;
-            Err(e)
-        }
-    }
+    let stream = (SubjectImport::STREAM_TYPE, import_id, 0);
+    let appended = staging
+        .finish(tenant, stream, read, metadata, idempotency)
+        .await?;
+    Ok(Imported {
+        import_id,
+        rows: b.count,
+        appended,
+    })
 }
 
 /// Stages the pending rows once they fill an event.

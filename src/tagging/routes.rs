@@ -407,19 +407,12 @@ pub async fn create_tag(
 
 /// `201` with the new tag's id, version and position, its `ETag` and `Location`.
 fn created_response(id: i32, version: i64, position: i64) -> HttpResponse {
-    let mut response = with_etag(
-        StatusCode::CREATED,
+    let body = TagResult {
+        id,
         version,
-        TagResult {
-            id,
-            version,
-            position,
-        },
-    );
-    if let Ok(location) = format!("/api/v1/tags/{id}").parse() {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    response
+        position,
+    };
+    crate::http::extract::created(&format!("/api/v1/tags/{id}"), version, body)
 }
 
 /// The answer of a `POST /api/v1/tags` already made under the same idempotency key: the

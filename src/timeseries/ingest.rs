@@ -785,37 +785,25 @@ async fn ingest<I: Item, R: AsyncRead + Unpin + Send + 'static>(
         items: 0,
         series: HashSet::new(),
     };
-    let outcome = async {
+    let read = async {
         read_items::<I, R>(format, body, &mut blocks).await?;
         if blocks.items == 0 {
             return Err(bad_row(1, "", format!("the batch has no {}", I::MEMBER)));
         }
-        let tail = I::completed(blocks.items, blocks.series.len() as i64)?;
-        let record = key.map(StreamedKey::record);
-        Ok(blocks
-            .staging
-            .commit(
-                tenant,
-                (I::STREAM_TYPE, batch_id, 0),
-                &[tail],
-                metadata,
-                record.as_ref(),
-            )
-            .await?)
+        Ok(I::completed(blocks.items, blocks.series.len() as i64)?)
     }
     .await;
-    match outcome {
-        Ok(appended) => Ok(Ingested {
-            batch_id,
-            items: blocks.items,
-            series: blocks.series.len() as i64,
-            appended,
-        }),
-        Err(e) => {
-            blocks.staging.discard().await;
-            Err(e)
-        }
-    }
+    let stream = (I::STREAM_TYPE, batch_id, 0);
+    let appended = blocks
+        .staging
+        .finish(tenant, stream, read, metadata, key)
+        .await?;
+    Ok(Ingested {
+        batch_id,
+        items: blocks.items,
+        series: blocks.series.len() as i64,
+        appended,
+    })
 }
 
 #[cfg(test)]

@@ -19,13 +19,15 @@ use super::queries::{
 };
 use super::retention::{self, RetentionRun, Trigger};
 use super::{retention_stream, series_id};
+use crate::db::cursor;
 use crate::eventstore::RecordedEvent;
 use crate::http::batch::{streamed, Streamed};
 use crate::http::error::{ApiError, Problem};
-use crate::http::extract::{command_context, media_type, min_position, tenant, JsonBody};
+use crate::http::extract::{
+    command_context, media_type, min_position, tenant, time_param, JsonBody,
+};
 use crate::http::AppState;
 use crate::pipeline::{self, CommandResult, EventSourced, Expect};
-use crate::tagging::rules::parse_date;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(ingest_points)
@@ -239,11 +241,7 @@ impl Params {
     }
 
     fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-        self.get(name)
-            .map(|v| {
-                parse_date(v).ok_or_else(|| ApiError::validation(name, "is not a time (RFC 3339)"))
-            })
-            .transpose()
+        time_param(name, self.get(name))
     }
 
     fn int(&self, name: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
@@ -577,17 +575,13 @@ pub async fn list_series(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let p = Params::new(&req, &["metric", "tag", "after", "limit", "min_position"])?;
     let tenant = tenant(&req)?;
     let limit = p.int("limit", 1, 1000)?.unwrap_or(100);
     let after = p
         .get("after")
         .map(|a| {
-            b64.decode(a)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<(String, String)>(&b).ok())
+            cursor::decode::<(String, String)>(a)
                 .ok_or_else(|| ApiError::validation("after", "is not a cursor this server gave"))
         })
         .transpose()?;
@@ -599,8 +593,7 @@ pub async fn list_series(
     let next = (items.len() as i64 == limit)
         .then(|| items.last())
         .flatten()
-        .and_then(|l| serde_json::to_vec(&(&l.metric, &l.series)).ok())
-        .map(|b| b64.encode(b));
+        .map(|l| cursor::encode(&(&l.metric, &l.series)));
     Ok(HttpResponse::Ok().json(SeriesList { items, next }))
 }
 
