@@ -75,6 +75,21 @@ pub struct Settings {
     /// (`CLOUDLENS_COLLECTIONS_PURGE_INTERVAL_SECONDS`, default 60). Reads never return
     /// an expired item; the purge frees the space.
     pub collections_purge_interval: Duration,
+    /// How often the elected process evaluates the window-based alert rules
+    /// (`CLOUDLENS_ALERT_EVALUATION_INTERVAL_MS`, default 30,000).
+    pub alert_evaluation_interval: Duration,
+    /// How often the elected process looks for notifications due
+    /// (`CLOUDLENS_NOTIFY_POLL_MS`, default 500).
+    pub notify_poll: Duration,
+    /// Attempts of one notification before it is marked dead
+    /// (`CLOUDLENS_NOTIFY_MAX_ATTEMPTS`, default 10).
+    pub notify_max_attempts: i32,
+    /// First retry delay of a failed notification, doubled per attempt up to an hour,
+    /// with jitter (`CLOUDLENS_NOTIFY_RETRY_BASE_MS`, default 2,000).
+    pub notify_retry_base: Duration,
+    /// The server's address as receivers should link to it (`CLOUDLENS_PUBLIC_URL`);
+    /// links in notifications are relative without it.
+    pub public_url: Option<String>,
 }
 
 /// A secret that `{:?}` does not print (settings end up in logs and error reports).
@@ -122,6 +137,11 @@ impl Default for Settings {
             embedding_dimensions: 384,
             vector_search: true,
             collections_purge_interval: Duration::from_secs(60),
+            alert_evaluation_interval: Duration::from_secs(30),
+            notify_poll: Duration::from_millis(500),
+            notify_max_attempts: 10,
+            notify_retry_base: Duration::from_secs(2),
+            public_url: None,
         }
     }
 }
@@ -276,6 +296,37 @@ impl Settings {
                 "CLOUDLENS_COLLECTIONS_PURGE_INTERVAL_SECONDS must be at least 1"
             );
             s.collections_purge_interval = Duration::from_secs(secs);
+        }
+        for (name, field) in [
+            (
+                "CLOUDLENS_ALERT_EVALUATION_INTERVAL_MS",
+                &mut s.alert_evaluation_interval,
+            ),
+            ("CLOUDLENS_NOTIFY_POLL_MS", &mut s.notify_poll),
+            ("CLOUDLENS_NOTIFY_RETRY_BASE_MS", &mut s.notify_retry_base),
+        ] {
+            if let Some(v) = var(name) {
+                let ms: u64 = parse(name, &v)?;
+                anyhow::ensure!(
+                    (10..=86_400_000).contains(&ms),
+                    "{name} must be between 10 and 86400000"
+                );
+                *field = Duration::from_millis(ms);
+            }
+        }
+        if let Some(v) = var("CLOUDLENS_NOTIFY_MAX_ATTEMPTS") {
+            s.notify_max_attempts = parse("CLOUDLENS_NOTIFY_MAX_ATTEMPTS", &v)?;
+            anyhow::ensure!(
+                (1..=100).contains(&s.notify_max_attempts),
+                "CLOUDLENS_NOTIFY_MAX_ATTEMPTS must be between 1 and 100"
+            );
+        }
+        if let Some(v) = var("CLOUDLENS_PUBLIC_URL") {
+            anyhow::ensure!(
+                v.starts_with("http://") || v.starts_with("https://"),
+                "CLOUDLENS_PUBLIC_URL must start with http:// or https://"
+            );
+            s.public_url = Some(v.trim_end_matches('/').to_owned());
         }
         if let Some(v) = var("CLOUDLENS_PROJECTOR_BATCH") {
             s.projector_batch_size = parse("CLOUDLENS_PROJECTOR_BATCH", &v)?;

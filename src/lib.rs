@@ -13,12 +13,13 @@
 //! - `imports`      streamed bulk imports: CSV rows, row errors, staged appends;
 //! - `scheduled`    periodic work done by one elected process (retention purges);
 //! - `http`         actix-web app, error mapping, admin and operations endpoints;
-//! - `budgets`, `tagging`, `costs`, `access`, `timeseries`, `documents`, `collections`
-//!   the bounded contexts.
+//! - `budgets`, `tagging`, `costs`, `access`, `timeseries`, `documents`, `collections`,
+//!   `alerts`: the bounded contexts.
 //!
 //! The binary (`main.rs`) only parses the command line and calls [`app`].
 
 pub mod access;
+pub mod alerts;
 pub mod app;
 pub mod budgets;
 pub mod collections;
