@@ -41,6 +41,7 @@ pub fn all() -> Vec<BoundedContext> {
         crate::timeseries::context(),
         crate::documents::context(),
         crate::collections::context(),
+        crate::dashboards::context(),
     ]
 }
 

@@ -13,8 +13,8 @@
 //! - `imports`      streamed bulk imports: CSV rows, row errors, staged appends;
 //! - `scheduled`    periodic work done by one elected process (retention purges);
 //! - `http`         actix-web app, error mapping, admin and operations endpoints;
-//! - `budgets`, `tagging`, `costs`, `access`, `timeseries`, `documents`, `collections`
-//!   the bounded contexts.
+//! - `budgets`, `tagging`, `costs`, `access`, `timeseries`, `documents`, `collections`,
+//!   `dashboards` the bounded contexts.
 //!
 //! The binary (`main.rs`) only parses the command line and calls [`app`].
 
@@ -26,6 +26,7 @@ pub mod config;
 pub mod context;
 pub mod costs;
 pub mod crypto;
+pub mod dashboards;
 pub mod db;
 pub mod documents;
 pub mod eventstore;
