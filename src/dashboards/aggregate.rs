@@ -603,7 +603,13 @@ mod tests {
         ];
         for (path, field, value) in cases {
             let mut v = body();
-            *v.pointer_mut(path).unwrap() = value.clone();
+            let (parent, key) = path.rsplit_once('/').unwrap();
+            match v.pointer_mut(parent).unwrap() {
+                Value::Object(m) => {
+                    m.insert(key.to_owned(), value.clone());
+                }
+                other => other[key.parse::<usize>().unwrap()] = value.clone(),
+            }
             let err = DashboardDetails::validate(draft_of(v)).unwrap_err();
             match err {
                 DashboardError::Invalid { field: f, .. } => {

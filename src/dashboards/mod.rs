@@ -34,7 +34,7 @@ use crate::projections::Typed;
         routes::remove,
         routes::get_one,
         routes::list,
-        routes::data
+        routes::dashboard_data
     ),
     components(schemas(
         DashboardDraft,

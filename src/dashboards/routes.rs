@@ -7,7 +7,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::commands::{DashboardCommand, DashboardDraft};
-use super::data::{self, DashboardData};
+use super::data::{self as widgets_data, DashboardData};
 use super::projection::NAME as PROJECTION;
 use super::queries::{self, DashboardPage, DashboardView};
 use super::Dashboard;
@@ -22,7 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(create)
         .service(list)
         .service(get_one)
-        .service(data)
+        .service(dashboard_data)
         .service(update)
         .service(remove);
 }
@@ -267,7 +267,7 @@ pub struct DataParams {
     responses((status = 200, body = DashboardData), (status = 400, body = Problem), (status = 404, body = Problem),
               (status = 422, body = Problem), (status = 503, body = Problem)))]
 #[get("/api/v1/dashboards/{id}/data")]
-pub async fn data(
+pub async fn dashboard_data(
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,
@@ -277,7 +277,7 @@ pub async fn data(
     let tenant = tenant(&req)?;
     let caller = caller(&req)?;
     let p = params.into_inner();
-    let (_, default_to) = data::default_range(chrono::Utc::now());
+    let (_, default_to) = widgets_data::default_range(chrono::Utc::now());
     let to = time_param("to", p.to.as_deref())?.unwrap_or(default_to);
     let from =
         time_param("from", p.from.as_deref())?.unwrap_or_else(|| to - chrono::Duration::days(30));
@@ -289,7 +289,7 @@ pub async fn data(
     let widgets = queries::widgets(&client, &tenant, &caller, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("dashboard".into()))?;
-    let answer = data::run_all(&state, &tenant, &widgets, (from, to), min_position).await;
+    let answer = widgets_data::run_all(&state, &tenant, &widgets, (from, to), min_position).await;
     Ok(HttpResponse::Ok().json(answer))
 }
 
