@@ -664,7 +664,14 @@ pub async fn budget_status(
         None => Utc::now().date_naive(),
         Some(s) => time("as_of", s)?.date_naive(),
     };
-    let answer = status_of(&state, &tenant, id, as_of, min_position(params.min_position)?).await?;
+    let answer = status_of(
+        &state,
+        &tenant,
+        id,
+        as_of,
+        min_position(params.min_position)?,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 

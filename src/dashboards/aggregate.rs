@@ -142,9 +142,9 @@ impl Params<'_> {
         match self.get(key) {
             None if required => Err(invalid(self.ptr(key), "is required")),
             None => Ok(None),
-            Some(Value::String(s)) if s.is_empty() || s.chars().count() > MAX_TEXT => Err(
-                invalid(self.ptr(key), "must be 1 to 200 characters"),
-            ),
+            Some(Value::String(s)) if s.is_empty() || s.chars().count() > MAX_TEXT => {
+                Err(invalid(self.ptr(key), "must be 1 to 200 characters"))
+            }
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(invalid(self.ptr(key), "must be a string")),
         }
@@ -152,7 +152,9 @@ impl Params<'_> {
 
     /// A string from `names`, or `default`.
     fn one_of(&self, key: &str, names: &[&str], default: &str) -> Result<String, DashboardError> {
-        let v = self.string(key, false)?.unwrap_or_else(|| default.to_owned());
+        let v = self
+            .string(key, false)?
+            .unwrap_or_else(|| default.to_owned());
         if !names.contains(&v.as_str()) {
             return Err(invalid(
                 self.ptr(key),
@@ -207,7 +209,9 @@ fn data_source(at: String, raw: &Value) -> Result<DataSource, DashboardError> {
                         if !is_cost_dimension(d) {
                             return Err(invalid(
                                 at,
-                                format!("{d:?} is not account, service, region, tag:KEY or vtag:NAME"),
+                                format!(
+                                    "{d:?} is not account, service, region, tag:KEY or vtag:NAME"
+                                ),
                             ));
                         }
                         if group_by.iter().any(|g| g == d) {
@@ -216,7 +220,9 @@ fn data_source(at: String, raw: &Value) -> Result<DataSource, DashboardError> {
                         group_by.push(d.to_owned());
                     }
                 }
-                Some(_) => return Err(invalid(p.ptr("group_by"), "must be an array of dimensions")),
+                Some(_) => {
+                    return Err(invalid(p.ptr("group_by"), "must be an array of dimensions"))
+                }
             }
             let granularity = p.one_of("granularity", &GRANULARITIES, "day")?;
             let filters = match p.get("filters") {
@@ -235,9 +241,10 @@ fn data_source(at: String, raw: &Value) -> Result<DataSource, DashboardError> {
                         return Err(invalid(f.ptr("tag"), "must be KEY:VALUE"));
                     }
                     let currency = f.string("currency", false)?;
-                    if currency.as_deref().is_some_and(|c| {
-                        c.len() != 3 || !c.chars().all(|c| c.is_ascii_uppercase())
-                    }) {
+                    if currency
+                        .as_deref()
+                        .is_some_and(|c| c.len() != 3 || !c.chars().all(|c| c.is_ascii_uppercase()))
+                    {
                         return Err(invalid(
                             f.ptr("currency"),
                             "must be a three-letter ISO 4217 code",
@@ -274,8 +281,8 @@ fn data_source(at: String, raw: &Value) -> Result<DataSource, DashboardError> {
         "budget_status" => {
             p.only(&["budget_id"])?;
             let raw = p.string("budget_id", true)?.unwrap_or_default();
-            let budget_id = Uuid::parse_str(&raw)
-                .map_err(|_| invalid(p.ptr("budget_id"), "must be a UUID"))?;
+            let budget_id =
+                Uuid::parse_str(&raw).map_err(|_| invalid(p.ptr("budget_id"), "must be a UUID"))?;
             Ok(DataSource::BudgetStatus { budget_id })
         }
         "tag_stats" => {
@@ -586,20 +593,76 @@ mod tests {
             ("/widgets/0/position/y", "/widgets/0/position/y", json!(-3)),
             ("/widgets/2/type", "/widgets/2/type", json!("pie")),
             ("/widgets/1/id", "/widgets/1/id", json!("costs")),
-            ("/widgets/0/data_source/kind", "/widgets/0/data_source/kind", json!("sql")),
-            ("/widgets/0/data_source/group_by/1", "/widgets/0/data_source/group_by/1", json!("colour")),
-            ("/widgets/0/data_source/group_by/1", "/widgets/0/data_source/group_by/1", json!("resource")),
-            ("/widgets/0/data_source/granularity", "/widgets/0/data_source/granularity", json!("hour")),
-            ("/widgets/0/data_source/filters/tag", "/widgets/0/data_source/filters/tag", json!("team")),
-            ("/widgets/0/data_source/filters/currency", "/widgets/0/data_source/filters/currency", json!("usd")),
-            ("/widgets/0/data_source/filters/colour", "/widgets/0/data_source/filters/colour", json!("x")),
-            ("/widgets/1/data_source/aggregation", "/widgets/1/data_source/aggregation", json!("median")),
-            ("/widgets/1/data_source/step", "/widgets/1/data_source/step", json!("15m")),
-            ("/widgets/1/data_source/series", "/widgets/1/data_source/series", json!(null)),
-            ("/widgets/2/data_source/budget_id", "/widgets/2/data_source/budget_id", json!("nope")),
-            ("/widgets/3/data_source/tag_id", "/widgets/3/data_source/tag_id", json!(0)),
-            ("/widgets/4/data_source/state", "/widgets/4/data_source/state", json!("open")),
-            ("/widgets/4/data_source/limit", "/widgets/4/data_source/limit", json!(501)),
+            (
+                "/widgets/0/data_source/kind",
+                "/widgets/0/data_source/kind",
+                json!("sql"),
+            ),
+            (
+                "/widgets/0/data_source/group_by/1",
+                "/widgets/0/data_source/group_by/1",
+                json!("colour"),
+            ),
+            (
+                "/widgets/0/data_source/group_by/1",
+                "/widgets/0/data_source/group_by/1",
+                json!("resource"),
+            ),
+            (
+                "/widgets/0/data_source/granularity",
+                "/widgets/0/data_source/granularity",
+                json!("hour"),
+            ),
+            (
+                "/widgets/0/data_source/filters/tag",
+                "/widgets/0/data_source/filters/tag",
+                json!("team"),
+            ),
+            (
+                "/widgets/0/data_source/filters/currency",
+                "/widgets/0/data_source/filters/currency",
+                json!("usd"),
+            ),
+            (
+                "/widgets/0/data_source/filters/colour",
+                "/widgets/0/data_source/filters/colour",
+                json!("x"),
+            ),
+            (
+                "/widgets/1/data_source/aggregation",
+                "/widgets/1/data_source/aggregation",
+                json!("median"),
+            ),
+            (
+                "/widgets/1/data_source/step",
+                "/widgets/1/data_source/step",
+                json!("15m"),
+            ),
+            (
+                "/widgets/1/data_source/series",
+                "/widgets/1/data_source/series",
+                json!(null),
+            ),
+            (
+                "/widgets/2/data_source/budget_id",
+                "/widgets/2/data_source/budget_id",
+                json!("nope"),
+            ),
+            (
+                "/widgets/3/data_source/tag_id",
+                "/widgets/3/data_source/tag_id",
+                json!(0),
+            ),
+            (
+                "/widgets/4/data_source/state",
+                "/widgets/4/data_source/state",
+                json!("open"),
+            ),
+            (
+                "/widgets/4/data_source/limit",
+                "/widgets/4/data_source/limit",
+                json!(501),
+            ),
         ];
         for (path, field, value) in cases {
             let mut v = body();
@@ -629,12 +692,35 @@ mod tests {
             panic!("expected Invalid")
         };
         assert_eq!(field, "/widgets/3/position");
-        assert!(message.contains("\"tag\"") && message.contains("\"costs\""), "{message}");
+        assert!(
+            message.contains("\"tag\"") && message.contains("\"costs\""),
+            "{message}"
+        );
         // Touching edges do not overlap.
-        let a = Position { x: 0, y: 0, w: 6, h: 2 };
-        assert!(!a.overlaps(&Position { x: 6, y: 0, w: 6, h: 2 }));
-        assert!(!a.overlaps(&Position { x: 0, y: 2, w: 6, h: 2 }));
-        assert!(a.overlaps(&Position { x: 5, y: 1, w: 6, h: 2 }));
+        let a = Position {
+            x: 0,
+            y: 0,
+            w: 6,
+            h: 2,
+        };
+        assert!(!a.overlaps(&Position {
+            x: 6,
+            y: 0,
+            w: 6,
+            h: 2
+        }));
+        assert!(!a.overlaps(&Position {
+            x: 0,
+            y: 2,
+            w: 6,
+            h: 2
+        }));
+        assert!(a.overlaps(&Position {
+            x: 5,
+            y: 1,
+            w: 6,
+            h: 2
+        }));
     }
 
     #[test]
@@ -672,7 +758,9 @@ mod tests {
             .then_expect_error(DashboardError::NotOwner);
         DashboardTest::with(())
             .given(vec![created.clone()])
-            .when(DashboardCommand::DeleteDashboard { actor: "bob".into() })
+            .when(DashboardCommand::DeleteDashboard {
+                actor: "bob".into(),
+            })
             .then_expect_error(DashboardError::NotOwner);
         let mut private = details();
         private.is_shared = false;
@@ -683,15 +771,18 @@ mod tests {
             }])
             .when(update("bob"))
             .then_expect_error(DashboardError::NotFound);
-        let renamed = DashboardDetails::validate(draft_of(json!({"name": "Renamed", "is_shared": true})))
-            .unwrap();
+        let renamed =
+            DashboardDetails::validate(draft_of(json!({"name": "Renamed", "is_shared": true})))
+                .unwrap();
         DashboardTest::with(())
             .given(vec![created.clone()])
             .when(update("ann"))
             .then_expect_events(vec![DashboardEvent::DashboardUpdated(renamed)]);
         DashboardTest::with(())
             .given(vec![created, DashboardEvent::DashboardDeleted {}])
-            .when(DashboardCommand::DeleteDashboard { actor: "ann".into() })
+            .when(DashboardCommand::DeleteDashboard {
+                actor: "ann".into(),
+            })
             .then_expect_error(DashboardError::NotFound);
     }
 

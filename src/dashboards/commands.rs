@@ -66,7 +66,15 @@ pub struct DashboardDraft {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DashboardCommand {
     /// `owner` is the command's actor (the API key, or `X-Actor`).
-    CreateDashboard { owner: String, draft: DashboardDraft },
-    UpdateDashboard { actor: String, draft: DashboardDraft },
-    DeleteDashboard { actor: String },
+    CreateDashboard {
+        owner: String,
+        draft: DashboardDraft,
+    },
+    UpdateDashboard {
+        actor: String,
+        draft: DashboardDraft,
+    },
+    DeleteDashboard {
+        actor: String,
+    },
 }

@@ -106,7 +106,9 @@ async fn run(
             );
             let (Some(agg), Some(bucket), Some(fill)) = parsed else {
                 // The aggregate checked these names against the same lists.
-                return Err(ApiError::validation("data_source", "unknown parameter value").problem());
+                return Err(
+                    ApiError::validation("data_source", "unknown parameter value").problem(),
+                );
             };
             let q = crate::timeseries::routes::SeriesQuery {
                 series,
@@ -203,9 +205,7 @@ pub async fn run_all(
 
 #[cfg(test)]
 mod tests {
-    use super::super::aggregate::{
-        is_cost_dimension, AGGREGATIONS, FILLS, GRANULARITIES, STEPS,
-    };
+    use super::super::aggregate::{is_cost_dimension, AGGREGATIONS, FILLS, GRANULARITIES, STEPS};
     use crate::costs::queries::{Bucket as CostBucket, Dim};
     use crate::timeseries::queries::{Agg, Bucket, Fill};
 
@@ -227,8 +227,8 @@ mod tests {
             assert!(CostBucket::parse(g).is_some(), "{g}");
         }
         for d in [
-            "account", "service", "region", "resource", "tag:team", "tag:", "vtag:env",
-            "vtag:Env", "vtag:", "colour", "tag:a,b", "",
+            "account", "service", "region", "resource", "tag:team", "tag:", "vtag:env", "vtag:Env",
+            "vtag:", "colour", "tag:a,b", "",
         ] {
             let endpoint = Dim::parse(d).filter(|d| *d != Dim::Resource).is_some();
             let domain = is_cost_dimension(d);

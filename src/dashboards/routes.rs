@@ -33,9 +33,8 @@ fn dashboard_id(raw: &str) -> Result<Uuid, ApiError> {
 
 /// The caller as commands record it: reads show it its own and the shared dashboards.
 fn caller(req: &HttpRequest) -> Result<String, ApiError> {
-    Ok(crate::http::extract::actor(req)?.unwrap_or_else(|| {
-        crate::pipeline::CommandContext::new("default").actor
-    }))
+    Ok(crate::http::extract::actor(req)?
+        .unwrap_or_else(|| crate::pipeline::CommandContext::new("default").actor))
 }
 
 /// serde's path of a body field (`widgets[2].position.w`) as the JSON pointer the
@@ -297,7 +296,10 @@ pub async fn dashboard_data(
 mod tests {
     #[test]
     fn serde_paths_become_json_pointers() {
-        assert_eq!(super::pointer("widgets[2].position.w"), "/widgets/2/position/w");
+        assert_eq!(
+            super::pointer("widgets[2].position.w"),
+            "/widgets/2/position/w"
+        );
         assert_eq!(super::pointer("name"), "/name");
         assert_eq!(super::pointer("/name"), "/name");
         assert_eq!(super::pointer(""), "");

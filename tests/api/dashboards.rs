@@ -93,33 +93,69 @@ async fn dashboards_written(app: &TestApp) -> i64 {
 async fn dashboards_are_created_read_listed_replaced_and_deleted_with_if_match() {
     let app = spawn_app().await;
     let body = dashboard(&uuid::Uuid::now_v7().to_string());
-    let (status, etag, created) = send(&app, "POST", "/api/v1/dashboards", "ann", None, Some(&body)).await;
+    let (status, etag, created) =
+        send(&app, "POST", "/api/v1/dashboards", "ann", None, Some(&body)).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(etag.as_deref(), Some("\"1\""));
     let id = created["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/dashboards/{id}");
     let pos = created["position"].clone();
 
-    let (status, etag, got) = send(&app, "GET", &format!("{path}?min_position={pos}"), "ann", None, None).await;
+    let (status, etag, got) = send(
+        &app,
+        "GET",
+        &format!("{path}?min_position={pos}"),
+        "ann",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{got}");
     assert_eq!(etag.as_deref(), Some("\"1\""));
     assert_eq!(got["name"], "Prod overview");
     assert_eq!(got["created_by"], "ann");
     assert_eq!(got["is_shared"], true);
     assert_eq!(got["widgets"].as_array().unwrap().len(), 6);
-    assert_eq!(got["widgets"][1]["data_source"]["fill"], "none", "defaults filled in");
+    assert_eq!(
+        got["widgets"][1]["data_source"]["fill"], "none",
+        "defaults filled in"
+    );
 
     // A second one, private; the list pages by id.
     let mut private = body.clone();
     private["name"] = "Mine".into();
     private["is_shared"] = false.into();
-    let (_, _, second) = send(&app, "POST", "/api/v1/dashboards", "ann", None, Some(&private)).await;
+    let (_, _, second) = send(
+        &app,
+        "POST",
+        "/api/v1/dashboards",
+        "ann",
+        None,
+        Some(&private),
+    )
+    .await;
     let pos2 = second["position"].clone();
-    let (_, _, page) = send(&app, "GET", &format!("/api/v1/dashboards?limit=1&min_position={pos2}"), "ann", None, None).await;
+    let (_, _, page) = send(
+        &app,
+        "GET",
+        &format!("/api/v1/dashboards?limit=1&min_position={pos2}"),
+        "ann",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     assert_eq!(page["items"][0]["id"], id.as_str());
     let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, _, page2) = send(&app, "GET", &format!("/api/v1/dashboards?limit=1&cursor={cursor}"), "ann", None, None).await;
+    let (_, _, page2) = send(
+        &app,
+        "GET",
+        &format!("/api/v1/dashboards?limit=1&cursor={cursor}"),
+        "ann",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(page2["items"][0]["name"], "Mine");
     assert!(page2["next_cursor"].is_null());
 
@@ -133,24 +169,44 @@ async fn dashboards_are_created_read_listed_replaced_and_deleted_with_if_match()
     assert_eq!(same["version"], 1);
     // A change with the right version; a stale If-Match is 409.
     again["name"] = "Renamed".into();
-    let (status, etag, updated) = send(&app, "PUT", &path, "ann", Some("\"1\""), Some(&again)).await;
+    let (status, etag, updated) =
+        send(&app, "PUT", &path, "ann", Some("\"1\""), Some(&again)).await;
     assert_eq!((status, etag.as_deref()), (200, Some("\"2\"")), "{updated}");
     let (status, _, conflict) = send(&app, "PUT", &path, "ann", Some("\"1\""), Some(&again)).await;
     assert_eq!(status, 409);
     assert_eq!(conflict["code"], "version_conflict");
     let (status, _, bad) = send(&app, "PUT", &path, "ann", Some("abc"), Some(&again)).await;
-    assert_eq!((status, bad["code"].as_str()), (400, Some("invalid_header")));
+    assert_eq!(
+        (status, bad["code"].as_str()),
+        (400, Some("invalid_header"))
+    );
 
     // Delete with a stale version is refused, with the current one it goes.
     let (status, _, _) = send(&app, "DELETE", &path, "ann", Some("\"1\""), None).await;
     assert_eq!(status, 409);
     let (status, _, deleted) = send(&app, "DELETE", &path, "ann", Some("\"2\""), None).await;
     assert_eq!(status, 200, "{deleted}");
-    let (status, _, gone) = send(&app, "GET", &format!("{path}?min_position={}", deleted["position"]), "ann", None, None).await;
+    let (status, _, gone) = send(
+        &app,
+        "GET",
+        &format!("{path}?min_position={}", deleted["position"]),
+        "ann",
+        None,
+        None,
+    )
+    .await;
     assert_eq!((status, gone["code"].as_str()), (404, Some("not_found")));
     let (status, _, _) = send(&app, "DELETE", &path, "ann", None, None).await;
     assert_eq!(status, 404);
-    let (status, _, _) = send(&app, "GET", "/api/v1/dashboards/not-a-uuid", "ann", None, None).await;
+    let (status, _, _) = send(
+        &app,
+        "GET",
+        "/api/v1/dashboards/not-a-uuid",
+        "ann",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
@@ -160,23 +216,48 @@ async fn each_invalid_dashboard_is_422_naming_the_field_and_nothing_is_written()
     let base = dashboard(&uuid::Uuid::now_v7().to_string());
     let cases: Vec<(&str, Value, &str)> = vec![
         // overlap: "cpu" moved onto "costs"
-        ("/widgets/1/position", json!({"x": 6, "y": 2, "w": 4, "h": 4}), "/widgets/1/position"),
+        (
+            "/widgets/1/position",
+            json!({"x": 6, "y": 2, "w": 4, "h": 4}),
+            "/widgets/1/position",
+        ),
         ("/widgets/1/position/w", json!(5), "/widgets/1/position/w"),
         ("/widgets/0/position/x", json!(12), "/widgets/0/position/x"),
         ("/widgets/0/position/h", json!(49), "/widgets/0/position/h"),
         ("/widgets/2/id", json!("costs"), "/widgets/2/id"),
         ("/widgets/2/type", json!("pie"), "/widgets/2/type"),
-        ("/widgets/0/data_source/kind", json!("sql"), "/widgets/0/data_source/kind"),
-        ("/widgets/0/data_source/group_by", json!(["service", "colour"]), "/widgets/0/data_source/group_by/1"),
-        ("/widgets/1/data_source/aggregation", json!("median"), "/widgets/1/data_source/aggregation"),
-        ("/widgets/5/data_source/state", json!("open"), "/widgets/5/data_source/state"),
+        (
+            "/widgets/0/data_source/kind",
+            json!("sql"),
+            "/widgets/0/data_source/kind",
+        ),
+        (
+            "/widgets/0/data_source/group_by",
+            json!(["service", "colour"]),
+            "/widgets/0/data_source/group_by/1",
+        ),
+        (
+            "/widgets/1/data_source/aggregation",
+            json!("median"),
+            "/widgets/1/data_source/aggregation",
+        ),
+        (
+            "/widgets/5/data_source/state",
+            json!("open"),
+            "/widgets/5/data_source/state",
+        ),
         // a type error from the JSON itself is named by pointer too
-        ("/widgets/3/position/y", json!("top"), "/widgets/3/position/y"),
+        (
+            "/widgets/3/position/y",
+            json!("top"),
+            "/widgets/3/position/y",
+        ),
     ];
     for (path, value, field) in cases {
         let mut body = base.clone();
         *body.pointer_mut(path).unwrap() = value.clone();
-        let (status, _, problem) = send(&app, "POST", "/api/v1/dashboards", "ann", None, Some(&body)).await;
+        let (status, _, problem) =
+            send(&app, "POST", "/api/v1/dashboards", "ann", None, Some(&body)).await;
         assert_eq!(status, 422, "{path} = {value}: {problem}");
         assert_eq!(problem["code"], "validation_failed", "{problem}");
         assert_eq!(problem["field"], field, "{path} = {value}: {problem}");
@@ -185,8 +266,19 @@ async fn each_invalid_dashboard_is_422_naming_the_field_and_nothing_is_written()
     body["widgets"][1]["position"] = json!({"x": 6, "y": 2, "w": 4, "h": 4});
     let (_, _, problem) = send(&app, "POST", "/api/v1/dashboards", "ann", None, Some(&body)).await;
     let detail = problem["detail"].as_str().unwrap();
-    assert!(detail.contains("\"cpu\"") && detail.contains("\"costs\""), "{detail}");
-    let (status, _, problem) = send(&app, "POST", "/api/v1/dashboards", "ann", None, Some(&json!({"name": "x", "widgets": 3}))).await;
+    assert!(
+        detail.contains("\"cpu\"") && detail.contains("\"costs\""),
+        "{detail}"
+    );
+    let (status, _, problem) = send(
+        &app,
+        "POST",
+        "/api/v1/dashboards",
+        "ann",
+        None,
+        Some(&json!({"name": "x", "widgets": 3})),
+    )
+    .await;
     assert_eq!((status, problem["field"].as_str()), (422, Some("/widgets")));
     assert_eq!(dashboards_written(&app).await, 0);
 }
@@ -200,18 +292,58 @@ async fn others_see_shared_dashboards_only_and_cannot_change_them() {
     body["name"] = "Ann's own".into();
     let (_, _, private) = send(&app, "POST", "/api/v1/dashboards", "ann", None, Some(&body)).await;
     let pos = private["position"].clone();
-    let (shared_id, private_id) = (shared["id"].as_str().unwrap(), private["id"].as_str().unwrap());
+    let (shared_id, private_id) = (
+        shared["id"].as_str().unwrap(),
+        private["id"].as_str().unwrap(),
+    );
 
-    let (_, _, page) = send(&app, "GET", &format!("/api/v1/dashboards?min_position={pos}"), "bob", None, None).await;
-    let ids: Vec<&str> = page["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let (_, _, page) = send(
+        &app,
+        "GET",
+        &format!("/api/v1/dashboards?min_position={pos}"),
+        "bob",
+        None,
+        None,
+    )
+    .await;
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec![shared_id]);
     let (_, _, page) = send(&app, "GET", "/api/v1/dashboards", "ann", None, None).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
-    let (status, _, _) = send(&app, "GET", &format!("/api/v1/dashboards/{shared_id}"), "bob", None, None).await;
+    let (status, _, _) = send(
+        &app,
+        "GET",
+        &format!("/api/v1/dashboards/{shared_id}"),
+        "bob",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
-    let (status, _, _) = send(&app, "GET", &format!("/api/v1/dashboards/{private_id}"), "bob", None, None).await;
+    let (status, _, _) = send(
+        &app,
+        "GET",
+        &format!("/api/v1/dashboards/{private_id}"),
+        "bob",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, _, _) = send(&app, "GET", &format!("/api/v1/dashboards/{private_id}/data"), "bob", None, None).await;
+    let (status, _, _) = send(
+        &app,
+        "GET",
+        &format!("/api/v1/dashboards/{private_id}/data"),
+        "bob",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 404);
     // Another tenant sees neither.
     let res = app
@@ -226,13 +358,49 @@ async fn others_see_shared_dashboards_only_and_cannot_change_them() {
 
     // Bob cannot change or delete Ann's shared dashboard (403), nor her private one (404).
     body["name"] = "Bob's now".into();
-    let (status, _, problem) = send(&app, "PUT", &format!("/api/v1/dashboards/{shared_id}"), "bob", None, Some(&body)).await;
-    assert_eq!((status, problem["code"].as_str()), (403, Some("not_owner")), "{problem}");
-    let (status, _, problem) = send(&app, "DELETE", &format!("/api/v1/dashboards/{shared_id}"), "bob", None, None).await;
+    let (status, _, problem) = send(
+        &app,
+        "PUT",
+        &format!("/api/v1/dashboards/{shared_id}"),
+        "bob",
+        None,
+        Some(&body),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("not_owner")),
+        "{problem}"
+    );
+    let (status, _, problem) = send(
+        &app,
+        "DELETE",
+        &format!("/api/v1/dashboards/{shared_id}"),
+        "bob",
+        None,
+        None,
+    )
+    .await;
     assert_eq!((status, problem["code"].as_str()), (403, Some("not_owner")));
-    let (status, _, _) = send(&app, "PUT", &format!("/api/v1/dashboards/{private_id}"), "bob", None, Some(&body)).await;
+    let (status, _, _) = send(
+        &app,
+        "PUT",
+        &format!("/api/v1/dashboards/{private_id}"),
+        "bob",
+        None,
+        Some(&body),
+    )
+    .await;
     assert_eq!(status, 404);
-    let (_, _, still) = send(&app, "GET", &format!("/api/v1/dashboards/{shared_id}"), "ann", None, None).await;
+    let (_, _, still) = send(
+        &app,
+        "GET",
+        &format!("/api/v1/dashboards/{shared_id}"),
+        "ann",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(still["version"], 1);
     assert_eq!(dashboards_written(&app).await, 2);
 }
@@ -246,7 +414,10 @@ async fn the_data_endpoint_answers_each_widget_from_its_endpoint_and_errors_stay
     let app = spawn_app().await;
     // Costs: 1.25 (ecs) + 2 (oss) USD in March 2024 on account prod.
     let res = app
-        .post_json("/api/v1/accounts", &json!({"provider": "aws", "name": "prod", "currency": "USD"}))
+        .post_json(
+            "/api/v1/accounts",
+            &json!({"provider": "aws", "name": "prod", "currency": "USD"}),
+        )
         .await;
     assert_eq!(res.status(), 201);
     let res = app
@@ -269,9 +440,15 @@ async fn the_data_endpoint_answers_each_widget_from_its_endpoint_and_errors_stay
     )
     .await;
     // Points: two on the same day two days ago.
-    let today = chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let today = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
     let day = today - chrono::Duration::days(2);
-    let t = |m: i64| (day + chrono::Duration::minutes(m)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let t = |m: i64| {
+        (day + chrono::Duration::minutes(m)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
     let points = body(
         app.post_json(
             "/api/v1/metrics:batch",
@@ -281,22 +458,51 @@ async fn the_data_endpoint_answers_each_widget_from_its_endpoint_and_errors_stay
         .await,
     )
     .await;
-    let (_, _, created) = send(&app, "POST", "/api/v1/dashboards", "ann", None,
-        Some(&dashboard(budget["id"].as_str().unwrap()))).await;
+    let (_, _, created) = send(
+        &app,
+        "POST",
+        "/api/v1/dashboards",
+        "ann",
+        None,
+        Some(&dashboard(budget["id"].as_str().unwrap())),
+    )
+    .await;
     let id = created["id"].as_str().unwrap();
-    let pos = [&import["position"], &budget["position"], &points["position"], &created["position"]]
-        .iter()
-        .map(|p| p.as_i64().unwrap())
-        .max()
-        .unwrap();
+    let pos = [
+        &import["position"],
+        &budget["position"],
+        &points["position"],
+        &created["position"],
+    ]
+    .iter()
+    .map(|p| p.as_i64().unwrap())
+    .max()
+    .unwrap();
 
     let (status, _, data) = send(&app, "GET",
         &format!("/api/v1/dashboards/{id}/data?from=2024-03-01T00:00:00Z&to=2024-04-01T00:00:00Z&min_position={pos}"),
         "bob", None, None).await;
     assert_eq!(status, 200, "{data}");
-    let w = |id: &str| data["widgets"].as_array().unwrap().iter().find(|w| w["id"] == id).unwrap().clone();
-    let ids: Vec<&str> = data["widgets"].as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["costs", "cpu", "budget", "gone", "tag", "alerts"], "in the dashboard's order");
+    let w = |id: &str| {
+        data["widgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    let ids: Vec<&str> = data["widgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["costs", "cpu", "budget", "gone", "tag", "alerts"],
+        "in the dashboard's order"
+    );
 
     // The cost widget is what GET /api/v1/costs answers for the same parameters.
     let costs = w("costs");
@@ -311,7 +517,14 @@ async fn the_data_endpoint_answers_each_widget_from_its_endpoint_and_errors_stay
     assert_eq!(status["result"]["spent"], "3.25");
     assert_eq!(status["result"]["percent_used"], "3.25");
     assert_eq!(status["result"]["as_of"], "2024-03-31");
-    let own = body(app.get(&format!("/api/v1/budgets/{}/status?as_of=2024-03-31", budget["id"].as_str().unwrap())).await).await;
+    let own = body(
+        app.get(&format!(
+            "/api/v1/budgets/{}/status?as_of=2024-03-31",
+            budget["id"].as_str().unwrap()
+        ))
+        .await,
+    )
+    .await;
     assert_eq!(status["result"], own);
 
     // A missing budget, a missing tag, the alerts not yet wired: their own errors only.
@@ -325,21 +538,53 @@ async fn the_data_endpoint_answers_each_widget_from_its_endpoint_and_errors_stay
     assert_eq!(w("cpu")["result"]["points"], json!([]));
 
     // The metric widget over the days of the points: avg of 1 and 3 in one day bucket.
-    let (from, to) = (day.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                      (day + chrono::Duration::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    let (status, _, data) = send(&app, "GET", &format!("/api/v1/dashboards/{id}/data?from={from}&to={to}"), "ann", None, None).await;
+    let (from, to) = (
+        day.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        (day + chrono::Duration::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    let (status, _, data) = send(
+        &app,
+        "GET",
+        &format!("/api/v1/dashboards/{id}/data?from={from}&to={to}"),
+        "ann",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     let cpu = data["widgets"][1].clone();
     assert_eq!(cpu["id"], "cpu");
-    assert_eq!(cpu["result"]["points"].as_array().unwrap().len(), 1, "{cpu}");
+    assert_eq!(
+        cpu["result"]["points"].as_array().unwrap().len(),
+        1,
+        "{cpu}"
+    );
     assert_eq!(cpu["result"]["points"][0]["avg"], 2.0);
-    let own = body(app.get(&format!("/api/v1/metrics/web-1/cpu?from={from}&to={to}&bucket=1d&agg=avg")).await).await;
+    let own = body(
+        app.get(&format!(
+            "/api/v1/metrics/web-1/cpu?from={from}&to={to}&bucket=1d&agg=avg"
+        ))
+        .await,
+    )
+    .await;
     assert_eq!(cpu["result"], own);
 
     // Bad ranges are the request's problem, not a widget's.
     for q in ["from=yesterday", "from=2024-04-01&to=2024-03-01"] {
-        let (status, _, problem) = send(&app, "GET", &format!("/api/v1/dashboards/{id}/data?{q}"), "ann", None, None).await;
-        assert_eq!((status, problem["code"].as_str()), (422, Some("validation_failed")), "{q}");
+        let (status, _, problem) = send(
+            &app,
+            "GET",
+            &format!("/api/v1/dashboards/{id}/data?{q}"),
+            "ann",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (422, Some("validation_failed")),
+            "{q}"
+        );
     }
 }
 
@@ -355,9 +600,24 @@ async fn shared_dashboards_are_found_by_the_search_and_the_rebuild_equals_the_li
     body["name"] = "Deleted zeppelin".into();
     body["is_shared"] = true.into();
     let (_, _, c) = send(&app, "POST", "/api/v1/dashboards", "ann", None, Some(&body)).await;
-    let (_, _, d) = send(&app, "DELETE", &format!("/api/v1/dashboards/{}", c["id"].as_str().unwrap()), "ann", None, None).await;
+    let (_, _, d) = send(
+        &app,
+        "DELETE",
+        &format!("/api/v1/dashboards/{}", c["id"].as_str().unwrap()),
+        "ann",
+        None,
+        None,
+    )
+    .await;
     let _ = (a, b);
-    let search = body_of(app.get(&format!("/api/v1/search?q=zeppelin&type=dashboard&min_position={}", d["position"])).await).await;
+    let search = body_of(
+        app.get(&format!(
+            "/api/v1/search?q=zeppelin&type=dashboard&min_position={}",
+            d["position"]
+        ))
+        .await,
+    )
+    .await;
     let hits = search["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 1, "{search}");
     assert_eq!(hits[0]["title"], "Prod overview");
@@ -366,7 +626,8 @@ async fn shared_dashboards_are_found_by_the_search_and_the_rebuild_equals_the_li
     let search = body_of(app.get("/api/v1/search?q=Firing&type=dashboard").await).await;
     assert_eq!(search["hits"].as_array().unwrap().len(), 1, "{search}");
 
-    let sql = "SELECT row(tenant_id, id, name, description, layout, widgets, is_shared, created_by, \
+    let sql =
+        "SELECT row(tenant_id, id, name, description, layout, widgets, is_shared, created_by, \
                version, created_at, updated_at, last_position)::text FROM dashboards";
     let live = snapshot(&app.conn, sql).await;
     assert_eq!(live.len(), 2);
@@ -376,7 +637,9 @@ async fn shared_dashboards_are_found_by_the_search_and_the_rebuild_equals_the_li
 
 /// Grafana macros of the business dashboard's SQL, expanded simply.
 fn expand(sql: &str) -> String {
-    let mut out = sql.replace("'$tenant'", "'default'").replace("${tenant}", "default");
+    let mut out = sql
+        .replace("'$tenant'", "'default'")
+        .replace("${tenant}", "default");
     while let Some(start) = out.find("$__timeFilter(") {
         let end = start + out[start..].find(')').unwrap();
         let col = &out[start + "$__timeFilter(".len()..end];
@@ -390,14 +653,19 @@ fn expand(sql: &str) -> String {
 async fn every_business_dashboard_query_runs_as_the_grafana_role_with_its_columns() {
     let doc: Value = serde_json::from_str(
         &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/dashboards/business.json"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("grafana/dashboards/business.json"),
         )
         .unwrap(),
     )
     .unwrap();
     let app = spawn_app().await;
     // Some rows to see: a cost import and a budget of the default tenant.
-    app.post_json("/api/v1/accounts", &json!({"provider": "aws", "name": "prod", "currency": "USD"})).await;
+    app.post_json(
+        "/api/v1/accounts",
+        &json!({"provider": "aws", "name": "prod", "currency": "USD"}),
+    )
+    .await;
     let res = app
         .client
         .post(app.url("/api/v1/costs/imports?account=prod&format=cloudlens"))
@@ -409,9 +677,25 @@ async fn every_business_dashboard_query_runs_as_the_grafana_role_with_its_column
     let budget = body(app.post_json("/api/v1/budgets", &json!({"name": "prod", "amount": "100",
         "currency": "USD", "period": "monthly", "type": "cost", "start_date": "2024-03-01", "account": "prod"})).await).await;
     for p in [&import["position"], &budget["position"]] {
-        assert_eq!(app.get(&format!("/api/v1/budgets?min_position={p}")).await.status(), 200);
+        assert_eq!(
+            app.get(&format!("/api/v1/budgets?min_position={p}"))
+                .await
+                .status(),
+            200
+        );
     }
-    assert_eq!(body(app.get(&format!("/api/v1/costs/imports/{}?min_position={}", import["import_id"].as_str().unwrap(), import["position"])).await).await["state"], "complete");
+    assert_eq!(
+        body(
+            app.get(&format!(
+                "/api/v1/costs/imports/{}?min_position={}",
+                import["import_id"].as_str().unwrap(),
+                import["position"]
+            ))
+            .await
+        )
+        .await["state"],
+        "complete"
+    );
 
     let client = cloudlens::db::connect(&app.conn).await.unwrap();
     let alerts_exist: bool = client
@@ -419,7 +703,10 @@ async fn every_business_dashboard_query_runs_as_the_grafana_role_with_its_column
         .await
         .unwrap()
         .get(0);
-    client.batch_execute("SET ROLE cloudlens_grafana").await.unwrap();
+    client
+        .batch_execute("SET ROLE cloudlens_grafana")
+        .await
+        .unwrap();
     let mut checked = 0;
     for panel in doc["panels"].as_array().unwrap() {
         if panel["type"] == "row" || panel["type"] == "text" {
@@ -469,6 +756,10 @@ async fn every_business_dashboard_query_runs_as_the_grafana_role_with_its_column
             .await
             .unwrap_err();
         // 42501: insufficient_privilege.
-        assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{table}: {err:?}");
+        assert_eq!(
+            err.code().map(|c| c.code()),
+            Some("42501"),
+            "{table}: {err:?}"
+        );
     }
 }
