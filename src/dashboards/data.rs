@@ -40,7 +40,7 @@ pub struct DashboardData {
 }
 
 /// What a widget's run gives: the endpoint's body, or its problem.
-type Outcome = Result<Value, Problem>;
+type Outcome = Result<Value, Box<Problem>>;
 
 /// The default range: the 30 days up to the end of today (UTC), whole days so cost
 /// breakdowns read the daily rollup.
@@ -56,7 +56,7 @@ fn as_of(to: DateTime<Utc>) -> NaiveDate {
 }
 
 fn body(v: impl Serialize) -> Outcome {
-    serde_json::to_value(v).map_err(|e| ApiError::Internal(e.into()).problem())
+    serde_json::to_value(v).map_err(|e| Box::new(ApiError::Internal(e.into()).problem()))
 }
 
 /// Runs one widget. Every arm calls the function its endpoint's handler calls.
@@ -106,9 +106,9 @@ async fn run(
             );
             let (Some(agg), Some(bucket), Some(fill)) = parsed else {
                 // The aggregate checked these names against the same lists.
-                return Err(
+                return Err(Box::new(
                     ApiError::validation("data_source", "unknown parameter value").problem(),
-                );
+                ));
             };
             let q = crate::timeseries::routes::SeriesQuery {
                 series,
@@ -137,9 +137,9 @@ async fn run(
         //   crate::alerts::routes::list_of(state, tenant, state_filter, *limit, min_position)
         //       .await.map(body)
         // and its result becomes the widget's `result`. Until then: a per-widget error.
-        DataSource::AlertList { .. } => return Err(not_available()),
+        DataSource::AlertList { .. } => return Err(Box::new(not_available())),
     };
-    answer.map_err(|e| e.problem())?
+    answer.map_err(|e| Box::new(e.problem()))?
 }
 
 /// The alerts context is not in this build yet.
@@ -177,7 +177,7 @@ pub async fn run_all(
                 .inc();
             let (result, error) = match outcome {
                 Ok(v) => (Some(v), None),
-                Err(p) => (None, Some(p)),
+                Err(p) => (None, Some(*p)),
             };
             (
                 i,
