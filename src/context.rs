@@ -42,6 +42,7 @@ pub fn all() -> Vec<BoundedContext> {
         crate::documents::context(),
         crate::collections::context(),
         crate::alerts::context(),
+        crate::dashboards::context(),
     ]
 }
 

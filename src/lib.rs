@@ -14,7 +14,7 @@
 //! - `scheduled`    periodic work done by one elected process (retention purges);
 //! - `http`         actix-web app, error mapping, admin and operations endpoints;
 //! - `budgets`, `tagging`, `costs`, `access`, `timeseries`, `documents`, `collections`,
-//!   `alerts`: the bounded contexts.
+//!   `alerts`, `dashboards`: the bounded contexts.
 //!
 //! The binary (`main.rs`) only parses the command line and calls [`app`].
 
@@ -27,6 +27,7 @@ pub mod config;
 pub mod context;
 pub mod costs;
 pub mod crypto;
+pub mod dashboards;
 pub mod db;
 pub mod documents;
 pub mod eventstore;

@@ -28,6 +28,8 @@ pub enum Rejection {
     AlreadyExists { what: String },
     /// The aggregate's state does not allow the command.
     Refused { message: String },
+    /// The actor may see the aggregate but not change it (it is someone else's).
+    NotOwner { message: String },
 }
 
 /// A domain error enum of a bounded context.

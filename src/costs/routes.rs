@@ -331,7 +331,18 @@ pub async fn costs(
     params: web::Query<CostParams>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
-    let p = params.into_inner();
+    let answer = breakdown(&state, &tenant, params.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// `GET /api/v1/costs` without HTTP: its parameters checked, the breakdown read (and
+/// allocated). Dashboards' `cost_breakdown` widgets run exactly this.
+pub async fn breakdown(
+    state: &AppState,
+    tenant: &str,
+    p: CostParams,
+) -> Result<queries::CostBreakdown, ApiError> {
+    let tenant = tenant.to_owned();
     let f = filters(
         &p.from,
         &p.to,
@@ -429,7 +440,7 @@ pub async fn costs(
         .query_duration
         .with_label_values(&["breakdown", &answer.source])
         .observe(started.elapsed().as_secs_f64());
-    Ok(HttpResponse::Ok().json(answer))
+    Ok(answer)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -653,13 +664,34 @@ pub async fn budget_status(
         None => Utc::now().date_naive(),
         Some(s) => time("as_of", s)?.date_naive(),
     };
+    let answer = status_of(
+        &state,
+        &tenant,
+        id,
+        as_of,
+        min_position(params.min_position)?,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// `GET /api/v1/budgets/{id}/status` without HTTP. Dashboards' `budget_status` widgets
+/// run exactly this.
+pub async fn status_of(
+    state: &AppState,
+    tenant: &str,
+    id: Uuid,
+    as_of: NaiveDate,
+    min_position: Option<i64>,
+) -> Result<BudgetStatus, ApiError> {
     let conn = state
         .scan(
-            &tenant,
+            tenant,
             &[crate::budgets::projection::NAME, COST_LINES],
-            min_position(params.min_position)?,
+            min_position,
         )
         .await?;
+    let tenant = tenant.to_owned();
     let started = std::time::Instant::now();
     let b = queries::budget(&conn, &tenant, id)
         .await?
@@ -681,7 +713,7 @@ pub async fn budget_status(
         })
         .collect();
     let f = fig.forecast;
-    Ok(HttpResponse::Ok().json(BudgetStatus {
+    Ok(BudgetStatus {
         budget_id: id,
         as_of,
         period_start: window.start,
@@ -703,7 +735,7 @@ pub async fn budget_status(
         },
         thresholds,
         source: source.into(),
-    }))
+    })
 }
 
 /// Create or replace a virtual tag. Lines imported from now on get it as they are

@@ -1,6 +1,8 @@
-//! The global search's other entries (`search_entries`): budgets, tags and cost accounts
-//! by name and description, fed by their own events. Each entry is keyed by its stream;
-//! a deleted budget or a retired tag leaves the search.
+//! The global search's other entries (`search_entries`): budgets, tags, cost accounts and
+//! shared dashboards by name and description, fed by their own events. Each entry is
+//! keyed by its stream; a deleted budget or dashboard, a retired tag leaves the search.
+//! A private dashboard is not an entry (the search shows a tenant's entries to all of it):
+//! it enters when shared and leaves when no longer shared.
 
 use std::collections::HashMap;
 
@@ -14,6 +16,8 @@ use crate::budgets::aggregate::Budget;
 use crate::budgets::events::{BudgetDetails, BudgetEvent};
 use crate::costs::aggregate::Account;
 use crate::costs::events::AccountEvent;
+use crate::dashboards::aggregate::Dashboard;
+use crate::dashboards::events::{DashboardDetails, DashboardEvent};
 use crate::eventstore::RecordedEvent;
 use crate::pipeline::EventSourced;
 use crate::projections::readmodel::{col, ReadModel, Row};
@@ -24,7 +28,7 @@ use crate::tagging::events::TagEvent;
 pub const SEARCH_ENTRIES: &str = "search_entries";
 
 /// The types of hit the global search knows, documents first.
-pub const TYPES: &[&str] = &["document", "budget", "tag", "account"];
+pub const TYPES: &[&str] = &["document", "budget", "tag", "account", "dashboard"];
 
 static TABLE: ReadModel = ReadModel {
     table: "search_entries",
@@ -76,6 +80,14 @@ fn budget_description(d: &BudgetDetails) -> String {
     words.join(" ")
 }
 
+/// What a dashboard is found by besides its name: its description and widget titles.
+fn dashboard_description(d: &DashboardDetails) -> String {
+    let mut words: Vec<&str> = vec![d.description.as_str()];
+    words.extend(d.widgets.iter().map(|w| w.title.as_str()));
+    words.retain(|w| !w.is_empty());
+    words.join(" ")
+}
+
 pub struct SearchEntriesProjector;
 
 #[async_trait]
@@ -85,7 +97,12 @@ impl Projection for SearchEntriesProjector {
     }
 
     fn stream_types(&self) -> &[&'static str] {
-        &[Budget::STREAM_TYPE, Tag::STREAM_TYPE, Account::STREAM_TYPE]
+        &[
+            Budget::STREAM_TYPE,
+            Tag::STREAM_TYPE,
+            Account::STREAM_TYPE,
+            Dashboard::STREAM_TYPE,
+        ]
     }
 
     fn tables(&self) -> Vec<&'static str> {
@@ -130,6 +147,19 @@ impl Projection for SearchEntriesProjector {
                     ))),
                     TagEvent::TagRetired { .. } => Some(None),
                     TagEvent::TagRuleChanged { .. } | TagEvent::TagCodeClaimed { .. } => None,
+                }
+            } else if e.stream_type == Dashboard::STREAM_TYPE {
+                match Dashboard::decode(e)? {
+                    DashboardEvent::DashboardCreated { details: d, .. }
+                    | DashboardEvent::DashboardUpdated(d) => Some(d.is_shared.then(|| {
+                        entry(
+                            "dashboard",
+                            e.stream_id.to_string(),
+                            &d.name,
+                            dashboard_description(&d),
+                        )
+                    })),
+                    DashboardEvent::DashboardDeleted {} => Some(None),
                 }
             } else {
                 match Account::decode(e)? {

@@ -38,6 +38,10 @@ pub enum ApiError {
     /// 403 `forbidden`: the key's role or tenant does not allow the request.
     #[error("{0}")]
     Forbidden(String),
+    /// 403 `not_owner`: the command changes something its actor does not own (a shared
+    /// dashboard of someone else).
+    #[error("{0}")]
+    NotOwner(String),
     /// 429 `rate_limited`, with `Retry-After` (whole seconds, at least 1).
     #[error("too many requests; retry after {0} s")]
     RateLimited(u64),
@@ -143,6 +147,7 @@ impl ApiError {
             ApiError::Validation { .. } => "validation_failed",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotOwner(_) => "not_owner",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "version_conflict",
@@ -185,6 +190,31 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The problem document of this error, for answers that carry errors inside a
+    /// success (a dashboard widget's error); `error_response` sends the same one.
+    pub fn problem(&self) -> Problem {
+        let status = self.status_code();
+        Problem {
+            problem_type: format!("https://cloudlens.dev/problems/{}", self.code()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            code: self.code(),
+            detail: self.to_string(),
+            field: self.field(),
+            last_position: match self {
+                ApiError::PositionNotIssued { last, .. } => Some(*last),
+                _ => None,
+            },
+            row: match self {
+                ApiError::InvalidRow { row, .. } => Some(*row),
+                _ => None,
+            },
+            trace_id: crate::telemetry::current_trace_id(),
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -197,7 +227,7 @@ impl ResponseError for ApiError {
             | ApiError::TooManyPoints { .. }
             | ApiError::PositionNotIssued { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::NotOwner(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -223,23 +253,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(cause) => tracing::warn!(%cause, "database unavailable"),
             _ => {}
         }
-        let problem = Problem {
-            problem_type: format!("https://cloudlens.dev/problems/{}", self.code()),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
-            code: self.code(),
-            detail: self.to_string(),
-            field: self.field(),
-            last_position: match self {
-                ApiError::PositionNotIssued { last, .. } => Some(*last),
-                _ => None,
-            },
-            row: match self {
-                ApiError::InvalidRow { row, .. } => Some(*row),
-                _ => None,
-            },
-            trace_id: crate::telemetry::current_trace_id(),
-        };
+        let problem = self.problem();
         let mut builder = HttpResponse::build(status);
         if status == StatusCode::SERVICE_UNAVAILABLE
             && !matches!(self, ApiError::EncryptionUnavailable)
@@ -340,6 +354,7 @@ impl From<Rejection> for ApiError {
             Rejection::NotFound { what } => ApiError::NotFound(what),
             Rejection::AlreadyExists { what } => ApiError::AlreadyExists(what),
             Rejection::Refused { message } => ApiError::Refused(message),
+            Rejection::NotOwner { message } => ApiError::NotOwner(message),
         }
     }
 }

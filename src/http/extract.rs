@@ -113,11 +113,8 @@ pub fn streamed_command_context(
     req: &HttpRequest,
 ) -> Result<(CommandContext, Option<(String, Sha256)>), ApiError> {
     let mut ctx = CommandContext::new(tenant(req)?);
-    if let Some(p) = req.extensions().get::<super::auth::Principal>() {
-        // The key is who acts, whatever a header says.
-        ctx.actor = format!("key:{}", p.name);
-    } else if let Some(actor) = header_str(req, "x-actor")? {
-        ctx.actor = actor.chars().take(MAX_KEY).collect();
+    if let Some(a) = actor(req)? {
+        ctx.actor = a;
     }
     if let Some(c) = header_str(req, "x-correlation-id")? {
         ctx.correlation_id = Uuid::parse_str(c).map_err(|_| ApiError::InvalidHeader {
@@ -148,6 +145,15 @@ pub fn streamed_command_context(
         return Ok((ctx, Some((key.to_owned(), h))));
     }
     Ok((ctx, None))
+}
+
+/// Who sends the request, as commands record it (`CommandContext::actor`): the API key
+/// (`key:NAME`, whatever a header says), else `X-Actor`; `None`: anonymous.
+pub fn actor(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    if let Some(p) = req.extensions().get::<super::auth::Principal>() {
+        return Ok(Some(format!("key:{}", p.name)));
+    }
+    Ok(header_str(req, "x-actor")?.map(|a| a.chars().take(MAX_KEY).collect()))
 }
 
 /// `?min_position=`: the query parameter every read takes (read-your-writes).

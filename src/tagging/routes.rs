@@ -647,13 +647,23 @@ pub async fn tag_stats(
 ) -> Result<HttpResponse, ApiError> {
     let id = tag_id(&id)?;
     let tenant = tenant(&req)?;
-    let conn = state
-        .read_model(&tenant, SUBJECT_TAGS, min_position(params.min_position)?)
-        .await?;
-    let tag = queries::tag(&conn, &tenant, id)
+    let stats = stats_of(&state, &tenant, id, min_position(params.min_position)?).await?;
+    Ok(HttpResponse::Ok().json(stats))
+}
+
+/// `GET /api/v1/tags/{id}/stats` without HTTP. Dashboards' `tag_stats` widgets run
+/// exactly this.
+pub async fn stats_of(
+    state: &AppState,
+    tenant: &str,
+    id: i32,
+    min_position: Option<i64>,
+) -> Result<TagStats, ApiError> {
+    let conn = state.read_model(tenant, SUBJECT_TAGS, min_position).await?;
+    let tag = queries::tag(&conn, tenant, id)
         .await?
         .ok_or_else(|| ApiError::NotFound("tag".into()))?;
-    Ok(HttpResponse::Ok().json(queries::stats(&conn, &tenant, &tag.subject_kind, id).await?))
+    Ok(queries::stats(&conn, tenant, &tag.subject_kind, id).await?)
 }
 
 /// Start a tagging run (ApplyTagRules). It proceeds in the background; follow it with

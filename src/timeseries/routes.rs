@@ -398,25 +398,54 @@ pub async fn series_buckets(
     let span = p.range()?;
     let bucket = p.bucket("bucket", &Bucket::FOR_POINTS, Bucket::H1)?;
     let (aggs, fill) = (p.aggs()?, p.fill()?);
-    let range = Range::whole(span.0, span.1, bucket);
-    check_size(
-        &state,
-        ("series", "bucket"),
+    let q = SeriesQuery {
+        series: &series,
+        metric: &metric,
         span,
+        bucket,
+        aggs: &aggs,
+        fill,
+    };
+    let out = one_series(&state, &tenant, &q, p.min_position()?).await?;
+    observe("series", out.source.as_str(), started);
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// The checked parameters of `GET /api/v1/metrics/{series}/{metric}`.
+pub struct SeriesQuery<'a> {
+    pub series: &'a str,
+    pub metric: &'a str,
+    /// `from`, `to`; `from` before `to`.
+    pub span: (DateTime<Utc>, DateTime<Utc>),
+    pub bucket: Bucket,
+    pub aggs: &'a [Agg],
+    pub fill: Fill,
+}
+
+/// `GET /api/v1/metrics/{series}/{metric}` without HTTP: the size check, the series and
+/// its buckets. Dashboards' `metric_series` widgets run exactly this.
+pub async fn one_series(
+    state: &AppState,
+    tenant: &str,
+    q: &SeriesQuery<'_>,
+    min_position: Option<i64>,
+) -> Result<SeriesBuckets, ApiError> {
+    let range = Range::whole(q.span.0, q.span.1, q.bucket);
+    check_size(
+        state,
+        ("series", "bucket"),
+        q.span,
         &range,
         1,
         &Bucket::FOR_POINTS,
     )?;
-    let id = series_id(&tenant, &series, &metric);
-    let client = state
-        .scan(&tenant, &[METRIC_POINTS], p.min_position()?)
-        .await?;
-    let view = queries::series(&client, &tenant, id)
+    let (series, metric) = (q.series, q.metric);
+    let id = series_id(tenant, series, metric);
+    let client = state.scan(tenant, &[METRIC_POINTS], min_position).await?;
+    let view = queries::series(&client, tenant, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("series {series:?} of metric {metric:?}")))?;
-    let out = queries::one_series(&client, &view, id, &range, &aggs, fill).await?;
-    observe("series", out.source.as_str(), started);
-    Ok(HttpResponse::Ok().json(out))
+    Ok(queries::one_series(&client, &view, id, &range, q.aggs, q.fill).await?)
 }
 
 /// The newest point of a series.

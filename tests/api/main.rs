@@ -11,6 +11,7 @@ mod backup;
 mod cluster;
 mod collections;
 mod costs;
+mod dashboards;
 mod documents;
 mod erasure;
 mod http_api;

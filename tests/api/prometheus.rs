@@ -316,6 +316,31 @@ async fn purge_collections(app: &TestApp) {
     assert!(run["purged"].as_i64().unwrap() >= 1, "{run}");
 }
 
+/// A dashboard's data: widgets that answer and one that fails (a missing budget).
+async fn drive_dashboards(app: &TestApp) {
+    let mut res = app
+        .post_json(
+            "/api/v1/dashboards",
+            &serde_json::json!({"name": "ops", "widgets": [
+                {"id": "c", "type": "chart", "position": {"x": 0, "y": 0, "w": 6, "h": 4},
+                 "data_source": {"kind": "cost_breakdown", "group_by": ["service"]}},
+                {"id": "b", "type": "table", "position": {"x": 6, "y": 0, "w": 6, "h": 4},
+                 "data_source": {"kind": "budget_status", "budget_id": uuid::Uuid::now_v7()}}
+            ]}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let v: Value = res.json().await.unwrap();
+    let q = format!(
+        "/api/v1/dashboards/{}/data?min_position={}",
+        v["id"].as_str().unwrap(),
+        v["position"]
+    );
+    for _ in 0..3 {
+        assert_eq!(app.get(&q).await.status(), 200, "{q}");
+    }
+}
+
 async fn drive_load(app: &TestApp) {
     for i in 0..20 {
         let mut res = app
@@ -380,6 +405,7 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     drive_timeseries(&app).await;
     drive_documents(&app).await;
     drive_collections(&app).await;
+    drive_dashboards(&app).await;
     let scraped = eventually(Duration::from_secs(60), || async {
         let v = query(
             &client,
@@ -478,17 +504,29 @@ fn dashboards_use_the_provisioned_datasource() {
         std::fs::read_to_string(repo().join("grafana/provisioning/datasources/prometheus.yml"))
             .unwrap();
     assert!(provisioned.contains("uid: cloudlens-prometheus"));
+    let postgres =
+        std::fs::read_to_string(repo().join("grafana/provisioning/datasources/postgres.yml"))
+            .unwrap();
+    assert!(postgres.contains("uid: cloudlens-postgres"));
+    assert!(postgres.contains("user: cloudlens_grafana"));
     let dir = repo().join("grafana/dashboards");
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        // The business dashboard reads the read models in PostgreSQL (its SQL is run by
+        // `dashboards::every_business_dashboard_query_runs_as_the_grafana_role…`).
+        let uid = if path.file_name().is_some_and(|n| n == "business.json") {
+            "cloudlens-postgres"
+        } else {
+            "cloudlens-prometheus"
+        };
         for panel in doc["panels"].as_array().unwrap() {
             if panel["type"] == "row" || panel["type"] == "text" {
                 continue;
             }
             assert_eq!(
                 panel["datasource"]["uid"],
-                "cloudlens-prometheus",
+                uid,
                 "{}: {}",
                 path.display(),
                 panel["title"]
@@ -496,7 +534,7 @@ fn dashboards_use_the_provisioned_datasource() {
             for t in panel["targets"].as_array().unwrap() {
                 assert_eq!(
                     t["datasource"]["uid"],
-                    "cloudlens-prometheus",
+                    uid,
                     "{}: {}",
                     path.display(),
                     panel["title"]
