@@ -283,10 +283,20 @@ pub async fn list_alerts(
         after: cursor(p.cursor.as_deref())?,
         limit: limit(p.limit)?,
     };
-    let client = state
-        .read_model(&tenant, RULES, min_position(p.min_position)?)
-        .await?;
-    Ok(HttpResponse::Ok().json(queries::list_alerts(&client, &tenant, &filter).await?))
+    let page = alerts_of(&state, &tenant, &filter, min_position(p.min_position)?).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// The episodes `filter` selects, once the read model reflects `min_position` (the
+/// endpoint above and the dashboards' `alert_list` widget).
+pub async fn alerts_of(
+    state: &AppState,
+    tenant: &str,
+    filter: &AlertFilter,
+    min_position: Option<i64>,
+) -> Result<AlertPage, ApiError> {
+    let client = state.read_model(tenant, RULES, min_position).await?;
+    Ok(queries::list_alerts(&client, tenant, filter).await?)
 }
 
 /// Stores a channel's secret beside the log (sql/V18), after its command succeeded.

@@ -26,7 +26,7 @@ pub struct WidgetData {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
-    /// The problem document that endpoint would answer (or `not_available`).
+    /// The problem document that endpoint would answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Problem>,
 }
@@ -132,30 +132,31 @@ async fn run(
                 .await
                 .map(body)
         }
-        // WIRE ON MERGE (alerts context, src/alerts/): replace this arm with a call to the
-        // alerts list's query function, e.g.
-        //   crate::alerts::routes::list_of(state, tenant, state_filter, *limit, min_position)
-        //       .await.map(body)
-        // and its result becomes the widget's `result`. Until then: a per-widget error.
-        DataSource::AlertList { .. } => return Err(Box::new(not_available())),
+        DataSource::AlertList { state: which, limit } => {
+            // Open episodes whenever they fired; closed ones fired in the span.
+            let (states, from, to) = match which.as_deref() {
+                Some("firing") => (
+                    vec!["firing".to_owned()],
+                    DateTime::<Utc>::MIN_UTC,
+                    DateTime::<Utc>::MAX_UTC,
+                ),
+                Some(s) => (vec![s.to_owned()], from, to),
+                None => (vec!["firing".to_owned(), "resolved".to_owned()], from, to),
+            };
+            let filter = crate::alerts::queries::AlertFilter {
+                states,
+                rule: None,
+                from,
+                to,
+                after: None,
+                limit: *limit,
+            };
+            crate::alerts::routes::alerts_of(state, tenant, &filter, min_position)
+                .await
+                .map(body)
+        }
     };
     answer.map_err(|e| Box::new(e.problem()))?
-}
-
-/// The alerts context is not in this build yet.
-fn not_available() -> Problem {
-    Problem {
-        problem_type: "https://cloudlens.dev/problems/not_available".into(),
-        title: "Not Implemented".into(),
-        status: 501,
-        code: "not_available",
-        detail: "alert_list widgets need the alerts context, which this server does not have yet"
-            .into(),
-        field: None,
-        last_position: None,
-        row: None,
-        trace_id: crate::telemetry::current_trace_id(),
-    }
 }
 
 /// Runs every widget, at most [`CONCURRENCY`] at once, and answers them in order.

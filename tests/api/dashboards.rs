@@ -527,13 +527,15 @@ async fn the_data_endpoint_answers_each_widget_from_its_endpoint_and_errors_stay
     .await;
     assert_eq!(status["result"], own);
 
-    // A missing budget, a missing tag, the alerts not yet wired: their own errors only.
+    // A missing budget, a missing tag: their own errors only.
     let gone = w("gone");
     assert!(gone["result"].is_null());
     assert_eq!(gone["error"]["code"], "not_found");
     assert_eq!(gone["error"]["status"], 404);
     assert_eq!(w("tag")["error"]["code"], "not_found");
-    assert_eq!(w("alerts")["error"]["code"], "not_available");
+    // The alerts widget answers what the alerts endpoint answers.
+    let alerts = body(app.get("/api/v1/alerts?state=firing").await).await;
+    assert_eq!(w("alerts")["result"], alerts);
     // No points in March 2024: an answer without points, not an error.
     assert_eq!(w("cpu")["result"]["points"], json!([]));
 
