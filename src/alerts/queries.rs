@@ -156,6 +156,17 @@ macro_rules! alerts_sql {
 const ALERTS_SQL: &str = alerts_sql!("");
 const ALERTS_RULE_SQL: &str = alerts_sql!(" AND rule_id = $9");
 
+/// The widest `from`/`to` of a filter (what PostgreSQL and chrono both represent).
+pub fn all_time() -> (DateTime<Utc>, DateTime<Utc>) {
+    let at = |y, m, d| {
+        chrono::NaiveDate::from_ymd_opt(y, m, d)
+            .unwrap_or_default()
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc()
+    };
+    (at(1970, 1, 1), at(9999, 12, 31))
+}
+
 /// Which episodes to list.
 pub struct AlertFilter {
     pub states: Vec<String>,
@@ -172,9 +183,7 @@ pub async fn list_alerts(
     tenant: &str,
     f: &AlertFilter,
 ) -> Result<AlertPage, QueryError> {
-    let (at, rule, episode) = f
-        .after
-        .unwrap_or((DateTime::<Utc>::MAX_UTC, Uuid::max(), i32::MAX));
+    let (at, rule, episode) = f.after.unwrap_or((all_time().1, Uuid::max(), i32::MAX));
     let base: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
         &tenant, &f.states, &f.from, &f.to, &at, &rule, &episode, &f.limit,
     ];

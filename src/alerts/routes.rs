@@ -269,9 +269,8 @@ pub async fn list_alerts(
         Some(s @ ("firing" | "resolved")) => vec![s.to_owned()],
         Some(_) => return Err(ApiError::validation("state", "must be firing or resolved")),
     };
-    let from =
-        time_param("from", p.from.as_deref())?.unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-    let to = time_param("to", p.to.as_deref())?.unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    let from = time_param("from", p.from.as_deref())?.unwrap_or(queries::all_time().0);
+    let to = time_param("to", p.to.as_deref())?.unwrap_or(queries::all_time().1);
     if from >= to {
         return Err(ApiError::validation("to", "must be after from"));
     }
@@ -508,7 +507,7 @@ const SECRET_SQL: &str =
 /// Send a test message to the channel now, and log it. 200 with `delivered: false` and
 /// the receiver's error when it refused or could not be reached.
 #[utoipa::path(post, path = "/api/v1/notification-channels/{id}:test",
-    params(("id" = Uuid, Path), ReadParams,
+    params(("id" = Uuid, Path),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = TestOutcome), (status = 400, body = Problem),
               (status = 404, body = Problem), (status = 422, body = Problem)))]
@@ -517,15 +516,14 @@ pub async fn test_channel(
     state: web::Data<AppState>,
     req: HttpRequest,
     id: web::Path<String>,
-    params: web::Query<ReadParams>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id, "notification channel")?;
     let tenant = tenant(&req)?;
-    let reads = state
-        .read_model(&tenant, CHANNELS, min_position(params.min_position)?)
-        .await?;
-    let channel = queries::get_channel(&reads, &tenant, id)
-        .await?
+    // The write side: a channel created a moment ago is tested at once.
+    let loaded = pipeline::load::<NotificationChannel>(&state.store, &tenant, id).await?;
+    let channel = loaded
+        .aggregate
+        .live()
         .ok_or_else(|| ApiError::NotFound("notification channel".into()))?;
     let client = state
         .store
@@ -541,9 +539,8 @@ pub async fn test_channel(
         .transpose()
         .map_err(crate::db::QueryError::from)?;
     let target = send::Target {
-        kind: channel.kind,
-        config: serde_json::from_str(channel.config.get())
-            .map_err(|e| ApiError::Internal(e.into()))?,
+        kind: channel.kind.as_str().to_owned(),
+        config: channel.config.clone(),
         secret,
     };
     let message = serde_json::json!({

@@ -132,14 +132,16 @@ async fn run(
                 .await
                 .map(body)
         }
-        DataSource::AlertList { state: which, limit } => {
+        DataSource::AlertList {
+            state: which,
+            limit,
+        } => {
             // Open episodes whenever they fired; closed ones fired in the span.
             let (states, from, to) = match which.as_deref() {
-                Some("firing") => (
-                    vec!["firing".to_owned()],
-                    DateTime::<Utc>::MIN_UTC,
-                    DateTime::<Utc>::MAX_UTC,
-                ),
+                Some("firing") => {
+                    let (from, to) = crate::alerts::queries::all_time();
+                    (vec!["firing".to_owned()], from, to)
+                }
                 Some(s) => (vec![s.to_owned()], from, to),
                 None => (vec!["firing".to_owned(), "resolved".to_owned()], from, to),
             };

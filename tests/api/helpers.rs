@@ -90,6 +90,11 @@ pub fn test_settings() -> Settings {
         archive_min_age: Duration::ZERO,
         // Small steps, so a test's few hundred lines are recomputed in several.
         recompute_step_lines: 300,
+        // Alert rules evaluated and notifications sent within a test's patience.
+        alert_evaluation_interval: Duration::from_millis(250),
+        notify_poll: Duration::from_millis(100),
+        notify_retry_base: Duration::from_millis(50),
+        notify_max_attempts: 4,
         ..Settings::default()
     }
 }

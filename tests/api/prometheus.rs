@@ -341,6 +341,37 @@ async fn drive_dashboards(app: &TestApp) {
     }
 }
 
+/// A metric rule that fires and notifies a receiver that is not there: transitions,
+/// evaluations and failed deliveries.
+async fn drive_alerts(app: &TestApp) {
+    let mut res = app
+        .post_json(
+            "/api/v1/notification-channels",
+            &serde_json::json!({"name": "nowhere", "kind": "wecom",
+                "config": {"url": format!("http://127.0.0.1:{}/x", free_port()), "timeout_ms": 200}}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let channel: Value = res.json().await.unwrap();
+    let res = app
+        .post_json(
+            "/api/v1/alert-rules",
+            &serde_json::json!({"name": "mem", "type": "metric_threshold", "notify": [channel["id"]],
+                "condition": {"metric": "mem", "aggregation": "max", "window_seconds": 60,
+                              "comparator": "gt", "threshold": 1}}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let res = app
+        .post_json(
+            "/api/v1/metrics:batch",
+            &serde_json::json!({"points": [{"series": "h1", "metric": "mem", "value": 5,
+                "time": chrono::Utc::now().to_rfc3339()}]}),
+        )
+        .await;
+    assert!(res.status().is_success());
+}
+
 async fn drive_load(app: &TestApp) {
     for i in 0..20 {
         let mut res = app
@@ -406,6 +437,7 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     drive_documents(&app).await;
     drive_collections(&app).await;
     drive_dashboards(&app).await;
+    drive_alerts(&app).await;
     let scraped = eventually(Duration::from_secs(60), || async {
         let v = query(
             &client,
@@ -445,6 +477,14 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
             1.0,
         ),
         ("cloudlens_collection_items_purged_total", 1.0),
+        (
+            r#"cloudlens_alert_transitions_total{type="metric_threshold",transition="fired"}"#,
+            1.0,
+        ),
+        (
+            r#"cloudlens_notifications_total{kind="wecom",outcome="failed"}"#,
+            1.0,
+        ),
         ("cloudlens_collection_purge_last_run_timestamp_seconds", 1.0),
         (
             r#"cloudlens_db_table_size_bytes{table="collection_items"}"#,
