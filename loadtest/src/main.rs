@@ -20,6 +20,7 @@
 //!
 //! Numbers are printed, never asserted: see loadtest/RESULTS.md and loadtest/run.sh.
 
+mod alerts;
 mod bills;
 mod collections;
 mod db_bench;
@@ -55,6 +56,8 @@ enum Command {
     Documents(documents::Args),
     /// The TTL collections benchmark against a running server (loadtest/collections.sh).
     Collections(collections::Args),
+    /// The alerts benchmark against a running server (loadtest/alerts.sh).
+    Alerts(alerts::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,5 +70,6 @@ fn main() -> anyhow::Result<()> {
         Command::Timeseries(args) => timeseries::run(args),
         Command::Documents(args) => documents::run(args),
         Command::Collections(args) => collections::run(args),
+        Command::Alerts(args) => alerts::run(args),
     }
 }
