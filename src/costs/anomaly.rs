@@ -228,8 +228,11 @@ fn judge(series: &Series, i: usize, method: Method) -> Verdict {
     }
 }
 
-/// The median of the day's weekday in the window and the MAD of the residuals against
-/// their weekday's median; `None` when the weekday has fewer than two values.
+/// The median of the day's weekday in the window, and the MAD of the window's prediction
+/// errors: each value against the median of the *other* values of its weekday, as today
+/// is against values that do not include it (residuals against a median of 4 that holds
+/// the value itself are about half as wide, and the scale would be too small); `None`
+/// when the weekday has fewer than two values.
 fn seasonal_expectation(series: &Series, lo: usize, i: usize) -> Option<(Decimal, Decimal)> {
     let mut by_weekday: [Vec<Decimal>; 7] = Default::default();
     for j in lo..i {
@@ -241,14 +244,25 @@ fn seasonal_expectation(series: &Series, lo: usize, i: usize) -> Option<(Decimal
         return None;
     }
     let mut residuals = Vec::with_capacity(i - lo);
-    let mut medians = [Decimal::ZERO; 7];
-    for (w, values) in by_weekday.iter_mut().enumerate() {
-        let m = median(&mut values.clone());
-        medians[w] = m;
-        residuals.extend(values.iter().map(|x| *x - m));
+    let mut others = Vec::with_capacity(4);
+    for values in &by_weekday {
+        if values.len() < 2 {
+            continue;
+        }
+        for (k, x) in values.iter().enumerate() {
+            others.clear();
+            others.extend(
+                values
+                    .iter()
+                    .enumerate()
+                    .filter(|(l, _)| *l != k)
+                    .map(|(_, v)| *v),
+            );
+            residuals.push(*x - median(&mut others));
+        }
     }
     let (_, mad) = median_mad(&residuals);
-    Some((medians[today], mad))
+    Some((median(&mut by_weekday[today]), mad))
 }
 
 /// Verdicts for the days of `series` from `from` to `to` (inclusive; clipped to the
