@@ -471,7 +471,7 @@ mod tests {
         let days = (ended - s.day(60)).num_days();
         // Each weekday's median moves once 2 of its 4 window values are at the new
         // level, and the residuals' MAD grows meanwhile: the episode ends after one and
-        // a half to three weeks (11 days here; ADR 0026). While a weekday's median sits
+        // a half to three weeks (10 days here; ADR 0026). While a weekday's median sits
         // between the levels a short `low` episode may follow; nothing after 4 weeks.
         assert!((8..=21).contains(&days), "ended after {days} days");
         assert!(e.len() <= 2, "{e:?}");

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod access;
+mod anomalies;
 mod archive;
 mod assessment;
 mod backup;
