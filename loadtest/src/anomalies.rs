@@ -131,9 +131,7 @@ fn generate(rng: &mut StdRng, start: NaiveDate, days: usize) -> Generated {
                 1.0
             };
             let x = (level * w * factor[i] * (1.0 + sigma * normal(rng))).max(0.0);
-            Decimal::from_f64_retain(x)
-                .unwrap_or_default()
-                .round_dp(2)
+            Decimal::from_f64_retain(x).unwrap_or_default().round_dp(2)
         })
         .collect();
     Generated {

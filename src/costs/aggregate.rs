@@ -452,11 +452,7 @@ impl Aggregate for CostAnomalyStream {
         Self::STREAM_TYPE.to_owned()
     }
 
-    async fn handle(
-        &self,
-        command: Self::Command,
-        _: &(),
-    ) -> Result<Vec<Self::Event>, CostsError> {
+    async fn handle(&self, command: Self::Command, _: &()) -> Result<Vec<Self::Event>, CostsError> {
         let super::commands::CostAnomalyCommand::RecordFindings {
             stream_id,
             account_id,
@@ -595,15 +591,23 @@ mod tests {
             let v = [N, LOW, HIGH, LOW, N, N];
             let events = when(&mut a, record(1, &v)).await;
             assert_eq!(events.len(), 3, "{events:?}");
-            assert!(matches!(&events[0], E::CostAnomalyDetected(d) if d.day == day(2) && d.severity == Severity::Low));
-            assert!(matches!(&events[1], E::CostAnomalyUpdated(u) if u.day == day(3) && u.severity == Severity::High));
-            assert!(matches!(&events[2], E::CostAnomalyEnded(e) if e.day == day(5) && e.last_day == day(4) && !e.restated));
+            assert!(
+                matches!(&events[0], E::CostAnomalyDetected(d) if d.day == day(2) && d.severity == Severity::Low)
+            );
+            assert!(
+                matches!(&events[1], E::CostAnomalyUpdated(u) if u.day == day(3) && u.severity == Severity::High)
+            );
+            assert!(
+                matches!(&events[2], E::CostAnomalyEnded(e) if e.day == day(5) && e.last_day == day(4) && !e.restated)
+            );
             // The same days again, or a part of them: nothing.
             assert!(when(&mut a, record(1, &v)).await.is_empty());
             assert!(when(&mut a, record(3, &v[2..])).await.is_empty());
             // A new episode later gets a new id.
             let later = when(&mut a, record(10, &[LOW])).await;
-            let (E::CostAnomalyDetected(first), E::CostAnomalyDetected(second)) = (&events[0], &later[0]) else {
+            let (E::CostAnomalyDetected(first), E::CostAnomalyDetected(second)) =
+                (&events[0], &later[0])
+            else {
                 panic!("{later:?}");
             };
             assert_ne!(first.anomaly_id, second.anomaly_id);

@@ -499,12 +499,18 @@ mod tests {
         c[36] = Decimal::from(300);
         let s = series(c);
         let flagged = |v: Vec<Verdict>| -> Vec<NaiveDate> {
-            v.into_iter().filter(|v| v.anomalous()).map(|v| v.day).collect()
+            v.into_iter()
+                .filter(|v| v.anomalous())
+                .map(|v| v.day)
+                .collect()
         };
         let old = flagged(mean_two_sigma(&s, s.day(28), s.day(59)));
         let new = flagged(detect(&s, s.day(28), s.day(59), Method::Seasonal));
         assert_eq!(new, vec![s.day(30), s.day(36)]);
-        assert!(old.contains(&s.day(30)) && !old.contains(&s.day(36)), "{old:?}");
+        assert!(
+            old.contains(&s.day(30)) && !old.contains(&s.day(36)),
+            "{old:?}"
+        );
     }
 
     #[test]

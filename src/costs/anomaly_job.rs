@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use cqrs_es::Aggregate;
 use chrono::{Duration as Days, NaiveDate, Utc};
+use cqrs_es::Aggregate;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -94,15 +94,9 @@ async fn detect_after_import(job: &Job, env: &JobEnv) -> anyhow::Result<Value> {
         return Ok(json!({"import_id": import_id, "services": 0}));
     }
     let window_start = from - Days::days(WINDOW_DAYS as i64);
-    let series = queries::anomaly_series(
-        client,
-        tenant,
-        &import.account,
-        &currency,
-        window_start,
-        to,
-    )
-    .await?;
+    let series =
+        queries::anomaly_series(client, tenant, &import.account, &currency, window_start, to)
+            .await?;
 
     // Verdicts per service, then the contributors of every anomalous day at once.
     let mut judged: Vec<(String, Vec<anomaly::Verdict>)> = Vec::new();
@@ -125,8 +119,7 @@ async fn detect_after_import(job: &Job, env: &JobEnv) -> anyhow::Result<Value> {
         })
         .collect();
     let mut contributors =
-        queries::anomaly_contributors(client, tenant, &import.account, &currency, &flagged)
-            .await?;
+        queries::anomaly_contributors(client, tenant, &import.account, &currency, &flagged).await?;
     drop(conn);
 
     let mut ctx = CommandContext::new(tenant.clone());

@@ -1061,7 +1061,13 @@ impl Projector for AnomaliesProjector {
                     None => {
                         tx.execute(
                             ANOMALY_ENDED_SQL,
-                            &[&e.tenant_id, &x.anomaly_id, &x.day, &x.last_day, &x.restated],
+                            &[
+                                &e.tenant_id,
+                                &x.anomaly_id,
+                                &x.day,
+                                &x.last_day,
+                                &x.restated,
+                            ],
                         )
                         .await?;
                     }

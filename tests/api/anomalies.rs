@@ -30,7 +30,9 @@ fn history(extra: &str) -> String {
             "{cycle},{day},ecs,cn-hangzhou,i-web,{},CNY,team:web\n",
             web + noise
         ));
-        csv.push_str(&format!("{cycle},{day},ecs,cn-beijing,i-db,{db},CNY,team:data\n"));
+        csv.push_str(&format!(
+            "{cycle},{day},ecs,cn-beijing,i-db,{db},CNY,team:data\n"
+        ));
         csv.push_str(&format!(
             "{cycle},{day},oss,cn-hangzhou,bucket-1,10.{:02},CNY,\n",
             (i * 31) % 9
@@ -61,7 +63,11 @@ async fn anomalies_after_jobs(app: &TestApp, n: i64, query: &str) -> Value {
     assert!(
         done.is_some(),
         "{n} anomaly jobs succeed: {:?}",
-        snapshot(&app.conn, "SELECT concat_ws('|', kind, state, error) FROM jobs").await
+        snapshot(
+            &app.conn,
+            "SELECT concat_ws('|', kind, state, error) FROM jobs"
+        )
+        .await
     );
     let position = count(&app.conn, "SELECT max(position) FROM events").await;
     let res = app
@@ -103,7 +109,12 @@ async fn one_spike_is_one_anomaly_with_its_contributor_and_nothing_is_recorded_t
     assert_eq!(c[0]["delta"], "600");
     let rest: Vec<(&str, &str)> = c[1..]
         .iter()
-        .map(|c| (c["dimension"].as_str().unwrap(), c["value"].as_str().unwrap()))
+        .map(|c| {
+            (
+                c["dimension"].as_str().unwrap(),
+                c["value"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(rest, vec![("resource", "i-batch"), ("tag:team", "batch")]);
     assert_eq!(count(&app.conn, ANOMALY_EVENTS).await, 2, "detected, ended");
@@ -142,7 +153,11 @@ async fn one_spike_is_one_anomaly_with_its_contributor_and_nothing_is_recorded_t
         ("&limit=1", 1),
     ] {
         let page = anomalies_after_jobs(&app, 2, query).await;
-        assert_eq!(page["items"].as_array().unwrap().len(), n, "{query}: {page}");
+        assert_eq!(
+            page["items"].as_array().unwrap().len(),
+            n,
+            "{query}: {page}"
+        );
         assert!(page["next_cursor"].is_null(), "{query}");
     }
 
