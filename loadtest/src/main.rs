@@ -10,6 +10,9 @@
 //! - `catchup` replays a log of N budget events (creates, updates, deletes) into a fresh
 //!   read model (a rebuild) and, in the same round, COPYs N rows into an identically
 //!   shaped table, in rounds;
+//! - `anomalies` evaluates the cost-anomaly methods (mean + 2σ, median/MAD, median/MAD
+//!   by weekday) on seeded generated series with injected anomalies, no database
+//!   (loadtest/anomalies.sh);
 //! - `bills` writes seeded bill files (cloudlens format) and their exact sums;
 //! - `timeseries` ingests points and bars into a running server and times queries
 //!   against the hypertables, the rollups and a plain table (loadtest/timeseries.sh);
@@ -17,10 +20,13 @@
 //!   baseline for two-character Chinese queries (loadtest/documents.sh);
 //! - `collections` writes log lines to a TTL collection as NDJSON batches and times
 //!   filtered reads (loadtest/collections.sh).
+//! - `alerts` times the evaluation of 1,000 metric rules over 10,000 series against the
+//!   seed's one query per rule, and notification throughput (loadtest/alerts.sh).
 //!
 //! Numbers are printed, never asserted: see loadtest/RESULTS.md and loadtest/run.sh.
 
 mod alerts;
+mod anomalies;
 mod bills;
 mod collections;
 mod db_bench;
@@ -48,6 +54,8 @@ enum Command {
     RawInsert(db_bench::RawInsertArgs),
     /// Projection catch-up (rebuild) vs raw COPY benchmark.
     Catchup(db_bench::CatchupArgs),
+    /// Cost-anomaly methods on generated series, no database (loadtest/anomalies.sh).
+    Anomalies(anomalies::Args),
     /// Seeded bill files for the costs benchmark (loadtest/costs.sh).
     Bills(bills::BillArgs),
     /// The time-series benchmark against a running server (loadtest/timeseries.sh).
@@ -66,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => db_bench::store(args),
         Command::RawInsert(args) => db_bench::raw_insert(args),
         Command::Catchup(args) => db_bench::catchup(args),
+        Command::Anomalies(args) => anomalies::run(args),
         Command::Bills(args) => bills::run(args),
         Command::Timeseries(args) => timeseries::run(args),
         Command::Documents(args) => documents::run(args),

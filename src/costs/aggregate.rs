@@ -349,6 +349,154 @@ impl Aggregate for AllocationRule {
     }
 }
 
+// --- cost anomalies --------------------------------------------------------------------
+
+/// The open episode of a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenAnomaly {
+    pub anomaly_id: uuid::Uuid,
+    pub first_day: chrono::NaiveDate,
+    pub severity: super::anomaly::Severity,
+}
+
+/// The anomalies of one account × service (ADR 0026): at most one open episode. Episodes
+/// are decided day by day from the job's findings:
+///
+/// - no open episode, an anomalous day on or after the last episode's end: `Detected`;
+/// - open, a later anomalous day of a higher severity: `Updated`;
+/// - open, a normal day after the first: `Ended` at that day; a normal first day (a
+///   restated bill removed the cost): `Ended` with `restated`;
+/// - anything else (a day judged again the same way, days before the open episode or
+///   before the last end) records nothing, so a job run again appends nothing.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostAnomalyStream {
+    pub open: Option<OpenAnomaly>,
+    /// The first normal day after the last episode.
+    pub last_ended: Option<chrono::NaiveDate>,
+    /// Events so far (anomaly ids are derived from it).
+    pub events: i64,
+}
+
+impl EventSourced for CostAnomalyStream {
+    const STREAM_TYPE: &'static str = "cost_anomaly";
+}
+
+impl CostAnomalyStream {
+    fn decide(
+        &self,
+        stream_id: uuid::Uuid,
+        account_id: &str,
+        service: &str,
+        currency: &str,
+        d: super::commands::DayFinding,
+    ) -> Option<super::events::CostAnomalyEvent> {
+        use super::events::{AnomalyDetected, AnomalyEnded, AnomalyUpdated, CostAnomalyEvent};
+        match (&self.open, d.anomaly) {
+            (Some(o), Some(f)) => (d.day > o.first_day && f.severity > o.severity).then(|| {
+                CostAnomalyEvent::CostAnomalyUpdated(AnomalyUpdated {
+                    anomaly_id: o.anomaly_id,
+                    account_id: account_id.to_owned(),
+                    service: service.to_owned(),
+                    day: d.day,
+                    actual: f.actual,
+                    expected: f.expected,
+                    deviation: f.deviation,
+                    severity: f.severity,
+                    contributors: f.contributors,
+                })
+            }),
+            (Some(o), None) => (d.day >= o.first_day).then(|| {
+                let restated = d.day == o.first_day;
+                CostAnomalyEvent::CostAnomalyEnded(AnomalyEnded {
+                    anomaly_id: o.anomaly_id,
+                    account_id: account_id.to_owned(),
+                    service: service.to_owned(),
+                    day: d.day,
+                    last_day: if restated {
+                        d.day
+                    } else {
+                        d.day.pred_opt().unwrap_or(d.day)
+                    },
+                    restated,
+                })
+            }),
+            (None, Some(f)) => (self.last_ended.is_none_or(|e| d.day >= e)).then(|| {
+                let anomaly_id =
+                    uuid::Uuid::new_v5(&stream_id, format!("{}/{}", d.day, self.events).as_bytes());
+                CostAnomalyEvent::CostAnomalyDetected(AnomalyDetected {
+                    anomaly_id,
+                    account_id: account_id.to_owned(),
+                    service: service.to_owned(),
+                    currency: currency.to_owned(),
+                    day: d.day,
+                    actual: f.actual,
+                    expected: f.expected,
+                    deviation: f.deviation,
+                    severity: f.severity,
+                    contributors: f.contributors,
+                })
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
+#[async_trait]
+impl Aggregate for CostAnomalyStream {
+    type Command = super::commands::CostAnomalyCommand;
+    type Event = super::events::CostAnomalyEvent;
+    type Error = CostsError;
+    type Services = ();
+
+    fn aggregate_type() -> String {
+        Self::STREAM_TYPE.to_owned()
+    }
+
+    async fn handle(&self, command: Self::Command, _: &()) -> Result<Vec<Self::Event>, CostsError> {
+        let super::commands::CostAnomalyCommand::RecordFindings {
+            stream_id,
+            account_id,
+            service,
+            currency,
+            mut days,
+        } = command;
+        days.sort_by_key(|d| d.day);
+        // Decided one day after the other on a copy that takes its own events.
+        let mut state = self.clone();
+        let mut out = Vec::new();
+        for d in days {
+            if let Some(e) = state.decide(stream_id, &account_id, &service, &currency, d) {
+                state.apply(e.clone());
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        use super::events::CostAnomalyEvent as E;
+        self.events += 1;
+        match event {
+            E::CostAnomalyDetected(d) => {
+                self.open = Some(OpenAnomaly {
+                    anomaly_id: d.anomaly_id,
+                    first_day: d.day,
+                    severity: d.severity,
+                })
+            }
+            E::CostAnomalyUpdated(u) => {
+                if let Some(o) = self.open.as_mut() {
+                    o.severity = o.severity.max(u.severity);
+                }
+            }
+            E::CostAnomalyEnded(e) => {
+                self.open = None;
+                self.last_ended = Some(e.day);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,5 +531,110 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, CostsError::Invalid { ref field, .. } if field == "name"));
+    }
+
+    mod anomalies {
+        use super::super::*;
+        use crate::costs::anomaly::Severity;
+        use crate::costs::commands::{CostAnomalyCommand, DayFinding, Finding};
+        use crate::costs::events::CostAnomalyEvent as E;
+        use chrono::NaiveDate;
+        use rust_decimal::Decimal;
+
+        fn day(n: u32) -> NaiveDate {
+            NaiveDate::from_ymd_opt(2024, 3, n).unwrap()
+        }
+
+        fn finding(severity: Option<Severity>) -> Option<Finding> {
+            severity.map(|severity| Finding {
+                actual: Decimal::from(500),
+                expected: Decimal::from(100),
+                deviation: 9.0,
+                severity,
+                contributors: Vec::new(),
+            })
+        }
+
+        /// Days `from..` with the given verdicts.
+        fn record(from: u32, verdicts: &[Option<Severity>]) -> CostAnomalyCommand {
+            CostAnomalyCommand::RecordFindings {
+                stream_id: uuid::Uuid::nil(),
+                account_id: "prod".into(),
+                service: "ecs".into(),
+                currency: "CNY".into(),
+                days: verdicts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| DayFinding {
+                        day: day(from + i as u32),
+                        anomaly: finding(*s),
+                    })
+                    .collect(),
+            }
+        }
+
+        async fn when(a: &mut CostAnomalyStream, c: CostAnomalyCommand) -> Vec<E> {
+            let events = a.handle(c, &()).await.unwrap();
+            for e in &events {
+                a.apply(e.clone());
+            }
+            events
+        }
+
+        const N: Option<Severity> = None;
+        const LOW: Option<Severity> = Some(Severity::Low);
+        const HIGH: Option<Severity> = Some(Severity::High);
+
+        #[tokio::test]
+        async fn an_episode_is_detected_once_worsens_and_ends_at_the_first_normal_day() {
+            let mut a = CostAnomalyStream::default();
+            let v = [N, LOW, HIGH, LOW, N, N];
+            let events = when(&mut a, record(1, &v)).await;
+            assert_eq!(events.len(), 3, "{events:?}");
+            assert!(
+                matches!(&events[0], E::CostAnomalyDetected(d) if d.day == day(2) && d.severity == Severity::Low)
+            );
+            assert!(
+                matches!(&events[1], E::CostAnomalyUpdated(u) if u.day == day(3) && u.severity == Severity::High)
+            );
+            assert!(
+                matches!(&events[2], E::CostAnomalyEnded(e) if e.day == day(5) && e.last_day == day(4) && !e.restated)
+            );
+            // The same days again, or a part of them: nothing.
+            assert!(when(&mut a, record(1, &v)).await.is_empty());
+            assert!(when(&mut a, record(3, &v[2..])).await.is_empty());
+            // A new episode later gets a new id.
+            let later = when(&mut a, record(10, &[LOW])).await;
+            let (E::CostAnomalyDetected(first), E::CostAnomalyDetected(second)) =
+                (&events[0], &later[0])
+            else {
+                panic!("{later:?}");
+            };
+            assert_ne!(first.anomaly_id, second.anomaly_id);
+        }
+
+        #[tokio::test]
+        async fn a_restatement_that_removes_the_first_day_withdraws_the_open_episode() {
+            let mut a = CostAnomalyStream::default();
+            when(&mut a, record(1, &[N, HIGH, HIGH])).await;
+            let events = when(&mut a, record(1, &[N, N, N])).await;
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert!(matches!(&events[0], E::CostAnomalyEnded(e) if e.day == day(2) && e.restated));
+            // Restored again: a new anomaly on the same day, with another id.
+            let again = when(&mut a, record(1, &[N, HIGH])).await;
+            assert!(matches!(&again[0], E::CostAnomalyDetected(d) if d.day == day(2)));
+        }
+
+        #[tokio::test]
+        async fn replaying_the_events_rebuilds_the_same_state() {
+            let mut a = CostAnomalyStream::default();
+            let mut all = when(&mut a, record(1, &[LOW, HIGH, N])).await;
+            all.extend(when(&mut a, record(9, &[LOW])).await);
+            let mut b = CostAnomalyStream::default();
+            for e in all {
+                b.apply(e);
+            }
+            assert_eq!(a, b);
+        }
     }
 }

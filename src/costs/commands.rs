@@ -75,3 +75,35 @@ pub enum AllocationRuleCommand {
     /// `POST /api/v1/costs/allocation-rules`: creates or replaces a rule.
     SaveAllocationRule(super::allocation::AllocationRuleDef),
 }
+
+/// What the anomaly job found on one day of an account × service.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct DayFinding {
+    pub day: chrono::NaiveDate,
+    /// `None`: a normal day.
+    pub anomaly: Option<Finding>,
+}
+
+/// An anomalous day.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Finding {
+    pub actual: rust_decimal::Decimal,
+    pub expected: rust_decimal::Decimal,
+    pub deviation: f64,
+    pub severity: super::anomaly::Severity,
+    pub contributors: Vec<super::events::Contributor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub enum CostAnomalyCommand {
+    /// From the anomaly job: the verdicts of consecutive days, in order. Days already
+    /// judged the same way record nothing (ADR 0026).
+    RecordFindings {
+        /// The stream's id (anomaly ids are derived from it).
+        stream_id: uuid::Uuid,
+        account_id: String,
+        service: String,
+        currency: String,
+        days: Vec<DayFinding>,
+    },
+}

@@ -329,3 +329,99 @@ impl DomainEvent for AllocationRuleEvent {
         "1".to_owned()
     }
 }
+
+/// A dimension of an anomalous day with its cost against its own trailing median.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
+pub struct Contributor {
+    /// `region`, `resource` or `tag:<key>`.
+    pub dimension: String,
+    pub value: String,
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "812.40")]
+    pub actual: Decimal,
+    /// The dimension's median over the trailing 28 days (the lower middle value).
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "20.10")]
+    pub expected: Decimal,
+    /// `actual − expected`.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "792.30")]
+    pub delta: Decimal,
+}
+
+/// The first anomalous day of an episode of one account × service (ADR 0026). These names
+/// and fields are a contract (alert rules consume them): fields may be added, never
+/// renamed.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct AnomalyDetected {
+    pub anomaly_id: uuid::Uuid,
+    pub account_id: String,
+    pub service: String,
+    /// The currency of the series (the account's).
+    #[serde(default)]
+    pub currency: String,
+    /// The first anomalous day.
+    pub day: NaiveDate,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub actual: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub expected: Decimal,
+    /// The robust z of the day (negative for a drop).
+    pub deviation: f64,
+    pub severity: super::anomaly::Severity,
+    pub contributors: Vec<Contributor>,
+}
+
+/// A later day of an open episode was worse (a higher severity): no new anomaly.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct AnomalyUpdated {
+    pub anomaly_id: uuid::Uuid,
+    pub account_id: String,
+    pub service: String,
+    /// The day that was worse.
+    pub day: NaiveDate,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub actual: Decimal,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub expected: Decimal,
+    pub deviation: f64,
+    pub severity: super::anomaly::Severity,
+    pub contributors: Vec<Contributor>,
+}
+
+/// The episode is over: `day` is its first normal day.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct AnomalyEnded {
+    pub anomaly_id: uuid::Uuid,
+    pub account_id: String,
+    pub service: String,
+    /// The first normal day.
+    pub day: NaiveDate,
+    /// The last anomalous day (`day` − 1, or the first day when `restated`).
+    pub last_day: NaiveDate,
+    /// A restated bill made the first anomalous day normal: the anomaly is withdrawn.
+    #[serde(default)]
+    pub restated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum CostAnomalyEvent {
+    CostAnomalyDetected(AnomalyDetected),
+    CostAnomalyUpdated(AnomalyUpdated),
+    CostAnomalyEnded(AnomalyEnded),
+}
+
+impl DomainEvent for CostAnomalyEvent {
+    fn event_type(&self) -> String {
+        match self {
+            CostAnomalyEvent::CostAnomalyDetected(_) => "CostAnomalyDetected",
+            CostAnomalyEvent::CostAnomalyUpdated(_) => "CostAnomalyUpdated",
+            CostAnomalyEvent::CostAnomalyEnded(_) => "CostAnomalyEnded",
+        }
+        .to_owned()
+    }
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}

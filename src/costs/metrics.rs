@@ -15,6 +15,8 @@ pub struct CostsMetrics {
     pub query_duration: HistogramVec,
     pub threshold_crossings: IntCounter,
     pub vtag_lines_recomputed: IntCounter,
+    pub anomalies_detected: IntCounterVec,
+    pub anomaly_job_duration: Histogram,
 }
 
 fn build() -> Result<CostsMetrics, prometheus::Error> {
@@ -75,6 +77,26 @@ fn build() -> Result<CostsMetrics, prometheus::Error> {
                 "Bill lines given a saved virtual tag again by the recompute job's steps",
             )?,
         )?,
+        anomalies_detected: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_cost_anomalies_detected_total",
+                    "Cost anomalies recorded (CostAnomalyDetected) by the anomaly job, by severity",
+                ),
+                &["severity"],
+            )?,
+        )?,
+        anomaly_job_duration: reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "cloudlens_costs_anomaly_job_duration_seconds",
+                    "Time of one anomaly job (one bill import: read, detect, record)",
+                )
+                .buckets(exponential_buckets(0.01, 2.0, 16)?),
+            )?,
+        )?,
     })
 }
 
@@ -85,4 +107,8 @@ pub static COSTS: LazyLock<CostsMetrics> =
 /// Registers the metrics (so they show on `/metrics` before the first import).
 pub fn init() {
     LazyLock::force(&COSTS);
+    // Every severity shows from the start (at 0), so the dashboard has series to plot.
+    for s in super::anomaly::Severity::ALL {
+        COSTS.anomalies_detected.with_label_values(&[s.as_str()]);
+    }
 }

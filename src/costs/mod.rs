@@ -8,6 +8,8 @@
 
 pub mod aggregate;
 pub mod allocation;
+pub mod anomaly;
+pub mod anomaly_job;
 pub mod budget_status;
 pub mod commands;
 pub mod events;
@@ -58,6 +60,7 @@ pub fn account_stream(tenant: &str, name: &str) -> Uuid {
         routes::list_virtual_tags,
         routes::save_allocation_rule,
         routes::list_allocation_rules,
+        routes::list_anomalies,
     ),
     components(schemas(
         commands::AccountDraft,
@@ -90,6 +93,10 @@ pub fn account_stream(tenant: &str, name: &str) -> Uuid {
         queries::AllocationRuleList,
         routes::ForecastView,
         routes::ThresholdView,
+        queries::AnomalyView,
+        queries::AnomalyPage,
+        events::Contributor,
+        anomaly::Severity,
     ))
 )]
 struct CostsApi;
@@ -106,6 +113,7 @@ pub fn context() -> BoundedContext {
                 Arc::new(Typed(projection::AccountsProjector)),
                 Arc::new(projection::CostLinesProjector),
                 Arc::new(Typed(projection::AllocationRulesProjector)),
+                Arc::new(Typed(projection::AnomaliesProjector)),
             ]
         },
         jobs: || {
@@ -114,6 +122,7 @@ pub fn context() -> BoundedContext {
                 Arc::new(thresholds::BudgetChangedThresholdJob("BudgetCreated")),
                 Arc::new(thresholds::BudgetChangedThresholdJob("BudgetUpdated")),
                 Arc::new(recompute::VirtualTagRecomputeJob),
+                Arc::new(anomaly_job::CostAnomalyJob),
             ]
         },
         scheduled: |_| Vec::new(),

@@ -901,6 +901,183 @@ impl Projection for CostLinesProjector {
     }
 }
 
+pub const COST_ANOMALIES: &str = "cost_anomalies";
+
+static ANOMALIES_MODEL: ReadModel = ReadModel {
+    table: "cost_anomalies",
+    key: &["tenant_id", "id"],
+    columns: &[
+        col("tenant_id", Type::TEXT),
+        col("id", Type::UUID),
+        col("account_id", Type::TEXT),
+        col("service", Type::TEXT),
+        col("currency", Type::TEXT),
+        col("first_day", Type::DATE),
+        col("last_day", Type::DATE),
+        col("ended_day", Type::DATE),
+        col("actual", Type::NUMERIC),
+        col("expected", Type::NUMERIC),
+        col("deviation", Type::FLOAT8),
+        col("severity", Type::TEXT),
+        col("contributors", Type::JSONB),
+        col("state", Type::TEXT),
+        col("restated", Type::BOOL),
+        col("detected_at", Type::TIMESTAMPTZ),
+    ],
+    keep_on_update: &[],
+    newer: None,
+};
+
+struct AnomalyRow {
+    tenant: String,
+    id: Uuid,
+    account_id: String,
+    service: String,
+    currency: String,
+    first_day: chrono::NaiveDate,
+    last_day: chrono::NaiveDate,
+    ended_day: Option<chrono::NaiveDate>,
+    actual: Decimal,
+    expected: Decimal,
+    deviation: f64,
+    severity: &'static str,
+    contributors: Value,
+    state: &'static str,
+    restated: bool,
+    detected_at: DateTime<Utc>,
+}
+
+impl Row for AnomalyRow {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.tenant,
+            &self.id,
+            &self.account_id,
+            &self.service,
+            &self.currency,
+            &self.first_day,
+            &self.last_day,
+            &self.ended_day,
+            &self.actual,
+            &self.expected,
+            &self.deviation,
+            &self.severity,
+            &self.contributors,
+            &self.state,
+            &self.restated,
+            &self.detected_at,
+        ]
+    }
+}
+
+const ANOMALY_UPDATED_SQL: &str = "\
+UPDATE cost_anomalies SET last_day = greatest(last_day, $3), actual = $4, expected = $5,
+       deviation = $6, severity = $7, contributors = $8
+ WHERE tenant_id = $1 AND id = $2";
+const ANOMALY_ENDED_SQL: &str = "\
+UPDATE cost_anomalies SET ended_day = $3, last_day = $4, state = 'ended', restated = $5
+ WHERE tenant_id = $1 AND id = $2";
+
+/// Keeps `cost_anomalies`: a row per episode, from its `CostAnomalyDetected`, changed by
+/// `CostAnomalyUpdated` (the worst day) and `CostAnomalyEnded`. Rows detected in the
+/// batch are folded in memory and COPYed; earlier rows are updated in place.
+pub struct AnomaliesProjector;
+
+#[async_trait]
+impl Projector for AnomaliesProjector {
+    type Aggregate = super::aggregate::CostAnomalyStream;
+    const NAME: &'static str = COST_ANOMALIES;
+    const READ_MODELS: &'static [&'static ReadModel] = &[&ANOMALIES_MODEL];
+
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: Vec<Envelope<super::events::CostAnomalyEvent>>,
+    ) -> anyhow::Result<()> {
+        use super::events::CostAnomalyEvent as E;
+        let mut new: Vec<AnomalyRow> = Vec::new();
+        let mut index: HashMap<(String, Uuid), usize> = HashMap::new();
+        for e in events {
+            match e.event {
+                E::CostAnomalyDetected(d) => {
+                    index.insert((e.tenant_id.clone(), d.anomaly_id), new.len());
+                    new.push(AnomalyRow {
+                        tenant: e.tenant_id,
+                        id: d.anomaly_id,
+                        account_id: d.account_id,
+                        service: d.service,
+                        currency: d.currency,
+                        first_day: d.day,
+                        last_day: d.day,
+                        ended_day: None,
+                        actual: d.actual,
+                        expected: d.expected,
+                        deviation: d.deviation,
+                        severity: d.severity.as_str(),
+                        contributors: serde_json::to_value(&d.contributors)?,
+                        state: "open",
+                        restated: false,
+                        detected_at: e.recorded_at,
+                    });
+                }
+                E::CostAnomalyUpdated(u) => {
+                    let contributors = serde_json::to_value(&u.contributors)?;
+                    match index.get(&(e.tenant_id.clone(), u.anomaly_id)) {
+                        Some(&i) => {
+                            let r = &mut new[i];
+                            r.last_day = r.last_day.max(u.day);
+                            r.actual = u.actual;
+                            r.expected = u.expected;
+                            r.deviation = u.deviation;
+                            r.severity = u.severity.as_str();
+                            r.contributors = contributors;
+                        }
+                        None => {
+                            tx.execute(
+                                ANOMALY_UPDATED_SQL,
+                                &[
+                                    &e.tenant_id,
+                                    &u.anomaly_id,
+                                    &u.day,
+                                    &u.actual,
+                                    &u.expected,
+                                    &u.deviation,
+                                    &u.severity.as_str(),
+                                    &contributors,
+                                ],
+                            )
+                            .await?;
+                        }
+                    }
+                }
+                E::CostAnomalyEnded(x) => match index.get(&(e.tenant_id.clone(), x.anomaly_id)) {
+                    Some(&i) => {
+                        let r = &mut new[i];
+                        r.ended_day = Some(x.day);
+                        r.last_day = x.last_day;
+                        r.state = "ended";
+                        r.restated = x.restated;
+                    }
+                    None => {
+                        tx.execute(
+                            ANOMALY_ENDED_SQL,
+                            &[
+                                &e.tenant_id,
+                                &x.anomaly_id,
+                                &x.day,
+                                &x.last_day,
+                                &x.restated,
+                            ],
+                        )
+                        .await?;
+                    }
+                },
+            }
+        }
+        ANOMALIES_MODEL.insert(tx, &new).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -1199,6 +1199,296 @@ async fn budget_daily(
     Ok((days, name))
 }
 
+// --- anomalies -------------------------------------------------------------------------
+
+const ACCOUNT_CURRENCY_SQL: &str =
+    "SELECT currency FROM cost_accounts WHERE tenant_id = $1 AND name = $2";
+/// Per service of the account in its currency: the first day with cost ever, and the last
+/// day with cost of the whole account (how far its bills reach).
+const ANOMALY_SERVICES_SQL: &str = "\
+SELECT service, (min(day) AT TIME ZONE 'UTC')::date,
+       (max(max(day)) OVER () AT TIME ZONE 'UTC')::date
+  FROM cost_daily WHERE tenant_id = $1 AND account = $2 AND currency = $3
+ GROUP BY service";
+/// The daily cost per service over `[$4, $5]` (dates), regions summed.
+const ANOMALY_SERIES_SQL: &str = "\
+SELECT service, (day AT TIME ZONE 'UTC')::date, sum(cost)
+  FROM cost_daily
+ WHERE tenant_id = $1 AND account = $2 AND currency = $3
+   AND day >= $4::date::timestamp AT TIME ZONE 'UTC'
+   AND day < ($5::date + 1)::timestamp AT TIME ZONE 'UTC'
+ GROUP BY 1, 2";
+/// The top 3 contributors of each anomalous (service, day, sign): every region
+/// (`cost_daily`), resource (`cost_lines`) and tag value (`cost_daily_tags`) of the
+/// service, its cost on the day against its own median over the 28 days before (days
+/// without cost count as 0; `percentile_disc`: the lower middle value, exact), ranked by
+/// delta in the anomaly's direction. One statement for all days and dimensions.
+const ANOMALY_CONTRIBUTORS_SQL: &str = "\
+WITH t AS (SELECT * FROM unnest($4::text[], $5::date[], $6::int[]) AS t(service, day, sign)),
+src AS (
+  SELECT t.service, t.day, t.sign, 'region' AS dimension, d.region AS value,
+         (d.day AT TIME ZONE 'UTC')::date AS d, sum(d.cost) AS cost
+    FROM t JOIN cost_daily d
+      ON d.tenant_id = $1 AND d.account = $2 AND d.currency = $3 AND d.service = t.service
+     AND d.day >= (t.day - 28)::timestamp AT TIME ZONE 'UTC'
+     AND d.day < (t.day + 1)::timestamp AT TIME ZONE 'UTC'
+   WHERE d.region <> ''
+   GROUP BY 1, 2, 3, 4, 5, 6
+  UNION ALL
+  SELECT t.service, t.day, t.sign, 'resource', l.resource,
+         (l.charge_start AT TIME ZONE 'UTC')::date, sum(l.cost)
+    FROM t JOIN cost_lines l
+      ON l.tenant_id = $1 AND l.account = $2 AND l.currency = $3 AND l.service = t.service
+     AND l.charge_start >= (t.day - 28)::timestamp AT TIME ZONE 'UTC'
+     AND l.charge_start < (t.day + 1)::timestamp AT TIME ZONE 'UTC'
+   WHERE l.resource <> ''
+   GROUP BY 1, 2, 3, 4, 5, 6
+  UNION ALL
+  SELECT t.service, t.day, t.sign, 'tag:' || g.key, g.value,
+         (g.day AT TIME ZONE 'UTC')::date, sum(g.cost)
+    FROM t JOIN cost_daily_tags g
+      ON g.tenant_id = $1 AND g.account = $2 AND g.currency = $3 AND g.service = t.service
+     AND g.day >= (t.day - 28)::timestamp AT TIME ZONE 'UTC'
+     AND g.day < (t.day + 1)::timestamp AT TIME ZONE 'UTC'
+   GROUP BY 1, 2, 3, 4, 5, 6),
+keys AS (SELECT DISTINCT service, day, sign, dimension, value FROM src),
+grid AS (
+  SELECT k.service, k.day, k.sign, k.dimension, k.value, n.n, coalesce(s.cost, 0) AS cost
+    FROM keys k CROSS JOIN generate_series(0, 28) AS n(n)
+    LEFT JOIN src s ON s.service = k.service AND s.day = k.day AND s.dimension = k.dimension
+                   AND s.value = k.value AND s.d = k.day - n.n),
+scored AS (
+  SELECT service, day, sign, dimension, value,
+         sum(cost) FILTER (WHERE n = 0) AS actual,
+         percentile_disc(0.5) WITHIN GROUP (ORDER BY cost) FILTER (WHERE n > 0) AS expected
+    FROM grid GROUP BY 1, 2, 3, 4, 5)
+SELECT service, day, dimension, value, actual, expected, actual - expected
+  FROM (SELECT *, row_number() OVER (PARTITION BY service, day
+                                     ORDER BY (actual - expected) * sign DESC, dimension, value) AS rank
+          FROM scored) r
+ WHERE rank <= 3
+ ORDER BY service, day, rank";
+
+/// The currency of an account (`None`: no such account).
+pub async fn account_currency(
+    conn: &Client,
+    tenant: &str,
+    account: &str,
+) -> Result<Option<String>, QueryError> {
+    Ok(conn
+        .query_opt(ACCOUNT_CURRENCY_SQL, &[&tenant, &account])
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?)
+}
+
+/// The services of an account in `currency`: each with its first day with cost; and the
+/// account's last day with cost.
+pub async fn anomaly_services(
+    conn: &Client,
+    tenant: &str,
+    account: &str,
+    currency: &str,
+) -> Result<(Vec<(String, NaiveDate)>, Option<NaiveDate>), QueryError> {
+    let rows = conn
+        .query(ANOMALY_SERVICES_SQL, &[&tenant, &account, &currency])
+        .await?;
+    let mut last = None;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        out.push((r.try_get(0)?, r.try_get(1)?));
+        last = Some(r.try_get(2)?);
+    }
+    out.sort();
+    Ok((out, last))
+}
+
+/// Daily cost per service of an account in `currency` over `[from, to]`.
+pub async fn anomaly_series(
+    conn: &Client,
+    tenant: &str,
+    account: &str,
+    currency: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<BTreeMap<String, Vec<(NaiveDate, Decimal)>>, QueryError> {
+    let rows = conn
+        .query(
+            ANOMALY_SERIES_SQL,
+            &[&tenant, &account, &currency, &from, &to],
+        )
+        .await?;
+    let mut out: BTreeMap<String, Vec<(NaiveDate, Decimal)>> = BTreeMap::new();
+    for r in &rows {
+        out.entry(r.try_get(0)?)
+            .or_default()
+            .push((r.try_get(1)?, r.try_get(2)?));
+    }
+    Ok(out)
+}
+
+/// The top 3 contributors of each `(service, day, sign)` (sign −1 for a drop).
+pub async fn anomaly_contributors(
+    conn: &Client,
+    tenant: &str,
+    account: &str,
+    currency: &str,
+    days: &[(String, NaiveDate, i32)],
+) -> Result<BTreeMap<(String, NaiveDate), Vec<super::events::Contributor>>, QueryError> {
+    let mut out: BTreeMap<(String, NaiveDate), Vec<super::events::Contributor>> = BTreeMap::new();
+    if days.is_empty() {
+        return Ok(out);
+    }
+    let services: Vec<&str> = days.iter().map(|d| d.0.as_str()).collect();
+    let dates: Vec<NaiveDate> = days.iter().map(|d| d.1).collect();
+    let signs: Vec<i32> = days.iter().map(|d| d.2).collect();
+    let rows = conn
+        .query(
+            ANOMALY_CONTRIBUTORS_SQL,
+            &[&tenant, &account, &currency, &services, &dates, &signs],
+        )
+        .await?;
+    for r in &rows {
+        out.entry((r.try_get(0)?, r.try_get(1)?))
+            .or_default()
+            .push(super::events::Contributor {
+                dimension: r.try_get(2)?,
+                value: r.try_get(3)?,
+                actual: r.try_get(4)?,
+                expected: r.try_get(5)?,
+                delta: r.try_get(6)?,
+            });
+    }
+    Ok(out)
+}
+
+const ANOMALIES_SQL: &str = "\
+SELECT id, account_id, service, currency, first_day, last_day, ended_day, actual, expected,
+       deviation, severity, contributors, state, restated, detected_at
+  FROM cost_anomalies
+ WHERE tenant_id = $1
+   AND ($2::date IS NULL OR first_day >= $2) AND ($3::date IS NULL OR first_day < $3)
+   AND ($4::text IS NULL OR account_id = $4) AND ($5::text IS NULL OR service = $5)
+   AND severity = ANY($6) AND ($7::text IS NULL OR state = $7)
+   AND ($8::date IS NULL OR (first_day, id) < ($8, $9))
+ ORDER BY first_day DESC, id DESC
+ LIMIT $10";
+
+/// One cost anomaly (an episode of anomalous days of one account × service).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AnomalyView {
+    pub id: Uuid,
+    pub account_id: String,
+    pub service: String,
+    pub currency: String,
+    /// The first anomalous day.
+    #[schema(value_type = String, format = Date)]
+    pub first_day: NaiveDate,
+    /// The last anomalous day known.
+    #[schema(value_type = String, format = Date)]
+    pub last_day: NaiveDate,
+    /// The first normal day after the episode (`null` while open).
+    #[schema(value_type = Option<String>, format = Date)]
+    pub ended_day: Option<NaiveDate>,
+    /// Cost of the worst day.
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub actual: Decimal,
+    /// What that day was expected to cost (the trailing median of its weekday).
+    #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String)]
+    pub expected: Decimal,
+    /// Robust z of the worst day (negative for a drop).
+    pub deviation: f64,
+    /// `low`, `medium`, `high` or `critical`.
+    pub severity: String,
+    pub contributors: Vec<super::events::Contributor>,
+    /// `open` or `ended`.
+    pub state: String,
+    /// Ended because a restated bill removed its first day.
+    pub restated: bool,
+    pub detected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AnomalyPage {
+    pub items: Vec<AnomalyView>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters of the anomaly list.
+#[derive(Debug, Clone, Default)]
+pub struct AnomalyFilters {
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub account: Option<String>,
+    pub service: Option<String>,
+    /// The severities to list.
+    pub severities: Vec<String>,
+    pub state: Option<String>,
+}
+
+/// A page of anomalies, newest first day first, after the `(first_day, id)` of `after`.
+pub async fn anomalies(
+    conn: &ReadConnection,
+    tenant: &str,
+    f: &AnomalyFilters,
+    after: Option<(NaiveDate, Uuid)>,
+    limit: i64,
+) -> Result<AnomalyPage, QueryError> {
+    let (after_day, after_id) = (after.map(|a| a.0), after.map(|a| a.1));
+    let rows = conn
+        .query(
+            ANOMALIES_SQL,
+            &[
+                &tenant,
+                &f.from,
+                &f.to,
+                &f.account,
+                &f.service,
+                &f.severities,
+                &f.state,
+                &after_day,
+                &after_id,
+                &(limit + 1),
+            ],
+        )
+        .await?;
+    let mut items = rows
+        .iter()
+        .map(|r| {
+            let contributors: Json<Vec<super::events::Contributor>> = r.try_get(11)?;
+            Ok(AnomalyView {
+                id: r.try_get(0)?,
+                account_id: r.try_get(1)?,
+                service: r.try_get(2)?,
+                currency: r.try_get(3)?,
+                first_day: r.try_get(4)?,
+                last_day: r.try_get(5)?,
+                ended_day: r.try_get(6)?,
+                actual: r.try_get(7)?,
+                expected: r.try_get(8)?,
+                deviation: r.try_get(9)?,
+                severity: r.try_get(10)?,
+                contributors: contributors.0,
+                state: r.try_get(12)?,
+                restated: r.try_get(13)?,
+                detected_at: r.try_get(14)?,
+            })
+        })
+        .collect::<Result<Vec<_>, QueryError>>()?;
+    let next_cursor = if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items
+            .last()
+            .map(|a| crate::db::cursor::encode(&(a.first_day, a.id)))
+    } else {
+        None
+    };
+    Ok(AnomalyPage { items, next_cursor })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(list_virtual_tags)
         .service(save_allocation_rule)
         .service(list_allocation_rules)
+        .service(list_anomalies)
         .service(budget_status);
 }
 
@@ -844,4 +845,96 @@ pub async fn list_allocation_rules(
     Ok(HttpResponse::Ok().json(queries::AllocationRuleList {
         items: queries::allocation_rules(&conn, &tenant).await?,
     }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AnomalyParams {
+    /// Anomalies whose first day is on or after this day (`YYYY-MM-DD` or RFC 3339, UTC).
+    pub from: Option<String>,
+    /// … and before this day.
+    pub to: Option<String>,
+    pub account: Option<String>,
+    pub service: Option<String>,
+    /// The least severity listed: `low` (all), `medium`, `high` or `critical`.
+    #[param(pattern = "^(low|medium|high|critical)$")]
+    pub severity: Option<String>,
+    /// `open` or `ended`.
+    #[param(pattern = "^(open|ended)$")]
+    pub state: Option<String>,
+    /// 1..=500, default 100.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    #[param(minimum = 0)]
+    pub min_position: Option<i64>,
+}
+
+/// A day parameter: a date, or an instant (its UTC day).
+fn day_param(name: &str, value: Option<&str>) -> Result<Option<NaiveDate>, ApiError> {
+    Ok(crate::http::extract::time_param(name, value)?.map(|t| t.date_naive()))
+}
+
+/// Cost anomalies (ADR 0026): one per episode of anomalous days of an account × service,
+/// found after every bill import; newest first day first, a page at a time.
+#[utoipa::path(get, path = "/api/v1/costs/anomalies",
+    params(AnomalyParams, ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses((status = 200, body = queries::AnomalyPage), (status = 400, body = Problem), (status = 422, body = Problem)))]
+#[get("/api/v1/costs/anomalies")]
+pub async fn list_anomalies(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    params: web::Query<AnomalyParams>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant(&req)?;
+    let p = params.into_inner();
+    let from = day_param("from", p.from.as_deref())?;
+    let to = day_param("to", p.to.as_deref())?;
+    if let (Some(f), Some(t)) = (from, to) {
+        if t <= f {
+            return Err(ApiError::validation("to", "must be after from"));
+        }
+    }
+    let least = match p.severity.as_deref() {
+        None => super::anomaly::Severity::Low,
+        Some(s) => super::anomaly::Severity::parse(s).ok_or_else(|| {
+            ApiError::validation("severity", "must be low, medium, high or critical")
+        })?,
+    };
+    if let Some(s) = p.state.as_deref() {
+        if s != "open" && s != "ended" {
+            return Err(ApiError::validation("state", "must be open or ended"));
+        }
+    }
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be between 1 and 500"));
+    }
+    let after = match p.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            crate::db::cursor::decode::<(NaiveDate, Uuid)>(c)
+                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))?,
+        ),
+    };
+    let f = queries::AnomalyFilters {
+        from,
+        to,
+        account: p.account,
+        service: p.service,
+        severities: super::anomaly::Severity::ALL
+            .into_iter()
+            .filter(|s| *s >= least)
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+        state: p.state,
+    };
+    let conn = state
+        .read_model(
+            &tenant,
+            super::projection::COST_ANOMALIES,
+            min_position(p.min_position)?,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(queries::anomalies(&conn, &tenant, &f, after, limit).await?))
 }

@@ -254,13 +254,14 @@ impl Projection for JobsProjection {
         // One row per id and statement: the last request of a coalescing job wins.
         let mut coalescing: std::collections::BTreeMap<Uuid, (&RecordedEvent, &dyn JobHandler)> =
             Default::default();
-        for e in events {
-            let Some(h) = self.handlers.iter().find(|h| {
-                let (st, et) = h.requested_by();
-                st == e.stream_type && et == e.event_type
-            }) else {
-                continue;
-            };
+        // Every handler an event requests (a `BillImportCompleted` requests the budget
+        // thresholds and the cost anomalies); each derives its own job id.
+        for (e, h) in events.iter().flat_map(|e| {
+            self.handlers
+                .iter()
+                .filter(|h| h.requested_by() == (e.stream_type.as_str(), e.event_type.as_str()))
+                .map(move |h| (e, h))
+        }) {
             if h.coalesce() {
                 coalescing.insert(h.job_id(e), (e, &**h));
             } else {

@@ -6,6 +6,7 @@ mod helpers;
 
 mod access;
 mod alerts;
+mod anomalies;
 mod archive;
 mod assessment;
 mod backup;
