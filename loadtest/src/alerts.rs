@@ -131,6 +131,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         bodies.push(body);
         let started = Instant::now();
+        let mut points_at = 0;
         for b in bodies {
             let mut res = client
                 .post(format!("{}/api/v1/metrics:batch", a.url))
@@ -139,8 +140,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .await
                 .map_err(err)?;
             anyhow::ensure!(res.status().is_success(), "points: {}", res.status());
-            let _ = res.body().await;
+            let v: Value = res.json().await?;
+            points_at = points_at.max(v["position"].as_i64().unwrap_or(0));
         }
+        // Until the points are in the read model.
+        let mut res = client
+            .get(format!("{}/api/v1/metrics/host-0/cpu/latest?min_position={points_at}", a.url))
+            .send()
+            .await
+            .map_err(err)?;
+        anyhow::ensure!(res.status().is_success(), "points read model: {}", res.status());
+        let _ = res.body().await;
         println!("points posted in {:.1} s", started.elapsed().as_secs_f64());
         let rules: Vec<Value> = (0..a.rules)
             .map(|i| {

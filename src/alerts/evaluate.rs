@@ -132,25 +132,33 @@ async fn rules_of_type<C: GenericClient>(
         .collect()
 }
 
-/// Per-series measurements of every metric rule over its window, in one statement.
-/// Stale series (nothing in the window) give no row.
+/// Per-series measurements of every metric rule over its window, in one statement: the
+/// rules' series are matched first, then each (series, window) is aggregated once however
+/// many rules watch it. Stale series (nothing in the window) give no row.
 const METRIC_SQL: &str = "\
 WITH r AS (
     SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
                          $6::float8[])
-        AS r(idx, tenant_id, metric, series, tags, window_seconds))
-SELECT r.idx, s.series, a.avg, a.min, a.max, a.sum, a.count, a.last
-  FROM r
-  JOIN metric_series s
-    ON s.tenant_id = r.tenant_id AND s.metric = r.metric
-   AND (r.series IS NULL OR s.series = r.series) AND s.tags @> r.tags
-   AND s.last_time > now() - make_interval(secs => r.window_seconds)
- CROSS JOIN LATERAL (
-    SELECT avg(p.value) AS avg, min(p.value) AS min, max(p.value) AS max,
-           sum(p.value) AS sum, count(*) AS count, last(p.value, p.time) AS last
-      FROM metric_points p
-     WHERE p.tenant_id = s.tenant_id AND p.series_id = s.id
-       AND p.time > now() - make_interval(secs => r.window_seconds)) a
+        AS r(idx, tenant_id, metric, series, tags, window_seconds)),
+matched AS (
+    SELECT r.idx, s.tenant_id, s.id AS series_id, s.series, r.window_seconds
+      FROM r
+      JOIN metric_series s
+        ON s.tenant_id = r.tenant_id AND s.metric = r.metric
+       AND (r.series IS NULL OR s.series = r.series) AND s.tags @> r.tags
+       AND s.last_time > now() - make_interval(secs => r.window_seconds)),
+measured AS (
+    SELECT w.series_id, w.window_seconds, a.*
+      FROM (SELECT DISTINCT tenant_id, series_id, window_seconds FROM matched) w
+     CROSS JOIN LATERAL (
+        SELECT avg(p.value) AS avg, min(p.value) AS min, max(p.value) AS max,
+               sum(p.value) AS sum, count(*) AS count, last(p.value, p.time) AS last
+          FROM metric_points p
+         WHERE p.tenant_id = w.tenant_id AND p.series_id = w.series_id
+           AND p.time > now() - make_interval(secs => w.window_seconds)) a)
+SELECT m.idx, m.series, a.avg, a.min, a.max, a.sum, a.count, a.last
+  FROM matched m
+  JOIN measured a ON a.series_id = m.series_id AND a.window_seconds = m.window_seconds
  WHERE a.count > 0";
 
 /// The cost of every cost rule over its window (0 when there is none), in one statement.
