@@ -1,12 +1,13 @@
 -- V18: alert rules, their episodes, notification channels and the notification outbox
--- (issue 12, ADR 0026).
+-- (issue 12, ADR 0028).
 --
 -- `alert_rules`, `alerts` and `notification_channels` are read models (rebuilt from the
 -- `alert_rule` and `notification_channel` streams). Two tables are not:
 --
 -- - `notification_channel_secrets`: a channel's webhook secret or SMTP password. Secrets
 --   stay out of the event log, which is kept forever and copied into every backup and
---   feed; the API writes them here before it appends the channel's event.
+--   feed. A new channel's secret is written before its creating event, a replacement's
+--   after its event (a failed command changes nothing).
 -- - `notification_outbox`: one row per notification to deliver, written by a trigger on
 --   `events` in the same transaction as the `AlertFired`/`AlertResolved` event that
 --   causes it. It is the delivery log too. A rebuild or a replay reads events and never
@@ -56,6 +57,8 @@ CREATE TABLE alerts (
 -- Newest first, keyset on (fired_at, rule_id, episode).
 CREATE INDEX alerts_fired ON alerts (tenant_id, fired_at DESC, rule_id DESC, episode DESC);
 CREATE INDEX alerts_firing ON alerts (tenant_id, fired_at DESC) WHERE state = 'firing';
+-- `?rule=`: one rule's episodes, newest first.
+CREATE INDEX alerts_rule ON alerts (tenant_id, rule_id, fired_at DESC, episode DESC);
 
 CREATE TABLE notification_channels (
     tenant_id  text        NOT NULL,
@@ -112,8 +115,8 @@ CREATE INDEX notification_outbox_log ON notification_outbox (tenant_id, id DESC)
 SELECT cloudlens_secure_read_model('notification_outbox');
 
 -- The outbox rows of an alert event: one per channel in the event's `notify` list, in
--- the event's own transaction. ON CONFLICT: a restore that loads `events` with triggers
--- enabled finds the rows already there.
+-- the event's own transaction. ON CONFLICT: a reload of `events` with triggers enabled
+-- (a data-only restore) finds the rows already there.
 CREATE FUNCTION cloudlens_alert_outbox() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

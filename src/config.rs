@@ -90,6 +90,10 @@ pub struct Settings {
     /// The server's address as receivers should link to it (`CLOUDLENS_PUBLIC_URL`);
     /// links in notifications are relative without it.
     pub public_url: Option<String>,
+    /// Whether notification channels may reach loopback, private and link-local
+    /// addresses (`CLOUDLENS_NOTIFY_ALLOW_PRIVATE`, default false: a tenant's webhook must
+    /// not probe the server's own network).
+    pub notify_allow_private: bool,
 }
 
 /// A secret that `{:?}` does not print (settings end up in logs and error reports).
@@ -142,6 +146,7 @@ impl Default for Settings {
             notify_max_attempts: 10,
             notify_retry_base: Duration::from_secs(2),
             public_url: None,
+            notify_allow_private: false,
         }
     }
 }
@@ -320,6 +325,9 @@ impl Settings {
                 (1..=100).contains(&s.notify_max_attempts),
                 "CLOUDLENS_NOTIFY_MAX_ATTEMPTS must be between 1 and 100"
             );
+        }
+        if let Some(v) = var("CLOUDLENS_NOTIFY_ALLOW_PRIVATE") {
+            s.notify_allow_private = parse("CLOUDLENS_NOTIFY_ALLOW_PRIVATE", &v)?;
         }
         if let Some(v) = var("CLOUDLENS_PUBLIC_URL") {
             anyhow::ensure!(

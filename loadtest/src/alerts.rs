@@ -70,10 +70,12 @@ fn receiver(count: Arc<AtomicU64>) -> anyhow::Result<String> {
     let url = format!("http://{}", listener.local_addr()?);
     let server = actix_web::HttpServer::new(move || {
         let count = count.clone();
-        actix_web::App::new().default_service(actix_web::web::to(move |_: actix_web::web::Bytes| {
-            count.fetch_add(1, Ordering::Relaxed);
-            async { actix_web::HttpResponse::Ok().finish() }
-        }))
+        actix_web::App::new().default_service(actix_web::web::to(
+            move |_: actix_web::web::Bytes| {
+                count.fetch_add(1, Ordering::Relaxed);
+                async { actix_web::HttpResponse::Ok().finish() }
+            },
+        ))
     })
     .workers(2)
     .listen(listener)?

@@ -267,12 +267,7 @@ impl AlertRule {
                 }))
             }
             (false, Some(episode)) => Some(AlertRuleEvent::AlertResolved(resolution(
-                d,
-                &o.key,
-                *episode,
-                o.value,
-                "condition_cleared",
-                o.at,
+                d, &o.key, *episode, o.value, o.reason, o.at,
             ))),
             _ => None,
         }
@@ -419,6 +414,12 @@ impl ChannelDetails {
                     Some(Value::String(u)) if !u.is_empty() && u.len() <= 200 => Some(u.clone()),
                     _ => return Err(invalid("config.username", "must be 1 to 200 characters")),
                 };
+                if username.is_some() && security == "none" {
+                    return Err(invalid(
+                        "config.security",
+                        "a password is never sent unencrypted: use starttls or tls with a username",
+                    ));
+                }
                 if username.is_some() && !has_secret {
                     return Err(invalid(
                         "secret",
@@ -560,6 +561,7 @@ mod tests {
             window_end: None,
             at,
             details: json!({}),
+            reason: "condition_cleared",
         }
     }
 

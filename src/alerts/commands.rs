@@ -54,6 +54,9 @@ pub struct Observation {
     pub window_end: Option<DateTime<Utc>>,
     pub at: DateTime<Utc>,
     pub details: Value,
+    /// Why the condition no longer holds, for a clear (`condition_cleared`, `no_data`,
+    /// `period_ended`, `budget_deleted`, `anomaly_ended`).
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -180,18 +180,39 @@ impl Condition {
         }
     }
 
+    /// The condition as the client writes it (without the type around it): what the
+    /// read model stores and `GET` answers, so a rule read can be sent back as it is.
+    pub fn to_json(&self) -> serde_json::Result<Value> {
+        match self {
+            Condition::BudgetThreshold(c) => serde_json::to_value(c),
+            Condition::CostThreshold(c) => serde_json::to_value(c),
+            Condition::CostAnomaly(c) => serde_json::to_value(c),
+            Condition::MetricThreshold(c) => serde_json::to_value(c),
+        }
+    }
+
     /// The condition of a rule of type `rule_type` from the client's JSON, checked.
     /// Errors name the field as `condition.<field>`.
     pub fn parse(rule_type: &str, raw: Value) -> Result<Self, AlertError> {
         fn de<T: serde::de::DeserializeOwned>(raw: Value) -> Result<T, AlertError> {
             serde_path_to_error::deserialize(raw).map_err(|e| {
                 let path = e.path().to_string();
-                let field = if path == "." {
-                    "condition".to_owned()
-                } else {
-                    format!("condition.{path}")
+                let message = e.into_inner().to_string();
+                // serde names a missing or unknown field only in its message.
+                let named = ["missing field `", "unknown field `"]
+                    .iter()
+                    .find_map(|p| message.strip_prefix(p))
+                    .and_then(|rest| rest.split('`').next());
+                // (An unknown field is in the path already, a missing one is not.)
+                let field = match (path.as_str(), named) {
+                    (".", Some(name)) => format!("condition.{name}"),
+                    (".", None) => "condition".to_owned(),
+                    (path, Some(name)) if !path.ends_with(name) => {
+                        format!("condition.{path}.{name}")
+                    }
+                    (path, _) => format!("condition.{path}"),
                 };
-                invalid(&field, e.into_inner().to_string())
+                invalid(&field, message)
             })
         }
         let condition = match rule_type {
@@ -348,14 +369,17 @@ mod tests {
                 "cost_threshold",
                 json!({"window_days": 7, "comparator": "gt"})
             ),
-            "condition"
+            "condition.threshold"
         );
         assert_eq!(
             err("cost_anomaly", json!({"min_severity": "huge"})),
             "condition.min_severity"
         );
         assert_eq!(err("disk_full", json!({})), "type");
-        assert_eq!(err("budget_threshold", json!({"budget": "x"})), "condition");
+        assert_eq!(
+            err("budget_threshold", json!({"budget": "x"})),
+            "condition.budget"
+        );
     }
 
     #[test]

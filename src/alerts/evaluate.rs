@@ -38,54 +38,60 @@ use crate::pipeline::{self, CommandContext, Expect};
 const JOB_NS: Uuid = Uuid::from_u128(0x0194_e3c1_7b2a_7c55_a0d4_4c6f_0000_0018);
 const CATCH_UP: Duration = Duration::from_secs(120);
 
+/// How often an observation is tried again when the rule's stream moved meanwhile (a
+/// client's change, another observation).
+const OBSERVE_TRIES: usize = 5;
+
 /// Records what was measured for one key of one rule: loads the rule, asks it, and
-/// appends only when it fires or resolves an episode. Answers the transition, if any.
+/// appends only when it fires or resolves an episode, at the version it loaded; when the
+/// stream moved meanwhile it asks again. Answers the transition, if any.
 pub async fn observe(
     store: &EventStore,
     tenant: &str,
     rule_id: Uuid,
     o: Observation,
 ) -> anyhow::Result<Option<&'static str>> {
-    let loaded = pipeline::load::<AlertRule>(store, tenant, rule_id)
+    for _ in 0..OBSERVE_TRIES {
+        let loaded = pipeline::load::<AlertRule>(store, tenant, rule_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let Some(event) = loaded.aggregate.observe(o.clone()) else {
+            return Ok(None);
+        };
+        let transition = match &event {
+            super::events::AlertRuleEvent::AlertFired(_) => "fired",
+            _ => "resolved",
+        };
+        let rule_type = loaded
+            .aggregate
+            .details
+            .as_ref()
+            .map_or("", |d| d.condition.type_name());
+        let mut ctx = CommandContext::new(tenant.to_owned());
+        ctx.actor = "cloudlens:alert-evaluator".into();
+        match pipeline::execute::<AlertRule>(
+            store,
+            &ctx,
+            "ObserveAlertRule",
+            rule_id,
+            Expect::Version(loaded.version),
+            AlertRuleCommand::Observe(o.clone()),
+            &(),
+        )
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let Some(event) = loaded.aggregate.observe(o.clone()) else {
-        return Ok(None);
-    };
-    let transition = match &event {
-        super::events::AlertRuleEvent::AlertFired(_) => "fired",
-        _ => "resolved",
-    };
-    let rule_type = loaded
-        .aggregate
-        .details
-        .as_ref()
-        .map_or("", |d| d.condition.type_name());
-    let mut ctx = CommandContext::new(tenant.to_owned());
-    ctx.actor = "cloudlens:alert-evaluator".into();
-    // At the version just read: a concurrent observation of the same rule loses and is
-    // observed again next time (never two episodes for one breach).
-    match pipeline::execute::<AlertRule>(
-        store,
-        &ctx,
-        "ObserveAlertRule",
-        rule_id,
-        Expect::Version(loaded.version),
-        AlertRuleCommand::Observe(o),
-        &(),
-    )
-    .await
-    {
-        Ok(_) => {
-            ALERTS
-                .transitions
-                .with_label_values(&[rule_type, transition])
-                .inc();
-            Ok(Some(transition))
+        {
+            Ok(_) => {
+                ALERTS
+                    .transitions
+                    .with_label_values(&[rule_type, transition])
+                    .inc();
+                return Ok(Some(transition));
+            }
+            Err(pipeline::CommandError::Conflict { .. }) => continue,
+            Err(e) => anyhow::bail!("observing alert rule {rule_id}: {e}"),
         }
-        Err(pipeline::CommandError::Conflict { .. }) => Ok(None),
-        Err(e) => Err(anyhow::anyhow!("observing alert rule {rule_id}: {e}")),
     }
+    anyhow::bail!("observing alert rule {rule_id}: its stream kept moving")
 }
 
 /// The enabled rules of one type, as the evaluator reads them.
@@ -122,7 +128,8 @@ async fn rules_of_type<C: GenericClient>(
             Ok(RuleRow {
                 tenant: r.try_get(0)?,
                 id: r.try_get(1)?,
-                condition: serde_json::from_value(condition)?,
+                condition: Condition::parse(rule_type, condition)
+                    .map_err(|e| anyhow::anyhow!("stored condition: {e}"))?,
                 firing: firing
                     .as_object()
                     .map(|m| m.keys().cloned().collect())
@@ -132,33 +139,26 @@ async fn rules_of_type<C: GenericClient>(
         .collect()
 }
 
-/// Per-series measurements of every metric rule over its window, in one statement: the
-/// rules' series are matched first, then each (series, window) is aggregated once however
-/// many rules watch it. Stale series (nothing in the window) give no row.
-const METRIC_SQL: &str = "\
-WITH r AS (
-    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                         $6::float8[])
-        AS r(idx, tenant_id, metric, series, tags, window_seconds)),
-matched AS (
-    SELECT r.idx, s.tenant_id, s.id AS series_id, s.series, r.window_seconds
-      FROM r
-      JOIN metric_series s
-        ON s.tenant_id = r.tenant_id AND s.metric = r.metric
-       AND (r.series IS NULL OR s.series = r.series) AND s.tags @> r.tags
-       AND s.last_time > now() - make_interval(secs => r.window_seconds)),
-measured AS (
-    SELECT w.series_id, w.window_seconds, a.*
-      FROM (SELECT DISTINCT tenant_id, series_id, window_seconds FROM matched) w
-     CROSS JOIN LATERAL (
-        SELECT avg(p.value) AS avg, min(p.value) AS min, max(p.value) AS max,
-               sum(p.value) AS sum, count(*) AS count, last(p.value, p.time) AS last
-          FROM metric_points p
-         WHERE p.tenant_id = w.tenant_id AND p.series_id = w.series_id
-           AND p.time > now() - make_interval(secs => w.window_seconds)) a)
-SELECT m.idx, m.series, a.avg, a.min, a.max, a.sum, a.count, a.last
-  FROM matched m
-  JOIN measured a ON a.series_id = m.series_id AND a.window_seconds = m.window_seconds
+/// The series each metric rule watches (with data in its window), in one statement.
+const MATCH_SQL: &str = "\
+SELECT r.idx, s.id, s.series
+  FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::float8[])
+       AS r(idx, tenant_id, metric, series, tags, window_seconds)
+  JOIN metric_series s
+    ON s.tenant_id = r.tenant_id AND s.metric = r.metric
+   AND (r.series IS NULL OR s.series = r.series) AND s.tags @> r.tags
+   AND s.last_time > now() - make_interval(secs => r.window_seconds)";
+
+/// The aggregates of each (series, window), once however many rules watch it.
+const MEASURE_SQL: &str = "\
+SELECT w.series_id, w.window_seconds, a.avg, a.min, a.max, a.sum, a.count, a.last
+  FROM unnest($1::text[], $2::bigint[], $3::float8[]) AS w(tenant_id, series_id, window_seconds)
+ CROSS JOIN LATERAL (
+    SELECT avg(p.value) AS avg, min(p.value) AS min, max(p.value) AS max,
+           sum(p.value) AS sum, count(*) AS count, last(p.value, p.time) AS last
+      FROM metric_points p
+     WHERE p.tenant_id = w.tenant_id AND p.series_id = w.series_id
+       AND p.time > now() - make_interval(secs => w.window_seconds)) a
  WHERE a.count > 0";
 
 /// The cost of every cost rule over its window (0 when there is none), in one statement.
@@ -176,8 +176,6 @@ SELECT r.idx, coalesce(sum(d.cost), 0)
    AND (r.service IS NULL OR d.service = r.service)
    AND (r.region IS NULL OR d.region = r.region)
  GROUP BY r.idx";
-
-const LIVE_BUDGETS_SQL: &str = "SELECT id FROM budgets_view WHERE id = ANY($1)";
 
 const FIRING_GAUGE_SQL: &str = "\
 SELECT type, coalesce(sum((SELECT count(*) FROM jsonb_object_keys(firing))), 0)::bigint
@@ -201,6 +199,8 @@ pub struct Round {
     pub observations: usize,
     pub fired: usize,
     pub resolved: usize,
+    /// Observations that could not be recorded (logged; tried again next round).
+    pub errors: usize,
 }
 
 impl Evaluator {
@@ -208,6 +208,7 @@ impl Evaluator {
     pub async fn round(&self, store: &EventStore) -> anyhow::Result<Round> {
         let client = store.pool().get().await?;
         let mut total = Round::default();
+        let mut failed = None;
         for (rule_type, result) in [
             (
                 "metric_threshold",
@@ -216,24 +217,47 @@ impl Evaluator {
             ("cost_threshold", cost_rules(&**client, store).await),
             ("budget_threshold", budget_periods(&**client, store).await),
         ] {
-            let outcome = if result.is_ok() { "ok" } else { "error" };
-            let round = result?;
+            let round = match result {
+                Ok(round) => round,
+                Err(e) => {
+                    // One type's failure does not hold up the others.
+                    ALERTS
+                        .evaluations
+                        .with_label_values(&[rule_type, "error"])
+                        .inc();
+                    failed.get_or_insert(e.context(rule_type));
+                    continue;
+                }
+            };
             ALERTS
                 .evaluations
-                .with_label_values(&[rule_type, outcome])
-                .inc_by(round.rules as u64);
+                .with_label_values(&[rule_type, "ok"])
+                .inc_by((round.rules - round.errors) as u64);
+            ALERTS
+                .evaluations
+                .with_label_values(&[rule_type, "error"])
+                .inc_by(round.errors as u64);
             total.rules += round.rules;
             total.observations += round.observations;
             total.fired += round.fired;
             total.resolved += round.resolved;
         }
-        for row in client.query(FIRING_GAUGE_SQL, &[]).await? {
-            let t: String = row.try_get(0)?;
-            if super::condition::TYPES.contains(&t.as_str()) {
-                ALERTS.firing.with_label_values(&[&t]).set(row.try_get(1)?);
-            }
+        let open: HashMap<String, i64> = client
+            .query(FIRING_GAUGE_SQL, &[])
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, tokio_postgres::Error>>()?;
+        for t in super::condition::TYPES {
+            ALERTS
+                .firing
+                .with_label_values(&[t])
+                .set(open.get(t).copied().unwrap_or(0));
         }
-        Ok(total)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
     }
 
     async fn metric_rules<C: GenericClient>(
@@ -262,63 +286,90 @@ impl Evaluator {
             .map(|c| Value::Object(c.tags.clone()))
             .collect();
         let windows: Vec<f64> = conds.iter().map(|c| f64::from(c.window_seconds)).collect();
-        let rows = if rules.is_empty() {
-            Vec::new()
-        } else {
-            client
-                .query(
-                    METRIC_SQL,
-                    &[&idx, &tenants, &metrics, &series, &tags, &windows],
-                )
-                .await?
-        };
         let now = Utc::now();
         let mut observations: Vec<(usize, Observation)> = Vec::new();
         let mut seen: BTreeSet<(usize, String)> = BTreeSet::new();
-        for row in &rows {
-            let i = usize::try_from(row.try_get::<_, i32>(0)?)?;
-            let name: String = row.try_get(1)?;
-            let c = conds[i];
-            let value: Option<f64> = match c.aggregation {
-                Aggregation::Avg => row.try_get(2)?,
-                Aggregation::Min => row.try_get(3)?,
-                Aggregation::Max => row.try_get(4)?,
-                Aggregation::Sum => row.try_get(5)?,
-                Aggregation::Count => row.try_get::<_, i64>(6).map(|n| Some(n as f64))?,
-                Aggregation::Last => row.try_get(7)?,
-            };
-            let Some(value) = value.and_then(Decimal::from_f64) else {
-                continue;
-            };
-            let key = format!("series:{name}");
-            seen.insert((i, key.clone()));
-            let breached = c.comparator.holds(value, c.threshold);
-            // An open episode stays open while the breach lasts, whatever the wait.
-            let held = self.held_long_enough(rules[i].id, &key, breached, c.for_seconds, now);
-            let breached = breached && (held || rules[i].firing.contains(&key));
-            observations.push((
-                i,
-                Observation {
-                    key,
-                    breached,
-                    value: Some(value.round_dp(6)),
-                    threshold: Some(c.threshold),
-                    window_start: Some(
-                        now - chrono::Duration::seconds(i64::from(c.window_seconds)),
-                    ),
-                    window_end: Some(now),
-                    at: now,
-                    details: json!({"metric": c.metric, "series": name,
-                                    "aggregation": c.aggregation.as_str(),
-                                    "comparator": c.comparator}),
-                },
-            ));
+        if !rules.is_empty() {
+            let matched = client
+                .query(
+                    MATCH_SQL,
+                    &[&idx, &tenants, &metrics, &series, &tags, &windows],
+                )
+                .await?;
+            let mut pairs = Vec::with_capacity(matched.len());
+            // Each (series, window) once.
+            let mut wanted: BTreeSet<(&str, i64, u64)> = BTreeSet::new();
+            for row in &matched {
+                let i = usize::try_from(row.try_get::<_, i32>(0)?)?;
+                let id: i64 = row.try_get(1)?;
+                let name: String = row.try_get(2)?;
+                wanted.insert((tenants[i], id, windows[i].to_bits()));
+                pairs.push((i, id, name));
+            }
+            let w_tenants: Vec<&str> = wanted.iter().map(|w| w.0).collect();
+            let w_ids: Vec<i64> = wanted.iter().map(|w| w.1).collect();
+            let w_windows: Vec<f64> = wanted.iter().map(|w| f64::from_bits(w.2)).collect();
+            let mut measured: HashMap<(i64, u64), tokio_postgres::Row> = HashMap::new();
+            for row in client
+                .query(MEASURE_SQL, &[&w_tenants, &w_ids, &w_windows])
+                .await?
+            {
+                let key = (
+                    row.try_get::<_, i64>(0)?,
+                    row.try_get::<_, f64>(1)?.to_bits(),
+                );
+                measured.insert(key, row);
+            }
+            for (i, id, name) in pairs {
+                let Some(row) = measured.get(&(id, windows[i].to_bits())) else {
+                    continue;
+                };
+                let c = conds[i];
+                let value: Option<f64> = match c.aggregation {
+                    Aggregation::Avg => row.try_get(2)?,
+                    Aggregation::Min => row.try_get(3)?,
+                    Aggregation::Max => row.try_get(4)?,
+                    Aggregation::Sum => row.try_get(5)?,
+                    Aggregation::Count => row.try_get::<_, i64>(6).map(|n| Some(n as f64))?,
+                    Aggregation::Last => row.try_get(7)?,
+                };
+                let Some(value) = value.and_then(Decimal::from_f64) else {
+                    continue;
+                };
+                let key = format!("series:{name}");
+                seen.insert((i, key.clone()));
+                let breached = c.comparator.holds(value, c.threshold);
+                // An open episode stays open while the breach lasts, whatever the wait.
+                let held = self.held_long_enough(rules[i].id, &key, breached, c.for_seconds, now);
+                let breached = breached && (held || rules[i].firing.contains(&key));
+                observations.push((
+                    i,
+                    Observation {
+                        key,
+                        breached,
+                        value: Some(value.round_dp(6)),
+                        threshold: Some(c.threshold),
+                        window_start: Some(
+                            now - chrono::Duration::seconds(i64::from(c.window_seconds)),
+                        ),
+                        window_end: Some(now),
+                        at: now,
+                        details: json!({"metric": c.metric, "series": name,
+                                        "aggregation": c.aggregation.as_str(),
+                                        "comparator": c.comparator}),
+                        reason: "condition_cleared",
+                    },
+                ));
+            }
         }
+        // Waits of keys not seen this round are forgotten: a series that went silent
+        // starts its wait again when it comes back.
+        self.forget_unseen(&rules, &seen);
         // A firing series with no data left in its window: the condition no longer holds.
         for (i, r) in rules.iter().enumerate() {
             for key in &r.firing {
                 if !seen.contains(&(i, key.clone())) {
-                    observations.push((i, cleared(key, now)));
+                    observations.push((i, cleared(key, now, "no_data")));
                 }
             }
         }
@@ -343,9 +394,10 @@ impl Evaluator {
         if for_seconds == 0 {
             return breached;
         }
-        let Ok(mut pending) = self.pending.lock() else {
-            return false;
-        };
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let k = (rule, key.to_owned());
         if !breached {
             pending.remove(&k);
@@ -354,9 +406,22 @@ impl Evaluator {
         let since = *pending.entry(k).or_insert(now);
         (now - since).num_seconds() >= i64::from(for_seconds)
     }
+
+    /// Forgets the waits of (rule, key)s not measured in this round (a silent series, a
+    /// rule deleted or changed).
+    fn forget_unseen(&self, rules: &[RuleRow], seen: &BTreeSet<(usize, String)>) {
+        let live: std::collections::HashSet<(Uuid, &str)> = seen
+            .iter()
+            .map(|(i, key)| (rules[*i].id, key.as_str()))
+            .collect();
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(rule, key), _| live.contains(&(*rule, key.as_str())));
+    }
 }
 
-fn cleared(key: &str, now: DateTime<Utc>) -> Observation {
+fn cleared(key: &str, now: DateTime<Utc>, reason: &'static str) -> Observation {
     Observation {
         key: key.to_owned(),
         breached: false,
@@ -366,6 +431,7 @@ fn cleared(key: &str, now: DateTime<Utc>) -> Observation {
         window_end: None,
         at: now,
         details: json!({}),
+        reason,
     }
 }
 
@@ -386,10 +452,15 @@ async fn apply(
         if o.breached == rule.firing.contains(&o.key) {
             continue;
         }
-        match observe(store, &rule.tenant, rule.id, o).await? {
-            Some("fired") => round.fired += 1,
-            Some(_) => round.resolved += 1,
-            None => {}
+        match observe(store, &rule.tenant, rule.id, o).await {
+            Ok(Some("fired")) => round.fired += 1,
+            Ok(Some(_)) => round.resolved += 1,
+            Ok(None) => {}
+            // One rule's failure does not hold up the others; the next round tries again.
+            Err(e) => {
+                tracing::warn!(rule = %rule.id, error = %e, "alert observation not recorded");
+                round.errors += 1;
+            }
         }
     }
     Ok(round)
@@ -459,6 +530,7 @@ async fn cost_rules<C: GenericClient>(client: &C, store: &EventStore) -> anyhow:
                 at: now,
                 details: json!({"comparator": c.comparator, "currency": c.currency,
                                 "account": c.account, "service": c.service, "region": c.region}),
+                reason: "condition_cleared",
             },
         ));
     }
@@ -501,33 +573,36 @@ async fn budget_periods<C: GenericClient>(client: &C, store: &EventStore) -> any
         .into_iter()
         .filter(|r| !r.firing.is_empty())
         .collect();
-    let budgets: Vec<Uuid> = rules
+    // Deleted budgets, from their streams (the write side: a read model that lags must
+    // not end an episode).
+    let budgets: BTreeSet<(&str, Uuid)> = rules
         .iter()
         .flat_map(|r| {
             r.firing
                 .iter()
                 .filter_map(|k| parse_budget_key(k))
-                .map(|(id, _)| id)
+                .map(|(id, _)| (r.tenant.as_str(), id))
         })
         .collect();
-    let live: BTreeSet<Uuid> = if budgets.is_empty() {
-        BTreeSet::new()
-    } else {
-        client
-            .query(LIVE_BUDGETS_SQL, &[&budgets])
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?
-    };
+    let mut deleted = BTreeSet::new();
+    for (tenant, budget) in budgets {
+        let loaded = pipeline::load::<crate::budgets::Budget>(store, tenant, budget)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if loaded.aggregate.details.is_none() || loaded.aggregate.deleted {
+            deleted.insert(budget);
+        }
+    }
     let now = Utc::now();
     let today = now.date_naive();
     let mut observations = Vec::new();
     for (i, r) in rules.iter().enumerate() {
         for key in &r.firing {
             if let Some((budget, end)) = parse_budget_key(key) {
-                if end <= today || !live.contains(&budget) {
-                    observations.push((i, cleared(key, now)));
+                if deleted.contains(&budget) {
+                    observations.push((i, cleared(key, now, "budget_deleted")));
+                } else if end <= today {
+                    observations.push((i, cleared(key, now, "period_ended")));
                 }
             }
         }
@@ -611,6 +686,7 @@ impl JobHandler for BudgetCrossingAlerts {
                 window_start: Some(day_start(c.period_start)),
                 window_end: Some(day_start(c.period_end)),
                 at: now,
+                reason: "condition_cleared",
                 details: json!({"budget_id": budget, "basis": c.basis, "spent": c.spent.to_string(),
                                 "forecast": c.forecast.map(|f| f.to_string()), "as_of": c.as_of}),
             };
@@ -635,7 +711,8 @@ impl JobHandler for BudgetCrossingAlerts {
 
 /// `cost_anomaly` rules react to the costs context's anomaly episodes.
 pub struct AnomalyAlerts {
-    /// `CostAnomalyDetected` (fires) or `CostAnomalyEnded` (resolves).
+    /// `CostAnomalyDetected` or `CostAnomalyUpdated` (fire: an anomaly that grew worse
+    /// may reach a rule's `min_severity` only then), or `CostAnomalyEnded` (resolves).
     pub event_type: &'static str,
 }
 
@@ -644,10 +721,10 @@ pub const ANOMALY_STREAM: &str = "cost_anomaly";
 #[async_trait]
 impl JobHandler for AnomalyAlerts {
     fn kind(&self) -> &'static str {
-        if self.event_type == "CostAnomalyDetected" {
-            "alerts.cost_anomaly_detected"
-        } else {
-            "alerts.cost_anomaly_ended"
+        match self.event_type {
+            "CostAnomalyDetected" => "alerts.cost_anomaly_detected",
+            "CostAnomalyUpdated" => "alerts.cost_anomaly_updated",
+            _ => "alerts.cost_anomaly_ended",
         }
     }
 
@@ -676,7 +753,7 @@ impl JobHandler for AnomalyAlerts {
         let anomaly = text("anomaly_id");
         anyhow::ensure!(!anomaly.is_empty(), "the anomaly event has no anomaly_id");
         let key = format!("anomaly:{anomaly}");
-        let detected = self.event_type == "CostAnomalyDetected";
+        let detected = self.event_type != "CostAnomalyEnded";
         let client = env.store.pool().get().await?;
         let rules = rules_of_type(&**client, "cost_anomaly", Some(&job.tenant_id)).await?;
         let now = Utc::now();
@@ -715,11 +792,13 @@ impl JobHandler for AnomalyAlerts {
                     window_end: day.and_then(|d| d.succ_opt()).map(day_start),
                     at: now,
                     details: p.clone(),
+                    reason: "condition_cleared",
                 }
-            } else if r.firing.contains(&key) {
-                cleared(&key, now)
             } else {
-                continue;
+                // Not filtered by the read model's open episodes: the episode may have
+                // fired a moment ago (the same append can hold Detected and Ended); the
+                // rule itself ignores a clear of a key that is not firing.
+                cleared(&key, now, "anomaly_ended")
             };
             if observe(&env.store, &job.tenant_id, r.id, o)
                 .await?

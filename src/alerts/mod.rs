@@ -1,6 +1,6 @@
 //! Alerts: rules evaluated by the server as events arrive and on a schedule, episodes
 //! fired and resolved as events, notification channels and an outbox that delivers them
-//! (ADR 0026).
+//! (ADR 0028).
 //!
 //! `commands` → `aggregate` (`AlertRule`, `NotificationChannel`; `condition` checks and
 //! compares) → `events` → `projection` (`alert_rules`, `alerts`, `notification_channels`)
@@ -84,6 +84,9 @@ pub fn context() -> BoundedContext {
                     event_type: "CostAnomalyDetected",
                 }),
                 Arc::new(evaluate::AnomalyAlerts {
+                    event_type: "CostAnomalyUpdated",
+                }),
+                Arc::new(evaluate::AnomalyAlerts {
                     event_type: "CostAnomalyEnded",
                 }),
             ]
@@ -116,18 +119,17 @@ fn scheduled_jobs(env: &crate::scheduled::Env) -> Vec<Job> {
     let policy = outbox::Policy {
         max_attempts: env.settings.notify_max_attempts,
         retry_base: env.settings.notify_retry_base,
-        public_url: env.settings.public_url.clone(),
     };
-    let http = outbox::http_client();
+    let sender = send::Sender::new(&env.settings);
     let deliver = Job::new("alerts.deliver", env.settings.notify_poll, move || {
         let (store, policy) = (store.clone(), policy.clone());
-        let http = http
+        let sender = sender
             .as_ref()
             .map(Clone::clone)
             .map_err(|e| anyhow::anyhow!("{e}"));
         async move {
             let client = store.pool().get().await?;
-            outbox::deliver_due(&client, &http?, &policy).await?;
+            outbox::deliver_due(&client, &sender?, &policy).await?;
             Ok(())
         }
     });

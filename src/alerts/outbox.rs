@@ -9,23 +9,27 @@
 //! after the send but before its outcome is recorded sends it once more when the lease
 //! ends (at least once; receivers can drop repeats by `X-Cloudlens-Delivery`).
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 use super::metrics::ALERTS;
-use super::send::{self, Target};
+use super::send::{self, Sender};
 
-/// At most this many rows per claim, sent this many at a time.
-const CLAIM: i64 = 200;
-const CONCURRENCY: usize = 32;
+/// At most this many rows per claim, all sent at once: a claim is done within the
+/// longest timeout (60 s), well inside its lease.
+const CLAIM: i64 = 32;
 /// How long a claimed row is held by its sender.
 const LEASE_SECONDS: f64 = 300.0;
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
+/// The lease's end is the claim's token: a sender whose lease ran out (and whose rows
+/// another sender claimed) cannot record over the new claim (`RECORD_SQL`).
 const CLAIM_SQL: &str = "\
 WITH due AS (
     SELECT id FROM notification_outbox
@@ -34,24 +38,45 @@ WITH due AS (
      ORDER BY next_attempt_at LIMIT $1
        FOR UPDATE SKIP LOCKED)
 UPDATE notification_outbox o
-   SET attempts = o.attempts + 1, lease_until = now() + make_interval(secs => $2)
+   SET attempts = o.attempts + 1,
+       lease_until = clock_timestamp() + make_interval(secs => $2)
   FROM due WHERE o.id = due.id
-RETURNING o.id, o.tenant_id, o.channel_id, o.kind, o.message, o.attempts";
+RETURNING o.id, o.tenant_id, o.channel_id, o.kind, o.message, o.attempts, o.lease_until";
+
+/// Rows whose senders died on every attempt (leases that ran out with no outcome):
+/// dead once they used their attempts.
+const ABANDONED_SQL: &str = "\
+UPDATE notification_outbox
+   SET state = 'dead', lease_until = NULL,
+       last_error = coalesce(last_error, 'no outcome recorded after ' || attempts || ' attempts')
+ WHERE state = 'pending' AND attempts >= $1 AND lease_until < now()";
 
 const TARGETS_SQL: &str = "\
-SELECT c.id, c.kind, c.config, s.secret
+SELECT c.tenant_id, c.id, c.kind, c.config, s.secret
   FROM notification_channels c
   LEFT JOIN notification_channel_secrets s ON s.channel_id = c.id AND s.tenant_id = c.tenant_id
  WHERE c.id = ANY($1)";
+
+/// Of channels the read model does not show, those whose stream says they were deleted
+/// (the others are newer than the read model: their notifications wait).
+const DELETED_SQL: &str = "\
+SELECT stream_id FROM events
+ WHERE stream_type = 'notification_channel' AND event_type = 'NotificationChannelDeleted'
+   AND stream_id = ANY($1)
+UNION
+SELECT stream_id FROM events_archive
+ WHERE stream_type = 'notification_channel' AND event_type = 'NotificationChannelDeleted'
+   AND stream_id = ANY($1)";
 
 const RECORD_SQL: &str = "\
 UPDATE notification_outbox o
    SET state = u.state, last_status = u.status, last_error = u.error,
        next_attempt_at = coalesce(u.next, o.next_attempt_at), lease_until = NULL,
        delivered_at = CASE WHEN u.state = 'delivered' THEN now() END
-  FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::timestamptz[])
-       AS u(id, state, status, error, next)
- WHERE o.id = u.id";
+  FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
+              $6::timestamptz[])
+       AS u(id, state, status, error, next, lease)
+ WHERE o.id = u.id AND o.lease_until = u.lease";
 
 const PENDING_SQL: &str = "SELECT count(*) FROM notification_outbox WHERE state = 'pending'";
 
@@ -67,7 +92,6 @@ RETURNING id";
 pub struct Policy {
     pub max_attempts: i32,
     pub retry_base: Duration,
-    pub public_url: Option<String>,
 }
 
 impl Policy {
@@ -87,9 +111,19 @@ impl Policy {
 
 struct Claimed {
     id: i64,
+    tenant: String,
     channel_id: Uuid,
     message: Value,
     attempts: i32,
+    lease: DateTime<Utc>,
+}
+
+/// Where a claimed row goes.
+enum Target<'a> {
+    Channel(&'a send::Target),
+    /// Not in the read model yet: wait.
+    Unknown,
+    Deleted,
 }
 
 /// One outcome to record.
@@ -98,15 +132,15 @@ struct Outcome {
     state: &'static str,
     status: Option<i32>,
     error: Option<String>,
-    next: Option<chrono::DateTime<chrono::Utc>>,
+    next: Option<DateTime<Utc>>,
+    lease: DateTime<Utc>,
 }
 
 /// Delivers everything due, claim after claim, until nothing is due.
-pub async fn deliver_due(
-    client: &Client,
-    http: &reqwest::Client,
-    policy: &Policy,
-) -> anyhow::Result<u64> {
+pub async fn deliver_due(client: &Client, sender: &Sender, policy: &Policy) -> anyhow::Result<u64> {
+    client
+        .execute(ABANDONED_SQL, &[&policy.max_attempts])
+        .await?;
     let mut sent = 0;
     loop {
         let rows = client.query(CLAIM_SQL, &[&CLAIM, &LEASE_SECONDS]).await?;
@@ -123,34 +157,51 @@ pub async fn deliver_due(
                 }
                 Ok(Claimed {
                     id: r.try_get(0)?,
+                    tenant: r.try_get(1)?,
                     channel_id: r.try_get(2)?,
                     message,
                     attempts: r.try_get(5)?,
+                    lease: r.try_get(6)?,
                 })
             })
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
         let ids: Vec<Uuid> = claimed.iter().map(|c| c.channel_id).collect();
-        let targets: std::collections::HashMap<Uuid, Target> = client
-            .query(TARGETS_SQL, &[&ids])
-            .await?
+        let mut targets: HashMap<(String, Uuid), send::Target> = HashMap::new();
+        for r in client.query(TARGETS_SQL, &[&ids]).await? {
+            targets.insert(
+                (r.try_get(0)?, r.try_get(1)?),
+                send::Target {
+                    kind: r.try_get(2)?,
+                    config: r.try_get(3)?,
+                    secret: r.try_get(4)?,
+                },
+            );
+        }
+        let missing: Vec<Uuid> = claimed
             .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<_, Uuid>(0)?,
-                    Target {
-                        kind: r.try_get(1)?,
-                        config: r.try_get(2)?,
-                        secret: r.try_get(3)?,
-                    },
-                ))
-            })
-            .collect::<Result<_, tokio_postgres::Error>>()?;
+            .filter(|c| !targets.contains_key(&(c.tenant.clone(), c.channel_id)))
+            .map(|c| c.channel_id)
+            .collect();
+        let deleted: HashSet<Uuid> = if missing.is_empty() {
+            HashSet::new()
+        } else {
+            client
+                .query(DELETED_SQL, &[&missing])
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?
+        };
         let outcomes: Vec<Outcome> = futures::stream::iter(claimed)
             .map(|c| {
-                let target = targets.get(&c.channel_id);
-                async move { attempt(http, target, c, policy).await }
+                let target = match targets.get(&(c.tenant.clone(), c.channel_id)) {
+                    Some(t) => Target::Channel(t),
+                    None if deleted.contains(&c.channel_id) => Target::Deleted,
+                    None => Target::Unknown,
+                };
+                async move { attempt(sender, target, c, policy).await }
             })
-            .buffer_unordered(CONCURRENCY)
+            .buffer_unordered(CLAIM as usize)
             .collect()
             .await;
         sent += outcomes.iter().filter(|o| o.state == "delivered").count() as u64;
@@ -161,30 +212,41 @@ pub async fn deliver_due(
     Ok(sent)
 }
 
-async fn attempt(
-    http: &reqwest::Client,
-    target: Option<&Target>,
-    c: Claimed,
-    policy: &Policy,
-) -> Outcome {
-    let Some(target) = target else {
-        return Outcome {
-            id: c.id,
-            state: "dead",
-            status: None,
-            error: Some("the channel was deleted".into()),
-            next: None,
-        };
+/// A failed attempt: retried after the backoff, or dead after the last.
+fn failed(c: &Claimed, policy: &Policy, status: Option<u16>, error: String) -> Outcome {
+    let dead = c.attempts >= policy.max_attempts;
+    let next = (!dead).then(|| {
+        Utc::now() + chrono::Duration::from_std(policy.backoff(c.attempts)).unwrap_or_default()
+    });
+    Outcome {
+        id: c.id,
+        state: if dead { "dead" } else { "pending" },
+        status: status.map(i32::from),
+        error: Some(error),
+        next,
+        lease: c.lease,
+    }
+}
+
+async fn attempt(sender: &Sender, target: Target<'_>, c: Claimed, policy: &Policy) -> Outcome {
+    let target = match target {
+        Target::Channel(t) => t,
+        Target::Deleted => {
+            return Outcome {
+                id: c.id,
+                state: "dead",
+                status: None,
+                error: Some("the channel was deleted".into()),
+                next: None,
+                lease: c.lease,
+            }
+        }
+        Target::Unknown => {
+            return failed(&c, policy, None, "the channel is not readable yet".into());
+        }
     };
     let started = Instant::now();
-    let result = send::send(
-        http,
-        target,
-        &c.message,
-        &c.id.to_string(),
-        policy.public_url.as_deref(),
-    )
-    .await;
+    let result = sender.send(target, &c.message, &c.id.to_string()).await;
     let kind = target.kind.as_str();
     ALERTS
         .delivery_duration
@@ -202,26 +264,24 @@ async fn attempt(
                 status: Some(i32::from(status)),
                 error: None,
                 next: None,
+                lease: c.lease,
             }
         }
         Err(f) => {
-            let dead = c.attempts >= policy.max_attempts;
+            let outcome = failed(&c, policy, f.status, f.error);
+            let dead = outcome.state == "dead";
             ALERTS
                 .notifications
                 .with_label_values(&[kind, if dead { "dead" } else { "failed" }])
                 .inc();
-            tracing::warn!(notification = c.id, attempts = c.attempts, dead, error = %f.error, "notification not delivered");
-            let next = (!dead).then(|| {
-                chrono::Utc::now()
-                    + chrono::Duration::from_std(policy.backoff(c.attempts)).unwrap_or_default()
-            });
-            Outcome {
-                id: c.id,
-                state: if dead { "dead" } else { "pending" },
-                status: f.status.map(i32::from),
-                error: Some(f.error),
-                next,
-            }
+            tracing::warn!(
+                notification = c.id,
+                attempts = c.attempts,
+                dead,
+                error = outcome.error.as_deref().unwrap_or_default(),
+                "notification not delivered"
+            );
+            outcome
         }
     }
 }
@@ -231,20 +291,15 @@ async fn record(client: &Client, outcomes: &[Outcome]) -> anyhow::Result<()> {
     let states: Vec<&str> = outcomes.iter().map(|o| o.state).collect();
     let statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.status).collect();
     let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
-    let next: Vec<Option<chrono::DateTime<chrono::Utc>>> =
-        outcomes.iter().map(|o| o.next).collect();
+    let next: Vec<Option<DateTime<Utc>>> = outcomes.iter().map(|o| o.next).collect();
+    let leases: Vec<DateTime<Utc>> = outcomes.iter().map(|o| o.lease).collect();
     client
-        .execute(RECORD_SQL, &[&ids, &states, &statuses, &errors, &next])
+        .execute(
+            RECORD_SQL,
+            &[&ids, &states, &statuses, &errors, &next, &leases],
+        )
         .await?;
     Ok(())
-}
-
-/// The HTTP client of all deliveries (connections are reused).
-pub fn http_client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .user_agent(concat!("cloudlens/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?)
 }
 
 #[cfg(test)]
@@ -256,7 +311,6 @@ mod tests {
         let p = Policy {
             max_attempts: 10,
             retry_base: Duration::from_secs(2),
-            public_url: None,
         };
         for attempts in 1..=5 {
             let full = Duration::from_secs(2 << (attempts - 1));

@@ -219,7 +219,7 @@ impl Projector for AlertRulesProjector {
                             rule_type: d.condition.type_name(),
                             severity: d.severity.as_str(),
                             cooldown: i32::try_from(d.cooldown_seconds)?,
-                            condition: serde_json::to_value(&d.condition)?,
+                            condition: d.condition.to_json()?,
                             notify: serde_json::to_value(&d.notify)?,
                             firing: Value::Object(Default::default()),
                             details: d,
@@ -299,7 +299,8 @@ impl Projector for AlertRulesProjector {
             let mut versions = Vec::new();
             let mut closed: Vec<Vec<String>> = Vec::new();
             let mut opened = Vec::new();
-            for (id, p) in patches {
+            // Created/Updated rows carry their version already: only episodes patch.
+            for (id, p) in patches.into_iter().filter(|(_, p)| !p.keys.is_empty()) {
                 ids.push(id);
                 versions.push(p.version);
                 let mut open = serde_json::Map::new();

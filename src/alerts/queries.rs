@@ -29,7 +29,7 @@ pub struct RuleView {
     pub name: String,
     #[serde(rename = "type")]
     pub rule_type: String,
-    /// As stored: `{"<type>": {…}}`.
+    /// As written by the client (defaults filled in).
     #[schema(value_type = Object)]
     pub condition: Box<RawValue>,
     #[schema(value_type = Vec<Uuid>)]

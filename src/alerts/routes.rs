@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::aggregate::{AlertRule, NotificationChannel};
 use super::commands::{AlertRuleCommand, ChannelCommand, ChannelDraft, RuleDraft};
+use super::events::ChannelDetails;
 use super::projection::{CHANNELS, RULES};
 use super::queries::{
     self, AlertFilter, AlertPage, ChannelPage, ChannelView, NotificationPage, RulePage, RuleView,
@@ -342,18 +343,21 @@ pub async fn create_channel(
 ) -> Result<HttpResponse, ApiError> {
     let draft: ChannelDraft = body.parse()?;
     let ctx = command_context(&req, &body.bytes)?;
-    let secret = draft.secret.clone();
+    // The secret first, under the new id: a channel never exists without the secret it
+    // says it has (a secret whose channel was never created is never read).
+    ChannelDetails::validate(&draft, false).map_err(pipeline::CommandError::Domain)?;
+    let id = Uuid::now_v7();
+    save_secret(&state, &ctx.tenant_id, id, draft.secret.as_deref()).await?;
     let (result, _) = pipeline::execute::<NotificationChannel>(
         &state.store,
         &ctx,
         "CreateNotificationChannel",
-        Uuid::now_v7(),
+        id,
         Expect::New,
         ChannelCommand::CreateChannel(draft),
         &(),
     )
     .await?;
-    save_secret(&state, &ctx.tenant_id, result.id, secret.as_deref()).await?;
     let path = format!("/api/v1/notification-channels/{}", result.id);
     Ok(crate::http::extract::created(&path, result.version, result))
 }
@@ -549,15 +553,8 @@ pub async fn test_channel(
         "details": {"channel_id": id},
     });
     let started = std::time::Instant::now();
-    let http = super::outbox::http_client().map_err(ApiError::Internal)?;
-    let outcome = send::send(
-        &http,
-        &target,
-        &message,
-        "test",
-        state.settings.public_url.as_deref(),
-    )
-    .await;
+    let sender = send::Sender::new(&state.settings).map_err(ApiError::Internal)?;
+    let outcome = sender.send(&target, &message, "test").await;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (delivered, status, error) = match outcome {
         Ok(s) => (true, Some(s), None),

@@ -136,7 +136,8 @@ async fn run(
             state: which,
             limit,
         } => {
-            // Open episodes whenever they fired; closed ones fired in the span.
+            // `firing`: open episodes whenever they fired; `resolved` or no state:
+            // the episodes fired in the span.
             let (states, from, to) = match which.as_deref() {
                 Some("firing") => {
                     let (from, to) = crate::alerts::queries::all_time();

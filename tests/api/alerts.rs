@@ -296,8 +296,12 @@ async fn a_metric_rule_fires_once_per_episode_resolves_cools_down_and_notifies_o
     .is_some());
 
     // Rebuilding the read models equals the live ones and sends nothing again.
-    let sql = "SELECT concat_ws('|', rule_id, episode, key, state, value, threshold, fired_at, resolved_at, details) FROM alerts";
-    let rules_sql = "SELECT concat_ws('|', id, version, name, firing, enabled) FROM alert_rules";
+    let sql = "SELECT concat_ws('|', tenant_id, rule_id, episode, key, rule_name, type, severity, state, value, threshold, window_start, window_end, fired_at, resolved_at, resolved_value, details) FROM alerts";
+    let rules_sql = "SELECT concat_ws('|', tenant_id, id, version, name, type, condition, notify, severity, enabled, cooldown_seconds, notify_resolved, firing, created_at, updated_at) FROM alert_rules";
+    let channels_sql = "SELECT concat_ws('|', tenant_id, id, version, name, kind, config, has_secret, created_at, updated_at) FROM notification_channels";
+    let channels = snapshot(&app.conn, channels_sql).await;
+    rebuild_and_wait(&app, "notification_channels").await;
+    assert_eq!(channels, snapshot(&app.conn, channels_sql).await);
     let before = (
         snapshot(&app.conn, sql).await,
         snapshot(&app.conn, rules_sql).await,
@@ -539,10 +543,12 @@ async fn anomaly_rules_follow_the_anomaly_episodes() {
     .await;
     // The costs context's anomaly episodes, as its detector records them.
     let store = store(&app.conn, 2);
-    let stream = uuid::Uuid::now_v7();
-    let append = |version: i64, event: &str, payload: Value| {
+    let append = |stream: uuid::Uuid, version: i64, events: Vec<(&str, Value)>| {
         let store = store.clone();
-        let event = event.to_owned();
+        let events: Vec<_> = events
+            .into_iter()
+            .map(|(t, p)| cloudlens::eventstore::NewEvent::from_value(t, 1, &p).unwrap())
+            .collect();
         async move {
             store
                 .append(cloudlens::eventstore::AppendRequest {
@@ -550,9 +556,7 @@ async fn anomaly_rules_follow_the_anomaly_episodes() {
                     stream_type: "cost_anomaly",
                     stream_id: stream,
                     expected_version: version,
-                    events: vec![
-                        cloudlens::eventstore::NewEvent::from_value(event, 1, &payload).unwrap(),
-                    ],
+                    events,
                     metadata: json!({}),
                     idempotency: None,
                 })
@@ -560,33 +564,74 @@ async fn anomaly_rules_follow_the_anomaly_episodes() {
                 .unwrap()
         }
     };
-    let anomaly = uuid::Uuid::now_v7();
-    let low = uuid::Uuid::now_v7();
-    append(0, "CostAnomalyDetected", json!({"anomaly_id": low, "account_id": "prod", "service": "ecs",
-        "day": "2026-11-20", "actual": "120", "expected": "100", "deviation": 3.6, "severity": "low",
-        "contributors": []})).await;
-    append(1, "CostAnomalyDetected", json!({"anomaly_id": anomaly, "account_id": "prod", "service": "ecs",
-        "day": "2026-11-21", "actual": "900", "expected": "100", "deviation": 14.2, "severity": "critical",
-        "contributors": [{"dimension": "region", "value": "cn-hangzhou", "delta": "800"}]})).await;
+    let anomaly = |id: uuid::Uuid, day: &str, severity: &str, actual: &str| {
+        json!({"anomaly_id": id, "account_id": "prod", "service": "ecs", "day": day,
+               "actual": actual, "expected": "100", "deviation": 9.0, "severity": severity,
+               "contributors": [{"dimension": "region", "value": "cn-hangzhou", "delta": "800"}]})
+    };
+    let ended = |id: uuid::Uuid, day: &str| {
+        json!({"anomaly_id": id, "account_id": "prod", "service": "ecs", "day": day,
+               "last_day": day, "restated": false})
+    };
+    // An anomaly below the rule's severity fires nothing until it grows worse.
+    let (first, growing) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    append(
+        first,
+        0,
+        vec![(
+            "CostAnomalyDetected",
+            anomaly(growing, "2026-11-20", "low", "120"),
+        )],
+    )
+    .await;
+    append(
+        first,
+        1,
+        vec![(
+            "CostAnomalyUpdated",
+            anomaly(growing, "2026-11-21", "critical", "900"),
+        )],
+    )
+    .await;
     let fired = wait_episodes(&app, &rule, 1, "firing").await;
-    assert_eq!(fired[0]["key"], format!("anomaly:{anomaly}"));
+    assert_eq!(fired[0]["key"], format!("anomaly:{growing}"));
     assert_eq!(fired[0]["value"], "900");
     assert_eq!(
         fired[0]["details"]["contributors"][0]["value"],
         "cn-hangzhou"
     );
     append(
+        first,
         2,
-        "CostAnomalyEnded",
-        json!({"anomaly_id": anomaly, "account_id": "prod", "service": "ecs",
-        "day": "2026-11-23"}),
+        vec![("CostAnomalyEnded", ended(growing, "2026-11-23"))],
     )
     .await;
-    wait_episodes(&app, &rule, 1, "resolved").await;
-    // Each event's reaction ran once; running none of them again changes nothing.
+    let resolved = wait_episodes(&app, &rule, 1, "resolved").await;
+    assert_eq!(resolved[0]["details"]["resolved_reason"], "anomaly_ended");
+    // Found and over in one append (a bill of several days): fired, then resolved.
+    let (second, past) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    append(
+        second,
+        0,
+        vec![
+            (
+                "CostAnomalyDetected",
+                anomaly(past, "2026-10-02", "high", "700"),
+            ),
+            ("CostAnomalyEnded", ended(past, "2026-10-03")),
+        ],
+    )
+    .await;
+    let both = wait_episodes(&app, &rule, 2, "resolved").await;
+    assert_eq!(both[0]["key"], format!("anomaly:{past}"));
+    // Each event had its reaction.
     assert_eq!(
-        count(&app.conn, "SELECT count(*) FROM jobs WHERE kind LIKE 'alerts.cost_anomaly%' AND state = 'succeeded'").await,
-        3
+        count(
+            &app.conn,
+            "SELECT count(*) FROM jobs WHERE kind LIKE 'alerts.cost_anomaly%' AND state = 'succeeded'"
+        )
+        .await,
+        5
     );
 }
 
@@ -743,6 +788,11 @@ async fn bad_rules_and_channels_get_their_field_and_write_nothing() {
             json!({"name": "x", "type": "cost_anomaly", "condition": {}, "cooldown": 99999999}),
             "cooldown",
         ),
+        (
+            json!({"name": "x", "type": "cost_threshold",
+                   "condition": {"window_days": 7, "comparator": "gt"}}),
+            "condition.threshold",
+        ),
     ];
     for (draft, field) in cases {
         let res = app.post_json("/api/v1/alert-rules", &draft).await;
@@ -769,6 +819,11 @@ async fn bad_rules_and_channels_get_their_field_and_write_nothing() {
             "config.to",
         ),
         (json!({"name": "h", "kind": "pager", "config": {}}), "kind"),
+        (
+            json!({"name": "h", "kind": "email", "secret": "pw", "config": {"host": "smtp.example",
+                   "security": "none", "username": "u", "from": "a@b.example", "to": ["c@d.example"]}}),
+            "config.security",
+        ),
     ];
     for (draft, field) in channels {
         let res = app.post_json("/api/v1/notification-channels", &draft).await;
@@ -814,4 +869,87 @@ async fn bad_rules_and_channels_get_their_field_and_write_nothing() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers().get("etag").unwrap(), "\"2\"");
+    let position = body(res).await["position"].clone();
+    // A rule as read can be sent back as it is: nothing changes, no event.
+    let v = body(
+        app.get(&format!(
+            "/api/v1/alert-rules/{rule}?min_position={position}"
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(v["condition"]["comparator"], "gt", "{v}");
+    let back = json!({"name": v["name"], "type": v["type"], "condition": v["condition"],
+                      "notify": v["notify"], "severity": v["severity"], "enabled": v["enabled"],
+                      "cooldown": v["cooldown"], "notify_resolved": v["notify_resolved"]});
+    let res = app
+        .client
+        .put(app.url(&format!("/api/v1/alert-rules/{rule}")))
+        .insert_header(("If-Match", "\"2\""))
+        .send_json(&back)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get("etag").unwrap(), "\"2\"");
+    // Another tenant sees none of it.
+    let other = |path: String| {
+        app.client
+            .get(app.url(&path))
+            .insert_header(("X-Tenant-Id", "other"))
+            .send()
+    };
+    assert_eq!(
+        other(format!("/api/v1/alert-rules/{rule}"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        other(format!("/api/v1/notification-channels/{channel}"))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let mut res = other("/api/v1/alert-rules".to_owned()).await.unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["items"], json!([]));
+    let res = app
+        .client
+        .post(app.url(&format!("/api/v1/notification-channels/{channel}:test")))
+        .insert_header(("X-Tenant-Id", "other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[actix_web::test]
+async fn channels_may_not_reach_private_addresses_by_default() {
+    let app = spawn_app_on(
+        fresh_database().await,
+        Settings {
+            notify_allow_private: false,
+            ..settings()
+        },
+    )
+    .await;
+    let hook = Receiver::start(0);
+    let channel = webhook(&app, &hook.url).await;
+    let res = app
+        .client
+        .post(app.url(&format!("/api/v1/notification-channels/{channel}:test")))
+        .send()
+        .await
+        .unwrap();
+    let v = body(res).await;
+    assert_eq!(v["delivered"], false);
+    assert!(
+        v["error"].as_str().unwrap().contains("private address"),
+        "{v}"
+    );
+    assert!(
+        hook.all().is_empty(),
+        "nothing reached the loopback receiver"
+    );
 }

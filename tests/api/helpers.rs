@@ -95,6 +95,8 @@ pub fn test_settings() -> Settings {
         notify_poll: Duration::from_millis(100),
         notify_retry_base: Duration::from_millis(50),
         notify_max_attempts: 4,
+        // The tests' receivers listen on loopback.
+        notify_allow_private: true,
         ..Settings::default()
     }
 }
