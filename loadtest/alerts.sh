@@ -28,7 +28,8 @@ fi
 echo "== machine"; nproc; grep MemTotal /proc/meminfo
 echo "== commit"; git log -1 --format='%h %s' | cut -c1-120
 
-start_own_server alerts "$DATA" "$PORT" CLOUDLENS_ALERT_EVALUATION_INTERVAL_MS=86400000
+start_own_server alerts "$DATA" "$PORT" CLOUDLENS_ALERT_EVALUATION_INTERVAL_MS=86400000 \
+  CLOUDLENS_NOTIFY_ALLOW_PRIVATE=true
 
 target/release/loadtest alerts --url "$URL" --rules "$RULES" --series "$SERIES" --rounds "$ROUNDS" \
   --conn "host=$PWD/$DATA/run port=54329 user=cloudlens dbname=cloudlens"
