@@ -213,7 +213,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let first_ms = t.elapsed().as_secs_f64() * 1e3;
         println!(
             "== cloudlens first round: {first_ms:.0} ms, {} rules, {} (rule, series) measured, {} episodes fired",
-            first.rules, first.observations, first.fired
+            first.rules, first.measured, first.fired
         );
         for _ in 0..a.rounds {
             let t = Instant::now();

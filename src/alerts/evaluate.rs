@@ -139,15 +139,30 @@ async fn rules_of_type<C: GenericClient>(
         .collect()
 }
 
-/// The series each metric rule watches (with data in its window), in one statement.
+/// The series each metric rule watches (with data in its window), in one statement. Each
+/// rule looks its series up through an index of its own kind: its series name, or its
+/// tags (GIN). (`OFFSET 0` keeps each lookup a parameterised index scan per rule: joined
+/// as a whole, the planner checked every rule against every series.)
 const MATCH_SQL: &str = "\
+WITH r AS (
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                         $6::float8[])
+        AS r(idx, tenant_id, metric, series, tags, window_seconds))
 SELECT r.idx, s.id, s.series
-  FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::float8[])
-       AS r(idx, tenant_id, metric, series, tags, window_seconds)
-  JOIN metric_series s
-    ON s.tenant_id = r.tenant_id AND s.metric = r.metric
-   AND (r.series IS NULL OR s.series = r.series) AND s.tags @> r.tags
-   AND s.last_time > now() - make_interval(secs => r.window_seconds)";
+  FROM r CROSS JOIN LATERAL (
+    SELECT s.id, s.series FROM metric_series s
+     WHERE s.tenant_id = r.tenant_id AND s.metric = r.metric AND s.series = r.series
+       AND s.tags @> r.tags AND s.last_time > now() - make_interval(secs => r.window_seconds)
+    OFFSET 0) s
+ WHERE r.series IS NOT NULL
+UNION ALL
+SELECT r.idx, s.id, s.series
+  FROM r CROSS JOIN LATERAL (
+    SELECT s.id, s.series FROM metric_series s
+     WHERE s.tenant_id = r.tenant_id AND s.metric = r.metric AND s.tags @> r.tags
+       AND s.last_time > now() - make_interval(secs => r.window_seconds)
+    OFFSET 0) s
+ WHERE r.series IS NULL";
 
 /// The aggregates of each (series, window), once however many rules watch it.
 const MEASURE_SQL: &str = "\
@@ -196,7 +211,8 @@ type Pending = HashMap<(Uuid, String), DateTime<Utc>>;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Round {
     pub rules: usize,
-    pub observations: usize,
+    /// (rule, key) pairs measured.
+    pub measured: usize,
     pub fired: usize,
     pub resolved: usize,
     /// Observations that could not be recorded (logged; tried again next round).
@@ -238,7 +254,7 @@ impl Evaluator {
                 .with_label_values(&[rule_type, "error"])
                 .inc_by(round.errors as u64);
             total.rules += round.rules;
-            total.observations += round.observations;
+            total.measured += round.measured;
             total.fired += round.fired;
             total.resolved += round.resolved;
         }
@@ -289,6 +305,7 @@ impl Evaluator {
         let now = Utc::now();
         let mut observations: Vec<(usize, Observation)> = Vec::new();
         let mut seen: BTreeSet<(usize, String)> = BTreeSet::new();
+        let mut measured = 0;
         if !rules.is_empty() {
             let matched = client
                 .query(
@@ -296,6 +313,7 @@ impl Evaluator {
                     &[&idx, &tenants, &metrics, &series, &tags, &windows],
                 )
                 .await?;
+            measured = matched.len();
             let mut pairs = Vec::with_capacity(matched.len());
             // Each (series, window) once.
             let mut wanted: BTreeSet<(&str, i64, u64)> = BTreeSet::new();
@@ -337,11 +355,17 @@ impl Evaluator {
                     continue;
                 };
                 let key = format!("series:{name}");
-                seen.insert((i, key.clone()));
+                let firing = rules[i].firing.contains(&key);
+                if firing || c.for_seconds > 0 {
+                    seen.insert((i, key.clone()));
+                }
                 let breached = c.comparator.holds(value, c.threshold);
                 // An open episode stays open while the breach lasts, whatever the wait.
                 let held = self.held_long_enough(rules[i].id, &key, breached, c.for_seconds, now);
-                let breached = breached && (held || rules[i].firing.contains(&key));
+                let breached = breached && (held || firing);
+                if breached == firing {
+                    continue; // nothing would change: no observation to build
+                }
                 observations.push((
                     i,
                     Observation {
@@ -373,7 +397,7 @@ impl Evaluator {
                 }
             }
         }
-        let round = apply(store, &rules, observations).await;
+        let round = apply(store, &rules, measured, observations).await;
         ALERTS
             .evaluation_duration
             .with_label_values(&["metric_threshold"])
@@ -440,11 +464,12 @@ fn cleared(key: &str, now: DateTime<Utc>, reason: &'static str) -> Observation {
 async fn apply(
     store: &EventStore,
     rules: &[RuleRow],
+    measured: usize,
     observations: Vec<(usize, Observation)>,
 ) -> anyhow::Result<Round> {
     let mut round = Round {
         rules: rules.len(),
-        observations: observations.len(),
+        measured,
         ..Round::default()
     };
     for (i, o) in observations {
@@ -534,7 +559,7 @@ async fn cost_rules<C: GenericClient>(client: &C, store: &EventStore) -> anyhow:
             },
         ));
     }
-    let round = apply(store, &rules, observations).await;
+    let round = apply(store, &rules, rows.len(), observations).await;
     ALERTS
         .evaluation_duration
         .with_label_values(&["cost_threshold"])
@@ -595,6 +620,7 @@ async fn budget_periods<C: GenericClient>(client: &C, store: &EventStore) -> any
     }
     let now = Utc::now();
     let today = now.date_naive();
+    let measured = rules.iter().map(|r| r.firing.len()).sum();
     let mut observations = Vec::new();
     for (i, r) in rules.iter().enumerate() {
         for key in &r.firing {
@@ -607,7 +633,7 @@ async fn budget_periods<C: GenericClient>(client: &C, store: &EventStore) -> any
             }
         }
     }
-    let round = apply(store, &rules, observations).await;
+    let round = apply(store, &rules, measured, observations).await;
     ALERTS
         .evaluation_duration
         .with_label_values(&["budget_threshold"])
