@@ -139,7 +139,9 @@ pub async fn check_timescaledb(client: &tokio_postgres::Client) -> anyhow::Resul
 /// user switch to it (SET ROLE needs membership unless it is a superuser; a managed
 /// database's admin user with CREATEROLE may grant it to itself). Roles are global to a
 /// cluster, and servers of several databases may migrate at once. Runs at every start:
-/// a restore into a new cluster, or a new login user, needs it again.
+/// a restore into a new cluster, or a new login user, needs it again. The same for the
+/// business dashboard's read-only role `cloudlens_grafana` (sql/V19; without login until
+/// an operator gives it one): a dump's grants and policies name it.
 pub const ENSURE_QUERY_ROLE_SQL: &str = "DO $$
 BEGIN
     BEGIN
@@ -147,6 +149,13 @@ BEGIN
             CREATE ROLE cloudlens_query NOLOGIN NOSUPERUSER NOBYPASSRLS;
         END IF;
     EXCEPTION WHEN duplicate_object OR unique_violation THEN
+        NULL;
+    END;
+    BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'cloudlens_grafana') THEN
+            CREATE ROLE cloudlens_grafana NOLOGIN NOSUPERUSER NOBYPASSRLS;
+        END IF;
+    EXCEPTION WHEN duplicate_object OR unique_violation OR insufficient_privilege THEN
         NULL;
     END;
     IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
