@@ -338,37 +338,74 @@ async fn a_metric_rule_fires_once_per_episode_resolves_cools_down_and_notifies_o
 async fn a_notification_committed_before_a_crash_is_sent_once_by_the_next_server() {
     let conn = fresh_database().await;
     let hook = Receiver::start(0);
-    // The first server never gets to send: its sender polls once a day.
-    let first = spawn_app_on(
-        conn.clone(),
-        Settings {
-            notify_poll: Duration::from_secs(86_400),
-            ..settings()
-        },
+    // The first server, a process of its own, never gets to send (its sender polls once
+    // a day) and is killed (SIGKILL) once the episode is committed.
+    let port = free_port();
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_cloudlens"))
+        .arg("serve")
+        .env("DATABASE_URL", &conn)
+        .env("CLOUDLENS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CLOUDLENS_NOTIFY_POLL_MS", "86400000")
+        .env("CLOUDLENS_ALERT_EVALUATION_INTERVAL_MS", "200")
+        .env("CLOUDLENS_NOTIFY_ALLOW_PRIVATE", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let ready = eventually(Duration::from_secs(60), || async {
+        let r = client.get(format!("{base}/readyz")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the first server never became ready");
+    let post = |path: &str, body: Value| {
+        let request = client.post(format!("{base}{path}"));
+        async move {
+            let mut res = request.send_json(&body).await.unwrap();
+            assert!(res.status().is_success(), "{}", res.status());
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let channel = post(
+        "/api/v1/notification-channels",
+        json!({"name": "ops hook", "kind": "webhook", "secret": SECRET,
+               "config": {"url": format!("{}/hook", hook.url)}}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rule = post("/api/v1/alert-rules", cpu_rule("cpu", &channel, 0)).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    post(
+        "/api/v1/metrics:batch",
+        json!({"points": [{"series": "db-1", "metric": "cpu", "value": 99, "tags": {"env": "prod"},
+                           "time": chrono::Utc::now().to_rfc3339()}]}),
     )
     .await;
-    let channel = webhook(&first, &hook.url).await;
-    let rule = created(
-        first
-            .post_json("/api/v1/alert-rules", &cpu_rule("cpu", &channel, 0))
-            .await,
-        "rule",
-    )
-    .await;
-    points(&first, "db-1", &[99.0]).await;
-    wait_episodes(&first, &rule, 1, "firing").await;
-    // Committed with the event, not sent.
-    assert_eq!(
-        count(
+    let queued = eventually(Duration::from_secs(30), || async {
+        (count(
             &conn,
-            "SELECT count(*) FROM notification_outbox WHERE state = 'pending'"
+            "SELECT count(*) FROM notification_outbox WHERE state = 'pending'",
         )
-        .await,
-        1
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        queued.is_some(),
+        "the episode's notification is committed with it"
     );
-    first.handle.stop(false).await;
-    first.background.stop_background().await;
-    assert!(hook.all().is_empty());
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(hook.all().is_empty(), "the killed server sent nothing");
 
     let second = spawn_app_on(conn.clone(), settings()).await;
     let sent = eventually(Duration::from_secs(30), || async {
@@ -376,12 +413,14 @@ async fn a_notification_committed_before_a_crash_is_sent_once_by_the_next_server
     })
     .await;
     assert!(sent.is_some(), "the next server delivers it");
+    // Several more polls of the sender: nothing is sent again.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(hook.all().len(), 1, "exactly once");
     let r = &hook.all()[0];
     let outbox_id = count(&conn, "SELECT id FROM notification_outbox").await;
     assert_eq!(r.delivery.as_deref(), Some(outbox_id.to_string().as_str()));
     assert_eq!(verify(r)["rule"]["id"], rule.as_str());
+    assert_eq!(episodes(&second, &rule).await.len(), 1);
     second.handle.stop(true).await;
 }
 
