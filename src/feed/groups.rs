@@ -251,7 +251,10 @@ fn check_member(member: &str) -> Result<(), ApiError> {
 }
 
 /// The filters, checked; `None` for an empty list.
-fn filters(f: &GroupFilters) -> Result<(Option<Vec<String>>, Option<Vec<String>>), ApiError> {
+/// Stream types and event types, each `None` for all.
+type Names = (Option<Vec<String>>, Option<Vec<String>>);
+
+fn filters(f: &GroupFilters) -> Result<Names, ApiError> {
     Ok((
         params::list(
             "filters.stream_types",
