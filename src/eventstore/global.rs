@@ -315,20 +315,32 @@ const FEED_SQL: &str = concat!(
  LIMIT $10"
 );
 
-/// The events of a consumer group's partitions `$11` each after its own cursor
-/// (`$12`, `$13`, `$14`), walked from the smallest of them `($1, $2, $3)`.
+/// The cursor of an event's partition among the group's per-partition cursors `$11`,
+/// `$12`, `$13` (arrays indexed by partition + 1; NULL for partitions not read).
+/// Must spell `partition_of!()` (checked by a unit test).
+macro_rules! partition_cursor {
+    () => {
+        after!(
+            "($11::integer[])[get_byte(uuid_send(stream_id), 15) % 16 + 1]",
+            "($12::xid8[])[get_byte(uuid_send(stream_id), 15) % 16 + 1]",
+            "($13::bigint[])[get_byte(uuid_send(stream_id), 15) % 16 + 1]"
+        )
+    };
+}
+
+/// The events of a consumer group's partitions, each after its own cursor, walked in
+/// global order from the smallest of them `($1, $2, $3)`. The partition's cursor is a
+/// filter on that walk (a NULL cursor: a partition not read), not a join: a join let the
+/// planner hash the whole tail of the log and sort it for every poll.
 const PARTITIONS_SQL: &str = concat!(
     "SELECT ",
     event_columns!(),
-    " FROM events JOIN unnest($11::integer[], $12::integer[], $13::xid8[], $14::bigint[])
-        AS p(part, p_epoch, p_xid, p_position) ON p.part = ",
-    partition_of!(),
-    " WHERE ",
+    " FROM events WHERE ",
     feed_filters!(),
     " AND ",
     after!("$1", "$2", "$3"),
     " AND ",
-    after!("p.p_epoch", "p.p_xid", "p.p_position"),
+    partition_cursor!(),
     " AND (epoch, transaction_id) < ($5, $6)
  ORDER BY epoch, transaction_id, position
  LIMIT $10"
@@ -336,15 +348,14 @@ const PARTITIONS_SQL: &str = concat!(
 
 /// Readable events per partition after each partition's cursor, counted up to `$10`.
 const PARTITIONS_LAG_SQL: &str = concat!(
-    "SELECT part, count(*) FROM (SELECT p.part FROM events JOIN unnest($11::integer[], $12::integer[], $13::xid8[], $14::bigint[])
-        AS p(part, p_epoch, p_xid, p_position) ON p.part = ",
+    "SELECT part, count(*) FROM (SELECT ",
     partition_of!(),
-    " WHERE ",
+    " AS part FROM events WHERE ",
     feed_filters!(),
     " AND ",
     after!("$1", "$2", "$3"),
     " AND ",
-    after!("p.p_epoch", "p.p_xid", "p.p_position"),
+    partition_cursor!(),
     " AND (epoch, transaction_id) < ($5, $6) LIMIT $10) pending GROUP BY part"
 );
 
@@ -400,7 +411,7 @@ pub async fn read_partitions<C: GenericClient>(
         return Ok(Vec::new());
     };
     let horizon = horizon(client).await?;
-    let (parts, epochs, xids, positions) = unzip(partitions);
+    let (epochs, xids, positions) = by_partition(partitions);
     let rows = client
         .query(
             PARTITIONS_SQL,
@@ -415,7 +426,6 @@ pub async fn read_partitions<C: GenericClient>(
                 &filter.stream_types,
                 &filter.event_types,
                 &limit,
-                &parts,
                 &epochs,
                 &xids,
                 &positions,
@@ -436,7 +446,7 @@ pub async fn partitions_lag<C: GenericClient>(
         return Ok(Vec::new());
     };
     let horizon = horizon(client).await?;
-    let (parts, epochs, xids, positions) = unzip(partitions);
+    let (epochs, xids, positions) = by_partition(partitions);
     let rows = client
         .query(
             PARTITIONS_LAG_SQL,
@@ -451,7 +461,6 @@ pub async fn partitions_lag<C: GenericClient>(
                 &filter.stream_types,
                 &filter.event_types,
                 &cap,
-                &parts,
                 &epochs,
                 &xids,
                 &positions,
@@ -463,15 +472,35 @@ pub async fn partitions_lag<C: GenericClient>(
         .collect()
 }
 
-type Columns = (Vec<i32>, Vec<i32>, Vec<Xid8>, Vec<i64>);
+type Columns = (Vec<Option<i32>>, Vec<Option<Xid8>>, Vec<Option<i64>>);
 
-fn unzip(partitions: &[(i32, Cursor)]) -> Columns {
-    let mut out: Columns = Default::default();
+/// The cursors as arrays indexed by partition (NULL: not read).
+fn by_partition(partitions: &[(i32, Cursor)]) -> Columns {
+    let n = PARTITIONS as usize;
+    let mut out: Columns = (vec![None; n], vec![None; n], vec![None; n]);
     for (p, c) in partitions {
-        out.0.push(*p);
-        out.1.push(c.epoch);
-        out.2.push(c.transaction_id);
-        out.3.push(c.position);
+        if let Ok(i) = usize::try_from(*p) {
+            if i < n {
+                out.0[i] = Some(c.epoch);
+                out.1[i] = Some(c.transaction_id);
+                out.2[i] = Some(c.position);
+            }
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_partition_cursor_uses_the_partition_expression() {
+        assert!(super::PARTITIONS_SQL.contains(&format!("[{} + 1]", partition_of!())));
+        assert!(super::PARTITIONS_LAG_SQL.contains(partition_of!()));
+        assert_eq!(
+            super::partition(uuid::Uuid::from_u128(
+                0x1234_5678_9abc_def0_1234_5678_9abc_de1f
+            )),
+            0x1f % 16
+        );
+    }
 }
