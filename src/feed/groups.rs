@@ -66,6 +66,11 @@ INSERT INTO consumer_members (tenant_id, group_name, member, seen_until)
 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
 ON CONFLICT (tenant_id, group_name, member) DO UPDATE SET seen_until = EXCLUDED.seen_until";
 
+/// Members not seen for a day are forgotten (names come and go with deployments).
+const FORGET_MEMBERS_SQL: &str = "\
+DELETE FROM consumer_members
+ WHERE tenant_id = $1 AND group_name = $2 AND seen_until < now() - interval '1 day'";
+
 const LIVE_MEMBERS_SQL: &str = "\
 SELECT count(*) FROM consumer_members WHERE tenant_id = $1 AND group_name = $2 AND seen_until > now()";
 
@@ -382,6 +387,9 @@ pub async fn poll(
     )
     .await
     .map_err(db)?;
+    tx.execute(FORGET_MEMBERS_SQL, &[&tenant, &group])
+        .await
+        .map_err(db)?;
     let members: i64 = tx
         .query_one(LIVE_MEMBERS_SQL, &[&tenant, &group])
         .await
