@@ -43,6 +43,7 @@ pub fn all() -> Vec<BoundedContext> {
         crate::collections::context(),
         crate::alerts::context(),
         crate::dashboards::context(),
+        crate::feed::context(),
     ]
 }
 

@@ -12,6 +12,7 @@
 //! - `jobs`         background jobs requested by events, run by one elected runner;
 //! - `imports`      streamed bulk imports: CSV rows, row errors, staged appends;
 //! - `scheduled`    periodic work done by one elected process (retention purges);
+//! - `feed`         the event feed (pages, NDJSON, SSE) and consumer groups;
 //! - `http`         actix-web app, error mapping, admin and operations endpoints;
 //! - `budgets`, `tagging`, `costs`, `access`, `timeseries`, `documents`, `collections`,
 //!   `alerts`, `dashboards`: the bounded contexts.
@@ -31,6 +32,7 @@ pub mod dashboards;
 pub mod db;
 pub mod documents;
 pub mod eventstore;
+pub mod feed;
 pub mod http;
 pub mod imports;
 pub mod jobs;

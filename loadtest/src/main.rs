@@ -22,6 +22,8 @@
 //!   filtered reads (loadtest/collections.sh).
 //! - `alerts` times the evaluation of 1,000 metric rules over 10,000 series against the
 //!   seed's one query per rule, and notification throughput (loadtest/alerts.sh).
+//! - `feed` reads a million seeded events through the feed's NDJSON pages (events/s) and
+//!   times delivery over SSE after a command's answer (loadtest/feed.sh).
 //!
 //! Numbers are printed, never asserted: see loadtest/RESULTS.md and loadtest/run.sh.
 
@@ -31,6 +33,7 @@ mod bills;
 mod collections;
 mod db_bench;
 mod documents;
+mod feed;
 mod http_load;
 mod stats;
 mod timeseries;
@@ -66,6 +69,8 @@ enum Command {
     Collections(collections::Args),
     /// The alerts benchmark against a running server (loadtest/alerts.sh).
     Alerts(alerts::Args),
+    /// The event feed benchmark against a running server (loadtest/feed.sh).
+    Feed(feed::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,5 +85,6 @@ fn main() -> anyhow::Result<()> {
         Command::Documents(args) => documents::run(args),
         Command::Collections(args) => collections::run(args),
         Command::Alerts(args) => alerts::run(args),
+        Command::Feed(args) => feed::run(args),
     }
 }

@@ -30,10 +30,30 @@ use super::{recorded_event, RecordedEvent, StoreError, Xid8};
 /// the large batch events beside it). The one definition of "after" in the global order.
 macro_rules! after_cursor {
     () => {
-        "(epoch, transaction_id, position) > ($1, $2, $3)
+        concat!(
+            after!("$1", "$2", "$3"),
+            "
    -- `IS TRUE` keeps this a filter: with stale statistics the planner was seen scanning
    -- the stream index for every event of a type instead of walking the global order.
    AND (stream_type = ANY($4) OR stream_type || '/' || event_type = ANY($4)) IS TRUE"
+        )
+    };
+}
+
+/// The event's place in the global order lies after the cursor `(epoch, transaction_id,
+/// position)` given as three SQL expressions: the comparison [`after_cursor!`] and the
+/// feed's queries are built from.
+macro_rules! after {
+    ($epoch:literal, $xid:literal, $position:literal) => {
+        concat!(
+            "(epoch, transaction_id, position) > (",
+            $epoch,
+            ", ",
+            $xid,
+            ", ",
+            $position,
+            ")"
+        )
     };
 }
 
@@ -247,4 +267,240 @@ pub async fn reached<C: GenericClient>(
         .await?;
     let waiting: bool = row.try_get(0)?;
     Ok(if waiting { Reached::No } else { Reached::Yes })
+}
+
+// ---------------------------------------------------------------------------------------
+// The feed (ADR 0029): one tenant's events, filtered by stream and event type, read in the
+// same order and below the same horizon as projectors read them.
+
+/// Partitions of a consumer group: a stream's events all fall in one.
+pub const PARTITIONS: i32 = 16;
+
+/// The partition of a stream: the last byte of its id, modulo [`PARTITIONS`]. Stable across
+/// PostgreSQL versions (unlike `hashtext`) and uniform for random and name-based UUIDs.
+macro_rules! partition_of {
+    () => {
+        "get_byte(uuid_send(stream_id), 15) % 16"
+    };
+}
+
+/// The Rust twin of `partition_of!` (tests, clients).
+pub fn partition(stream_id: uuid::Uuid) -> i32 {
+    i32::from(stream_id.as_bytes()[15]) % PARTITIONS
+}
+
+/// The feed's filters, beside the tenant: `$7` stream types never shown (secrets),
+/// `$8`/`$9` the stream and event types asked for (NULL: all). The `IS NULL OR` form is
+/// harmless here: these are filters on the walk of the tenant's order index, never index
+/// conditions, so a generic plan loses nothing.
+macro_rules! feed_filters {
+    () => {
+        "tenant_id = $4
+   AND stream_type <> ALL($7)
+   AND ($8::text[] IS NULL OR stream_type = ANY($8))
+   AND ($9::text[] IS NULL OR event_type = ANY($9))"
+    };
+}
+
+/// A tenant's events after the cursor and below the horizon `($5, $6)`, in global order.
+const FEED_SQL: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE ",
+    feed_filters!(),
+    " AND ",
+    after!("$1", "$2", "$3"),
+    " AND (epoch, transaction_id) < ($5, $6)
+ ORDER BY epoch, transaction_id, position
+ LIMIT $10"
+);
+
+/// The cursor of an event's partition among the group's per-partition cursors `$11`,
+/// `$12`, `$13` (arrays indexed by partition + 1; NULL for partitions not read).
+/// Must spell `partition_of!()` (checked by a unit test).
+macro_rules! partition_cursor {
+    () => {
+        after!(
+            "($11::integer[])[get_byte(uuid_send(stream_id), 15) % 16 + 1]",
+            "($12::xid8[])[get_byte(uuid_send(stream_id), 15) % 16 + 1]",
+            "($13::bigint[])[get_byte(uuid_send(stream_id), 15) % 16 + 1]"
+        )
+    };
+}
+
+/// The events of a consumer group's partitions, each after its own cursor, walked in
+/// global order from the smallest of them `($1, $2, $3)`. The partition's cursor is a
+/// filter on that walk (a NULL cursor: a partition not read), not a join: a join let the
+/// planner hash the whole tail of the log and sort it for every poll.
+const PARTITIONS_SQL: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE ",
+    feed_filters!(),
+    " AND ",
+    after!("$1", "$2", "$3"),
+    " AND ",
+    partition_cursor!(),
+    " AND (epoch, transaction_id) < ($5, $6)
+ ORDER BY epoch, transaction_id, position
+ LIMIT $10"
+);
+
+/// Readable events per partition after each partition's cursor, counted up to `$10`.
+const PARTITIONS_LAG_SQL: &str = concat!(
+    "SELECT part, count(*) FROM (SELECT ",
+    partition_of!(),
+    " AS part FROM events WHERE ",
+    feed_filters!(),
+    " AND ",
+    after!("$1", "$2", "$3"),
+    " AND ",
+    partition_cursor!(),
+    " AND (epoch, transaction_id) < ($5, $6) LIMIT $10) pending GROUP BY part"
+);
+
+/// What the feed shows of a tenant's log.
+#[derive(Debug, Clone, Default)]
+pub struct FeedFilter<'a> {
+    pub tenant: &'a str,
+    /// Never shown, whatever is asked (streams that hold secrets).
+    pub hidden: &'a [&'a str],
+    pub stream_types: Option<Vec<String>>,
+    pub event_types: Option<Vec<String>>,
+}
+
+/// Up to `limit` of the tenant's events after `after`, none of which can ever be preceded
+/// by an event committed later.
+pub async fn read_feed<C: GenericClient>(
+    client: &C,
+    filter: &FeedFilter<'_>,
+    after: Cursor,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let horizon = horizon(client).await?;
+    let rows = client
+        .query(
+            FEED_SQL,
+            &[
+                &after.epoch,
+                &after.transaction_id,
+                &after.position,
+                &filter.tenant,
+                &horizon.epoch,
+                &horizon.transaction_id,
+                &filter.hidden,
+                &filter.stream_types,
+                &filter.event_types,
+                &limit,
+            ],
+        )
+        .await?;
+    rows.iter().map(recorded_event).collect()
+}
+
+/// Up to `limit` events of the partitions, each after its own cursor, in global order and
+/// below the horizon: for any partition, the events returned are all of its events up to
+/// the last one returned.
+pub async fn read_partitions<C: GenericClient>(
+    client: &C,
+    filter: &FeedFilter<'_>,
+    partitions: &[(i32, Cursor)],
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let Some(from) = partitions.iter().map(|(_, c)| *c).min() else {
+        return Ok(Vec::new());
+    };
+    let horizon = horizon(client).await?;
+    let (epochs, xids, positions) = by_partition(partitions);
+    let rows = client
+        .query(
+            PARTITIONS_SQL,
+            &[
+                &from.epoch,
+                &from.transaction_id,
+                &from.position,
+                &filter.tenant,
+                &horizon.epoch,
+                &horizon.transaction_id,
+                &filter.hidden,
+                &filter.stream_types,
+                &filter.event_types,
+                &limit,
+                &epochs,
+                &xids,
+                &positions,
+            ],
+        )
+        .await?;
+    rows.iter().map(recorded_event).collect()
+}
+
+/// Events pending per partition after its cursor (all of them counted up to `cap`).
+pub async fn partitions_lag<C: GenericClient>(
+    client: &C,
+    filter: &FeedFilter<'_>,
+    partitions: &[(i32, Cursor)],
+    cap: i64,
+) -> Result<Vec<(i32, i64)>, StoreError> {
+    let Some(from) = partitions.iter().map(|(_, c)| *c).min() else {
+        return Ok(Vec::new());
+    };
+    let horizon = horizon(client).await?;
+    let (epochs, xids, positions) = by_partition(partitions);
+    let rows = client
+        .query(
+            PARTITIONS_LAG_SQL,
+            &[
+                &from.epoch,
+                &from.transaction_id,
+                &from.position,
+                &filter.tenant,
+                &horizon.epoch,
+                &horizon.transaction_id,
+                &filter.hidden,
+                &filter.stream_types,
+                &filter.event_types,
+                &cap,
+                &epochs,
+                &xids,
+                &positions,
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+type Columns = (Vec<Option<i32>>, Vec<Option<Xid8>>, Vec<Option<i64>>);
+
+/// The cursors as arrays indexed by partition (NULL: not read).
+fn by_partition(partitions: &[(i32, Cursor)]) -> Columns {
+    let n = PARTITIONS as usize;
+    let mut out: Columns = (vec![None; n], vec![None; n], vec![None; n]);
+    for (p, c) in partitions {
+        if let Ok(i) = usize::try_from(*p) {
+            if i < n {
+                out.0[i] = Some(c.epoch);
+                out.1[i] = Some(c.transaction_id);
+                out.2[i] = Some(c.position);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_partition_cursor_uses_the_partition_expression() {
+        assert!(super::PARTITIONS_SQL.contains(&format!("[{} + 1]", partition_of!())));
+        assert!(super::PARTITIONS_LAG_SQL.contains(partition_of!()));
+        assert_eq!(
+            super::partition(uuid::Uuid::from_u128(
+                0x1234_5678_9abc_def0_1234_5678_9abc_de1f
+            )),
+            0x1f % 16
+        );
+    }
 }

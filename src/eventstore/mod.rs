@@ -234,6 +234,11 @@ impl EventStore {
         &self.pool
     }
 
+    /// The append wake-ups (the event feed's long polls wait on them).
+    pub fn signal(&self) -> &signal::EventSignal {
+        &self.signal
+    }
+
     /// Appends the events of one command atomically. Fails with [`StoreError::Conflict`]
     /// when the stream moved past `expected_version`, writing nothing.
     #[tracing::instrument(name = "store.append", level = "debug", skip_all, fields(stream_type = req.stream_type, stream_id = %req.stream_id, events = req.events.len()))]

@@ -32,6 +32,8 @@ struct Inner {
     /// One counter per stream type, bumped by local appends and remote notifications
     /// (read by the projectors of that type).
     by_type: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Bumped by every wake-up, whatever the stream type (read by feed readers).
+    any: watch::Sender<u64>,
 }
 
 /// Wakes a projector when events of one of its stream types were appended.
@@ -75,6 +77,7 @@ impl EventSignal {
 
     /// Wakes the projectors of `stream_type`, or all of them.
     fn wake(&self, stream_type: Option<&str>) {
+        bump(&self.inner.any);
         let Ok(by_type) = self.inner.by_type.lock() else {
             return;
         };
@@ -118,6 +121,13 @@ impl EventSignal {
             })
             .collect();
         Wake { receivers }
+    }
+
+    /// Wake-ups for appends of any stream type (the event feed).
+    pub fn subscribe_all(&self) -> Wake {
+        Wake {
+            receivers: vec![self.inner.any.subscribe()],
+        }
     }
 
     /// Sends one NOTIFY per burst of local appends until `shutdown` fires.

@@ -16,6 +16,7 @@ mod costs;
 mod dashboards;
 mod documents;
 mod erasure;
+mod feed;
 mod http_api;
 mod jobs;
 mod projections;

@@ -96,6 +96,44 @@ async fn query(client: &awc::Client, port: u16, expr: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Feed pages (JSON, NDJSON) and a consumer group polled and acknowledged, so the feed's
+/// metrics and the group's lag (measured by the elected job) have series.
+async fn drive_feed(app: &TestApp) {
+    assert_eq!(app.get("/api/v1/feed?after=0&limit=10").await.status(), 200);
+    let res = app
+        .client
+        .get(app.url("/api/v1/feed?after=0"))
+        .insert_header(("Accept", "application/x-ndjson"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .client
+        .put(app.url("/api/v1/consumers/metrics"))
+        .send_json(&serde_json::json!({"filters": {"stream_types": ["budget"]}}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let batch = body(
+        app.post_json(
+            "/api/v1/consumers/metrics/poll",
+            &serde_json::json!({"member": "m", "max": 5}),
+        )
+        .await,
+    )
+    .await;
+    if let Some(cursor) = batch["cursor"].as_str() {
+        let res = app
+            .post_json(
+                "/api/v1/consumers/metrics/ack",
+                &serde_json::json!({"member": "m", "cursor": cursor}),
+            )
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+}
+
 /// A tagging import and run, so the tagging and job metrics have series.
 async fn drive_tagging(app: &TestApp) {
     let res = app
@@ -438,6 +476,7 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
     drive_collections(&app).await;
     drive_dashboards(&app).await;
     drive_alerts(&app).await;
+    drive_feed(&app).await;
     let scraped = eventually(Duration::from_secs(60), || async {
         let v = query(
             &client,
@@ -486,6 +525,11 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
             1.0,
         ),
         ("cloudlens_collection_purge_last_run_timestamp_seconds", 1.0),
+        (
+            r#"cloudlens_consumer_group_lag_events{group="default/metrics"}"#,
+            0.0,
+        ),
+        (r#"cloudlens_feed_requests_total{format="ndjson"}"#, 1.0),
         (
             r#"cloudlens_db_table_size_bytes{table="collection_items"}"#,
             1.0,
