@@ -370,13 +370,15 @@ pub struct FeedFilter<'a> {
 }
 
 /// Up to `limit` of the tenant's events after `after`, none of which can ever be preceded
-/// by an event committed later.
+/// by an event committed later, and the cursor to read on from. A page shorter than
+/// `limit` holds every matching event below the horizon, so the next read starts at the
+/// horizon: a sparse filter never walks the same stretch of the log twice.
 pub async fn read_feed<C: GenericClient>(
     client: &C,
     filter: &FeedFilter<'_>,
     after: Cursor,
     limit: i64,
-) -> Result<Vec<RecordedEvent>, StoreError> {
+) -> Result<(Vec<RecordedEvent>, Cursor), StoreError> {
     let horizon = horizon(client).await?;
     let rows = client
         .query(
@@ -395,7 +397,16 @@ pub async fn read_feed<C: GenericClient>(
             ],
         )
         .await?;
-    rows.iter().map(recorded_event).collect()
+    let events: Vec<RecordedEvent> = rows.iter().map(recorded_event).collect::<Result<_, _>>()?;
+    let next = match events.last() {
+        Some(last) if events.len() as i64 >= limit => Cursor::from(last),
+        _ => after.max(Cursor {
+            epoch: horizon.epoch,
+            transaction_id: horizon.transaction_id,
+            position: 0,
+        }),
+    };
+    Ok((events, next))
 }
 
 /// Up to `limit` events of the partitions, each after its own cursor, in global order and

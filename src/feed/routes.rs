@@ -59,7 +59,8 @@ pub struct FeedQuery {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FeedPage {
     pub events: Vec<FeedEvent>,
-    /// Pass as `after` for the next page (the same cursor when the page is empty).
+    /// Pass as `after` for the next page. A page shorter than `limit` moves it on to
+    /// the horizon: everything before it was read.
     pub next: String,
 }
 
@@ -95,8 +96,13 @@ struct Reading {
 }
 
 impl Reading {
-    /// One page after `after`, below the horizon, on a pooled connection held only for it.
-    async fn page(&self, state: &AppState, after: Cursor) -> Result<Vec<RecordedEvent>, ApiError> {
+    /// One page after `after`, below the horizon, on a pooled connection held only for
+    /// it, and the cursor to read on from (`global::read_feed`).
+    async fn page(
+        &self,
+        state: &AppState,
+        after: Cursor,
+    ) -> Result<(Vec<RecordedEvent>, Cursor), ApiError> {
         let client = state.admin_scan().await?;
         let hidden = super::hidden();
         let filter = FeedFilter {
@@ -114,19 +120,21 @@ impl Reading {
         &self,
         state: &AppState,
         wake: &mut Wake,
-        after: Cursor,
+        mut after: Cursor,
         wait: Duration,
-    ) -> Result<Vec<RecordedEvent>, ApiError> {
+    ) -> Result<(Vec<RecordedEvent>, Cursor), ApiError> {
         let deadline = Instant::now() + wait;
         loop {
             // Forget older wake-ups *before* reading: an append during the read wakes the
             // next wait instead of being missed.
             wake.mark_unchanged();
-            let events = self.page(state, after).await?;
+            let (events, next) = self.page(state, after).await?;
             let now = Instant::now();
             if !events.is_empty() || now >= deadline {
-                return Ok(events);
+                return Ok((events, next));
             }
+            // Nothing up to the horizon: the next read starts there.
+            after = next;
             let nap = (deadline - now).min(POLL_EVERY);
             tokio::select! {
                 _ = wake.changed() => {}
@@ -200,11 +208,11 @@ pub async fn feed(
         return Ok(sse(state, reading, after));
     }
     let mut wake = state.store.signal().subscribe_all();
-    let events = reading.wait_page(&state, &mut wake, after, wait).await?;
+    let (events, next) = reading.wait_page(&state, &mut wake, after, wait).await?;
     FEED.delivered
         .with_label_values(&["page"])
         .inc_by(events.len() as u64);
-    let next = cursor::encode(events.last().map_or(after, Cursor::from));
+    let next = cursor::encode(next);
     let events: Vec<FeedEvent> = events.into_iter().map(FeedEvent::from).collect();
     if format == Format::Ndjson {
         let mut body = Vec::with_capacity(events.len() * 256);
@@ -253,15 +261,17 @@ fn sse(state: web::Data<AppState>, reading: Reading, after: Cursor) -> HttpRespo
             .reading
             .wait_page(&s.state, &mut s.wake, s.after, HEARTBEAT)
             .await;
+        if let Ok((_, next)) = &page {
+            s.after = *next;
+        }
         let chunk = match page {
-            Ok(events) if events.is_empty() => b": keep-alive\n\n".to_vec(),
-            Ok(events) => {
+            Ok((events, _)) if events.is_empty() => b": keep-alive\n\n".to_vec(),
+            Ok((events, _)) => {
                 FEED.delivered
                     .with_label_values(&["sse"])
                     .inc_by(events.len() as u64);
                 let mut out = Vec::with_capacity(events.len() * 300);
                 for e in events {
-                    s.after = Cursor::from(&e);
                     let e = FeedEvent::from(e);
                     out.extend_from_slice(b"id: ");
                     out.extend_from_slice(e.cursor.as_bytes());
