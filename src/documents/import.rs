@@ -253,10 +253,17 @@ pub async fn import<R: AsyncRead + Unpin + Send>(
     }
     .await;
     let stream = (DocumentBatch::STREAM_TYPE, batch_id, 0);
-    let appended = blocks
+    let appended = match blocks
         .staging
         .finish(tenant, stream, read, metadata, key)
-        .await?;
+        .await
+    {
+        Ok(appended) => appended,
+        Err(e) => {
+            reservations.release().await;
+            return Err(e);
+        }
+    };
     reservations.committed = true;
     Ok(Imported {
         batch_id,
@@ -272,28 +279,39 @@ struct Reservations {
     committed: bool,
 }
 
+/// Deletes a batch's reservations (the purge job does it later if this fails).
+async fn release(store: EventStore, batch_id: Uuid) {
+    let released = async {
+        let client = store.pool().get().await?;
+        client
+            .execute(RELEASE_SQL, &[&batch_id, &DocumentBatch::STREAM_TYPE])
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = released {
+        tracing::warn!(error = %e, "cannot release a failed batch's ids; the purge job does");
+    }
+}
+
+impl Reservations {
+    /// Releases the ids before the request answers (a refused batch leaves nothing).
+    async fn release(mut self) {
+        self.committed = true; // nothing left for `drop`
+        release(self.store.clone(), self.batch_id).await;
+    }
+}
+
 impl Drop for Reservations {
+    /// A request dropped mid-way (the client went away) cannot await: the release runs
+    /// in the background.
     fn drop(&mut self) {
         if self.committed {
             return;
         }
-        let (store, batch_id) = (self.store.clone(), self.batch_id);
-        let release = async move {
-            let released = async {
-                let client = store.pool().get().await?;
-                client
-                    .execute(RELEASE_SQL, &[&batch_id, &DocumentBatch::STREAM_TYPE])
-                    .await?;
-                anyhow::Ok(())
-            }
-            .await;
-            if let Err(e) = released {
-                tracing::warn!(error = %e, "cannot release a failed batch's ids; the purge job does");
-            }
-        };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(release);
+                runtime.spawn(release(self.store.clone(), self.batch_id));
             }
             Err(_) => {
                 tracing::warn!("no runtime to release a failed batch's ids; the purge job does")
