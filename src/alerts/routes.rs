@@ -17,7 +17,8 @@ use super::queries::{
 use super::send;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
-    command_context, if_match, min_position, tenant, time_param, JsonBody, ReadParams,
+    command_context, if_match, min_position, page_cursor, page_limit, tenant, time_param, JsonBody,
+    ReadParams,
 };
 use crate::http::AppState;
 use crate::pipeline::{self, CommandResult, Expect};
@@ -40,22 +41,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(what.into()))
-}
-
-fn limit(p: Option<i64>) -> Result<i64, ApiError> {
-    let limit = p.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::validation("limit", "must be between 1 and 500"));
-    }
-    Ok(limit)
-}
-
-fn cursor<T: serde::de::DeserializeOwned>(c: Option<&str>) -> Result<Option<T>, ApiError> {
-    c.map(|c| {
-        crate::db::cursor::decode(c)
-            .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))
-    })
-    .transpose()
 }
 
 /// Every channel a rule notifies must exist (checked on the write side: a channel just
@@ -226,8 +211,8 @@ pub async fn list_rules(
     params: web::Query<PageParams>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
-    let limit = limit(params.limit)?;
-    let after: Option<Uuid> = cursor(params.cursor.as_deref())?;
+    let limit = page_limit(params.limit, 50)?;
+    let after: Option<Uuid> = page_cursor(params.cursor.as_deref())?;
     let client = state
         .read_model(&tenant, RULES, min_position(params.min_position)?)
         .await?;
@@ -280,8 +265,8 @@ pub async fn list_alerts(
         rule: p.rule,
         from,
         to,
-        after: cursor(p.cursor.as_deref())?,
-        limit: limit(p.limit)?,
+        after: page_cursor(p.cursor.as_deref())?,
+        limit: page_limit(p.limit, 50)?,
     };
     let page = alerts_of(&state, &tenant, &filter, min_position(p.min_position)?).await?;
     Ok(HttpResponse::Ok().json(page))
@@ -484,8 +469,8 @@ pub async fn list_channels(
     params: web::Query<PageParams>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
-    let limit = limit(params.limit)?;
-    let after: Option<Uuid> = cursor(params.cursor.as_deref())?;
+    let limit = page_limit(params.limit, 50)?;
+    let after: Option<Uuid> = page_cursor(params.cursor.as_deref())?;
     let client = state
         .read_model(&tenant, CHANNELS, min_position(params.min_position)?)
         .await?;
@@ -625,8 +610,8 @@ pub async fn list_notifications(
             ))
         }
     };
-    let limit = limit(p.limit)?;
-    let after: Option<i64> = cursor(p.cursor.as_deref())?;
+    let limit = page_limit(p.limit, 50)?;
+    let after: Option<i64> = page_cursor(p.cursor.as_deref())?;
     let client = state.read_model(&tenant, RULES, None).await?;
     Ok(HttpResponse::Ok().json(
         queries::list_notifications(&client, &tenant, &states, p.channel, after, limit).await?,

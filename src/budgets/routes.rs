@@ -200,10 +200,7 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = tenant(&req)?;
     let p = params.into_inner();
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::validation("limit", "must be between 1 and 500"));
-    }
+    let limit = crate::http::extract::page_limit(p.limit, 50)?;
     let tag = match p.tag {
         None => None,
         Some(t) => match t.split_once(':') {

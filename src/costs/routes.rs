@@ -906,17 +906,8 @@ pub async fn list_anomalies(
             return Err(ApiError::validation("state", "must be open or ended"));
         }
     }
-    let limit = p.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::validation("limit", "must be between 1 and 500"));
-    }
-    let after = match p.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            crate::db::cursor::decode::<(NaiveDate, Uuid)>(c)
-                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))?,
-        ),
-    };
+    let limit = crate::http::extract::page_limit(p.limit, 100)?;
+    let after: Option<(NaiveDate, Uuid)> = crate::http::extract::page_cursor(p.cursor.as_deref())?;
     let f = queries::AnomalyFilters {
         from,
         to,

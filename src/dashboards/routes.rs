@@ -226,17 +226,8 @@ pub async fn list(
     let tenant = tenant(&req)?;
     let caller = caller(&req)?;
     let p = params.into_inner();
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::validation("limit", "must be between 1 and 500"));
-    }
-    let after = match p.cursor {
-        None => None,
-        Some(c) => Some(
-            crate::db::cursor::decode::<Uuid>(&c)
-                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))?,
-        ),
-    };
+    let limit = crate::http::extract::page_limit(p.limit, 50)?;
+    let after: Option<Uuid> = crate::http::extract::page_cursor(p.cursor.as_deref())?;
     let client = state
         .read_model(&tenant, PROJECTION, min_position(p.min_position)?)
         .await?;

@@ -418,31 +418,7 @@ pub async fn read_partitions<C: GenericClient>(
     partitions: &[(i32, Cursor)],
     limit: i64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let Some(from) = partitions.iter().map(|(_, c)| *c).min() else {
-        return Ok(Vec::new());
-    };
-    let horizon = horizon(client).await?;
-    let (epochs, xids, positions) = by_partition(partitions);
-    let rows = client
-        .query(
-            PARTITIONS_SQL,
-            &[
-                &from.epoch,
-                &from.transaction_id,
-                &from.position,
-                &filter.tenant,
-                &horizon.epoch,
-                &horizon.transaction_id,
-                &filter.hidden,
-                &filter.stream_types,
-                &filter.event_types,
-                &limit,
-                &epochs,
-                &xids,
-                &positions,
-            ],
-        )
-        .await?;
+    let rows = query_partitions(client, PARTITIONS_SQL, filter, partitions, limit).await?;
     rows.iter().map(recorded_event).collect()
 }
 
@@ -453,14 +429,29 @@ pub async fn partitions_lag<C: GenericClient>(
     partitions: &[(i32, Cursor)],
     cap: i64,
 ) -> Result<Vec<(i32, i64)>, StoreError> {
+    let rows = query_partitions(client, PARTITIONS_LAG_SQL, filter, partitions, cap).await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Runs `sql` (`PARTITIONS_SQL` or `PARTITIONS_LAG_SQL`: the same parameters) over the
+/// partitions' cursors below the horizon; no rows without partitions.
+async fn query_partitions<C: GenericClient>(
+    client: &C,
+    sql: &str,
+    filter: &FeedFilter<'_>,
+    partitions: &[(i32, Cursor)],
+    n: i64,
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
     let Some(from) = partitions.iter().map(|(_, c)| *c).min() else {
         return Ok(Vec::new());
     };
     let horizon = horizon(client).await?;
     let (epochs, xids, positions) = by_partition(partitions);
-    let rows = client
+    Ok(client
         .query(
-            PARTITIONS_LAG_SQL,
+            sql,
             &[
                 &from.epoch,
                 &from.transaction_id,
@@ -471,16 +462,13 @@ pub async fn partitions_lag<C: GenericClient>(
                 &filter.hidden,
                 &filter.stream_types,
                 &filter.event_types,
-                &cap,
+                &n,
                 &epochs,
                 &xids,
                 &positions,
             ],
         )
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()
+        .await?)
 }
 
 type Columns = (Vec<Option<i32>>, Vec<Option<Xid8>>, Vec<Option<i64>>);

@@ -265,6 +265,25 @@ pub fn streamed_body(
     tokio_util::io::StreamReader::new(rx)
 }
 
+/// A page's `limit`: 1..=500, `default` when absent; else 422 naming it.
+pub fn page_limit(limit: Option<i64>, default: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::validation("limit", "must be between 1 and 500"));
+    }
+    Ok(limit)
+}
+
+/// A page's `cursor` as `db::cursor` encoded it; else 422 naming it.
+pub fn page_cursor<T: DeserializeOwned>(cursor: Option<&str>) -> Result<Option<T>, ApiError> {
+    cursor
+        .map(|c| {
+            crate::db::cursor::decode(c)
+                .ok_or_else(|| ApiError::validation("cursor", "is not a cursor from this API"))
+        })
+        .transpose()
+}
+
 /// An optional time parameter (RFC 3339), or 422 naming it.
 pub fn time_param(
     name: &str,
