@@ -315,7 +315,18 @@ async fn an_identical_file_changes_nothing_and_a_new_file_restates_its_periods()
     let q = "from=2024-01-01&to=2024-03-01&bucket=month&account=prod";
     let before = costs(&app, q).await;
 
-    // The same bytes again: the first import, nothing appended.
+    // The same bytes again: the first import, nothing appended. (The anomaly job the first
+    // import asked for appends events of its own: wait for it.)
+    let settled = eventually(std::time::Duration::from_secs(60), || async {
+        let done = count(
+            &app.conn,
+            "SELECT count(*) FROM jobs WHERE kind = 'costs.anomalies' AND state = 'succeeded'",
+        )
+        .await;
+        (done == 1).then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "the first import's jobs finished");
     let events = "SELECT count(*) FROM events";
     let events_before = count(&app.conn, events).await;
     let res = post_bill(&app, "prod", "cloudlens", &jan_feb).await;
