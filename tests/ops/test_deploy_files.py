@@ -823,8 +823,8 @@ def _kustomize_cmd() -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("target", ["base", "overlays/dev", "overlays/prod"])
-def test_rendered_kustomization_validates(target):
+def _render(target: str) -> list[dict]:
+    """The documents `kustomize build k8s/<target>` prints (skips without kustomize/kubectl)."""
     cmd = _kustomize_cmd()
     if not cmd:
         pytest.skip("neither kustomize nor kubectl on PATH")
@@ -832,6 +832,10 @@ def test_rendered_kustomization_validates(target):
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert docs
+    return docs
+
+
+def _validate_rendered(target: str, docs: list[dict]) -> None:
     for doc in docs:
         where = f"{target}: {doc['kind']}/{doc['metadata']['name']}"
         assert doc["metadata"].get("namespace", "cloudlens") == "cloudlens" or doc["kind"] == "Namespace"
@@ -841,6 +845,12 @@ def test_rendered_kustomization_validates(target):
             validate_builtin(doc, where)
         for c in _containers(doc):
             assert_pinned(c["image"], f"{where} container {c['name']}")
+
+
+@pytest.mark.parametrize("target", ["base", "overlays/dev", "overlays/prod"])
+def test_rendered_kustomization_validates(target):
+    docs = _render(target)
+    _validate_rendered(target, docs)
     (sts,) = [d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "timescaledb"]
     (db,) = pod_spec(sts)["containers"]
     assert_db_settings(postgres_settings(db.get("command", []) + db.get("args", [])),
@@ -850,3 +860,268 @@ def test_rendered_kustomization_validates(target):
     assert deps[0]["spec"]["replicas"] == want
     hpa = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"][0]
     assert hpa["spec"]["minReplicas"] == want, "HPA minimum would override the replica count"
+    # The single-instance database has no standby: no replica URL (queries on the primary).
+    (c,) = pod_spec(deps[0])["containers"]
+    assert REPLICA_VAR not in {e["name"] for e in c.get("env", [])}, \
+        f"{target}: {REPLICA_VAR} without a standby"
+    for cm in (d for d in docs if d["kind"] == "ConfigMap"):
+        assert REPLICA_VAR not in (cm.get("data") or {}), f"{target}: {REPLICA_VAR} in a ConfigMap"
+
+
+# --------------------------------------------------------------------------------------
+# Kubernetes: the CloudNativePG variant (k8s/cnpg, k8s/overlays/cnpg)
+# --------------------------------------------------------------------------------------
+
+REPLICA_VAR = "CLOUDLENS_REPLICA_URL"
+CNPG_OVERLAY = "overlays/cnpg"
+
+# What the CloudNativePG operator generates for a Cluster <c> and the tests below assume
+# (they never exist in git, so they are checked against this list):
+#
+# - Secret <c>-app (type kubernetes.io/basic-auth) for the owner of the application
+#   database (bootstrap.initdb.owner), with these keys (pkg/specs/secrets.go, CreateSecret;
+#   docs "Connecting from an application"). `uri` is
+#   postgresql://<user>:<password>@<c>-rw.<namespace>:5432/<dbname> (the password
+#   percent-encoded), `host` is <c>-rw, `port` 5432. A generated password is URL-safe.
+CNPG_APP_SECRET_KEYS = {
+    "username", "user", "password", "dbname", "host", "port", "pgpass",
+    "uri", "jdbc-uri", "fqdn-uri", "fqdn-jdbc-uri",
+}
+# - Services <c>-rw (the primary), <c>-ro (hot standbys only) and <c>-r (any instance), all
+#   ClusterIP on 5432, selecting the instance pods by these labels ("Service management";
+#   -ro and -r can be switched off with spec.managed.services.disabledDefaultServices).
+#   Instance pods carry cnpg.io/cluster: <c> and cnpg.io/instanceRole: primary|replica
+#   (plus the deprecated role: primary|replica, CNPG < 1.24 selects on that one).
+CNPG_SERVICE_ROLES = {"rw": ["primary"], "ro": ["replica"], "r": ["primary", "replica"]}
+
+
+def cnpg_cluster() -> dict:
+    (cluster,) = load_all(K8S / "cnpg/cluster.yaml")
+    return cluster
+
+
+def cnpg_pod_labels(cluster: str, role: str) -> dict[str, str]:
+    """The labels of a CNPG instance pod (see CNPG_SERVICE_ROLES)."""
+    return {"cnpg.io/cluster": cluster, "cnpg.io/instanceRole": role, "role": role,
+            "cnpg.io/podRole": "instance"}
+
+
+def selector_matches(selector: dict, labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against a pod's labels."""
+    if not all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def port_allowed(rule: dict, port: int) -> bool:
+    ports = rule.get("ports")
+    return not ports or any(p.get("port") in (None, port) and p.get("protocol", "TCP") == "TCP"
+                            for p in ports)
+
+
+def peer_allows(rule_peers: list | None, labels: dict[str, str]) -> bool:
+    """Whether a `to`/`from` list admits a pod with `labels` in the policy's own namespace."""
+    if not rule_peers:
+        return True  # empty or missing: all peers
+    for peer in rule_peers:
+        if "ipBlock" in peer:
+            continue
+        if "namespaceSelector" in peer and (peer["namespaceSelector"] or {}) != {}:
+            # A namespace selector other than "all" would need the namespace's labels.
+            continue
+        if selector_matches(peer.get("podSelector") or {}, labels):
+            return True
+    return False
+
+
+_ENV_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def secret_placeholder(name: str, key: str) -> str:
+    """Stands for the value of key `key` of Secret `name`; parses as a URL user, password,
+    host or path segment."""
+    return f"secret-{name}-{key}"
+
+
+def container_env(container: dict, configmaps: dict[str, dict] | None = None) -> dict[str, str]:
+    """The container's environment as the kubelet builds it: envFrom ConfigMaps first, then
+    `env` in order, `$(NAME)` expanded from the variables defined before it (an unknown
+    name stays as written, `$$` is a literal `$`). Secret values are placeholders
+    (secret_placeholder)."""
+    env: dict[str, str] = {}
+    for src in container.get("envFrom") or []:
+        if "configMapRef" in src and configmaps is not None:
+            cm = configmaps[src["configMapRef"]["name"]]
+            env.update({src.get("prefix", "") + k: str(v) for k, v in (cm.get("data") or {}).items()})
+    for e in container.get("env") or []:
+        if "value" in e:
+            def sub(m, known=dict(env)):
+                if m.group(0) == "$$":
+                    return "$"
+                return known.get(m.group(1), m.group(0))
+            env[e["name"]] = _ENV_REF.sub(sub, str(e["value"]))
+        else:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                env[e["name"]] = secret_placeholder(ref["name"], ref["key"])
+            else:
+                env[e["name"]] = f"ref-{e['name']}"
+    return env
+
+
+def secret_refs(container: dict) -> list[tuple[str, str, str]]:
+    """(variable, Secret name, key) of every secretKeyRef in the container's env."""
+    return [(e["name"], e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for e in container.get("env") or []
+            if "secretKeyRef" in (e.get("valueFrom") or {})]
+
+
+def check_cnpg_wiring(container: dict, cluster: str, where: str,
+                      configmaps: dict[str, dict] | None = None) -> None:
+    """DATABASE_URL from the app Secret's `uri` (the -rw Service), CLOUDLENS_REPLICA_URL a
+    postgres URL to the -ro Service with the app Secret's credentials; every referenced
+    Secret key is one CNPG generates."""
+    app_secret = f"{cluster}-app"
+    refs = secret_refs(container)
+    assert refs, f"{where}: no secretKeyRef at all"
+    for var, name, key in refs:
+        assert name == app_secret, \
+            f"{where}: {var} reads Secret {name!r}; with CNPG everything comes from {app_secret}"
+        assert key in CNPG_APP_SECRET_KEYS, \
+            f"{where}: {var} reads key {key!r}, which CNPG does not write into {app_secret}"
+    names = [e["name"] for e in container.get("env") or []]
+    assert len(names) == len(set(names)), f"{where}: duplicate env names {names}"
+
+    env = container_env(container, configmaps)
+    assert env.get("DATABASE_URL") == secret_placeholder(app_secret, "uri"), \
+        f"{where}: DATABASE_URL must be {app_secret} key uri (the {cluster}-rw Service)"
+
+    url = env.get(REPLICA_VAR)
+    assert url, f"{where}: {REPLICA_VAR} is not set"
+    assert "$(" not in url, \
+        f"{where}: {REPLICA_VAR} = {url!r} refers to a variable not defined before it"
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    assert parts.scheme in ("postgres", "postgresql"), f"{where}: {REPLICA_VAR} {url!r}"
+    host = parts.hostname or ""
+    assert host == f"{cluster}-ro" or host.startswith(f"{cluster}-ro."), \
+        f"{where}: {REPLICA_VAR} must point at the read-only Service {cluster}-ro, not {host!r}"
+    assert parts.port in (None, 5432), f"{where}: {REPLICA_VAR} port {parts.port}"
+    assert parts.username == secret_placeholder(app_secret, "username"), \
+        f"{where}: {REPLICA_VAR} user must be {app_secret} key username"
+    assert parts.password == secret_placeholder(app_secret, "password"), \
+        f"{where}: {REPLICA_VAR} password must be {app_secret} key password"
+    assert parts.path == "/" + secret_placeholder(app_secret, "dbname"), \
+        f"{where}: {REPLICA_VAR} database must be {app_secret} key dbname"
+
+
+def test_base_has_no_replica():
+    """The base runs one database instance: no standby, so no CLOUDLENS_REPLICA_URL."""
+    (c,) = pod_spec(base_doc("Deployment", "cloudlens"))["containers"]
+    assert REPLICA_VAR not in {e["name"] for e in c.get("env", [])}
+    assert REPLICA_VAR not in base_doc("ConfigMap", "cloudlens-config")["data"]
+    secret = load_all(K8S / "base/secret.example.yaml")[0]
+    assert REPLICA_VAR not in secret["stringData"]
+    assert base_doc("StatefulSet", "timescaledb")["spec"]["replicas"] == 1
+
+
+def test_cnpg_cluster_has_a_standby_behind_ro():
+    cluster = cnpg_cluster()
+    spec = cluster["spec"]
+    assert spec["instances"] >= 2, "the -ro Service needs at least one hot standby"
+    disabled = ((spec.get("managed") or {}).get("services") or {}).get("disabledDefaultServices") or []
+    assert "ro" not in disabled, f"{REPLICA_VAR} points at {cluster['metadata']['name']}-ro"
+    # Queries on the standbys: the primary keeps the rows they still read.
+    assert spec["postgresql"]["parameters"].get("hot_standby_feedback") == "on"
+    assert spec["bootstrap"]["initdb"]["owner"], "the app Secret is made for the owner"
+
+
+def test_cnpg_overlay_sources():
+    """Without a renderer: the overlay's own files wire both URLs and drop the StatefulSet."""
+    kfile = K8S / CNPG_OVERLAY / "kustomization.yaml"
+    resources, patches = kustomization_paths(kfile)
+    assert (K8S / "cnpg").resolve() in resources, "the overlay deploys the CNPG cluster"
+    assert (K8S / "overlays/prod").resolve() in resources
+    assert load_yaml(K8S / "cnpg/kustomization.yaml")["resources"] == ["cluster.yaml"]
+    deleted = {(d["kind"], d["metadata"]["name"]) for p in patches for d in load_all(p)
+               if d.get("$patch") == "delete"}
+    assert {("StatefulSet", "timescaledb"), ("Service", "timescaledb"),
+            ("NetworkPolicy", "timescaledb")} <= deleted
+    for p in patches:
+        assert len(load_all(p)) == 1, f"{p.name}: one patch per file (kustomize 5.5 crashes " \
+                                      "on several $patch: delete in one file)"
+    deps = [d for p in patches for d in load_all(p) if d.get("kind") == "Deployment"]
+    assert len(deps) == 1
+    (c,) = pod_spec(deps[0])["containers"]
+    check_cnpg_wiring(c, cnpg_cluster()["metadata"]["name"], f"{CNPG_OVERLAY} Deployment patch")
+
+
+def test_rendered_cnpg_overlay():
+    docs = _render(CNPG_OVERLAY)
+    _validate_rendered(CNPG_OVERLAY, docs)
+    cluster = cnpg_cluster()
+    name = cluster["metadata"]["name"]
+
+    clusters = [d for d in docs if d["kind"] == "Cluster"]
+    assert len(clusters) == 1 and clusters[0]["metadata"]["name"] == name
+    assert clusters[0]["metadata"]["namespace"] == "cloudlens"
+    assert clusters[0]["spec"]["instances"] >= 2
+    # The StatefulSet database and everything that belongs to it are gone.
+    assert not [d for d in docs if d["kind"] == "StatefulSet"]
+    assert not [d for d in docs if "timescaledb" in d["metadata"]["name"]]
+    # Nothing in git defines the Secrets CNPG generates, and nothing needs cloudlens-db.
+    assert not [d for d in docs if d["kind"] == "Secret"]
+
+    configmaps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    (c,) = pod_spec(dep)["containers"]
+    check_cnpg_wiring(c, name, f"{CNPG_OVERLAY}: rendered Deployment", configmaps)
+    assert dep["spec"]["replicas"] == 3, "the cnpg overlay builds on prod"
+
+    # The app reaches every instance behind -rw, -ro and -r on 5432 (policies act on pods,
+    # after the Service's address translation).
+    app_labels = dep["spec"]["template"]["metadata"]["labels"]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    for svc, roles in CNPG_SERVICE_ROLES.items():
+        for role in roles:
+            pod = cnpg_pod_labels(name, role)
+            egress_from_app = [p for p in policies
+                               if selector_matches(p["spec"]["podSelector"], app_labels)
+                               and "Egress" in p["spec"].get("policyTypes", [])]
+            for p in egress_from_app:
+                assert any(peer_allows(r.get("to"), pod) and port_allowed(r, 5432)
+                           for r in p["spec"].get("egress") or []), \
+                    f"NetworkPolicy {p['metadata']['name']} blocks cloudlens -> {name}-{svc} ({role})"
+            ingress_to_db = [p for p in policies
+                             if selector_matches(p["spec"]["podSelector"], pod)
+                             and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+            for p in ingress_to_db:
+                assert any(peer_allows(r.get("from"), app_labels) and port_allowed(r, 5432)
+                           for r in p["spec"].get("ingress") or []), \
+                    f"NetworkPolicy {p['metadata']['name']} blocks {name}-{svc} ({role}) <- cloudlens"
+    assert any(selector_matches(p["spec"]["podSelector"], app_labels) for p in policies), \
+        "the cloudlens NetworkPolicy is still there"
+
+    # Connection budget on the primary (queries fall back to it when no standby answers).
+    hpa = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"][0]
+    pool = int(configmaps["cloudlens-config"]["data"]["CLOUDLENS_POOL_SIZE"])
+    max_conn = int(clusters[0]["spec"]["postgresql"]["parameters"]["max_connections"])
+    assert hpa["spec"]["maxReplicas"] * (pool + 6) < max_conn
+
+
+def test_readme_documents_the_replica():
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    name = cnpg_cluster()["metadata"]["name"]
+    for needle in (f"{name}-ro", f"{name}-rw", f"{name}-app", REPLICA_VAR, "min_position",
+                   "Retry-After", "overlays/cnpg", "fall back", "projectors", "feed"):
+        assert needle in readme, f"k8s/README.md does not mention {needle!r}"
