@@ -398,15 +398,30 @@ pub async fn read_feed<C: GenericClient>(
         )
         .await?;
     let events: Vec<RecordedEvent> = rows.iter().map(recorded_event).collect::<Result<_, _>>()?;
-    let next = match events.last() {
-        Some(last) if events.len() as i64 >= limit => Cursor::from(last),
-        _ => after.max(Cursor {
-            epoch: horizon.epoch,
-            transaction_id: horizon.transaction_id,
-            position: 0,
-        }),
-    };
+    let next = resume_after(after, &events, limit, horizon);
     Ok((events, next))
+}
+
+/// Where a reader goes on after reading `events` (up to `limit`) after `after` below
+/// `horizon`. A full read goes on after its last event. A short one read everything below
+/// the horizon, so it goes on at the horizon: a reader of a few types never walks the
+/// same stretch of other types' events twice. The horizon's own transaction may hold any
+/// position (positions are taken before transaction ids), hence position 0.
+pub fn resume_after(
+    after: Cursor,
+    events: &[RecordedEvent],
+    limit: i64,
+    horizon: Horizon,
+) -> Cursor {
+    let last = events.last().map_or(after, Cursor::from);
+    if events.len() as i64 >= limit {
+        return last;
+    }
+    last.max(Cursor {
+        epoch: horizon.epoch,
+        transaction_id: horizon.transaction_id,
+        position: 0,
+    })
 }
 
 /// Up to `limit` events of the partitions, each after its own cursor, in global order and

@@ -43,16 +43,16 @@ const RUNNING_SQL: &str = "SELECT name FROM projection_checkpoints WHERE rebuild
 const RESET_SHADOW_CHECKPOINT_SQL: &str = "\
 INSERT INTO projection_checkpoints (name) VALUES ($1)
 ON CONFLICT (name) DO UPDATE SET last_epoch = 0, last_xid = '0'::xid8, last_position = 0,
-                                 events_applied = 0";
+                                 position_seen = 0, events_applied = 0";
 const LOCK_LIVE_SQL: &str = "SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE";
 const MOVE_CHECKPOINT_SQL: &str = "\
 UPDATE projection_checkpoints l
    SET last_epoch = s.last_epoch, last_xid = s.last_xid, last_position = s.last_position,
-       updated_at = now(), rebuild_state = 'done', rebuild_position = s.last_position,
-       rebuild_finished_at = now()
+       position_seen = s.position_seen, updated_at = now(), rebuild_state = 'done',
+       rebuild_position = s.position_seen, rebuild_finished_at = now()
   FROM projection_checkpoints s
  WHERE l.name = $1 AND s.name = $2
-RETURNING l.last_position";
+RETURNING l.position_seen";
 const DELETE_CHECKPOINT_SQL: &str = "DELETE FROM projection_checkpoints WHERE name = $1";
 /// Index names and their definitions without the name, to give the copies the live names.
 const INDEXES_SQL: &str = "\

@@ -17,7 +17,8 @@ pub const HEARTBEAT_STALE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectorStatus {
     pub name: String,
-    /// Global position of the last event applied.
+    /// Global position of the last event applied, or the last one handed out once every
+    /// event up to it was read (events of other types included).
     pub position: i64,
     /// Events not yet applied, counted up to 100,000.
     pub lag_events: i64,
@@ -42,7 +43,7 @@ pub struct RebuildStatus {
 const STATUS_SQL: &str = "\
 SELECT last_epoch, last_xid, last_position, events_applied, owner, last_error,
        coalesce(heartbeat_at > now() - make_interval(secs => $2), false),
-       rebuild_state, rebuild_position, rebuild_started_at, rebuild_finished_at
+       rebuild_state, rebuild_position, rebuild_started_at, rebuild_finished_at, position_seen
   FROM projection_checkpoints WHERE name = $1";
 
 /// Pending events are counted up to this many: the lag gauge stays cheap to compute
@@ -87,7 +88,7 @@ pub async fn of<C: GenericClient>(
     let rebuild_state: Option<String> = row.try_get(7)?;
     let status = ProjectorStatus {
         name: p.name().to_owned(),
-        position: at.position,
+        position: row.try_get(11)?,
         events_applied: row.try_get(3)?,
         owner: row.try_get(4)?,
         last_error,

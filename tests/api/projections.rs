@@ -290,3 +290,66 @@ async fn a_hypertable_read_model_is_rebuilt_as_a_hypertable() {
         "the swapped-in table is not a hypertable"
     );
 }
+
+/// A projector walks over the events of types it does not read once: when a batch finds
+/// fewer events than it holds, the checkpoint moves to the horizon, past them.
+#[actix_web::test]
+async fn a_projector_steps_over_other_types_events_once() {
+    let app = spawn_app().await;
+    let first = body(
+        app.post_json("/api/v1/budgets", &budget_body("before"))
+            .await,
+    )
+    .await;
+    assert_eq!(app.read_own_write(&first).await.status(), 200);
+    let client = db::connect(&app.conn).await.unwrap();
+    client
+        .execute(
+            "INSERT INTO events (tenant_id, stream_type, stream_id, stream_version, event_type, schema_version, payload)
+             SELECT 'default', 'other_kind', gen_random_uuid(), 1, 'Happened', 1, '{}'::jsonb
+               FROM generate_series(1, 3000)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let last_other: i64 = client
+        .query_one(
+            "SELECT max(position) FROM events WHERE stream_type = 'other_kind'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    const PASSED_SQL: &str = "\
+SELECT (c.last_epoch, c.last_xid, c.last_position) > (e.epoch, e.transaction_id, e.position),
+       c.position_seen
+  FROM projection_checkpoints c, events e WHERE c.name = 'budgets' AND e.position = $1";
+    let passed = eventually(Duration::from_secs(30), || async {
+        let row = client.query_one(PASSED_SQL, &[&last_other]).await.unwrap();
+        let (past, seen): (bool, i64) = (row.get(0), row.get(1));
+        (past && seen >= last_other).then_some(seen)
+    })
+    .await;
+    assert!(
+        passed.is_some(),
+        "the budgets checkpoint never moved past the other events"
+    );
+    // Reading on from the horizon misses nothing of its own types.
+    let second = body(
+        app.post_json("/api/v1/budgets", &budget_body("after"))
+            .await,
+    )
+    .await;
+    let res = app.read_own_write(&second).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(body(res).await["name"], "after");
+    let status = body(app.get("/api/v1/admin/projections").await).await;
+    let budgets = status["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "budgets")
+        .unwrap()
+        .clone();
+    assert!(budgets["position"].as_i64().unwrap() >= second["position"].as_i64().unwrap());
+}
