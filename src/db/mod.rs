@@ -269,7 +269,8 @@ pub enum QueryError {
     /// exception: a NUL character in text, a number out of range, …).
     #[error("{0}")]
     BadValue(String),
-    /// The statement ran past its `statement_timeout` (SQLSTATE 57014).
+    /// The statement ran past its `statement_timeout` (SQLSTATE 57014) or waited for a
+    /// lock past its `lock_timeout` (55P03).
     #[error("the query ran too long and was cancelled")]
     Timeout,
 }
@@ -283,7 +284,10 @@ impl From<tokio_postgres::Error> for QueryError {
             Some(d) if d.code().code().starts_with("22") => {
                 QueryError::BadValue(d.message().to_owned())
             }
-            Some(d) if d.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED => {
+            Some(d)
+                if d.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED
+                    || d.code() == &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE =>
+            {
                 QueryError::Timeout
             }
             // A deadlock or serialization failure (class 40) rolled the transaction back:

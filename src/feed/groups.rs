@@ -2,22 +2,34 @@
 //! several members.
 //!
 //! A group's streams fall in 16 partitions (`global::partition`). Each partition has a
-//! committed cursor and at most one owner holding a lease. A poll:
+//! committed cursor, at most one owner holding a lease, and a **lease generation**: a
+//! fencing token that goes up every time the partition changes owner. A poll:
 //!
-//! 1. under the group's row lock: records the member as seen, counts the members seen
-//!    recently, gives the member its fair share (`assign`): it keeps its partitions
-//!    (renewing their lease), claims free ones and ones whose owner's lease expired, and
+//! 1. under the group's row lock (5 s statement and lock limits: a stuck poll gives up
+//!    instead of holding the lock): records the member as seen, lists the members seen
+//!    recently, gives the member its fair share (`share`: `16 / n` each, one more for the
+//!    first `16 % n` members in name order, so shares differ by at most one and nobody
+//!    starves), and `assign`s it: it keeps its partitions (renewing their lease), claims
+//!    free ones and ones whose owner's lease expired (re-checked under the row lock), and
 //!    gives back surplus ones it has nothing unacknowledged in (so a new member gets
-//!    partitions without waiting for anyone to die);
+//!    partitions without waiting for anyone to die). A claim starts over from the
+//!    committed cursor (the `delivered` cursor is reset) under a new generation;
 //! 2. reads its partitions' events, each after its **committed** cursor, in global order
 //!    and below the horizon (so a poll without an ack hands the same events again:
 //!    at-least-once, and a restarted member loses nothing);
-//! 3. records the end of the batch as the partitions' `delivered` cursor.
+//! 3. records the end of the batch as the partitions' `delivered` cursor, **fenced**: only
+//!    for partitions still the member's at the generation read in step 1, and their lease
+//!    runs from then. Events of the other partitions (claimed by another member because
+//!    this poll outlived its lease) are dropped from the batch: a partition's events are
+//!    never handed to two members at once. The batch carries its `lease` token
+//!    (partitions and generations).
 //!
-//! An ack moves each of the member's partitions to the acknowledged cursor, but never past
-//! what was delivered to it: a partition whose events were not all handed out cannot be
-//! committed over them. Once a partition was claimed by another member, the old owner's
-//! ack no longer touches it (fencing by owner, under row locks).
+//! An ack (5 s limits too) moves partitions the member holds on a live lease to the
+//! acknowledged cursor, but never past what was delivered to it under its current
+//! ownership: a partition whose events were not all handed out cannot be committed over
+//! them. With the batch's `lease` token, only the batch's partitions at the batch's
+//! generations: an ack of a batch of an earlier ownership commits nothing (409), even if
+//! the partition came back to the same member since.
 //!
 //! Because a stream lies in one partition and a partition has one owner at a time, the
 //! events of one stream go to one member at a time, in order.
@@ -71,38 +83,69 @@ const FORGET_MEMBERS_SQL: &str = "\
 DELETE FROM consumer_members
  WHERE tenant_id = $1 AND group_name = $2 AND seen_until < now() - interval '1 day'";
 
+/// The live members in name order: the order that decides who gets one partition more.
 const LIVE_MEMBERS_SQL: &str = "\
-SELECT count(*) FROM consumer_members WHERE tenant_id = $1 AND group_name = $2 AND seen_until > now()";
+SELECT member FROM consumer_members WHERE tenant_id = $1 AND group_name = $2 AND seen_until > now()
+ ORDER BY member";
 
 const SLOTS_SQL: &str = "\
 SELECT partition, owner, coalesce(lease_until > now(), false),
        (delivered_epoch, delivered_transaction_id, delivered_position) > (epoch, transaction_id, position)
   FROM consumer_partitions WHERE tenant_id = $1 AND group_name = $2 ORDER BY partition";
 
+/// Poll and ack transactions give up after this long (statement or lock wait): a stuck
+/// statement must not hold the group's row lock, nor a pooled write connection.
+const GROUP_TIMEOUTS_SQL: &str =
+    "SET LOCAL statement_timeout = '5s'; SET LOCAL lock_timeout = '5s'";
+
+/// The poll's read of events and its lag counts are scans: a longer limit, like other scans.
+const READ_TIMEOUTS_SQL: &str =
+    "SET LOCAL statement_timeout = '30s'; SET LOCAL lock_timeout = '5s'";
+
+/// Gives back the member's surplus partitions, re-checked under the row lock (still its
+/// own, nothing delivered and unacknowledged). A change of owner: a new generation.
 const RELEASE_SQL: &str = "\
 UPDATE consumer_partitions
-   SET owner = NULL, lease_until = NULL, delivered_epoch = epoch,
-       delivered_transaction_id = transaction_id, delivered_position = position
- WHERE tenant_id = $1 AND group_name = $2 AND partition = ANY($3)";
+   SET owner = NULL, lease_until = NULL, lease_generation = lease_generation + 1,
+       delivered_epoch = epoch, delivered_transaction_id = transaction_id, delivered_position = position
+ WHERE tenant_id = $1 AND group_name = $2 AND partition = ANY($3) AND owner = $4
+   AND (delivered_epoch, delivered_transaction_id, delivered_position) <= (epoch, transaction_id, position)";
 
-/// Claims and renews: a partition changing hands starts over from its committed cursor.
+/// Claims and renews. The claim is re-checked under the row lock (free, the member's own,
+/// or its owner's lease over), so a batch delivered meanwhile (which extends the lease)
+/// keeps its partition. A partition changing hands gets a new generation and starts over
+/// from its committed cursor.
 const HOLD_SQL: &str = "\
 UPDATE consumer_partitions
-   SET delivered_epoch = CASE WHEN owner IS DISTINCT FROM $3 THEN epoch ELSE delivered_epoch END,
+   SET lease_generation = CASE WHEN owner IS DISTINCT FROM $3 THEN lease_generation + 1 ELSE lease_generation END,
+       delivered_epoch = CASE WHEN owner IS DISTINCT FROM $3 THEN epoch ELSE delivered_epoch END,
        delivered_transaction_id = CASE WHEN owner IS DISTINCT FROM $3 THEN transaction_id ELSE delivered_transaction_id END,
        delivered_position = CASE WHEN owner IS DISTINCT FROM $3 THEN position ELSE delivered_position END,
        owner = $3, lease_until = now() + make_interval(secs => $4)
  WHERE tenant_id = $1 AND group_name = $2 AND partition = ANY($5)
-RETURNING partition, epoch, transaction_id, position, lease_until";
+   AND (owner IS NULL OR owner = $3 OR lease_until IS NULL OR lease_until <= now())
+RETURNING partition, epoch, transaction_id, position, lease_until, lease_generation";
 
+/// Records a batch read up to `($4, $5, $6)` as delivered, fenced: only partitions still
+/// the member's at the generation the poll read (`$8`/`$9`, partition and generation).
+/// Their lease runs from now (the member has the batch only from now). The partitions
+/// returned are those whose events the batch may carry; the others changed hands while
+/// the poll was reading.
 const DELIVERED_SQL: &str = "\
-UPDATE consumer_partitions
-   SET delivered_epoch = $4, delivered_transaction_id = $5, delivered_position = $6
- WHERE tenant_id = $1 AND group_name = $2 AND owner = $3 AND partition = ANY($7)
-   AND (delivered_epoch, delivered_transaction_id, delivered_position) < ($4, $5, $6)";
+UPDATE consumer_partitions AS c
+   SET (delivered_epoch, delivered_transaction_id, delivered_position) = (
+         SELECT v.e, v.x, v.p FROM (VALUES (c.delivered_epoch, c.delivered_transaction_id, c.delivered_position),
+                                           ($4::integer, $5::xid8, $6::bigint)) AS v(e, x, p)
+          ORDER BY v.e DESC, v.x DESC, v.p DESC LIMIT 1),
+       lease_until = greatest(c.lease_until, now() + make_interval(secs => $7))
+  FROM unnest($8::integer[], $9::bigint[]) AS b(partition, generation)
+ WHERE c.tenant_id = $1 AND c.group_name = $2 AND c.owner = $3
+   AND c.partition = b.partition AND c.lease_generation = b.generation
+RETURNING c.partition, c.lease_until";
 
-/// Commits each of the member's partitions up to the smaller of the ack and what was
-/// delivered, when that moves it forward.
+/// Commits each partition the member holds on a live lease (with a lease token `$7`/`$8`:
+/// only the batch's partitions, at the batch's generation) up to the smaller of the ack
+/// and what was delivered to it under that ownership, when that moves it forward.
 const ACK_SQL: &str = "\
 UPDATE consumer_partitions
    SET (epoch, transaction_id, position) = (
@@ -110,13 +153,20 @@ UPDATE consumer_partitions
                                            ($4::integer, $5::xid8, $6::bigint)) AS c(e, x, p)
           ORDER BY c.e, c.x, c.p LIMIT 1),
        acked_at = now()
- WHERE tenant_id = $1 AND group_name = $2 AND owner = $3
+ WHERE tenant_id = $1 AND group_name = $2 AND owner = $3 AND lease_until > now()
+   AND ($7::integer[] IS NULL
+        OR (partition, lease_generation) IN (SELECT * FROM unnest($7::integer[], $8::bigint[])))
    AND (epoch, transaction_id, position) < (delivered_epoch, delivered_transaction_id, delivered_position)
    AND (epoch, transaction_id, position) < ($4, $5, $6)
 RETURNING partition";
 
-const OWNED_SQL: &str = "\
-SELECT count(*) FROM consumer_partitions WHERE tenant_id = $1 AND group_name = $2 AND owner = $3";
+/// Partitions the ack could apply to: held by the member on a live lease (and at the
+/// token's generation).
+const HELD_SQL: &str = "\
+SELECT count(*) FROM consumer_partitions
+ WHERE tenant_id = $1 AND group_name = $2 AND owner = $3 AND lease_until > now()
+   AND ($4::integer[] IS NULL
+        OR (partition, lease_generation) IN (SELECT * FROM unnest($4::integer[], $5::bigint[])))";
 
 const LOCATE_SQL: &str = "\
 SELECT epoch, transaction_id, position FROM events WHERE position = $1 AND tenant_id = $2";
@@ -206,6 +256,10 @@ pub struct PollBatch {
     pub events: Vec<FeedEvent>,
     /// Acknowledge this cursor once the batch is processed (`null`: nothing to ack).
     pub cursor: Option<String>,
+    /// The batch's fencing token (its partitions and their lease generations; `null`
+    /// without partitions). Send it back with the ack: the ack then commits only this
+    /// batch's partitions, and none that changed hands since.
+    pub lease: Option<String>,
 }
 
 /// `POST …/ack`: a cursor of the batch (usually its `cursor`), or an event's position.
@@ -215,6 +269,9 @@ pub struct AckRequest {
     pub member: String,
     pub cursor: Option<String>,
     pub position: Option<i64>,
+    /// The batch's `lease`. Without it the ack applies to every partition the member
+    /// holds now, up to what was delivered to it since it got each one.
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -224,8 +281,30 @@ pub struct Acked {
     pub cursor: String,
 }
 
+/// A failed statement of a poll, ack or view: a cancelled statement or lock wait (the
+/// `SET LOCAL` limits) is 503 `consumer_group_busy`, the rest as every query error.
 fn db(e: impl Into<QueryError>) -> ApiError {
-    ApiError::from(e.into())
+    match e.into() {
+        QueryError::Timeout => ApiError::GroupBusy,
+        other => ApiError::from(other),
+    }
+}
+
+/// The lease token of a batch: its partitions and their generations.
+fn encode_lease(parts: &[(i32, i64)]) -> Option<String> {
+    (!parts.is_empty()).then(|| crate::db::cursor::encode(&parts))
+}
+
+/// A lease token this server gave, as (partitions, generations); 422 `lease` otherwise.
+fn decode_lease(text: &str) -> Result<(Vec<i32>, Vec<i64>), ApiError> {
+    let parts: Vec<(i32, i64)> = crate::db::cursor::decode(text.trim())
+        .filter(|p: &Vec<(i32, i64)>| {
+            !p.is_empty()
+                && p.len() <= PARTITIONS as usize
+                && p.iter().all(|(n, _)| (0..PARTITIONS).contains(n))
+        })
+        .ok_or_else(|| ApiError::validation("lease", "not a lease of a batch of this server"))?;
+    Ok(parts.into_iter().unzip())
 }
 
 fn not_found(group: &str) -> ApiError {
@@ -311,11 +390,21 @@ pub struct Slot {
     pub in_flight: bool,
 }
 
-/// The member's fair share of the partitions among `members` live members: the
+/// The member's fair share of `partitions` among the live members (in name order): each
+/// gets `partitions / n`, and the first `partitions % n` of them one more. So the shares
+/// add up to the partitions and differ by at most one: nobody is starved while another
+/// member has more than its share.
+pub fn share(member: &str, live: &[String], partitions: usize) -> usize {
+    let n = live.len().max(1);
+    // The polling member was just recorded as live; if it somehow is not, it comes last.
+    let rank = live.iter().position(|m| m == member).unwrap_or(n - 1);
+    partitions / n + usize::from(rank < partitions % n)
+}
+
+/// The member's fair share of the partitions among the `live` members (`share`): the
 /// partitions it holds after this poll, and those it gives back.
-pub fn assign(member: &str, slots: &[Slot], members: i64) -> (Vec<i32>, Vec<i32>) {
-    let members = members.max(1) as usize;
-    let target = slots.len().div_ceil(members);
+pub fn assign(member: &str, slots: &[Slot], live: &[String]) -> (Vec<i32>, Vec<i32>) {
+    let target = share(member, live, slots.len());
     let mut mine: Vec<&Slot> = slots
         .iter()
         .filter(|s| s.owner.as_deref() == Some(member))
@@ -372,6 +461,7 @@ pub async fn poll(
     let lease_secs = lease as f64;
     let mut client = pool.get().await.map_err(db)?;
     let tx = client.transaction().await.map_err(db)?;
+    tx.batch_execute(GROUP_TIMEOUTS_SQL).await.map_err(db)?;
     let Some(row) = tx
         .query_opt(GROUP_FOR_UPDATE_SQL, &[&tenant, &group])
         .await
@@ -390,11 +480,13 @@ pub async fn poll(
     tx.execute(FORGET_MEMBERS_SQL, &[&tenant, &group])
         .await
         .map_err(db)?;
-    let members: i64 = tx
-        .query_one(LIVE_MEMBERS_SQL, &[&tenant, &group])
+    let live = tx
+        .query(LIVE_MEMBERS_SQL, &[&tenant, &group])
         .await
         .map_err(db)?
-        .try_get(0)
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<Vec<String>, _>>()
         .map_err(db)?;
     let slots = tx
         .query(SLOTS_SQL, &[&tenant, &group])
@@ -411,9 +503,9 @@ pub async fn poll(
         })
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()
         .map_err(db)?;
-    let (held, released) = assign(&req.member, &slots, members);
+    let (held, released) = assign(&req.member, &slots, &live);
     if !released.is_empty() {
-        tx.execute(RELEASE_SQL, &[&tenant, &group, &released])
+        tx.execute(RELEASE_SQL, &[&tenant, &group, &released, &req.member])
             .await
             .map_err(db)?;
     }
@@ -426,17 +518,22 @@ pub async fn poll(
         .map_err(db)?;
     tx.commit().await.map_err(db)?;
     let mut parts = Vec::with_capacity(rows.len());
-    let mut lease_until = None;
+    let mut generations = Vec::with_capacity(rows.len());
+    let mut lease_until: Option<DateTime<Utc>> = None;
     for r in &rows {
         let c = Cursor {
             epoch: r.try_get(1).map_err(db)?,
             transaction_id: r.try_get(2).map_err(db)?,
             position: r.try_get(3).map_err(db)?,
         };
-        parts.push((r.try_get::<_, i32>(0).map_err(db)?, c));
-        lease_until = r.try_get(4).map_err(db)?;
+        let partition: i32 = r.try_get(0).map_err(db)?;
+        parts.push((partition, c));
+        generations.push((partition, r.try_get::<_, i64>(5).map_err(db)?));
+        let until: DateTime<Utc> = r.try_get(4).map_err(db)?;
+        lease_until = Some(lease_until.map_or(until, |l| l.min(until)));
     }
     parts.sort_unstable_by_key(|(p, _)| *p);
+    generations.sort_unstable();
     let hidden = super::hidden();
     let filter = FeedFilter {
         tenant,
@@ -444,12 +541,18 @@ pub async fn poll(
         stream_types,
         event_types,
     };
-    let events = global::read_partitions(&**client, &filter, &parts, max).await?;
-    let last = events.last().map(Cursor::from);
-    let partitions: Vec<i32> = parts.iter().map(|(p, _)| *p).collect();
-    if let Some(c) = last {
-        client
-            .execute(
+    // The read and the delivery record in a transaction of their own, with a scan's time
+    // limit; the group's row lock was released with the assignment.
+    let tx = client.transaction().await.map_err(db)?;
+    tx.batch_execute(READ_TIMEOUTS_SQL).await.map_err(db)?;
+    let mut events = global::read_partitions(&*tx, &filter, &parts, max).await?;
+    if let Some(c) = events.last().map(Cursor::from) {
+        // Fencing: the batch keeps the events of the partitions still held at the
+        // generation read. A poll that outlived its lease while another member claimed a
+        // partition hands none of that partition's events: one member at a time.
+        let (ps, gs): (Vec<i32>, Vec<i64>) = generations.iter().copied().unzip();
+        let kept = tx
+            .query(
                 DELIVERED_SQL,
                 &[
                     &tenant,
@@ -458,12 +561,29 @@ pub async fn poll(
                     &c.epoch,
                     &c.transaction_id,
                     &c.position,
-                    &partitions,
+                    &lease_secs,
+                    &ps,
+                    &gs,
                 ],
             )
             .await
             .map_err(db)?;
+        let mut still = Vec::with_capacity(kept.len());
+        lease_until = None;
+        for r in &kept {
+            still.push(r.try_get::<_, i32>(0).map_err(db)?);
+            let until: DateTime<Utc> = r.try_get(1).map_err(db)?;
+            lease_until = Some(lease_until.map_or(until, |l| l.min(until)));
+        }
+        if still.len() < generations.len() {
+            FEED.fenced.inc_by((generations.len() - still.len()) as u64);
+            events.retain(|e| still.contains(&global::partition(e.stream_id)));
+            generations.retain(|(p, _)| still.contains(p));
+        }
     }
+    tx.commit().await.map_err(db)?;
+    let last = events.last().map(Cursor::from);
+    let partitions: Vec<i32> = generations.iter().map(|(p, _)| *p).collect();
     let outcome = if events.is_empty() { "empty" } else { "events" };
     FEED.polls.with_label_values(&[outcome]).inc();
     FEED.delivered
@@ -475,6 +595,7 @@ pub async fn poll(
         lease_until,
         events: events.into_iter().map(FeedEvent::from).collect(),
         cursor: last.map(cursor::encode),
+        lease: encode_lease(&generations),
     })
 }
 
@@ -487,7 +608,16 @@ pub async fn ack(
     req: &AckRequest,
 ) -> Result<Acked, ApiError> {
     check_member(&req.member)?;
-    let client = pool.get().await.map_err(db)?;
+    let (lease_parts, lease_generations) = match &req.lease {
+        Some(l) => {
+            let (p, g) = decode_lease(l)?;
+            (Some(p), Some(g))
+        }
+        None => (None, None),
+    };
+    let mut client = pool.get().await.map_err(db)?;
+    let client = client.transaction().await.map_err(db)?;
+    client.batch_execute(GROUP_TIMEOUTS_SQL).await.map_err(db)?;
     if client
         .query_opt(GROUP_SQL, &[&tenant, &group])
         .await
@@ -529,6 +659,8 @@ pub async fn ack(
                 &at.epoch,
                 &at.transaction_id,
                 &at.position,
+                &lease_parts,
+                &lease_generations,
             ],
         )
         .await
@@ -540,19 +672,29 @@ pub async fn ack(
         .map_err(db)?;
     partitions.sort_unstable();
     if partitions.is_empty() {
-        let owned: i64 = client
-            .query_one(OWNED_SQL, &[&tenant, &group, &req.member])
+        let held: i64 = client
+            .query_one(
+                HELD_SQL,
+                &[
+                    &tenant,
+                    &group,
+                    &req.member,
+                    &lease_parts,
+                    &lease_generations,
+                ],
+            )
             .await
             .map_err(db)?
             .try_get(0)
             .map_err(db)?;
-        if owned == 0 {
+        if held == 0 {
             return Err(ApiError::Refused(format!(
-                "member {:?} holds no partition of group {group:?}: its lease expired and its events go to another member",
+                "member {:?} holds none of these partitions of group {group:?} on a live lease: its lease expired or they changed hands; their events go to their owner (poll again)",
                 req.member
             )));
         }
     }
+    client.commit().await.map_err(db)?;
     Ok(Acked {
         partitions,
         cursor: cursor::encode(at),
@@ -560,8 +702,8 @@ pub async fn ack(
 }
 
 /// Lag per partition of a group.
-async fn lag(
-    client: &tokio_postgres::Client,
+async fn lag<C: tokio_postgres::GenericClient>(
+    client: &C,
     tenant: &str,
     stream_types: Option<Vec<String>>,
     event_types: Option<Vec<String>>,
@@ -579,7 +721,10 @@ async fn lag(
 
 /// The group: filters, partitions with owners, cursors and lag, members.
 pub async fn view(pool: &Pool, tenant: &str, group: &str) -> Result<GroupView, ApiError> {
-    let client = pool.get().await.map_err(db)?;
+    let mut client = pool.get().await.map_err(db)?;
+    // Lag counting is a scan: a scan's time limit, and never a long wait for a lock.
+    let client = client.transaction().await.map_err(db)?;
+    client.batch_execute(READ_TIMEOUTS_SQL).await.map_err(db)?;
     let Some(row) = client
         .query_opt(GROUP_SQL, &[&tenant, &group])
         .await
@@ -617,7 +762,7 @@ pub async fn view(pool: &Pool, tenant: &str, group: &str) -> Result<GroupView, A
             lag: 0,
         });
     }
-    let lags = lag(&client, tenant, stream_types, event_types, &cursors).await?;
+    let lags = lag(&*client, tenant, stream_types, event_types, &cursors).await?;
     for (p, n) in &lags {
         if let Some(v) = partitions.iter_mut().find(|v| v.partition == *p) {
             v.lag = *n;
@@ -681,7 +826,7 @@ pub async fn refresh_lag(pool: &Pool) -> Result<(), ApiError> {
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()
             .map_err(db)?;
         let lags = lag(
-            &client,
+            &**client,
             &tenant,
             g.try_get(2).map_err(db)?,
             g.try_get(3).map_err(db)?,
@@ -718,15 +863,23 @@ mod tests {
             .collect()
     }
 
+    fn live(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
     #[test]
     fn a_lone_member_takes_everything_and_a_second_gets_half_once_the_first_gives_back() {
         let free = slots(&[(None, false, false); 4]);
-        assert_eq!(assign("a", &free, 1), (vec![0, 1, 2, 3], vec![]));
+        assert_eq!(
+            assign("a", &free, &live(&["a"])),
+            (vec![0, 1, 2, 3], vec![])
+        );
         // b arrives: a holds everything, b gets nothing yet…
         let held = slots(&[(Some("a"), true, false); 4]);
-        assert_eq!(assign("b", &held, 2), (vec![], vec![]));
+        let ab = live(&["a", "b"]);
+        assert_eq!(assign("b", &held, &ab), (vec![], vec![]));
         // …a's next poll gives back its surplus, highest first…
-        assert_eq!(assign("a", &held, 2), (vec![0, 1], vec![3, 2]));
+        assert_eq!(assign("a", &held, &ab), (vec![0, 1], vec![3, 2]));
         // …but not a partition with a batch in flight.
         let busy = slots(&[
             (Some("a"), true, true),
@@ -734,7 +887,7 @@ mod tests {
             (Some("a"), true, true),
             (Some("a"), true, true),
         ]);
-        assert_eq!(assign("a", &busy, 2), (vec![0, 2, 3], vec![1]));
+        assert_eq!(assign("a", &busy, &ab), (vec![0, 2, 3], vec![1]));
     }
 
     #[test]
@@ -745,9 +898,54 @@ mod tests {
             (Some("b"), true, false),
             (Some("b"), true, false),
         ]);
-        assert_eq!(assign("b", &s, 1), (vec![0, 1, 2, 3], vec![]));
-        assert_eq!(assign("c", &s, 2), (vec![0, 1], vec![]));
+        assert_eq!(assign("b", &s, &live(&["b"])), (vec![0, 1, 2, 3], vec![]));
+        assert_eq!(assign("c", &s, &live(&["b", "c"])), (vec![0, 1], vec![]));
         // A member whose own lease lapsed keeps its partitions while nobody took them.
-        assert_eq!(assign("a", &s, 2), (vec![0, 1], vec![]));
+        assert_eq!(assign("a", &s, &live(&["a", "b"])), (vec![0, 1], vec![]));
+    }
+
+    #[test]
+    fn shares_add_up_to_the_partitions_and_differ_by_at_most_one() {
+        for n in 1..=20usize {
+            let names: Vec<String> = (0..n).map(|i| format!("m{i:02}")).collect();
+            let shares: Vec<usize> = names.iter().map(|m| share(m, &names, 16)).collect();
+            assert_eq!(shares.iter().sum::<usize>(), 16, "{n} members: {shares:?}");
+            let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{n} members: {shares:?}");
+            if n <= 16 {
+                assert!(*lo >= 1, "{n} members: nobody starves: {shares:?}");
+            }
+        }
+        // 16 partitions, 5 members: 4, 3, 3, 3, 3 (not 4, 4, 4, 4, 0).
+        let five = live(&["a", "b", "c", "d", "e"]);
+        let shares: Vec<usize> = five.iter().map(|m| share(m, &five, 16)).collect();
+        assert_eq!(shares, vec![4, 3, 3, 3, 3]);
+    }
+
+    #[test]
+    fn five_members_polling_in_turn_end_with_every_partition_shared_fairly() {
+        // Members poll in turn and acknowledge at once (nothing stays in flight): the
+        // assignment settles with each partition held once and shares of 4, 3, 3, 3, 3.
+        let names = live(&["a", "b", "c", "d", "e"]);
+        let mut s = slots(&[(None, false, false); 16]);
+        for _ in 0..3 {
+            for m in &names {
+                let (held, released) = assign(m, &s, &names);
+                for slot in s.iter_mut() {
+                    if released.contains(&slot.partition) {
+                        slot.owner = None;
+                    }
+                    if held.contains(&slot.partition) {
+                        slot.owner = Some(m.clone());
+                        slot.live = true;
+                    }
+                }
+            }
+        }
+        let counts: Vec<usize> = names
+            .iter()
+            .map(|m| s.iter().filter(|x| x.owner.as_ref() == Some(m)).count())
+            .collect();
+        assert_eq!(counts, vec![4, 3, 3, 3, 3]);
     }
 }

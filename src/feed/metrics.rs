@@ -6,7 +6,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::telemetry::{reg, METRICS};
 
@@ -18,6 +18,8 @@ pub struct FeedMetrics {
     pub delivered: IntCounterVec,
     pub sse_connections: IntGauge,
     pub polls: IntCounterVec,
+    /// Partitions dropped from a batch because they changed hands while the poll read.
+    pub fenced: IntCounter,
     pub group_lag: IntGaugeVec,
 }
 
@@ -59,6 +61,13 @@ fn build() -> Result<FeedMetrics, prometheus::Error> {
                     "Consumer group polls by outcome (events, empty)",
                 ),
                 &["outcome"],
+            )?,
+        )?,
+        fenced: reg(
+            r,
+            IntCounter::new(
+                "cloudlens_consumer_group_fenced_partitions_total",
+                "Partitions left out of a consumer group batch: another member claimed them while the poll was reading (its lease ran out)",
             )?,
         )?,
         group_lag: reg(

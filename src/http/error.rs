@@ -102,6 +102,11 @@ pub enum ApiError {
     /// 503 `query_timeout`: a scanning query ran past `CLOUDLENS_SCAN_TIMEOUT_MS`.
     #[error("the query ran too long and was cancelled; narrow the range or the grouping")]
     QueryTimeout,
+    /// 503 `consumer_group_busy` with Retry-After: a consumer group's poll, ack or view
+    /// ran past its statement time limit or waited too long for a lock (another poll of
+    /// the group stuck); nothing was changed.
+    #[error("the consumer group is busy: a statement or a lock wait ran past its limit; retry")]
+    GroupBusy,
     /// 422 `too_many_points`: a query would return more points than the server's limit;
     /// the detail names a bucket that would fit.
     #[error("{message}")]
@@ -165,6 +170,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "database_unavailable",
             ApiError::ReadModelBehind(_) => "read_model_behind",
             ApiError::QueryTimeout => "query_timeout",
+            ApiError::GroupBusy => "consumer_group_busy",
             ApiError::EncryptionUnavailable => "encryption_unavailable",
             ApiError::VectorSearchUnavailable(_) => "vector_search_unavailable",
             ApiError::Internal(_) => "internal_error",
@@ -240,6 +246,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_)
             | ApiError::ReadModelBehind(_)
             | ApiError::QueryTimeout
+            | ApiError::GroupBusy
             | ApiError::EncryptionUnavailable
             | ApiError::VectorSearchUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

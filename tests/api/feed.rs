@@ -531,3 +531,420 @@ async fn a_group_delivers_every_event_in_stream_order_and_hands_a_dead_members_e
         .iter()
         .all(|p| p["owner"] == "b"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Consumer groups: shares, leases, fencing, and members dying while writers append.
+
+async fn put_group(app: &TestApp, group: &str, stream_type: &str) {
+    let res = app
+        .client
+        .put(app.url(&format!("/api/v1/consumers/{group}")))
+        .send_json(&json!({"filters": {"stream_types": [stream_type]}}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+}
+
+async fn poll_group(app: &TestApp, group: &str, member: &str, max: i64, lease: i64) -> Value {
+    let mut res = app
+        .post_json(
+            &format!("/api/v1/consumers/{group}/poll"),
+            &json!({"member": member, "max": max, "lease_seconds": lease}),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "{:?}", res.body().await);
+    body(res).await
+}
+
+/// Acknowledges a batch the way a client does: its cursor and its lease token.
+async fn ack_batch(app: &TestApp, group: &str, member: &str, batch: &Value) -> (u16, Value) {
+    let res = app
+        .post_json(
+            &format!("/api/v1/consumers/{group}/ack"),
+            &json!({"member": member, "cursor": batch["cursor"], "lease": batch["lease"]}),
+        )
+        .await;
+    let status = res.status().as_u16();
+    (status, body(res).await)
+}
+
+async fn group_view(app: &TestApp, group: &str) -> Value {
+    let res = app.get(&format!("/api/v1/consumers/{group}")).await;
+    assert_eq!(res.status(), 200);
+    body(res).await
+}
+
+/// Partition owners from the group's view: partition → owner (None: free).
+fn owners(view: &Value) -> Vec<Option<String>> {
+    view["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["owner"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn positions(batch: &Value) -> BTreeSet<i64> {
+    batch["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect()
+}
+
+/// Every partition held by exactly one of `members`, shares differing by at most one, and
+/// each member's last batch naming exactly the partitions the view gives it.
+fn assert_fair(view: &Value, members: &[&str], last: &HashMap<&'static str, Value>) {
+    let owners = owners(view);
+    assert_eq!(owners.len(), 16, "{view}");
+    let mut shares: BTreeMap<&str, Vec<i64>> = members.iter().map(|m| (*m, vec![])).collect();
+    for (p, o) in owners.iter().enumerate() {
+        let o = o
+            .as_deref()
+            .unwrap_or_else(|| panic!("partition {p} free: {view}"));
+        shares
+            .get_mut(o)
+            .unwrap_or_else(|| panic!("partition {p} held by {o}, not a live member: {view}"))
+            .push(p as i64);
+    }
+    let sizes: Vec<usize> = shares.values().map(Vec::len).collect();
+    let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+    assert!(hi - lo <= 1, "shares {shares:?}");
+    assert!(*lo >= 1, "a member starves: {shares:?}");
+    for (m, held) in &shares {
+        let said: Vec<i64> = last[m]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_i64().unwrap())
+            .collect();
+        assert_eq!(&said, held, "{m}'s last batch against the view");
+    }
+}
+
+/// Each member polls and acknowledges in turn (so nothing stays in flight and surplus
+/// partitions can be given back); three rounds settle any assignment. Each one's last
+/// batch.
+async fn share_rounds(app: &TestApp, members: &[&'static str]) -> HashMap<&'static str, Value> {
+    let mut last = HashMap::new();
+    for _ in 0..3 {
+        for m in members {
+            let batch = poll_group(app, "share", m, 4, 30).await;
+            if batch["cursor"].is_string() {
+                assert_eq!(ack_batch(app, "share", m, &batch).await.0, 200);
+            }
+            last.insert(*m, batch);
+        }
+    }
+    last
+}
+
+#[actix_web::test]
+async fn live_members_share_the_partitions_one_owner_each_differing_by_at_most_one() {
+    let app = spawn_app().await;
+    for i in 0..10 {
+        budget(&app, "default", &format!("s{i}"), i % 2).await;
+    }
+    put_group(&app, "share", "budget").await;
+    let two = share_rounds(&app, &["a", "b"]).await;
+    let view = group_view(&app, "share").await;
+    assert_fair(&view, &["a", "b"], &two);
+    let three = share_rounds(&app, &["a", "b", "c"]).await;
+    let view = group_view(&app, "share").await;
+    assert_fair(&view, &["a", "b", "c"], &three);
+    let mut sizes: Vec<usize> = ["a", "b", "c"]
+        .iter()
+        .map(|m| three[m]["partitions"].as_array().unwrap().len())
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, vec![5, 5, 6]);
+    // Every event went out and was acknowledged.
+    assert_eq!(view["lag"], 0, "{view}");
+}
+
+#[actix_web::test]
+async fn a_member_whose_lease_expired_cannot_ack_and_another_member_gets_its_events() {
+    let app = spawn_app().await;
+    for i in 0..8 {
+        budget(&app, "default", &format!("l{i}"), i % 3).await;
+    }
+    put_group(&app, "lapse", "budget").await;
+    let a = poll_group(&app, "lapse", "a", 1000, 1).await;
+    let held = positions(&a);
+    let written: BTreeSet<i64> = log_order(&app.conn, "default", "budget")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(held, written, "{a}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // a's lease is over: b, the only live member, takes every partition and gets a's
+    // unacknowledged events.
+    let b = poll_group(&app, "lapse", "b", 1000, 30).await;
+    assert_eq!(b["partitions"].as_array().unwrap().len(), 16, "{b}");
+    assert_eq!(positions(&b), held);
+    // a's late acks are refused, by batch and by position, and commit nothing.
+    let (status, problem) = ack_batch(&app, "lapse", "a", &a).await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["code"], "command_refused");
+    let last = a["events"].as_array().unwrap().last().unwrap()["position"].clone();
+    let res = app
+        .post_json(
+            "/api/v1/consumers/lapse/ack",
+            &json!({"member": "a", "position": last}),
+        )
+        .await;
+    assert_eq!(res.status(), 409);
+    let view = group_view(&app, "lapse").await;
+    assert_eq!(view["lag"], held.len() as i64, "{view}");
+    assert!(owners(&view).iter().all(|o| o.as_deref() == Some("b")));
+    // b's ack commits them.
+    assert_eq!(ack_batch(&app, "lapse", "b", &b).await.0, 200);
+    assert_eq!(group_view(&app, "lapse").await["lag"], 0);
+}
+
+#[actix_web::test]
+async fn a_stale_ack_after_ownership_moved_commits_nothing() {
+    let app = spawn_app().await;
+    for i in 0..6 {
+        budget(&app, "default", &format!("t{i}"), 1).await;
+    }
+    put_group(&app, "stale", "budget").await;
+    let a1 = poll_group(&app, "stale", "a", 1000, 1).await;
+    let all = positions(&a1);
+    let written: BTreeSet<i64> = log_order(&app.conn, "default", "budget")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(all, written);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let b = poll_group(&app, "stale", "b", 1000, 1).await;
+    assert_eq!(positions(&b), all);
+    // a's ack of its batch, the partitions now b's: nothing moves.
+    assert_eq!(ack_batch(&app, "stale", "a", &a1).await.0, 409);
+    assert_eq!(group_view(&app, "stale").await["lag"], all.len() as i64);
+    // b dies too; a comes back and takes every partition again, under a new lease.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let a2 = poll_group(&app, "stale", "a", 1000, 30).await;
+    assert_eq!(a2["partitions"].as_array().unwrap().len(), 16, "{a2}");
+    assert_eq!(positions(&a2), all);
+    assert_ne!(a2["lease"], a1["lease"]);
+    // Acks of batches of earlier ownerships commit nothing: a's first batch (its lease
+    // token names generations since replaced) and b's.
+    assert_eq!(ack_batch(&app, "stale", "a", &a1).await.0, 409);
+    assert_eq!(ack_batch(&app, "stale", "b", &b).await.0, 409);
+    let view = group_view(&app, "stale").await;
+    assert_eq!(view["lag"], all.len() as i64, "{view}");
+    // The batch of the current ownership commits.
+    let (status, acked) = ack_batch(&app, "stale", "a", &a2).await;
+    assert_eq!(status, 200, "{acked}");
+    assert!(!acked["partitions"].as_array().unwrap().is_empty());
+    assert_eq!(group_view(&app, "stale").await["lag"], 0);
+}
+
+/// One batch as a member got it.
+struct Delivery {
+    member: &'static str,
+    /// When the response arrived (after the server handed the batch out).
+    received: chrono::DateTime<chrono::Utc>,
+    lease_until: chrono::DateTime<chrono::Utc>,
+    /// (stream id, version, position, partition)
+    events: Vec<(String, i64, i64, i64)>,
+    /// When the ack's answer (200) arrived, and the partitions it committed.
+    acked: Option<(chrono::DateTime<chrono::Utc>, BTreeSet<i64>)>,
+}
+
+/// A member's loop: poll, ack, until `done`; `killed`: it stops for good, without acking,
+/// after its first batch with events.
+async fn member_loop(
+    app: &TestApp,
+    member: &'static str,
+    killed: bool,
+    done: &std::sync::atomic::AtomicBool,
+) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        let batch = poll_group(app, "live", member, 25, 3).await;
+        let received = chrono::Utc::now();
+        let events: Vec<(String, i64, i64, i64)> = batch["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let id = e["stream_id"].as_str().unwrap().to_owned();
+                let partition = cloudlens::eventstore::global::partition(id.parse().unwrap());
+                (
+                    id,
+                    e["version"].as_i64().unwrap(),
+                    e["position"].as_i64().unwrap(),
+                    i64::from(partition),
+                )
+            })
+            .collect();
+        let held: BTreeSet<i64> = batch["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_i64().unwrap())
+            .collect();
+        for (_, _, _, p) in &events {
+            assert!(
+                held.contains(p),
+                "{member} got an event of partition {p} it does not hold"
+            );
+        }
+        let mut d = Delivery {
+            member,
+            received,
+            lease_until: match batch["lease_until"].as_str() {
+                Some(t) => t.parse().unwrap(),
+                None => received,
+            },
+            events,
+            acked: None,
+        };
+        if killed && !d.events.is_empty() {
+            out.push(d);
+            return out;
+        }
+        if batch["cursor"].is_string() {
+            let (status, acked) = ack_batch(app, "live", member, &batch).await;
+            // 409: the lease ran out meanwhile (a slow machine); the events come again.
+            assert!(status == 200 || status == 409, "{status} {acked}");
+            if status == 200 {
+                let parts = acked["partitions"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_i64().unwrap())
+                    .collect();
+                d.acked = Some((chrono::Utc::now(), parts));
+            }
+        }
+        let idle = d.events.is_empty();
+        out.push(d);
+        if idle {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    out
+}
+
+#[actix_web::test]
+async fn members_polling_while_writers_append_and_one_is_killed_account_for_every_event() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let app = spawn_app().await;
+    put_group(&app, "live", "counter").await;
+    let writer_store = store(&app.conn, 2);
+    let done = AtomicBool::new(false);
+    let writers = futures::future::join_all((0..2).map(|_| {
+        let s = &writer_store;
+        async move {
+            let ids: Vec<uuid::Uuid> = (0..20).map(|_| uuid::Uuid::new_v4()).collect();
+            for v in 0..8 {
+                for id in &ids {
+                    append_counter_events(s, *id, v, 1).await;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    }));
+    let coordinator = async {
+        writers.await;
+        // Members go on until the group has acknowledged everything (the killed member's
+        // partitions included, once its lease ran out and another member took them).
+        let settled = eventually(Duration::from_secs(180), || async {
+            (group_view(&app, "live").await["lag"] == 0).then_some(())
+        })
+        .await;
+        done.store(true, Ordering::SeqCst);
+        assert!(settled.is_some(), "{}", group_view(&app, "live").await);
+    };
+    let members = futures::future::join_all(
+        [
+            ("m1", false),
+            ("m2", false),
+            ("m3", false),
+            ("killed", true),
+        ]
+        .into_iter()
+        .map(|(m, killed)| member_loop(&app, m, killed, &done)),
+    );
+    let ((), runs) = futures::join!(coordinator, members);
+    let deliveries: Vec<Delivery> = runs.into_iter().flatten().collect();
+
+    // The killed member did take a batch and never acknowledged it.
+    let last_of_killed = deliveries.iter().rfind(|d| d.member == "killed").unwrap();
+    assert!(!last_of_killed.events.is_empty() && last_of_killed.acked.is_none());
+
+    // Every event was delivered and acknowledged at least once: it lies in a batch whose
+    // ack committed its partition.
+    let written: BTreeSet<i64> = log_order(&app.conn, "default", "counter")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(written.len(), 2 * 20 * 8);
+    let mut acked = BTreeSet::new();
+    for d in &deliveries {
+        if let Some((_, parts)) = &d.acked {
+            for (_, _, pos, p) in &d.events {
+                if parts.contains(p) {
+                    acked.insert(*pos);
+                }
+            }
+        }
+    }
+    let missing: Vec<&i64> = written.difference(&acked).collect();
+    assert!(missing.is_empty(), "never acknowledged: {missing:?}");
+    assert!(
+        deliveries
+            .iter()
+            .filter(|d| d.member != "killed")
+            .any(|d| d.events.iter().any(|e| last_of_killed.events.contains(e))),
+        "the killed member's events went to another member"
+    );
+
+    // Within a batch, each stream's events come in version order.
+    for d in &deliveries {
+        let mut last: HashMap<&str, i64> = HashMap::new();
+        for (id, v, _, _) in &d.events {
+            if let Some(prev) = last.insert(id, *v) {
+                assert!(*v > prev, "{id}: version {v} after {prev} in one batch");
+            }
+        }
+    }
+    // One member at a time per stream: a batch with events of a stream reaches another
+    // member only after the earlier member's lease ran out or its ack (which let it give
+    // the partition back) came back.
+    let mut by_stream: BTreeMap<&str, Vec<&Delivery>> = BTreeMap::new();
+    for d in &deliveries {
+        let streams: BTreeSet<&str> = d.events.iter().map(|(id, ..)| id.as_str()).collect();
+        for s in streams {
+            by_stream.entry(s).or_default().push(d);
+        }
+    }
+    for (stream, mut ds) in by_stream {
+        ds.sort_by_key(|d| d.received);
+        for (i, later) in ds.iter().enumerate() {
+            for earlier in &ds[..i] {
+                if earlier.member == later.member {
+                    continue;
+                }
+                let over = later.received > earlier.lease_until
+                    || earlier
+                        .acked
+                        .as_ref()
+                        .is_some_and(|(at, _)| *at < later.received);
+                assert!(
+                    over,
+                    "stream {stream}: {} got a batch at {} while {}'s lease ran until {} (acked: {:?})",
+                    later.member,
+                    later.received,
+                    earlier.member,
+                    earlier.lease_until,
+                    earlier.acked.as_ref().map(|(at, _)| at)
+                );
+            }
+        }
+    }
+}
