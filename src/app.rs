@@ -211,6 +211,21 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         stop: shutdown_rx,
     };
     let scans = db::scan_pool(&conn, settings.read_pool_size.max(2), settings.scan_timeout)?;
+    let replica = match &settings.replica_url {
+        Some(url) => {
+            let replica = db::replica::Replica::new(
+                db::Reader::new(url, settings.read_pool_size, settings.read_tenants),
+                db::scan_pool(url, settings.read_pool_size.max(2), settings.scan_timeout)?,
+            );
+            tasks.push(tokio::spawn(db::replica::run_monitor(
+                replica.clone(),
+                reads.clone(),
+                started.stop.clone(),
+            )));
+            Some(replica)
+        }
+        None => None,
+    };
     let keyring = http::auth::Keyring::new(&settings);
     let vector = std::sync::Arc::new(crate::documents::vector::VectorIndex::default());
     // Not one of the background tasks that shutdown waits for: an index build may be
@@ -225,6 +240,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         store,
         reads,
         scans,
+        replica,
         projections: registry,
         conn,
         progress,

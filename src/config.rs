@@ -9,6 +9,9 @@ use std::time::Duration;
 pub struct Settings {
     /// When set, the server uses this database and manages no cluster of its own.
     pub database_url: Option<String>,
+    /// A streaming replica of that database (`CLOUDLENS_REPLICA_URL`): read-model queries
+    /// go there while it answers (`db::replica`).
+    pub replica_url: Option<String>,
     /// Where the self-managed cluster keeps its data (`pgdata/`) and socket (`run/`).
     pub data_dir: PathBuf,
     /// Port of the self-managed cluster (it listens on its unix socket only).
@@ -110,6 +113,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             database_url: None,
+            replica_url: None,
             data_dir: PathBuf::from("./var"),
             pg_port: 54329,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -172,6 +176,7 @@ impl Settings {
         let mut s = Self::default();
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         s.database_url = var("DATABASE_URL");
+        s.replica_url = var("CLOUDLENS_REPLICA_URL");
         if let Some(v) = var("CLOUDLENS_DATA_DIR") {
             s.data_dir = PathBuf::from(v);
         }

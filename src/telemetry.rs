@@ -126,6 +126,12 @@ pub struct Metrics {
     pub projector_errors: IntCounterVec,
     pub rebuild_position: IntGaugeVec,
     pub min_position_wait: Histogram,
+    /// `CLOUDLENS_REPLICA_URL` (`db::replica`): whether queries go to the replica, how far
+    /// it is behind, and where queries were served.
+    pub replica_up: IntGauge,
+    pub replica_lag_bytes: IntGauge,
+    pub replica_lag_seconds: prometheus::Gauge,
+    pub replica_queries: IntCounterVec,
     pub pool_size: IntGauge,
     pub pool_available: IntGauge,
     pub pool_waiting: IntGauge,
@@ -312,6 +318,37 @@ fn build() -> Result<Metrics, prometheus::Error> {
                     "Time queries waited for min_position",
                 )
                 .buckets(latency_buckets()),
+            )?,
+        )?,
+        replica_up: reg(
+            r,
+            IntGauge::new(
+                "cloudlens_replica_up",
+                "1 while queries go to the replica (CLOUDLENS_REPLICA_URL), 0 while they fall back to the primary",
+            )?,
+        )?,
+        replica_lag_bytes: reg(
+            r,
+            IntGauge::new(
+                "cloudlens_replica_lag_bytes",
+                "WAL bytes the replica has yet to replay",
+            )?,
+        )?,
+        replica_lag_seconds: reg(
+            r,
+            prometheus::Gauge::new(
+                "cloudlens_replica_lag_seconds",
+                "Age of the last transaction the replica replayed while it is behind (0 when caught up)",
+            )?,
+        )?,
+        replica_queries: reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "cloudlens_replica_queries_total",
+                    "Read-model queries by the database that served them, when a replica is configured",
+                ),
+                &["served_by"],
             )?,
         )?,
         pool_size: reg(

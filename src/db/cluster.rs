@@ -142,6 +142,35 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Makes this cluster, if it has no data yet, a streaming hot standby of `primary`
+    /// (`pg_basebackup -R`: the copy and `primary_conninfo` + `standby.signal`), then starts
+    /// it. Tests and the replica benchmark use it; production standbys come from the
+    /// operator (k8s/overlays/cnpg).
+    pub fn start_standby_of(&self, primary: &LocalCluster) -> anyhow::Result<()> {
+        for dir in [self.data_dir(), self.socket_dir(), self.base.join("log")] {
+            fs::create_dir_all(&dir)?;
+            self.give_to_os_user(&dir)?;
+        }
+        if !self.data_dir().join("PG_VERSION").exists() {
+            let data = self.data_dir();
+            // pg_basebackup keeps the directory's mode; the server insists on 0700.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&data, fs::Permissions::from_mode(0o700))?;
+            let socket = primary.socket_dir();
+            let status = self
+                .pg_command("pg_basebackup")
+                .args(["-D", path_str(&data)?, "-R", "-X", "stream", "-c", "fast"])
+                .args(["-h", path_str(&socket)?, "-p", &primary.port.to_string()])
+                .args(["-U", DB_USER])
+                .status()
+                .context("cannot run pg_basebackup")?;
+            if !status.success() {
+                bail!("pg_basebackup failed ({status})");
+            }
+        }
+        self.ensure_running()
+    }
+
     /// Stops the cluster (fast shutdown: active sessions are ended, data is flushed).
     pub fn stop(&self) -> anyhow::Result<()> {
         if !self.is_running()? {

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod cursor;
 pub mod reader;
+pub mod replica;
 pub mod stats;
 pub mod tls;
 

@@ -29,12 +29,14 @@ pub struct AppState {
     pub settings: Settings,
     /// The write side: appends and stream loads.
     pub store: EventStore,
-    /// Queries read through connections of their own. (A replica could serve the queries
-    /// later; the `min_position` check reads the writers' locks and stays on the primary.)
+    /// Shared connections to the primary: the `min_position` check (it reads the writers'
+    /// locks), the key check, admin reads, and queries when there is no replica.
     pub reads: Reader,
     /// Queries that scan many rows (cost breakdowns) get pooled connections of their own,
     /// so they never hold up the point reads pipelined on `reads`.
     pub scans: deadpool_postgres::Pool,
+    /// `CLOUDLENS_REPLICA_URL`: read-model queries go there while it is up (`db::replica`).
+    pub replica: Option<crate::db::replica::Replica>,
     pub projections: Registry,
     /// Connection string for dedicated connections (rebuilds).
     pub conn: String,
@@ -71,8 +73,30 @@ impl AppState {
         projections: &[&str],
         min_position: Option<i64>,
     ) -> Result<Arc<ReadConnection>, ApiError> {
-        self.wait(projections, min_position).await?;
+        let replica = self.wait(projections, min_position).await?;
+        if let Some(r) = replica {
+            match r.reads.tenant(tenant).await {
+                Ok(c) => {
+                    METRICS
+                        .replica_queries
+                        .with_label_values(&["replica"])
+                        .inc();
+                    return Ok(c);
+                }
+                Err(e) => r.mark_down(&e),
+            }
+        }
+        self.count_primary();
         Ok(self.reads.tenant(tenant).await?)
+    }
+
+    fn count_primary(&self) {
+        if self.replica.is_some() {
+            METRICS
+                .replica_queries
+                .with_label_values(&["primary"])
+                .inc();
+        }
     }
 
     /// A connection as the owner, for the admin API's reads across tenants (API keys).
@@ -81,11 +105,44 @@ impl AppState {
         projection: &str,
         min_position: Option<i64>,
     ) -> Result<Arc<ReadConnection>, ApiError> {
-        self.wait(&[projection], min_position).await?;
+        self.wait_primary(&[projection], min_position).await?;
         Ok(self.reads.get().await?)
     }
 
-    async fn wait(&self, projections: &[&str], min_position: Option<i64>) -> Result<(), ApiError> {
+    /// Waits until the read models reflect `min_position` where the query will read them:
+    /// on the primary, then (when the replica is up) until the replica replayed that far.
+    /// The replica to read from, if any.
+    async fn wait(
+        &self,
+        projections: &[&str],
+        min_position: Option<i64>,
+    ) -> Result<Option<&crate::db::replica::Replica>, ApiError> {
+        self.wait_primary(projections, min_position).await?;
+        let Some(replica) = self.replica.as_ref().filter(|r| r.is_up()) else {
+            return Ok(None);
+        };
+        let Some(target) = min_position.filter(|p| *p > 0) else {
+            return Ok(Some(replica));
+        };
+        match replica
+            .wait_replayed(&self.reads, self.settings.min_position_timeout)
+            .await
+        {
+            Ok(true) => Ok(Some(replica)),
+            Ok(false) => Err(ApiError::ReadModelBehind(target)),
+            Err(e) => {
+                // Down while we waited: the primary has it all.
+                replica.mark_down(&e);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn wait_primary(
+        &self,
+        projections: &[&str],
+        min_position: Option<i64>,
+    ) -> Result<(), ApiError> {
         if let Some(target) = min_position.filter(|p| *p > 0) {
             for projection in projections {
                 let p = self
@@ -110,12 +167,33 @@ impl AppState {
         projections: &[&str],
         min_position: Option<i64>,
     ) -> Result<deadpool_postgres::Object, ApiError> {
-        self.wait(projections, min_position).await?;
-        let client = self
-            .scans
-            .get()
-            .await
-            .map_err(crate::db::QueryError::from)?;
+        let replica = self.wait(projections, min_position).await?;
+        let client = match replica {
+            Some(r) => match r.scans.get().await {
+                Ok(c) => {
+                    METRICS
+                        .replica_queries
+                        .with_label_values(&["replica"])
+                        .inc();
+                    c
+                }
+                Err(e) => {
+                    r.mark_down(&crate::db::QueryError::from(e));
+                    self.count_primary();
+                    self.scans
+                        .get()
+                        .await
+                        .map_err(crate::db::QueryError::from)?
+                }
+            },
+            None => {
+                self.count_primary();
+                self.scans
+                    .get()
+                    .await
+                    .map_err(crate::db::QueryError::from)?
+            }
+        };
         let bind = client
             .prepare_cached(crate::db::reader::BIND_TENANT_SQL)
             .await

@@ -22,6 +22,7 @@ mod jobs;
 mod projections;
 mod prometheus;
 mod protocol;
+mod replica;
 mod store;
 mod tagging;
 mod tenancy;

@@ -1,0 +1,182 @@
+//! Queries on a streaming replica (`CLOUDLENS_REPLICA_URL`, ADR 0030).
+//!
+//! Commands, projectors, the event feed and consumer groups stay on the primary; the
+//! queries of read models (`AppState::read_model`, `AppState::scan`) go to the replica
+//! while it is up, and to the primary while it is not.
+//!
+//! Read-your-writes: a query with `min_position` first waits, as without a replica, until
+//! the projectors on the primary reflect the position. The read model rows that show it
+//! were then committed on the primary, so the query next waits until the replica has
+//! replayed the primary's WAL up to the insert position read at that moment
+//! (`pg_current_wal_insert_lsn()`, which lies past that commit record even when the
+//! projector committed asynchronously). Past `min_position_timeout` it answers 503
+//! `read_model_behind` with `Retry-After`, like a projector that is behind.
+//!
+//! A monitor (`run_monitor`) measures the replica's lag each second (`/metrics`) and
+//! notices when it is down or back. A connection that cannot be made marks it down at
+//! once; queries then go to the primary until the monitor sees the replica answer again.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::{QueryError, ReadConnection, Reader};
+use crate::telemetry::METRICS;
+
+/// How often the monitor measures lag and health.
+const MONITOR_EVERY: Duration = Duration::from_secs(1);
+/// How often a read-your-writes wait looks at the replica's replay position again.
+const REPLAY_POLL: Duration = Duration::from_millis(5);
+
+/// Where the primary's WAL is now (bytes from `0/0`; a position the replica must replay).
+const PRIMARY_LSN_SQL: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint";
+/// What the replica replayed (bytes from `0/0`; NULL when it is not a standby) and the
+/// commit time of the last transaction it replayed.
+const REPLAYED_SQL: &str = "\
+SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8";
+
+/// The replica's handle: its shared connections and scan pool, whether it is up, and the
+/// highest replay position seen.
+#[derive(Clone)]
+pub struct Replica {
+    pub reads: Reader,
+    pub scans: deadpool_postgres::Pool,
+    up: Arc<AtomicBool>,
+    replayed: Arc<AtomicI64>,
+}
+
+impl Replica {
+    pub fn new(reads: Reader, scans: deadpool_postgres::Pool) -> Self {
+        METRICS.replica_up.set(1);
+        Self {
+            reads,
+            scans,
+            up: Arc::new(AtomicBool::new(true)),
+            replayed: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// Whether queries go to the replica now.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Sends queries to the primary until the monitor finds the replica answering.
+    pub fn mark_down(&self, cause: &QueryError) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %cause, "replica unavailable: queries go to the primary");
+            METRICS.replica_up.set(0);
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("replica answering again: queries go to it");
+            METRICS.replica_up.set(1);
+        }
+    }
+
+    /// Waits until the replica has replayed the primary's WAL as far as it reaches now
+    /// (`primary`: the primary's shared connections). `Ok(false)`: not within `timeout`.
+    pub async fn wait_replayed(
+        &self,
+        primary: &Reader,
+        timeout: Duration,
+    ) -> Result<bool, QueryError> {
+        let target: i64 = primary
+            .get()
+            .await?
+            .query_opt(PRIMARY_LSN_SQL, &[])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
+        if self.replayed.load(Ordering::Relaxed) >= target {
+            return Ok(true);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let conn = self.reads.get().await?;
+            if self.replay_position(&conn).await?.0 >= target {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(REPLAY_POLL).await;
+        }
+    }
+
+    /// The replica's replay position (0 when it is not a standby) and seconds since the
+    /// commit of the last transaction it replayed; remembers the highest position.
+    async fn replay_position(
+        &self,
+        conn: &ReadConnection,
+    ) -> Result<(i64, Option<f64>), QueryError> {
+        let row = conn.query_opt(REPLAYED_SQL, &[]).await?;
+        let (position, age): (Option<i64>, Option<f64>) = match row {
+            Some(r) => (r.try_get(0)?, r.try_get(1)?),
+            None => (None, None),
+        };
+        let position = position.unwrap_or(0);
+        self.replayed.fetch_max(position, Ordering::Relaxed);
+        Ok((position, age))
+    }
+
+    /// One measurement: primary WAL position against the replica's replay, into
+    /// `/metrics`; marks the replica up or down.
+    async fn measure(&self, primary: &Reader) -> Result<(), QueryError> {
+        let replica = match self.reads.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.mark_down(&e);
+                return Ok(());
+            }
+        };
+        let (replayed, age) = match self.replay_position(&replica).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.mark_down(&e);
+                return Ok(());
+            }
+        };
+        self.mark_up();
+        let wal: i64 = primary
+            .get()
+            .await?
+            .query_opt(PRIMARY_LSN_SQL, &[])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?
+            .unwrap_or(0);
+        let behind = (wal - replayed).max(0);
+        METRICS.replica_lag_bytes.set(behind);
+        // The age of the last replayed commit is the lag only while something is behind:
+        // an idle primary commits nothing, and its replica is not late.
+        METRICS.replica_lag_seconds.set(if behind == 0 {
+            0.0
+        } else {
+            age.unwrap_or(0.0).max(0.0)
+        });
+        Ok(())
+    }
+}
+
+/// Measures the replica every second until shutdown.
+pub async fn run_monitor(replica: Replica, primary: Reader, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = replica.measure(&primary).await {
+            tracing::debug!(error = %e, "replica lag not measured (primary unavailable)");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(MONITOR_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
