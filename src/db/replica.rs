@@ -5,24 +5,27 @@
 //! while it is up, and to the primary while it is not.
 //!
 //! Read-your-writes: a query with `min_position` first waits, as without a replica, until
-//! the projectors on the primary reflect the position. The read model rows that show it
-//! were then committed on the primary, so the query next waits until the replica has
-//! replayed the primary's WAL up to the insert position read at that moment
-//! (`pg_current_wal_insert_lsn()`, which lies past that commit record even when the
-//! projector committed asynchronously). Past `min_position_timeout` it answers 503
+//! the projectors on the primary reflect the position. A read model and its projector's
+//! checkpoint are committed together, and the replica replays them together, so the query
+//! then waits until the replica's copy of each checkpoint lies at or after the event's
+//! place in the global order (located on the primary). A position without an event (a
+//! rolled-back write) has no place; then it waits until the replica replayed the primary's
+//! WAL as far as it reached at that moment (`pg_current_wal_insert_lsn()`, past any commit
+//! record, even an asynchronous one). Past `min_position_timeout` the query answers 503
 //! `read_model_behind` with `Retry-After`, like a projector that is behind.
 //!
 //! A monitor (`run_monitor`) measures the replica's lag each second (`/metrics`) and
 //! notices when it is down or back. A connection that cannot be made marks it down at
 //! once; queries then go to the primary until the monitor sees the replica answer again.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::{QueryError, ReadConnection, Reader};
+use crate::eventstore::{global, StoreError};
 use crate::telemetry::METRICS;
 
 /// How often the monitor measures lag and health.
@@ -34,18 +37,21 @@ const REPLAY_POLL: Duration = Duration::from_millis(5);
 const PRIMARY_LSN_SQL: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint";
 /// What the replica replayed (bytes from `0/0`; NULL when it is not a standby) and the
 /// commit time of the last transaction it replayed.
+/// On the replica: whether each of the projectors `$4` has its checkpoint at or after the
+/// place `($1, $2, $3)`.
+const REACHED_SQL: &str = "\
+SELECT count(*) = cardinality($4::text[]) FROM projection_checkpoints
+ WHERE name = ANY($4) AND (last_epoch, last_xid, last_position) >= ($1, $2, $3)";
 const REPLAYED_SQL: &str = "\
 SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
        extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8";
 
-/// The replica's handle: its shared connections and scan pool, whether it is up, and the
-/// highest replay position seen.
+/// The replica's handle: its shared connections and scan pool, and whether it is up.
 #[derive(Clone)]
 pub struct Replica {
     pub reads: Reader,
     pub scans: deadpool_postgres::Pool,
     up: Arc<AtomicBool>,
-    replayed: Arc<AtomicI64>,
 }
 
 impl Replica {
@@ -55,7 +61,6 @@ impl Replica {
             reads,
             scans,
             up: Arc::new(AtomicBool::new(true)),
-            replayed: Arc::new(AtomicI64::new(0)),
         }
     }
 
@@ -65,7 +70,7 @@ impl Replica {
     }
 
     /// Sends queries to the primary until the monitor finds the replica answering.
-    pub fn mark_down(&self, cause: &QueryError) {
+    pub fn mark_down(&self, cause: &dyn std::fmt::Display) {
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = %cause, "replica unavailable: queries go to the primary");
             METRICS.replica_up.set(0);
@@ -79,28 +84,51 @@ impl Replica {
         }
     }
 
-    /// Waits until the replica has replayed the primary's WAL as far as it reaches now
-    /// (`primary`: the primary's shared connections). `Ok(false)`: not within `timeout`.
-    pub async fn wait_replayed(
+    /// Waits until the replica's copies of `projections'` read models reflect the event
+    /// at `position` (the primary's do: the caller waited for that). They are committed
+    /// with their checkpoints, so the replica has them once its copy of each checkpoint
+    /// lies at or after the event's place in the global order (located on the primary).
+    /// A position without an event (a rolled-back write) has no place: then the replica
+    /// must replay the primary's WAL as far as it reaches now. `Ok(false)`: not within
+    /// `timeout`.
+    pub async fn wait_reflected(
         &self,
         primary: &Reader,
+        projections: &[&str],
+        position: i64,
         timeout: Duration,
-    ) -> Result<bool, QueryError> {
-        let target: i64 = primary
-            .get()
-            .await?
-            .query_opt(PRIMARY_LSN_SQL, &[])
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .unwrap_or(0);
-        if self.replayed.load(Ordering::Relaxed) >= target {
-            return Ok(true);
-        }
+    ) -> Result<bool, StoreError> {
+        let place = {
+            let conn = primary.get().await?;
+            global::locate(conn.client(), position).await?
+        };
+        let wal = match place {
+            Some(_) => 0,
+            None => primary
+                .get()
+                .await?
+                .query_opt(PRIMARY_LSN_SQL, &[])
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?
+                .unwrap_or(0),
+        };
         let deadline = Instant::now() + timeout;
         loop {
             let conn = self.reads.get().await?;
-            if self.replay_position(&conn).await?.0 >= target {
+            let done = match place {
+                Some(c) => conn
+                    .query_opt(
+                        REACHED_SQL,
+                        &[&c.epoch, &c.transaction_id, &c.position, &projections],
+                    )
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?
+                    .unwrap_or(false),
+                None => self.replay_position(&conn).await?.0 >= wal,
+            };
+            if done {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
@@ -111,7 +139,7 @@ impl Replica {
     }
 
     /// The replica's replay position (0 when it is not a standby) and seconds since the
-    /// commit of the last transaction it replayed; remembers the highest position.
+    /// commit of the last transaction it replayed.
     async fn replay_position(
         &self,
         conn: &ReadConnection,
@@ -121,9 +149,7 @@ impl Replica {
             Some(r) => (r.try_get(0)?, r.try_get(1)?),
             None => (None, None),
         };
-        let position = position.unwrap_or(0);
-        self.replayed.fetch_max(position, Ordering::Relaxed);
-        Ok((position, age))
+        Ok((position.unwrap_or(0), age))
     }
 
     /// One measurement: primary WAL position against the replica's replay, into

@@ -204,6 +204,24 @@ pub enum Reached {
     },
 }
 
+/// Where the event at `position` stands in the global order; `None` when no such event
+/// is visible (in flight, rolled back, or never handed out).
+pub async fn locate<C: GenericClient>(
+    client: &C,
+    position: i64,
+) -> Result<Option<Cursor>, StoreError> {
+    let row = client.query_one(LOCATE_SQL, &[&position]).await?;
+    let located: Option<Vec<i64>> = row.try_get(0)?;
+    Ok(match located.as_deref() {
+        Some([epoch, xid]) => Some(Cursor {
+            epoch: *epoch as i32,
+            transaction_id: Xid8(*xid as u64),
+            position,
+        }),
+        _ => None,
+    })
+}
+
 pub async fn reached<C: GenericClient>(
     client: &C,
     cursor: Cursor,

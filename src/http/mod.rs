@@ -125,7 +125,12 @@ impl AppState {
             return Ok(Some(replica));
         };
         match replica
-            .wait_replayed(&self.reads, self.settings.min_position_timeout)
+            .wait_reflected(
+                &self.reads,
+                projections,
+                target,
+                self.settings.min_position_timeout,
+            )
             .await
         {
             Ok(true) => Ok(Some(replica)),
