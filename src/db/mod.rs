@@ -270,8 +270,7 @@ pub enum QueryError {
     /// exception: a NUL character in text, a number out of range, …).
     #[error("{0}")]
     BadValue(String),
-    /// The statement ran past its `statement_timeout` (SQLSTATE 57014) or waited for a
-    /// lock past its `lock_timeout` (55P03).
+    /// The statement ran past its `statement_timeout` (SQLSTATE 57014).
     #[error("the query ran too long and was cancelled")]
     Timeout,
 }
@@ -285,10 +284,9 @@ impl From<tokio_postgres::Error> for QueryError {
             Some(d) if d.code().code().starts_with("22") => {
                 QueryError::BadValue(d.message().to_owned())
             }
-            Some(d)
-                if d.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED
-                    || d.code() == &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE =>
-            {
+            // A lock wait past `lock_timeout` (55P03) stays `Failed`: callers that retry
+            // it (a rebuild's swap) tell it by its code.
+            Some(d) if d.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED => {
                 QueryError::Timeout
             }
             // A deadlock or serialization failure (class 40) rolled the transaction back:

@@ -104,14 +104,7 @@ impl Replica {
         };
         let wal = match place {
             Some(_) => 0,
-            None => primary
-                .get()
-                .await?
-                .query_opt(PRIMARY_LSN_SQL, &[])
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?
-                .unwrap_or(0),
+            None => primary_wal(primary).await?,
         };
         let deadline = Instant::now() + timeout;
         loop {
@@ -170,14 +163,7 @@ impl Replica {
             }
         };
         self.mark_up();
-        let wal: i64 = primary
-            .get()
-            .await?
-            .query_opt(PRIMARY_LSN_SQL, &[])
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .unwrap_or(0);
+        let wal = primary_wal(primary).await?;
         let behind = (wal - replayed).max(0);
         METRICS.replica_lag_bytes.set(behind);
         // The age of the last replayed commit is the lag only while something is behind:
@@ -189,6 +175,12 @@ impl Replica {
         });
         Ok(())
     }
+}
+
+/// The primary's WAL insert position, in bytes from `0/0`.
+async fn primary_wal(primary: &Reader) -> Result<i64, QueryError> {
+    let row = primary.get().await?.query_opt(PRIMARY_LSN_SQL, &[]).await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
 }
 
 /// Measures the replica every second until shutdown.

@@ -286,6 +286,11 @@ pub struct Acked {
 fn db(e: impl Into<QueryError>) -> ApiError {
     match e.into() {
         QueryError::Timeout => ApiError::GroupBusy,
+        QueryError::Failed(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+        {
+            ApiError::GroupBusy
+        }
         other => ApiError::from(other),
     }
 }
