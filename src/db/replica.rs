@@ -30,18 +30,18 @@ use crate::telemetry::METRICS;
 
 /// How often the monitor measures lag and health.
 const MONITOR_EVERY: Duration = Duration::from_secs(1);
-/// How often a read-your-writes wait looks at the replica's replay position again.
+/// How often a read-your-writes wait looks at the replica again.
 const REPLAY_POLL: Duration = Duration::from_millis(5);
 
 /// Where the primary's WAL is now (bytes from `0/0`; a position the replica must replay).
 const PRIMARY_LSN_SQL: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint";
-/// What the replica replayed (bytes from `0/0`; NULL when it is not a standby) and the
-/// commit time of the last transaction it replayed.
 /// On the replica: whether each of the projectors `$4` has its checkpoint at or after the
 /// place `($1, $2, $3)`.
 const REACHED_SQL: &str = "\
 SELECT count(*) = cardinality($4::text[]) FROM projection_checkpoints
  WHERE name = ANY($4) AND (last_epoch, last_xid, last_position) >= ($1, $2, $3)";
+/// What the replica replayed (bytes from `0/0`; NULL when it is not a standby) and the
+/// commit time of the last transaction it replayed.
 const REPLAYED_SQL: &str = "\
 SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,
        extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8";
