@@ -73,30 +73,22 @@ impl AppState {
         projections: &[&str],
         min_position: Option<i64>,
     ) -> Result<Arc<ReadConnection>, ApiError> {
-        let replica = self.wait(projections, min_position).await?;
-        if let Some(r) = replica {
+        if let Some(r) = self.wait(projections, min_position).await? {
             match r.reads.tenant(tenant).await {
-                Ok(c) => {
-                    METRICS
-                        .replica_queries
-                        .with_label_values(&["replica"])
-                        .inc();
-                    return Ok(c);
-                }
+                Ok(c) => return Ok(self.served_by("replica", c)),
                 Err(e) => r.mark_down(&e),
             }
         }
-        self.count_primary();
-        Ok(self.reads.tenant(tenant).await?)
+        let c = self.reads.tenant(tenant).await?;
+        Ok(self.served_by("primary", c))
     }
 
-    fn count_primary(&self) {
+    /// Counts where a read-model query was served, when a replica is configured.
+    fn served_by<T>(&self, by: &str, connection: T) -> T {
         if self.replica.is_some() {
-            METRICS
-                .replica_queries
-                .with_label_values(&["primary"])
-                .inc();
+            METRICS.replica_queries.with_label_values(&[by]).inc();
         }
+        connection
     }
 
     /// A connection as the owner, for the admin API's reads across tenants (API keys).
@@ -172,31 +164,22 @@ impl AppState {
         projections: &[&str],
         min_position: Option<i64>,
     ) -> Result<deadpool_postgres::Object, ApiError> {
-        let replica = self.wait(projections, min_position).await?;
-        let client = match replica {
-            Some(r) => match r.scans.get().await {
-                Ok(c) => {
-                    METRICS
-                        .replica_queries
-                        .with_label_values(&["replica"])
-                        .inc();
-                    c
-                }
-                Err(e) => {
-                    r.mark_down(&crate::db::QueryError::from(e));
-                    self.count_primary();
-                    self.scans
-                        .get()
-                        .await
-                        .map_err(crate::db::QueryError::from)?
-                }
-            },
+        let mut client = None;
+        if let Some(r) = self.wait(projections, min_position).await? {
+            match r.scans.get().await {
+                Ok(c) => client = Some(self.served_by("replica", c)),
+                Err(e) => r.mark_down(&crate::db::QueryError::from(e)),
+            }
+        }
+        let client = match client {
+            Some(c) => c,
             None => {
-                self.count_primary();
-                self.scans
+                let c = self
+                    .scans
                     .get()
                     .await
-                    .map_err(crate::db::QueryError::from)?
+                    .map_err(crate::db::QueryError::from)?;
+                self.served_by("primary", c)
             }
         };
         let bind = client
