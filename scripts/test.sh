@@ -10,6 +10,9 @@ if [ -z "${CLOUDLENS_TEST_DIR:-}" ]; then
   OWN_TEST_DIR=1
 fi
 mkdir -p "$CLOUDLENS_TEST_DIR"
+# Test clusters run several at once and hold little: a fixed, small shared_buffers
+# instead of the local cluster's quarter of the machine's memory.
+export CLOUDLENS_PG_SHARED_BUFFERS=${CLOUDLENS_PG_SHARED_BUFFERS:-512MB}
 chmod 755 "$CLOUDLENS_TEST_DIR"
 cleanup() {
   for pid_file in "$CLOUDLENS_TEST_DIR"/*/pgdata/postmaster.pid; do

@@ -25,7 +25,6 @@ unix_socket_permissions = 0700
 shared_preload_libraries = 'timescaledb,pg_stat_statements'
 timescaledb.telemetry_level = off
 max_connections = 500
-shared_buffers = '512MB'
 max_wal_size = '4GB'
 checkpoint_timeout = '15min'
 autovacuum_naptime = '10s'
@@ -38,6 +37,41 @@ tcp_keepalives_idle = 10
 tcp_keepalives_interval = 5
 tcp_keepalives_count = 3
 ";
+
+/// `shared_buffers` of the local cluster: `CLOUDLENS_PG_SHARED_BUFFERS` (a size such as
+/// `512MB` or `4GB`) when set, otherwise a quarter of the machine's memory (the usual
+/// advice for a dedicated database host) between 128 MB and 8 GB. Reads of read models
+/// larger than a fixed 512 MB came from the OS page cache, a system call per page
+/// (`loadtest/RESULTS.md`, "Documents and search").
+fn shared_buffers(set: Option<&str>, memory_mb: Option<u64>) -> anyhow::Result<String> {
+    if let Some(v) = set {
+        let digits = v.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &v[digits.len()..];
+        if digits.is_empty()
+            || !digits.chars().all(|c| c.is_ascii_digit())
+            || !["", "kB", "MB", "GB"].contains(&unit)
+        {
+            bail!("CLOUDLENS_PG_SHARED_BUFFERS: {v:?} is not a size such as 512MB or 4GB");
+        }
+        return Ok(v.to_owned());
+    }
+    let mb = memory_mb.map_or(512, |m| (m / 4).clamp(128, 8192));
+    Ok(format!("{mb}MB"))
+}
+
+/// The machine's memory (`MemTotal`), in MB.
+fn memory_mb() -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
+}
 
 #[derive(Debug, Clone)]
 pub struct LocalCluster {
@@ -259,7 +293,11 @@ impl LocalCluster {
 
     fn write_conf(&self) -> anyhow::Result<()> {
         let path = self.data_dir().join("cloudlens.conf");
-        fs::write(&path, CLUSTER_CONF)?;
+        let buffers = shared_buffers(
+            std::env::var("CLOUDLENS_PG_SHARED_BUFFERS").ok().as_deref(),
+            memory_mb(),
+        )?;
+        fs::write(&path, format!("{CLUSTER_CONF}shared_buffers = '{buffers}'\n"))?;
         self.give_to_os_user(&path)
     }
 
@@ -327,4 +365,22 @@ fn is_root() -> bool {
 fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str()
         .with_context(|| format!("path is not UTF-8: {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_buffers_are_a_quarter_of_memory_within_bounds_or_the_setting() {
+        assert_eq!(shared_buffers(None, Some(24_105)).unwrap(), "6026MB");
+        assert_eq!(shared_buffers(None, Some(256)).unwrap(), "128MB");
+        assert_eq!(shared_buffers(None, Some(131_072)).unwrap(), "8192MB");
+        assert_eq!(shared_buffers(None, None).unwrap(), "512MB");
+        assert_eq!(shared_buffers(Some("2GB"), Some(24_105)).unwrap(), "2GB");
+        assert_eq!(shared_buffers(Some("65536"), None).unwrap(), "65536");
+        for bad in ["", "MB", "1.5GB", "512mb", "1GB'\nfsync = off", "-1MB"] {
+            assert!(shared_buffers(Some(bad), None).is_err(), "{bad:?}");
+        }
+    }
 }

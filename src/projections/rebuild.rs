@@ -39,6 +39,10 @@ UPDATE projection_checkpoints
        rebuild_started_at = CASE WHEN $2 = 'running' THEN now() ELSE rebuild_started_at END,
        rebuild_finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE now() END
  WHERE name = $1";
+/// A running rebuild's progress: only its position moves (`MARK_SQL` with `running` would
+/// also move its start time).
+const PROGRESS_SQL: &str =
+    "UPDATE projection_checkpoints SET rebuild_position = $2 WHERE name = $1";
 const RUNNING_SQL: &str = "SELECT name FROM projection_checkpoints WHERE rebuild_state = 'running'";
 const RESET_SHADOW_CHECKPOINT_SQL: &str = "\
 INSERT INTO projection_checkpoints (name) VALUES ($1)
@@ -283,7 +287,7 @@ impl Rebuild {
             events += outcome.applied as u64;
             if let Some(pos) = outcome.last_position {
                 METRICS.rebuild_position.with_label_values(&[name]).set(pos);
-                client.execute(MARK_SQL, &[&name, &"running", &pos]).await?;
+                client.execute(PROGRESS_SQL, &[&name, &pos]).await?;
             }
             if (outcome.applied as i64) < batch_size {
                 break;
