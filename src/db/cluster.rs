@@ -297,7 +297,10 @@ impl LocalCluster {
             std::env::var("CLOUDLENS_PG_SHARED_BUFFERS").ok().as_deref(),
             memory_mb(),
         )?;
-        fs::write(&path, format!("{CLUSTER_CONF}shared_buffers = '{buffers}'\n"))?;
+        fs::write(
+            &path,
+            format!("{CLUSTER_CONF}shared_buffers = '{buffers}'\n"),
+        )?;
         self.give_to_os_user(&path)
     }
 

@@ -1,13 +1,16 @@
 //! CJK text without a segmenter (ADR 0022). The index holds every CJK run as overlapping
-//! bigrams plus its last character (`sql/V13`: `cloudlens_cjk_grams`); here a query's CJK
+//! bigrams plus its last character (`sql/V13`, ranges widened in V24: `cloudlens_cjk_grams`); here a query's CJK
 //! runs become the matching bigram phrases, and matches are highlighted (PostgreSQL's
 //! `ts_headline` cannot see bigrams).
 
-/// The CJK ranges indexed as bigrams: CJK Unified Ideographs Extension A, CJK Unified
-/// Ideographs, CJK Compatibility Ideographs. The same as the SQL functions of V13.
-pub const CJK: [(char, char); 3] = [
+/// The ranges indexed as bigrams: Hiragana and Katakana, CJK Unified Ideographs
+/// Extension A, CJK Unified Ideographs, Hangul Syllables, CJK Compatibility Ideographs.
+/// The same as the SQL functions of V24 (V13 without the kana and hangul).
+pub const CJK: [(char, char); 5] = [
+    ('\u{3040}', '\u{30ff}'),
     ('\u{3400}', '\u{4dbf}'),
     ('\u{4e00}', '\u{9fff}'),
+    ('\u{ac00}', '\u{d7af}'),
     ('\u{f900}', '\u{faff}'),
 ];
 
@@ -233,6 +236,10 @@ mod tests {
             ("cloud", vec!['务'])
         );
         assert_eq!(single_tsquery(&q.single), "务:*");
+        // Japanese kana and Korean hangul are split the same way.
+        let q = query("クラウド 비용 tokyo");
+        assert_eq!(q.websearch, "\"クラ ラウ ウド\" \"비용\" tokyo");
+        assert_eq!(q.runs, ["クラウド", "비용"]);
     }
 
     #[test]
@@ -247,8 +254,9 @@ mod tests {
 
     #[test]
     fn the_ranges_match_the_migration() {
-        let sql = include_str!("../../sql/V13__documents.sql");
-        let class = "[\\u3400-\\u4dbf\\u4e00-\\u9fff\\uf900-\\ufaff]+";
+        let sql = include_str!("../../sql/V24__cjk_kana_and_hangul.sql");
+        let class =
+            "[\\u3040-\\u30ff\\u3400-\\u4dbf\\u4e00-\\u9fff\\uac00-\\ud7af\\uf900-\\ufaff]+";
         assert_eq!(
             sql.matches(class).count(),
             3,

@@ -176,6 +176,98 @@ async fn search_ranks_titles_first_and_understands_chinese() {
 }
 
 #[actix_web::test]
+async fn japanese_and_korean_text_is_found_by_its_words() {
+    let app = spawn_app().await;
+    create(
+        &app,
+        json!({"title": "東京のクラウドコスト", "content": "クラウドの費用を毎月レポートします。"}),
+    )
+    .await;
+    create(&app, json!({"title": "클라우드 비용 보고서", "content": "매월 클라우드 비용을 팀별로 관리합니다. Monthly report."})).await;
+    create(
+        &app,
+        json!({"title": "Plain English", "content": "Nothing but Latin letters here."}),
+    )
+    .await;
+    let budget = app
+        .post_json("/api/v1/budgets", &budget_body("클라우드 예산"))
+        .await;
+    assert_eq!(budget.status(), 201);
+    let pos = &body(budget).await["position"];
+
+    // Kana words inside a run of kanji and kana, and kana mixed with kanji.
+    assert_eq!(
+        titles(&search(&app, "クラウド", pos).await),
+        ["東京のクラウドコスト"]
+    );
+    assert_eq!(
+        titles(&search(&app, "コスト", pos).await),
+        ["東京のクラウドコスト"]
+    );
+    assert_eq!(
+        titles(&search(&app, "費用", pos).await),
+        ["東京のクラウドコスト"]
+    );
+    assert!(search(&app, "クラブ", pos).await["hits"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // A Korean word is found with its particle (비용을) and inside a longer word
+    // (관리합니다, 보고서); a word that is not there is not.
+    let v = search(&app, "비용", pos).await;
+    assert_eq!(titles(&v), ["클라우드 비용 보고서"], "{v}");
+    assert!(
+        v["hits"][0]["snippet"]
+            .as_str()
+            .unwrap()
+            .contains("<b>비용</b>"),
+        "{v}"
+    );
+    assert_eq!(
+        titles(&search(&app, "관리", pos).await),
+        ["클라우드 비용 보고서"]
+    );
+    assert_eq!(
+        titles(&search(&app, "보고", pos).await),
+        ["클라우드 비용 보고서"]
+    );
+    assert!(search(&app, "비싼", pos).await["hits"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // Korean and English in one query, and a budget's Korean name in the global search.
+    assert_eq!(
+        titles(&search(&app, "클라우드 monthly", pos).await),
+        ["클라우드 비용 보고서"]
+    );
+    let v = body(
+        app.get(&format!(
+            "/api/v1/search?q={}&type=budget&min_position={pos}",
+            url_encode("예산")
+        ))
+        .await,
+    )
+    .await;
+    assert_eq!(titles(&v), ["클라우드 예산"], "{v}");
+
+    // Rebuilds equal live.
+    for (name, sql) in [
+        (
+            "documents",
+            "SELECT format('%s %s %s', id, version, search) FROM documents",
+        ),
+        (
+            "search_entries",
+            "SELECT format('%s %s', key, search) FROM search_entries",
+        ),
+    ] {
+        let live = snapshot(&app.conn, sql).await;
+        rebuild_and_wait(&app, name).await;
+        assert_eq!(snapshot(&app.conn, sql).await, live, "{name}");
+    }
+}
+
+#[actix_web::test]
 async fn documents_change_and_bad_input_is_refused() {
     let app = spawn_app().await;
     let doc = create(&app, json!({"title": "Draft", "content": "old words"})).await;
