@@ -88,6 +88,8 @@ pub struct Running {
     pub server: actix_web::dev::Server,
     pub state: web::Data<AppState>,
     pub background: Background,
+    /// Send `true` before stopping the HTTP server gracefully (`AppState::stopping`).
+    pub stopping: watch::Sender<bool>,
 }
 
 /// Projector runners, periodic jobs, the NOTIFY/LISTEN tasks and request-started work.
@@ -235,6 +237,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         let (dimensions, enabled) = (settings.embedding_dimensions, settings.vector_search);
         async move { crate::documents::vector::prepare(&conn, dimensions, enabled, &vector).await }
     });
+    let (stopping, stopping_rx) = watch::channel(false);
     let state = web::Data::new(AppState {
         settings,
         store,
@@ -248,6 +251,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         keyring,
         vault,
         vector,
+        stopping: stopping_rx,
     });
     let server = http::server(listener, state.clone())?;
     Ok(Running {
@@ -259,6 +263,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
             tasks,
             started,
         },
+        stopping,
     })
 }
 
@@ -299,9 +304,11 @@ pub fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(listen = %settings.listen, "cloudlens is serving");
         let running = start(settings.clone(), conn.clone(), listener)?;
         let handle = running.server.handle();
+        let stopping = running.stopping.clone();
         actix_web::rt::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutdown requested; finishing in-flight requests");
+            let _ = stopping.send(true);
             handle.stop(true).await;
         });
         running.server.await?;

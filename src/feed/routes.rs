@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use actix_web::http::header;
-use actix_web::{get, post, put, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, put, web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -152,7 +152,7 @@ impl Reading {
         ("Last-Event-ID" = Option<String>, Header, description = "SSE: the cursor to resume after (wins over `after`)"),
         ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses(
-        (status = 200, description = "A page (JSON), a page as NDJSON lines (the next cursor in the Feed-Next-Cursor header), or an endless server-sent event stream",
+        (status = 200, description = "A page (JSON), a page as NDJSON lines (the next cursor in the Feed-Next-Cursor header), or a server-sent event stream that ends only with a last `shutdown` event (graceful stop) or `error` event (its API key revoked, a failed read)",
             content(
                 (FeedPage = "application/json"),
                 (FeedEvent = "application/x-ndjson"),
@@ -205,7 +205,11 @@ pub async fn feed(
     };
     FEED.requests.with_label_values(&[format_label]).inc();
     if format == Format::Sse {
-        return Ok(sse(state, reading, after));
+        let key = req
+            .extensions()
+            .get::<crate::http::auth::Principal>()
+            .map(|p| p.key_id);
+        return Ok(sse(state, reading, after, key));
     }
     let mut wake = state.store.signal().subscribe_all();
     let (events, next) = reading.wait_page(&state, &mut wake, after, wait).await?;
@@ -231,22 +235,40 @@ pub async fn feed(
 
 /// The SSE stream: batches of events as they arrive, a heartbeat comment when idle. An
 /// error ends the stream with an `error` event; the client reconnects with
-/// `Last-Event-ID` and loses nothing.
-fn sse(state: web::Data<AppState>, reading: Reading, after: Cursor) -> HttpResponse {
+/// `Last-Event-ID` and loses nothing. The stream also ends:
+/// - when the server begins a graceful stop, with a `shutdown` event (so the stop does not
+///   wait for the stream; the client reconnects to another instance);
+/// - when its API key `key` is revoked, with an `error` event (401 `unauthenticated`),
+///   found between two chunks: within one heartbeat and the key copy's reload (1 s).
+fn sse(
+    state: web::Data<AppState>,
+    reading: Reading,
+    after: Cursor,
+    key: Option<uuid::Uuid>,
+) -> HttpResponse {
     struct Stream {
         state: web::Data<AppState>,
         reading: Reading,
         after: Cursor,
         wake: Wake,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        key: Option<uuid::Uuid>,
         _open: SseConnection,
         done: bool,
     }
+    fn error_event(e: &ApiError) -> Vec<u8> {
+        let problem = serde_json::to_string(&e.problem()).unwrap_or_default();
+        format!("event: error\ndata: {problem}\n\n").into_bytes()
+    }
     let wake = state.store.signal().subscribe_all();
+    let stopping = state.stopping.clone();
     let start = Stream {
         state,
         reading,
         after,
         wake,
+        stopping,
+        key,
         _open: SseConnection::open(),
         done: false,
     };
@@ -257,10 +279,31 @@ fn sse(state: web::Data<AppState>, reading: Reading, after: Cursor) -> HttpRespo
         if s.done {
             return None;
         }
-        let page = s
-            .reading
-            .wait_page(&s.state, &mut s.wake, s.after, HEARTBEAT)
-            .await;
+        if let Some(key) = s.key {
+            if !s.state.keyring.still_valid(&s.state.reads, key).await {
+                s.done = true;
+                let e = ApiError::Unauthenticated("the API key was revoked");
+                return Some((Ok(web::Bytes::from(error_event(&e))), s));
+            }
+        }
+        let stopping = &mut s.stopping;
+        let stopped = async move {
+            // No one can stop this server gracefully (a test's server): never.
+            if stopping.wait_for(|stopping| *stopping).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let page = tokio::select! {
+            page = s.reading.wait_page(&s.state, &mut s.wake, s.after, HEARTBEAT) => Some(page),
+            () = stopped => None,
+        };
+        let Some(page) = page else {
+            s.done = true;
+            let chunk = web::Bytes::from_static(
+                b"event: shutdown\ndata: {\"detail\":\"the server is stopping; reconnect with Last-Event-ID\"}\n\n",
+            );
+            return Some((Ok(chunk), s));
+        };
         if let Ok((_, next)) = &page {
             s.after = *next;
         }
@@ -286,8 +329,7 @@ fn sse(state: web::Data<AppState>, reading: Reading, after: Cursor) -> HttpRespo
             Err(e) => {
                 tracing::warn!(error = %e, "feed stream stopped");
                 s.done = true;
-                let problem = serde_json::to_string(&e.problem()).unwrap_or_default();
-                format!("event: error\ndata: {problem}\n\n").into_bytes()
+                error_event(&e)
             }
         };
         Some((Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), s))

@@ -185,6 +185,16 @@ impl Keyring {
         Ok(records)
     }
 
+    /// Whether the key `id` has not been revoked, from a copy at most `RELOAD_EVERY` old:
+    /// responses that last (SSE streams) ask between their chunks. A key the copy does not
+    /// know yet (issued since) and a database that cannot be asked count as good.
+    pub async fn still_valid(&self, reads: &Reader, id: Uuid) -> bool {
+        match self.keys(reads, RELOAD_EVERY).await {
+            Ok(s) => !s.by_prefix.values().any(|k| k.id == id && k.revoked),
+            Err(_) => true,
+        }
+    }
+
     fn is_closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -50,6 +50,9 @@ pub struct AppState {
     pub vault: crate::crypto::Vault,
     /// Whether vector searches can run (`documents::vector`).
     pub vector: std::sync::Arc<crate::documents::vector::VectorIndex>,
+    /// Turns `true` when a graceful stop begins (`Running::stopping`): responses that
+    /// never end by themselves (SSE streams) end then, so the stop does not wait for them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {

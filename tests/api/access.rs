@@ -433,3 +433,53 @@ async fn a_key_past_its_rate_limit_gets_429_with_retry_after() {
     // Another key has a bucket of its own.
     assert_eq!(get(other).await, 200);
 }
+
+#[actix_web::test]
+async fn an_sse_stream_ends_when_its_key_is_revoked() {
+    let app = spawn_app().await;
+    let admin = issue(&app, None, "ops", "admin", "default").await;
+    let admin = admin["key"].as_str().unwrap().to_owned();
+    let reader = issue(&app, Some(&admin), "feed-reader", "reader", "default").await;
+    let (reader_id, reader) = (
+        reader["id"].as_str().unwrap().to_owned(),
+        reader["key"].as_str().unwrap().to_owned(),
+    );
+    eventually(Duration::from_secs(10), || async {
+        (app.get("/api/v1/feed").await.status() == 401).then_some(())
+    })
+    .await
+    .expect("the server closes once a key exists");
+    let mut sse = app
+        .client
+        .get(app.url("/api/v1/feed"))
+        .timeout(Duration::from_secs(120))
+        .insert_header(("Accept", "text/event-stream"))
+        .insert_header(("Authorization", format!("Bearer {reader}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let (status, _) = call(
+        &app,
+        "DELETE",
+        &format!("/api/v1/admin/api-keys/{reader_id}"),
+        Some(&admin),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The stream ends by itself with a 401 problem as its last event.
+    let mut text = String::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut sse).await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("SSE stream broke off: {e}; read {text:?}"));
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let last = text.trim_end().rsplit("\n\n").next().unwrap();
+    let data = last
+        .strip_prefix("event: error\ndata: ")
+        .unwrap_or_else(|| panic!("no error event at the end: {text:?}"));
+    let problem: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(problem["code"], "unauthenticated", "{problem}");
+    assert_eq!(problem["status"], 401, "{problem}");
+}

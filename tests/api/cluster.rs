@@ -123,7 +123,28 @@ async fn serve_recovers_after_sigkill_and_stops_cleanly_on_sigterm() {
     );
     let res = client.get(&budget_url).send().await.unwrap();
     assert_eq!(res.status(), 200);
-    signal(server.0.id(), "-TERM");
+    // An open SSE stream ends with a `shutdown` event when the stop begins (the stop does
+    // not wait for it); a stream cut off at the stop's time limit would not say so.
+    let mut sse = client
+        .get(format!("http://127.0.0.1:{port}/api/v1/feed"))
+        .insert_header(("Accept", "text/event-stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut text = String::new();
+    let mut signalled = false;
+    while let Some(chunk) = futures::StreamExt::next(&mut sse).await {
+        let chunk = chunk.unwrap_or_else(|e| panic!("SSE stream broke off: {e}; read {text:?}"));
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        // Once the stream has delivered the budget's event, stop the server.
+        if !signalled && text.contains(&format!("\"stream_id\":\"{id}\"")) {
+            signal(server.0.id(), "-TERM");
+            signalled = true;
+        }
+    }
+    assert!(signalled, "the budget's event never came: {text}");
+    assert!(text.ends_with("event: shutdown\ndata: {\"detail\":\"the server is stopping; reconnect with Last-Event-ID\"}\n\n"), "{text}");
     let status = server.0.wait().unwrap();
     assert!(status.success(), "serve exited with {status}");
     assert!(
