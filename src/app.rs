@@ -129,7 +129,9 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
         Job::new("idempotency_purge", settings.purge_interval, move || {
             let store = store.clone();
             async move {
-                let purged = store.purge_idempotency(retention).await?;
+                // The keys of collection writes (not events, `collections::store`) too.
+                let purged = store.purge_idempotency(retention).await?
+                    + crate::collections::store::purge_keys(store.pool(), retention).await?;
                 crate::telemetry::METRICS
                     .idempotency_keys_purged
                     .inc_by(purged);

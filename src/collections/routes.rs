@@ -19,12 +19,14 @@ use super::projection::COLLECTIONS;
 use super::queries::{self, CollectionList, CollectionView, ItemPage, ItemView, ListQuery, Sort};
 use super::store::{self, Stored};
 use super::stream_id;
+use crate::eventstore::StoreError;
 use crate::http::error::{ApiError, Problem};
 use crate::http::extract::{
-    command_context, if_match, media_type, min_position, saved, streamed_body, tenant, time_param,
-    with_etag, JsonBody, ReadParams,
+    command_context, if_match, media_type, min_position, saved, streamed_body,
+    streamed_command_context, tenant, time_param, with_etag, JsonBody, ReadParams,
 };
 use crate::http::AppState;
+use crate::imports::{body_error, ImportError, StreamedKey};
 use crate::pipeline::{self, CommandResult, Expect};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -204,12 +206,14 @@ pub struct ItemsWritten {
 /// line refuses the batch with 422 `invalid_row` naming the line and the field; within a
 /// batch the last line of a key wins), answered with 200 and the count. A key is 1 to 200
 /// printable characters without `/`; absent, the item gets a new UUIDv7. `data` is a JSON
-/// object of up to 1 MiB. Items are not events (ADR 0023), and `Idempotency-Key` is not
-/// taken here: give keys to make a retry safe.
+/// object of up to 1 MiB. Items are not events (ADR 0023). With an `Idempotency-Key`, a
+/// retry of the same request (method, path, body) is answered as the first was and
+/// writes nothing; the same key with another request is 422 `idempotency_key_reused`.
 #[utoipa::path(post, path = "/api/v1/collections/{name}/items",
     request_body(content((ItemDraft = "application/json"), (String = "application/x-ndjson")),
                  description = "one item; or NDJSON, one item per line"),
     params(("name" = String, Path),
+           ("Idempotency-Key" = Option<String>, Header, description = "retry-safe key, 1-200 characters", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$"),
            ("X-Tenant-Id" = Option<String>, Header, description = "tenant", pattern = "^[a-z0-9_-]{1,64}$")),
     responses((status = 200, body = ItemsWritten, description = "the NDJSON batch was written"),
               (status = 201, body = ItemView, description = "the item was written"),
@@ -227,18 +231,37 @@ pub async fn write_items(
     let tenant = tenant(&req)?;
     let name = name.into_inner();
     let media = media_type(&req).unwrap_or_default();
+    let (_, key) = streamed_command_context(&req)?;
+    let key = key.map(|(k, hash)| StreamedKey::new(k, hash));
+    let pool = state.store.pool();
+    let earlier = match &key {
+        Some(k) => store::find_key(pool, &tenant, &k.key).await?,
+        None => None,
+    };
     if media == "application/x-ndjson" {
-        let written = rejected(
-            "batch",
-            async {
-                let collection = writable(&state, &tenant, &name).await?;
-                let body = streamed_body(payload, state.settings.import_limit);
-                Ok::<_, ApiError>(
-                    store::write_batch(state.store.pool(), &tenant, &collection, body).await?,
-                )
+        let body = streamed_body(payload, state.settings.import_limit);
+        if let (Some(k), Some(earlier)) = (&key, earlier) {
+            return replay(&name, k, earlier, Box::new(body)).await;
+        }
+        let body: BodyReader = match &key {
+            Some(k) => Box::new(k.reader(body)),
+            None => Box::new(body),
+        };
+        let written = async {
+            let collection = writable(&state, &tenant, &name).await?;
+            Ok::<_, ApiError>(
+                store::write_batch(pool, &tenant, &collection, body, key.as_ref()).await,
+            )
+        }
+        .await;
+        let written = match (written, &key) {
+            (Ok(Err(ImportError::Store(StoreError::IdempotencyKeyTaken))), Some(k)) => {
+                return taken(&state, &tenant, &name, k).await;
             }
-            .await,
-        )?;
+            (Ok(r), _) => r.map_err(ApiError::from),
+            (Err(e), _) => Err(e),
+        };
+        let written = rejected("batch", written)?;
         observe_write("batch", &name, written, started);
         return Ok(HttpResponse::Ok().json(ItemsWritten {
             collection: name,
@@ -252,26 +275,92 @@ pub async fn write_items(
             "application/json or application/x-ndjson",
         ));
     }
-    let stored = rejected(
+    let body = rejected(
         "item",
-        async {
-            let body = JsonBody::from_request(&req, &mut payload.into_inner()).await?;
-            let draft: ItemDraft = body.parse()?;
-            let item = items::check(draft.key, &draft.data).map_err(invalid)?;
-            let collection = writable(&state, &tenant, &name).await?;
-            Ok::<_, ApiError>(store::put(state.store.pool(), &tenant, &collection, &item).await?)
-        }
-        .await,
+        JsonBody::from_request(&req, &mut payload.into_inner()).await,
     )?;
+    if let (Some(k), Some(earlier)) = (&key, earlier) {
+        return replay(&name, k, earlier, Box::new(&body.bytes[..])).await;
+    }
+    if let Some(k) = &key {
+        hash_body(k, Box::new(&body.bytes[..])).await?;
+    }
+    let stored = async {
+        let draft: ItemDraft = body.parse()?;
+        let item = items::check(draft.key, &draft.data).map_err(invalid)?;
+        let collection = writable(&state, &tenant, &name).await?;
+        let record = key.as_ref().map(StreamedKey::record);
+        Ok::<_, ApiError>(store::put(pool, &tenant, &collection, &item, record.as_ref()).await)
+    }
+    .await;
+    let stored = match (stored, &key) {
+        (Ok(Err(StoreError::IdempotencyKeyTaken)), Some(k)) => {
+            return taken(&state, &tenant, &name, k).await;
+        }
+        (Ok(r), _) => r.map_err(ApiError::from),
+        (Err(e), _) => Err(e),
+    };
+    let stored = rejected("item", stored)?;
     observe_write("item", &name, 1, started);
+    Ok(created_item(&name, stored))
+}
+
+/// A request body to read: streamed (NDJSON) or the bytes of a JSON body.
+type BodyReader<'a> = Box<dyn tokio::io::AsyncRead + Unpin + Send + 'a>;
+
+/// Reads the rest of `body` into `key`'s request hash.
+async fn hash_body(key: &StreamedKey, body: BodyReader<'_>) -> Result<(), ApiError> {
+    tokio::io::copy(&mut key.reader(body), &mut tokio::io::sink())
+        .await
+        .map_err(|e| ApiError::from(body_error(&e)))?;
+    Ok(())
+}
+
+/// The answer of the write an earlier request under the same key made: only for the same
+/// request (its whole body hashed), else 422 `idempotency_key_reused`.
+async fn replay(
+    name: &str,
+    key: &StreamedKey,
+    earlier: store::Earlier,
+    rest: BodyReader<'_>,
+) -> Result<HttpResponse, ApiError> {
+    hash_body(key, rest).await?;
+    if key.record().request_hash != earlier.request_hash {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    Ok(match earlier.outcome {
+        store::Outcome::Batch(written) => HttpResponse::Ok().json(ItemsWritten {
+            collection: name.to_owned(),
+            written,
+        }),
+        store::Outcome::Item(stored) => created_item(name, stored),
+    })
+}
+
+/// A concurrent request under the same key committed first (this one wrote nothing):
+/// its answer.
+async fn taken(
+    state: &AppState,
+    tenant: &str,
+    name: &str,
+    key: &StreamedKey,
+) -> Result<HttpResponse, ApiError> {
+    let earlier = store::find_key(state.store.pool(), tenant, &key.key)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished")))?;
+    replay(name, key, earlier, Box::new(tokio::io::empty())).await
+}
+
+/// 201 with the item as stored and its `Location`.
+fn created_item(name: &str, stored: Stored) -> HttpResponse {
     let location = format!(
         "/api/v1/collections/{}/items/{}",
-        segment(&name),
+        segment(name),
         segment(&stored.key)
     );
-    Ok(HttpResponse::Created()
+    HttpResponse::Created()
         .insert_header((header::LOCATION, location))
-        .json(item_view(stored)))
+        .json(item_view(stored))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -436,7 +525,9 @@ pub async fn put_item(
             let d: ItemData = body.parse()?;
             let item = items::check(Some(key), &d.data).map_err(invalid)?;
             let collection = writable(&state, &tenant, &name).await?;
-            Ok::<_, ApiError>(store::put(state.store.pool(), &tenant, &collection, &item).await?)
+            Ok::<_, ApiError>(
+                store::put(state.store.pool(), &tenant, &collection, &item, None).await?,
+            )
         }
         .await,
     )?;

@@ -12,9 +12,17 @@
 //! The purge (the elected `collection_items_purge` job and the admin endpoint) deletes
 //! expired items as the owner, across tenants, in batches of [`PURGE_BATCH`] rows, each
 //! its own short statement.
+//!
+//! A write under an `Idempotency-Key` records what it did ([`Outcome`]) in
+//! `collection_write_keys` in its own transaction (`sql/V25`): a retry finds the record
+//! and is answered from it; of two concurrent writes under one key, the second fails on
+//! the key's primary key and writes nothing.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Pool, Transaction};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::io::AsyncRead;
 use tokio_postgres::types::Json;
@@ -22,8 +30,8 @@ use tokio_postgres::types::Json;
 use super::aggregate::Declaration;
 use super::items::{Batch, Chunk, Item};
 use super::metrics::COLLS;
-use crate::eventstore::StoreError;
-use crate::imports::ImportError;
+use crate::eventstore::{IdempotencyRecord, StoreError};
+use crate::imports::{ImportError, StreamedKey};
 
 /// The transaction becomes the query role bound to the tenant. A batch whose client
 /// stalls must not keep its transaction (and row locks) for long: 60 s idle at most.
@@ -77,12 +85,23 @@ const PURGE_SQL: &str = "DELETE FROM collection_items
                           FOR UPDATE SKIP LOCKED))
    AND expires_at <= now()";
 
+const FIND_KEY_SQL: &str = "SELECT request_hash, result FROM collection_write_keys
+ WHERE tenant_id = $1 AND key = $2";
+const RECORD_KEY_SQL: &str = "INSERT INTO collection_write_keys
+ (tenant_id, key, request_hash, collection, result) VALUES ($1, $2, $3, $4, $5)";
+/// The oldest write keys past the retention (`$1` seconds), at most `$2` of them.
+const PURGE_KEYS_SQL: &str = "DELETE FROM collection_write_keys
+ WHERE ctid = ANY (ARRAY(SELECT ctid FROM collection_write_keys
+                          WHERE created_at < now() - $1 * interval '1 second'
+                          ORDER BY created_at LIMIT $2))";
+
 /// Rows per purge statement.
 pub const PURGE_BATCH: i64 = 10_000;
 /// Statements per purge run (the rest waits for the next run).
 pub const PURGE_MAX_BATCHES: usize = 100;
 
 /// An item as stored.
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Stored {
     pub key: String,
     /// As PostgreSQL stores it (keys in `jsonb` order), sent on as it is.
@@ -90,6 +109,83 @@ pub struct Stored {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What a write under an Idempotency-Key did, as its key keeps it (written with the item
+/// borrowed, read back owned).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome<S = Stored> {
+    /// A batch: the number of items (lines) it carried.
+    Batch(i64),
+    /// One item, as it was stored.
+    Item(S),
+}
+
+/// An earlier write under a key: the hash of its request and what it did.
+pub struct Earlier {
+    pub request_hash: Vec<u8>,
+    pub outcome: Outcome,
+}
+
+/// The write recorded under `key` for `tenant`, if any.
+pub async fn find_key(pool: &Pool, tenant: &str, key: &str) -> Result<Option<Earlier>, StoreError> {
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(FIND_KEY_SQL).await?;
+    client
+        .query_opt(&stmt, &[&tenant, &key])
+        .await?
+        .map(|r| {
+            Ok(Earlier {
+                request_hash: r.try_get(0)?,
+                outcome: r.try_get::<_, Json<Outcome>>(1)?.0,
+            })
+        })
+        .transpose()
+}
+
+/// Records `outcome` under `key` in the write's transaction; a key taken meanwhile by a
+/// concurrent write is `IdempotencyKeyTaken` (the caller rolls back).
+async fn record_key(
+    tx: &Transaction<'_>,
+    tenant: &str,
+    collection: &str,
+    key: &IdempotencyRecord,
+    outcome: Outcome<&Stored>,
+) -> Result<(), StoreError> {
+    let stmt = tx.prepare_cached(RECORD_KEY_SQL).await?;
+    tx.execute(
+        &stmt,
+        &[
+            &tenant,
+            &key.key,
+            &key.request_hash,
+            &collection,
+            &Json(&outcome),
+        ],
+    )
+    .await
+    .map_err(|e| match e.as_db_error().and_then(|d| d.constraint()) {
+        Some("collection_write_keys_pkey") => StoreError::IdempotencyKeyTaken,
+        _ => StoreError::from(e),
+    })?;
+    Ok(())
+}
+
+/// Removes write keys older than `retention`, in batches; how many.
+pub async fn purge_keys(pool: &Pool, retention: Duration) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(PURGE_KEYS_SQL).await?;
+    let mut purged = 0;
+    loop {
+        let n = client
+            .execute(&stmt, &[&retention.as_secs_f64(), &PURGE_BATCH])
+            .await?;
+        purged += n;
+        if n < PURGE_BATCH.unsigned_abs() {
+            return Ok(purged);
+        }
+    }
 }
 
 impl Stored {
@@ -116,6 +212,7 @@ pub async fn put(
     tenant: &str,
     collection: &Declaration,
     item: &Item,
+    key: Option<&IdempotencyRecord>,
 ) -> Result<Stored, StoreError> {
     let mut client = pool.get().await?;
     let tx = bound(&mut client, tenant).await?;
@@ -132,14 +229,18 @@ pub async fn put(
             ],
         )
         .await?;
-    tx.commit().await?;
-    Ok(Stored {
+    let stored = Stored {
         key: row.try_get(0)?,
         data: row.try_get::<_, Json<Box<RawValue>>>(1)?.0,
         created_at: row.try_get(2)?,
         updated_at: row.try_get(3)?,
         expires_at: row.try_get(4)?,
-    })
+    };
+    if let Some(key) = key {
+        record_key(&tx, tenant, &collection.name, key, Outcome::Item(&stored)).await?;
+    }
+    tx.commit().await?;
+    Ok(stored)
 }
 
 async fn write_chunk(
@@ -176,6 +277,7 @@ pub async fn write_batch<R: AsyncRead + Unpin>(
     tenant: &str,
     collection: &Declaration,
     body: R,
+    key: Option<&StreamedKey>,
 ) -> Result<i64, ImportError> {
     let mut client = pool.get().await.map_err(StoreError::from)?;
     let tx = bound(&mut client, tenant).await?;
@@ -195,6 +297,11 @@ pub async fn write_batch<R: AsyncRead + Unpin>(
             Some(chunk) => pending = Some(chunk),
             None => break,
         }
+    }
+    if let Some(key) = key {
+        // The body has been read whole: the key's request hash is complete.
+        let outcome = Outcome::Batch(batch.items);
+        record_key(&tx, tenant, &collection.name, &key.record(), outcome).await?;
     }
     tx.commit().await.map_err(StoreError::from)?;
     Ok(batch.items)

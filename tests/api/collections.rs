@@ -1193,3 +1193,88 @@ async fn backups_carry_the_items_and_verify_without_replaying_them() {
     let _ = std::fs::remove_dir_all(&dir);
     app.handle.stop(true).await;
 }
+
+/// `batch` (NDJSON) or one JSON item under an Idempotency-Key.
+async fn keyed(app: &TestApp, tenant: &str, key: &str, body: String, ndjson: bool) -> Response {
+    app.client
+        .post(app.url(&items_url("system_logs")))
+        .insert_header(("X-Tenant-Id", tenant))
+        .insert_header(("Idempotency-Key", key))
+        .insert_header((
+            "Content-Type",
+            if ndjson {
+                "application/x-ndjson"
+            } else {
+                "application/json"
+            },
+        ))
+        .send_body(body)
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn retries_under_an_idempotency_key_write_once() {
+    let app = spawn_app().await;
+    let count = |tenant: &'static str| {
+        let app = &app;
+        async move {
+            page(app, tenant, "system_logs", &[("limit", "1000")]).await["items"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    let lines = ndjson(&[log_line(1), log_line(2), log_line(3)]);
+    // A keyless batch retried under its key: one write, the same answer.
+    for _ in 0..2 {
+        let res = keyed(&app, "acme", "batch-1", lines.clone(), true).await;
+        let status = res.status();
+        let v = body(res).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["written"], 3);
+    }
+    assert_eq!(count("acme").await, 3);
+    // The key with another request: refused, nothing written.
+    let other = ndjson(&[log_line(4)]);
+    let p = problem(
+        keyed(&app, "acme", "batch-1", other.clone(), true).await,
+        422,
+    )
+    .await;
+    assert_eq!(p["code"], "idempotency_key_reused");
+    let p = problem(
+        keyed(&app, "acme", "batch-1", log_line(5).to_string(), false).await,
+        422,
+    )
+    .await;
+    assert_eq!(p["code"], "idempotency_key_reused");
+    assert_eq!(count("acme").await, 3);
+    // A keyless single item: the retry gets the item the first request stored.
+    let item = json!({"data": {"level": "INFO", "message": "once"}}).to_string();
+    let first = keyed(&app, "acme", "item-1", item.clone(), false).await;
+    assert_eq!(first.status(), 201);
+    let location = first.headers().get("location").unwrap().clone();
+    let first = body(first).await;
+    let again = keyed(&app, "acme", "item-1", item.clone(), false).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers().get("location").unwrap(), &location);
+    assert_eq!(body(again).await, first);
+    assert_eq!(count("acme").await, 4);
+    // Racing retries of one batch: every one answers as the first, one write.
+    let racing = ndjson(&[log_line(6), log_line(7)]);
+    let answers = futures::future::join_all(
+        (0..8).map(|_| keyed(&app, "acme", "batch-race", racing.clone(), true)),
+    )
+    .await;
+    for res in answers {
+        assert_eq!(res.status(), 200);
+        assert_eq!(body(res).await["written"], 2);
+    }
+    assert_eq!(count("acme").await, 6);
+    // A key belongs to its tenant: the same key elsewhere is another write.
+    let res = keyed(&app, "globex", "batch-1", other, true).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(count("globex").await, 1);
+    assert_eq!(count("acme").await, 6);
+}

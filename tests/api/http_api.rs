@@ -631,8 +631,23 @@ async fn idempotency_keys_are_purged_after_their_retention() {
         count(&conn, "SELECT count(*) FROM idempotency_keys").await,
         1
     );
+    // The keys of collection writes (not events) go with the same retention.
+    let res = app
+        .client
+        .post(app.url("/api/v1/collections/system_logs/items"))
+        .insert_header(("Idempotency-Key", "old"))
+        .send_json(&json!({"data": {"level": "INFO"}}))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM collection_write_keys").await,
+        1
+    );
     let purged = eventually(std::time::Duration::from_secs(10), || async {
-        (count(&conn, "SELECT count(*) FROM idempotency_keys").await == 0).then_some(())
+        (count(&conn, "SELECT count(*) FROM idempotency_keys").await == 0
+            && count(&conn, "SELECT count(*) FROM collection_write_keys").await == 0)
+            .then_some(())
     })
     .await;
     assert!(purged.is_some(), "the key was not purged");
