@@ -268,6 +268,84 @@ async fn japanese_and_korean_text_is_found_by_its_words() {
 }
 
 #[actix_web::test]
+async fn v24_computes_again_the_search_of_rows_written_before_it() {
+    let conn = fresh_database().await;
+    let client = cloudlens::db::connect(&conn).await.unwrap();
+    // The functions as V13 made them (ideographs only): V24's with V13's class.
+    let v24 = include_str!("../../sql/V24__cjk_kana_and_hangul.sql");
+    let (functions, updates) = v24.split_at(v24.find("UPDATE documents").unwrap());
+    let v13 = functions.replace(
+        "\\u3040-\\u30ff\\u3400-\\u4dbf\\u4e00-\\u9fff\\uac00-\\ud7af\\uf900-\\ufaff",
+        "\\u3400-\\u4dbf\\u4e00-\\u9fff\\uf900-\\ufaff",
+    );
+    assert_ne!(v13, functions, "the class was not found");
+    client.batch_execute(&v13).await.unwrap();
+    // Rows written under them: Japanese, Korean, and Chinese only.
+    for (title, content) in [
+        ("東京のクラウドコスト", "毎月のレポート"),
+        ("비용 보고서", "클라우드 비용을 관리합니다"),
+        ("成本报表", "只有中文"),
+    ] {
+        client
+            .execute(
+                "INSERT INTO documents (tenant_id, id, title, content, created_at, updated_at, version)
+                 VALUES ('default', gen_random_uuid(), $1, $2, now(), now(), 1)",
+                &[&title, &content],
+            )
+            .await
+            .unwrap();
+    }
+    let found = |q: &'static str| {
+        let conn = conn.clone();
+        async move {
+            count(
+                &conn,
+                &format!(
+                    "SELECT count(*) FROM documents WHERE search @@ to_tsquery('simple', '{q}')"
+                ),
+            )
+            .await
+        }
+    };
+    assert_eq!(found("クラ <-> ラウ").await, 0);
+    // V13 kept a Korean word whole (`관리합니다`): a part of it was not found.
+    assert_eq!(found("관리").await, 0);
+    let before = snapshot(
+        &conn,
+        "SELECT format('%s %s', title, search) FROM documents WHERE title = '成本报表'",
+    )
+    .await;
+    // V24: its functions, then its updates.
+    client.batch_execute(functions).await.unwrap();
+    client.batch_execute(updates).await.unwrap();
+    assert_eq!(found("クラ <-> ラウ").await, 1);
+    assert_eq!(found("관리").await, 1);
+    // Each row now holds what a write under V24 computes; a Chinese-only row is unchanged.
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM documents d WHERE d.search IS DISTINCT FROM (
+               setweight(to_tsvector('english', cloudlens_non_cjk(d.title)), 'A')
+            || setweight(to_tsvector('simple', cloudlens_cjk_grams(d.title)), 'A')
+            || setweight(to_tsvector('english', cloudlens_non_cjk(cloudlens_words(d.tags))), 'B')
+            || setweight(to_tsvector('simple', cloudlens_cjk_grams(cloudlens_words(d.tags))), 'B')
+            || setweight(to_tsvector('english', cloudlens_non_cjk(left(d.content, 100000))), 'C')
+            || setweight(to_tsvector('simple', cloudlens_cjk_grams(left(d.content, 30000))), 'C'))"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        snapshot(
+            &conn,
+            "SELECT format('%s %s', title, search) FROM documents WHERE title = '成本报表'"
+        )
+        .await,
+        before
+    );
+}
+
+#[actix_web::test]
 async fn documents_change_and_bad_input_is_refused() {
     let app = spawn_app().await;
     let doc = create(&app, json!({"title": "Draft", "content": "old words"})).await;
