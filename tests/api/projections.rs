@@ -353,3 +353,75 @@ SELECT (c.last_epoch, c.last_xid, c.last_position) > (e.epoch, e.transaction_id,
         .clone();
     assert!(budgets["position"].as_i64().unwrap() >= second["position"].as_i64().unwrap());
 }
+
+#[actix_web::test]
+async fn a_rebuild_keeps_its_start_time_while_it_reports_progress() {
+    let app = spawn_app().await;
+    let mut last = 0;
+    for i in 0..7 {
+        let mut res = app
+            .post_json("/api/v1/budgets", &budget_body(&format!("b{i}")))
+            .await;
+        assert_eq!(res.status(), 201);
+        last = res.json::<serde_json::Value>().await.unwrap()["position"]
+            .as_i64()
+            .unwrap();
+    }
+    let res = app
+        .get(&format!("/api/v1/budgets?min_position={last}"))
+        .await;
+    assert_eq!(res.status(), 200);
+    // Every change of the budgets projector's rebuild columns, as the rebuild makes them.
+    let client = cloudlens::db::connect(&app.conn).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE rebuild_log (state text, started timestamptz, position bigint);
+             CREATE FUNCTION log_rebuild() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               INSERT INTO rebuild_log VALUES (NEW.rebuild_state, NEW.rebuild_started_at, NEW.rebuild_position);
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER log_rebuild AFTER UPDATE ON projection_checkpoints
+               FOR EACH ROW WHEN (NEW.name = 'budgets') EXECUTE FUNCTION log_rebuild();",
+        )
+        .await
+        .unwrap();
+    // Batches of 2: the rebuild reports its progress several times.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudlens"))
+        .args(["projections", "rebuild", "budgets"])
+        .env("DATABASE_URL", &app.conn)
+        .env("CLOUDLENS_PROJECTOR_BATCH", "2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let progress = count(
+        &app.conn,
+        "SELECT count(DISTINCT position) FROM rebuild_log WHERE state = 'running' AND position > 0",
+    )
+    .await;
+    assert!(progress >= 3, "{progress} progress reports");
+    assert_eq!(
+        count(
+            &app.conn,
+            "SELECT count(DISTINCT started) FROM rebuild_log WHERE state = 'running'"
+        )
+        .await,
+        1,
+        "the start time moved while the rebuild ran"
+    );
+    assert_eq!(
+        count(
+            &app.conn,
+            "SELECT count(*) FROM projection_checkpoints p WHERE name = 'budgets'
+               AND rebuild_state = 'done'
+               AND rebuild_started_at = (SELECT min(started) FROM rebuild_log WHERE state = 'running')
+               AND rebuild_finished_at > rebuild_started_at"
+        )
+        .await,
+        1
+    );
+}
