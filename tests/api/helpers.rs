@@ -330,16 +330,27 @@ pub async fn rebuild_and_wait(app: &TestApp, name: &str) {
 
 /// The `cloudlens` binary run with `args` against the database `conn`.
 pub fn cli(conn: &str, args: &[&str]) -> std::process::Output {
+    cli_with(conn, &[], args)
+}
+
+/// `cli` with more environment variables.
+pub fn cli_with(conn: &str, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_cloudlens"))
         .args(args)
         .env("DATABASE_URL", conn)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
 
 /// `cli` that must succeed: its standard output.
 pub fn cli_ok(conn: &str, args: &[&str]) -> String {
-    let out = cli(conn, args);
+    cli_ok_with(conn, &[], args)
+}
+
+/// `cli_with` that must succeed: its standard output.
+pub fn cli_ok_with(conn: &str, env: &[(&str, &str)], args: &[&str]) -> String {
+    let out = cli_with(conn, env, args);
     assert!(
         out.status.success(),
         "cloudlens {args:?}: {}",

@@ -387,16 +387,10 @@ async fn a_rebuild_keeps_its_start_time_while_it_reports_progress() {
         .await
         .unwrap();
     // Batches of 2: the rebuild reports its progress several times.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudlens"))
-        .args(["projections", "rebuild", "budgets"])
-        .env("DATABASE_URL", &app.conn)
-        .env("CLOUDLENS_PROJECTOR_BATCH", "2")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    cli_ok_with(
+        &app.conn,
+        &[("CLOUDLENS_PROJECTOR_BATCH", "2")],
+        &["projections", "rebuild", "budgets"],
     );
     let progress = count(
         &app.conn,
