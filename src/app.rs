@@ -121,7 +121,7 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
     let registry = context::projections(&settings);
     eventstore::archive::init_metrics(&context::ended_streams());
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let progress = Progress::new(registry.iter().map(|p| p.name()));
+    let progress = Progress::of(&registry);
     let mut tasks = Vec::new();
     let purge = {
         let store = store.clone();

@@ -31,7 +31,7 @@ use super::vtags::Compiled;
 use crate::eventstore::RecordedEvent;
 use crate::pipeline::EventSourced;
 use crate::projections::readmodel::{col, ReadModel, Row};
-use crate::projections::{Envelope, Projection, Projector, ProjectorOptions};
+use crate::projections::{Envelope, Lane, Projection, Projector, ProjectorOptions};
 
 pub const COST_ACCOUNTS: &str = "cost_accounts";
 pub const COST_LINES: &str = "cost_lines";
@@ -803,6 +803,7 @@ impl Projection for CostLinesProjector {
         ProjectorOptions {
             durable_commit: false,
             batch_size: Some(20),
+            ..Default::default()
         }
     }
 
@@ -819,7 +820,12 @@ impl Projection for CostLinesProjector {
         Ok(())
     }
 
-    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[RecordedEvent],
+        _lane: Lane,
+    ) -> anyhow::Result<()> {
         let mut pending = Pending::default();
         let mut imports: HashMap<Uuid, Arc<ImportContext>> = HashMap::new();
         let mut vtags = VirtualTags::load(tx).await?;

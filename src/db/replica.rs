@@ -35,11 +35,12 @@ const REPLAY_POLL: Duration = Duration::from_millis(5);
 
 /// Where the primary's WAL is now (bytes from `0/0`; a position the replica must replay).
 const PRIMARY_LSN_SQL: &str = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint";
-/// On the replica: whether each of the projectors `$4` has its checkpoint at or after the
-/// place `($1, $2, $3)`.
+/// On the replica: whether each of the projectors `$4` has its checkpoint (every lane's)
+/// at or after the place `($1, $2, $3)`.
 const REACHED_SQL: &str = "\
-SELECT count(*) = cardinality($4::text[]) FROM projection_checkpoints
- WHERE name = ANY($4) AND (last_epoch, last_xid, last_position) >= ($1, $2, $3)";
+SELECT count(DISTINCT projector) = cardinality($4::text[])
+       AND coalesce(bool_and((last_epoch, last_xid, last_position) >= ($1, $2, $3)), true)
+  FROM projection_checkpoints WHERE projector = ANY($4)";
 /// What the replica replayed (bytes from `0/0`; NULL when it is not a standby) and the
 /// commit time of the last transaction it replayed.
 const REPLAYED_SQL: &str = "\

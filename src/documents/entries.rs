@@ -21,7 +21,7 @@ use crate::dashboards::events::{DashboardDetails, DashboardEvent};
 use crate::eventstore::RecordedEvent;
 use crate::pipeline::EventSourced;
 use crate::projections::readmodel::{col, ReadModel, Row};
-use crate::projections::Projection;
+use crate::projections::{Lane, Projection};
 use crate::tagging::aggregate::Tag;
 use crate::tagging::events::TagEvent;
 
@@ -109,7 +109,12 @@ impl Projection for SearchEntriesProjector {
         vec![TABLE.table]
     }
 
-    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[RecordedEvent],
+        _lane: Lane,
+    ) -> anyhow::Result<()> {
         // The last state per stream: `Some(entry)` to write, `None` to delete.
         let mut last: HashMap<Uuid, Option<Entry>> = HashMap::new();
         for e in events {

@@ -67,7 +67,7 @@ SELECT e.stream_id, e.position FROM events e
                       AND l.stream_version > e.stream_version)
    AND NOT EXISTS (
        SELECT 1 FROM projection_checkpoints c
-         JOIN jsonb_each($4::jsonb) r ON r.key = c.name
+         JOIN jsonb_each($4::jsonb) r ON r.key = c.projector
          JOIN events s ON s.stream_id = e.stream_id AND s.stream_type = e.stream_type
         WHERE (s.epoch, s.transaction_id, s.position) > (c.last_epoch, c.last_xid, c.last_position)
           AND (r.value ? s.stream_type OR r.value ? (s.stream_type || '/' || s.event_type)))

@@ -37,6 +37,7 @@ struct Inner {
 }
 
 /// Wakes a projector when events of one of its stream types were appended.
+#[derive(Clone)]
 pub struct Wake {
     receivers: Vec<watch::Receiver<u64>>,
 }

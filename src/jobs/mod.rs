@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 use crate::db::Reader;
 use crate::eventstore::{EventStore, RecordedEvent};
-use crate::projections::{wait, Progress, Projection, ProjectorOptions, Registry};
+use crate::projections::{wait, Lane, Progress, Projection, ProjectorOptions, Registry};
 use crate::telemetry::METRICS;
 
 /// How often a running job's progress is written to its row.
@@ -246,10 +246,16 @@ impl Projection for JobsProjection {
         ProjectorOptions {
             durable_commit: true,
             batch_size: None,
+            ..Default::default()
         }
     }
 
-    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[RecordedEvent],
+        _lane: Lane,
+    ) -> anyhow::Result<()> {
         let mut once = Requests::default();
         // One row per id and statement: the last request of a coalescing job wins.
         let mut coalescing: std::collections::BTreeMap<Uuid, (&RecordedEvent, &dyn JobHandler)> =

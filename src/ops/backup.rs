@@ -420,15 +420,7 @@ async fn check(
             continue;
         }
         progress(format_args!("catching up {name}"));
-        client
-            .execute(crate::projections::ENSURE_CHECKPOINT_SQL, &[&name])
-            .await?;
-        loop {
-            let outcome = crate::projections::run_batch(&mut client, &**p, 5000, None).await?;
-            if outcome.applied == 0 {
-                break;
-            }
-        }
+        crate::projections::catch_up(&mut client, &**p, 5000).await?;
         let mut live = BTreeMap::new();
         for t in p.tables() {
             live.insert(t, sum(&client, t).await?);

@@ -12,6 +12,7 @@
 //! - Rebuilds replay everything into shadow tables in a schema of their own, then swap
 //!   them in under the checkpoint lock (see `rebuild`).
 
+pub mod lanes;
 pub mod readmodel;
 pub mod rebuild;
 pub mod status;
@@ -26,7 +27,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use tokio::sync::watch;
-use tokio_postgres::{Client, GenericClient, Transaction};
+use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use crate::eventstore::global::{self, Cursor};
@@ -34,10 +35,11 @@ use crate::eventstore::signal::Wake;
 use crate::eventstore::{codec, RecordedEvent, StoreError};
 use crate::pipeline::EventSourced;
 use crate::telemetry::METRICS;
+pub use lanes::Lane;
 use readmodel::ReadModel;
 
 /// How a projector's batches run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProjectorOptions {
     /// Wait for the WAL flush on commit. Off by default: the read-model writes and the
     /// checkpoint commit together, so a commit lost in a crash is simply applied again. A
@@ -45,6 +47,26 @@ pub struct ProjectorOptions {
     pub durable_commit: bool,
     /// Events per batch; `None` takes `CLOUDLENS_PROJECTOR_BATCH`.
     pub batch_size: Option<i64>,
+    /// Loops writing the read model at once, each on its own connection with its own
+    /// checkpoint (`lanes`, ADR 0031). A projection with more than one applies, in each
+    /// lane, only the items whose key `Lane::owns`.
+    pub lanes: u16,
+}
+
+impl Default for ProjectorOptions {
+    fn default() -> Self {
+        Self {
+            durable_commit: false,
+            batch_size: None,
+            lanes: 1,
+        }
+    }
+}
+
+impl ProjectorOptions {
+    pub fn lane_count(&self) -> u16 {
+        self.lanes.max(1)
+    }
 }
 
 /// A read model fed from the event log: the runtime's view of a projector. Contexts
@@ -67,9 +89,15 @@ pub trait Projection: Send + Sync + 'static {
     async fn prepare_shadow(&self, _tx: &Transaction<'_>, _schema: &str) -> anyhow::Result<()> {
         Ok(())
     }
-    /// Applies a batch inside the batch transaction. Table names must stay unqualified:
-    /// rebuilds point `search_path` at the shadow schema.
-    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()>;
+    /// Applies a batch inside the batch transaction: the items of `lane` (all of them
+    /// with one lane). Table names must stay unqualified: rebuilds point `search_path` at
+    /// the shadow schema.
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[RecordedEvent],
+        lane: Lane,
+    ) -> anyhow::Result<()>;
 }
 
 pub type Registry = Arc<Vec<Arc<dyn Projection>>>;
@@ -101,7 +129,8 @@ impl<E> Envelope<E> {
     }
 }
 
-/// A projector of one aggregate's events. It receives them decoded and upcast.
+/// A projector of one aggregate's events. It receives them decoded and upcast, in one
+/// lane.
 #[async_trait]
 pub trait Projector: Send + Sync + 'static {
     type Aggregate: EventSourced;
@@ -144,14 +173,23 @@ where
     }
 
     fn options(&self) -> ProjectorOptions {
-        self.0.options()
+        // Its `apply` knows nothing of lanes.
+        ProjectorOptions {
+            lanes: 1,
+            ..self.0.options()
+        }
     }
 
     async fn prepare_shadow(&self, tx: &Transaction<'_>, schema: &str) -> anyhow::Result<()> {
         self.0.prepare_shadow(tx, schema).await
     }
 
-    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[RecordedEvent],
+        _lane: Lane,
+    ) -> anyhow::Result<()> {
         let typed = events
             .iter()
             .map(Envelope::decode::<P::Aggregate>)
@@ -165,37 +203,63 @@ where
 /// every committed batch (to wake waiters).
 #[derive(Clone, Debug)]
 pub struct Progress {
-    settled: Arc<HashMap<&'static str, AtomicI64>>,
+    /// Per projector, what each of its lanes has settled.
+    settled: Arc<HashMap<&'static str, Vec<AtomicI64>>>,
     changed: watch::Sender<u64>,
 }
 
 impl Progress {
-    /// Tracks the projectors with these names.
+    /// Tracks the projectors with these names, one lane each.
     pub fn new(names: impl IntoIterator<Item = &'static str>) -> Self {
+        Self::with_lanes(names.into_iter().map(|n| (n, 1)))
+    }
+
+    /// Tracks the projectors of `registry` with their lanes.
+    pub fn of(registry: &Registry) -> Self {
+        Self::with_lanes(
+            registry
+                .iter()
+                .map(|p| (p.name(), p.options().lane_count())),
+        )
+    }
+
+    fn with_lanes(projectors: impl IntoIterator<Item = (&'static str, u16)>) -> Self {
+        let settled = projectors
+            .into_iter()
+            .map(|(n, lanes)| (n, (0..lanes.max(1)).map(|_| AtomicI64::new(0)).collect()))
+            .collect();
         Self {
-            settled: Arc::new(names.into_iter().map(|n| (n, AtomicI64::new(0))).collect()),
+            settled: Arc::new(settled),
             changed: watch::channel(0).0,
         }
     }
 
     /// Every event at or below this position is reflected in the projector's read model
-    /// (or is not one it reads). A position once reached stays reached.
+    /// (or is not one it reads): in every lane. A position once reached stays reached.
     pub fn reached(&self, name: &str) -> i64 {
-        self.settled
-            .get(name)
-            .map_or(0, |p| p.load(Ordering::Acquire))
+        self.settled.get(name).map_or(0, |lanes| {
+            lanes
+                .iter()
+                .map(|p| p.load(Ordering::Acquire))
+                .min()
+                .unwrap_or(0)
+        })
     }
 
     /// Forgets what `name` had reached: its runner lost the database, and batches it
     /// committed asynchronously may be lost with a crash of the database.
     fn reset(&self, name: &str) {
-        if let Some(p) = self.settled.get(name) {
+        for p in self.settled.get(name).into_iter().flatten() {
             p.store(0, Ordering::Release);
         }
     }
 
-    fn batch_committed(&self, name: &str, settled: Option<i64>) {
-        if let (Some(s), Some(p)) = (settled, self.settled.get(name)) {
+    fn batch_committed(&self, name: &str, lane: Lane, settled: Option<i64>) {
+        let slot = self
+            .settled
+            .get(name)
+            .and_then(|lanes| lanes.get(usize::from(lane.index)));
+        if let (Some(s), Some(p)) = (settled, slot) {
             p.fetch_max(s, Ordering::AcqRel);
         }
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
@@ -234,8 +298,6 @@ pub(crate) const ENSURE_CHECKPOINT_SQL: &str =
 const LOCK_CHECKPOINT_SQL: &str = "\
 SELECT last_epoch, last_xid, last_position, position_seen FROM projection_checkpoints
  WHERE name = $1 FOR UPDATE";
-const CHECKPOINT_SQL: &str = "\
-SELECT last_epoch, last_xid, last_position FROM projection_checkpoints WHERE name = $1";
 const ADVANCE_SQL: &str = "\
 UPDATE projection_checkpoints
    SET last_epoch = $2, last_xid = $3, last_position = $4, events_applied = events_applied + $5,
@@ -260,14 +322,6 @@ pub(crate) fn cursor(row: &tokio_postgres::Row) -> Result<Cursor, tokio_postgres
         transaction_id: row.try_get(1)?,
         position: row.try_get(2)?,
     })
-}
-
-/// The checkpoint of `name` (the start of the log if it has none yet).
-pub async fn checkpoint<C: GenericClient>(client: &C, name: &str) -> Result<Cursor, StoreError> {
-    match client.query_opt(CHECKPOINT_SQL, &[&name]).await? {
-        Some(row) => Ok(cursor(&row)?),
-        None => Ok(Cursor::default()),
-    }
 }
 
 /// What one batch did.
@@ -305,12 +359,13 @@ impl Prefetch {
     }
 }
 
-/// Applies one batch within `tx`: lock the checkpoint, read, apply, advance. The caller
-/// commits (so a rebuild's final catch-up can share the swap transaction).
+/// Applies one batch of `lane` within `tx`: lock the lane's checkpoint row `checkpoint`,
+/// read, apply, advance. The caller commits (so a rebuild's final catch-up can share the swap transaction).
 pub async fn apply_batch(
     tx: &Transaction<'_>,
     projection: &dyn Projection,
     checkpoint: &str,
+    lane: Lane,
     batch_size: i64,
     mut prefetch: Option<&mut Prefetch>,
 ) -> Result<BatchOutcome, ProjectionError> {
@@ -371,12 +426,13 @@ pub async fn apply_batch(
     let span = tracing::info_span!(
         "projector.batch",
         projector = projection.name(),
+        lane = lane.index,
         events = events.len(),
         last_position = last.position,
         trace_id = tracing::field::Empty,
     );
     crate::telemetry::record_trace_id(&span);
-    let apply = tracing::Instrument::instrument(projection.apply(tx, &events), span);
+    let apply = tracing::Instrument::instrument(projection.apply(tx, &events, lane), span);
     let (applied, ()) = tokio::join!(apply, read_ahead);
     applied.map_err(|source| ProjectionError::Apply {
         name: projection.name(),
@@ -409,10 +465,11 @@ pub(crate) async fn read_committed(
         .await
 }
 
-/// One batch in its own transaction.
+/// One batch of `lane` in its own transaction.
 pub async fn run_batch(
     client: &mut Client,
     projection: &dyn Projection,
+    lane: Lane,
     batch_size: i64,
     prefetch: Option<&mut Prefetch>,
 ) -> Result<BatchOutcome, ProjectionError> {
@@ -421,7 +478,8 @@ pub async fn run_batch(
     if !projection.options().durable_commit {
         tx.batch_execute(ASYNC_COMMIT_SQL).await?;
     }
-    let outcome = apply_batch(&tx, projection, projection.name(), batch_size, prefetch).await?;
+    let checkpoint = lane.checkpoint(projection.name());
+    let outcome = apply_batch(&tx, projection, &checkpoint, lane, batch_size, prefetch).await?;
     tx.commit().await?;
     if outcome.applied > 0 {
         let name = projection.name();
@@ -433,11 +491,34 @@ pub async fn run_batch(
             .projector_events_applied
             .with_label_values(&[name])
             .inc_by(outcome.applied as u64);
-        if let Some(p) = outcome.last_position {
+        // With lanes, the status shows the least advanced one.
+        if let (Some(p), 1) = (outcome.last_position, lane.count) {
             METRICS.projector_position.with_label_values(&[name]).set(p);
         }
     }
     Ok(outcome)
+}
+
+/// Brings every lane of `projection` to the end of the log, one batch after another on
+/// `client` (a verified restore; the runners do this on their own).
+pub async fn catch_up(
+    client: &mut Client,
+    projection: &dyn Projection,
+    batch_size: i64,
+) -> Result<u64, ProjectionError> {
+    let lanes = projection.options().lane_count();
+    lanes::ensure(client, projection.name(), lanes).await?;
+    let mut applied = 0;
+    for lane in Lane::all(lanes) {
+        loop {
+            let outcome = run_batch(client, projection, lane, batch_size, None).await?;
+            applied += outcome.applied as u64;
+            if outcome.applied == 0 {
+                break;
+            }
+        }
+    }
+    Ok(applied)
 }
 
 /// Settings of the runners.
@@ -491,7 +572,8 @@ async fn record_error(conn: &str, name: &str, error: &str) {
     }
 }
 
-/// Connects, waits to become the runner, then projects until shutdown or an error.
+/// Connects, waits to become the runner, then projects in every lane until shutdown or
+/// an error (which ends all lanes).
 async fn lead(
     projection: &dyn Projection,
     cfg: &RunnerConfig,
@@ -515,9 +597,42 @@ async fn lead(
         }
     }
     tracing::info!(projector = name, "this process now runs the projector");
+    let lanes = projection.options().lane_count();
+    lanes::ensure(&mut client, name, lanes).await?;
+    // Lane 0 runs on the connection that holds the election lock, the others on their own.
+    let mut clients = vec![client];
+    for _ in 1..lanes {
+        clients.push(crate::db::connect(&cfg.conn).await?);
+    }
+    METRICS.projector_leader.with_label_values(&[name]).set(1);
+    let loops = clients
+        .iter_mut()
+        .zip(Lane::all(lanes))
+        .map(|(client, lane)| {
+            project_lane(
+                projection,
+                cfg,
+                lane,
+                client,
+                wake.clone(),
+                shutdown.clone(),
+            )
+        });
+    futures::future::try_join_all(loops).await.map(|_| ())
+}
+
+/// One lane's loop: catch up, wait for appends, repeat. Lane 0 also keeps the heartbeat.
+async fn project_lane(
+    projection: &dyn Projection,
+    cfg: &RunnerConfig,
+    lane: Lane,
+    client: &mut Client,
+    mut wake: Wake,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ProjectionError> {
+    let name = projection.name();
     let batch_size = batch_size(projection, cfg.batch_size);
     let mut prefetch = Prefetch::connect(&cfg.conn).await?;
-    METRICS.projector_leader.with_label_values(&[name]).set(1);
     // `None` = never (an `Instant` in the past could underflow just after boot).
     let mut last_beat: Option<Instant> = None;
     let mut last_batch: Option<Instant> = None;
@@ -526,7 +641,7 @@ async fn lead(
         if *shutdown.borrow() {
             return Ok(());
         }
-        if last_beat.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        if lane.is_first() && last_beat.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             client.execute(HEARTBEAT_SQL, &[&name, &cfg.owner]).await?;
             last_beat = Some(Instant::now());
         }
@@ -537,9 +652,9 @@ async fn lead(
         }
         last_batch = Some(Instant::now());
         wake.mark_unchanged();
-        let outcome = run_batch(&mut client, projection, batch_size, Some(&mut prefetch)).await?;
+        let outcome = run_batch(client, projection, lane, batch_size, Some(&mut prefetch)).await?;
         if outcome.applied > 0 || outcome.settled.is_some() {
-            cfg.progress.batch_committed(name, outcome.settled);
+            cfg.progress.batch_committed(name, lane, outcome.settled);
         }
         if !error_cleared {
             // A batch went through: whatever failed before is over.

@@ -3,15 +3,18 @@
 //! 1. Take the projector's rebuild lock (one rebuild at a time, across processes).
 //! 2. Create schema `cl_rebuild_<name>` with empty copies (`LIKE … INCLUDING ALL`) of the
 //!    projection's tables, let the projection prepare them (`prepare_shadow`, e.g. to make
-//!    a copy a hypertable), and a checkpoint `<name>#rebuild` at the start of the log.
+//!    a copy a hypertable), and a checkpoint `<name>#rebuild` at the start of the log (one
+//!    per lane: `<name>#rebuild#<i>`, ADR 0031).
 //! 3. Replay the whole log into the copies (`search_path` points at the shadow schema),
-//!    batch by batch, while the live projector and queries carry on. A server that stops
+//!    batch by batch, each lane on its own connection, while the live projector and
+//!    queries carry on. A server that stops
 //!    meanwhile ends the replay between batches and marks it `interrupted`; so does the
 //!    next start for a rebuild whose process died. It is not resumed: start it again.
 //! 4. Swap in one transaction: lock the live checkpoint row (this waits for a live batch
 //!    in flight and holds back the next), apply the last events to the copies, drop the
 //!    live tables, move the copies into `public` under the live index names, and move the
-//!    rebuild's checkpoint onto the live one. Queries see the old tables or the new ones,
+//!    rebuild's checkpoints onto the live ones (leaving exactly the lanes the projector
+//!    has now). Queries see the old tables or the new ones,
 //!    never a mix or nothing. The swap waits for its locks at most `SWAP_LOCK_TIMEOUT`
 //!    per attempt (readers queue behind a waiting `DROP`, so it must not wait long) and
 //!    tries again after a pause, up to `SWAP_ATTEMPTS` times.
@@ -26,7 +29,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient, Transaction};
 
 use super::readmodel::is_identifier;
-use super::{apply_batch, read_committed, Prefetch, Projection, ProjectionError, ASYNC_COMMIT_SQL};
+use super::{
+    apply_batch, read_committed, Lane, Prefetch, Projection, ProjectionError, ASYNC_COMMIT_SQL,
+};
 use crate::eventstore::StoreError;
 use crate::telemetry::METRICS;
 
@@ -48,7 +53,11 @@ const RESET_SHADOW_CHECKPOINT_SQL: &str = "\
 INSERT INTO projection_checkpoints (name) VALUES ($1)
 ON CONFLICT (name) DO UPDATE SET last_epoch = 0, last_xid = '0'::xid8, last_position = 0,
                                  position_seen = 0, events_applied = 0";
-const LOCK_LIVE_SQL: &str = "SELECT 1 FROM projection_checkpoints WHERE name = $1 FOR UPDATE";
+/// Every live lane's row (ADR 0031).
+const LOCK_LIVE_SQL: &str = "SELECT 1 FROM projection_checkpoints WHERE projector = $1 FOR UPDATE";
+/// Lanes a new lane count no longer has.
+const DROP_LANES_SQL: &str =
+    "DELETE FROM projection_checkpoints WHERE projector = $1 AND name <> ALL($2)";
 const MOVE_CHECKPOINT_SQL: &str = "\
 UPDATE projection_checkpoints l
    SET last_epoch = s.last_epoch, last_xid = s.last_xid, last_position = s.last_position,
@@ -232,6 +241,8 @@ impl Rebuild {
         let shadow_schema = format!("cl_rebuild_{name}");
         let shadow_checkpoint = format!("{name}#rebuild");
         let shapes_before = self.shapes().await?;
+        let lane_count = p.options().lane_count();
+        let conn = self.conn.clone();
         let client = &mut self.client;
 
         client
@@ -260,39 +271,46 @@ impl Rebuild {
             tx.execute(SECURE_SQL, &[&format!("{shadow_schema}.{t}")])
                 .await?;
         }
-        tx.execute(RESET_SHADOW_CHECKPOINT_SQL, &[&shadow_checkpoint])
+        for lane in Lane::all(lane_count) {
+            tx.execute(
+                RESET_SHADOW_CHECKPOINT_SQL,
+                &[&lane.checkpoint(&shadow_checkpoint)],
+            )
             .await?;
+        }
         tx.commit().await?;
         tracing::info!(projector = name, "rebuild started");
 
-        let search_path = format!("SET LOCAL search_path = {shadow_schema}, public");
-        let mut prefetch = Prefetch::connect(&self.conn).await?;
-        let mut events = 0_u64;
-        loop {
-            if *stop.borrow() {
-                return Err(RebuildError::Interrupted(name.to_owned()));
-            }
-            let tx = read_committed(client).await?;
-            tx.batch_execute(&format!("{search_path}; {ASYNC_COMMIT_SQL}"))
-                .await?;
-            let outcome = apply_batch(
-                &tx,
-                &*p,
-                &shadow_checkpoint,
-                batch_size,
-                Some(&mut prefetch),
-            )
-            .await?;
-            tx.commit().await?;
-            events += outcome.applied as u64;
-            if let Some(pos) = outcome.last_position {
-                METRICS.rebuild_position.with_label_values(&[name]).set(pos);
-                client.execute(PROGRESS_SQL, &[&name, &pos]).await?;
-            }
-            if (outcome.applied as i64) < batch_size {
-                break;
-            }
+        // Lane 0 replays on this connection, which holds the rebuild lock; the others on
+        // their own.
+        let mut others = Vec::new();
+        for _ in 1..lane_count {
+            others.push(
+                crate::db::connect(&conn)
+                    .await
+                    .map_err(ProjectionError::from)?,
+            );
         }
+        let replays = std::iter::once(&mut *client)
+            .chain(others.iter_mut())
+            .zip(Lane::all(lane_count))
+            .map(|(c, lane)| {
+                replay(
+                    c,
+                    &*p,
+                    lane,
+                    &shadow_schema,
+                    &shadow_checkpoint,
+                    batch_size,
+                    &conn,
+                    &stop,
+                )
+            });
+        let mut events: u64 = futures::future::try_join_all(replays)
+            .await?
+            .into_iter()
+            .sum();
+        drop(others);
 
         let mut attempt = 0;
         let position = loop {
@@ -346,6 +364,44 @@ impl Rebuild {
     }
 }
 
+/// Replays `lane` of the log into the shadow tables, batch by batch, until it has read
+/// everything; returns the events it went through. Lane 0 reports the progress.
+#[allow(clippy::too_many_arguments)]
+async fn replay(
+    client: &mut Client,
+    p: &dyn Projection,
+    lane: Lane,
+    shadow_schema: &str,
+    shadow_checkpoint: &str,
+    batch_size: i64,
+    conn: &str,
+    stop: &watch::Receiver<bool>,
+) -> Result<u64, RebuildError> {
+    let name = p.name();
+    let checkpoint = lane.checkpoint(shadow_checkpoint);
+    let setup = format!("SET LOCAL search_path = {shadow_schema}, public; {ASYNC_COMMIT_SQL}");
+    let mut prefetch = Prefetch::connect(conn).await?;
+    let mut events = 0_u64;
+    loop {
+        if *stop.borrow() {
+            return Err(RebuildError::Interrupted(name.to_owned()));
+        }
+        let tx = read_committed(client).await?;
+        tx.batch_execute(&setup).await?;
+        let outcome =
+            apply_batch(&tx, p, &checkpoint, lane, batch_size, Some(&mut prefetch)).await?;
+        tx.commit().await?;
+        events += outcome.applied as u64;
+        if let (Some(pos), true) = (outcome.last_position, lane.is_first()) {
+            METRICS.rebuild_position.with_label_values(&[name]).set(pos);
+            client.execute(PROGRESS_SQL, &[&name, &pos]).await?;
+        }
+        if (outcome.applied as i64) < batch_size {
+            return Ok(events);
+        }
+    }
+}
+
 /// The shape of live table `table` (empty if it does not exist).
 async fn shape<C: GenericClient>(client: &C, table: &str) -> Result<String, RebuildError> {
     Ok(match client.query_opt(SHAPE_SQL, &[&table]).await? {
@@ -370,16 +426,20 @@ async fn swap(
     shapes_before: &[String],
 ) -> Result<(u64, i64), RebuildError> {
     let name = p.name();
-    // Waits for a live batch in flight (no reader waits on this row lock).
-    tx.query_one(LOCK_LIVE_SQL, &[&name]).await?;
+    let lanes: Vec<Lane> = Lane::all(p.options().lane_count()).collect();
+    // Waits for live batches in flight (no reader waits on these row locks).
+    tx.query(LOCK_LIVE_SQL, &[&name]).await?;
     tx.batch_execute(&format!("SET LOCAL search_path = {shadow_schema}, public"))
         .await?;
     let mut events = 0;
-    loop {
-        let outcome = apply_batch(tx, p, shadow_checkpoint, batch_size, None).await?;
-        events += outcome.applied as u64;
-        if (outcome.applied as i64) < batch_size {
-            break;
+    for lane in &lanes {
+        let checkpoint = lane.checkpoint(shadow_checkpoint);
+        loop {
+            let outcome = apply_batch(tx, p, &checkpoint, *lane, batch_size, None).await?;
+            events += outcome.applied as u64;
+            if (outcome.applied as i64) < batch_size {
+                break;
+            }
         }
     }
     tx.batch_execute("SET LOCAL search_path = public").await?;
@@ -416,12 +476,20 @@ async fn swap(
             }
         }
     }
-    let position: i64 = tx
-        .query_one(MOVE_CHECKPOINT_SQL, &[&name, &shadow_checkpoint])
-        .await?
-        .try_get(0)?;
-    tx.execute(DELETE_CHECKPOINT_SQL, &[&shadow_checkpoint])
-        .await?;
+    let mut position = i64::MAX;
+    let mut live_lanes = Vec::new();
+    for lane in &lanes {
+        let (live, shadow) = (lane.checkpoint(name), lane.checkpoint(shadow_checkpoint));
+        tx.execute(super::ENSURE_CHECKPOINT_SQL, &[&live]).await?;
+        let moved: i64 = tx
+            .query_one(MOVE_CHECKPOINT_SQL, &[&live, &shadow])
+            .await?
+            .try_get(0)?;
+        position = position.min(moved);
+        tx.execute(DELETE_CHECKPOINT_SQL, &[&shadow]).await?;
+        live_lanes.push(live);
+    }
+    tx.execute(DROP_LANES_SQL, &[&name, &live_lanes]).await?;
     tx.batch_execute(&format!("DROP SCHEMA {shadow_schema} CASCADE"))
         .await?;
     Ok((events, position))

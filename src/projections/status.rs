@@ -45,6 +45,11 @@ SELECT last_epoch, last_xid, last_position, events_applied, owner, last_error,
        coalesce(heartbeat_at > now() - make_interval(secs => $2), false),
        rebuild_state, rebuild_position, rebuild_started_at, rebuild_finished_at, position_seen
   FROM projection_checkpoints WHERE name = $1";
+/// Every lane (ADR 0031), the least advanced first.
+const LANES_SQL: &str = "\
+SELECT last_epoch, last_xid, last_position, position_seen, events_applied
+  FROM projection_checkpoints WHERE projector = $1
+ ORDER BY last_epoch, last_xid, last_position";
 
 /// Pending events are counted up to this many: the lag gauge stays cheap to compute
 /// however far behind a projector is (it then reads "at least this many").
@@ -69,7 +74,22 @@ pub async fn of<C: GenericClient>(
             rebuild: None,
         });
     };
-    let at = super::cursor(&row)?;
+    // The runner's heartbeat, error and rebuild are on lane 0's row; where the projector
+    // stands is its least advanced lane.
+    let lanes = client.query(LANES_SQL, &[&p.name()]).await?;
+    let at = match lanes.first() {
+        Some(least) => super::cursor(least)?,
+        None => super::cursor(&row)?,
+    };
+    let mut position = i64::MAX;
+    let mut events_applied = 0;
+    for lane in &lanes {
+        position = position.min(lane.try_get(3)?);
+        events_applied += lane.try_get::<_, i64>(4)?;
+    }
+    if lanes.is_empty() {
+        (position, events_applied) = (row.try_get(11)?, row.try_get(3)?);
+    }
     let (lag_events, oldest) = global::pending(client, at, p.stream_types(), LAG_CAP).await?;
     let lag_seconds = oldest.map_or(0.0, |t| {
         (chrono::Utc::now() - t)
@@ -88,8 +108,8 @@ pub async fn of<C: GenericClient>(
     let rebuild_state: Option<String> = row.try_get(7)?;
     let status = ProjectorStatus {
         name: p.name().to_owned(),
-        position: row.try_get(11)?,
-        events_applied: row.try_get(3)?,
+        position,
+        events_applied,
         owner: row.try_get(4)?,
         last_error,
         state: state.into(),

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{checkpoint, Progress, Projection};
+use super::{lanes, Progress, Projection};
 use crate::db::Reader;
 use crate::eventstore::global::{self, Reached};
 use crate::eventstore::StoreError;
@@ -50,7 +50,7 @@ pub async fn wait_for(
         }
         let state = {
             let conn = reads.get().await.map_err(StoreError::from)?;
-            let at = checkpoint(conn.client(), name).await?;
+            let at = lanes::least(conn.client(), name).await?;
             global::reached(conn.client(), at, projection.stream_types(), target).await?
         };
         match state {

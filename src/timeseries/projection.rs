@@ -421,6 +421,7 @@ impl Projector for PointsProjector {
         ProjectorOptions {
             durable_commit: false,
             batch_size: Some(POINT_EVENTS_PER_BATCH),
+            ..Default::default()
         }
     }
 
@@ -497,6 +498,7 @@ impl Projector for BarsProjector {
         ProjectorOptions {
             durable_commit: false,
             batch_size: Some(POINT_EVENTS_PER_BATCH),
+            ..Default::default()
         }
     }
 

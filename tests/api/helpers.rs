@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use cloudlens::config::Settings;
 use cloudlens::db::{self, cluster::LocalCluster};
 use cloudlens::eventstore::{signal::EventSignal, EventStore, RecordedEvent};
-use cloudlens::projections::Projection;
+use cloudlens::projections::{Lane, Projection};
 use serde_json::Value;
 use tokio_postgres::Transaction;
 
@@ -233,7 +233,12 @@ impl Projection for CountingProjection {
     fn tables(&self) -> Vec<&'static str> {
         vec!["test_seen"]
     }
-    async fn apply(&self, tx: &Transaction<'_>, events: &[RecordedEvent]) -> anyhow::Result<()> {
+    async fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        events: &[RecordedEvent],
+        _lane: Lane,
+    ) -> anyhow::Result<()> {
         let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
         let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.stream_id).collect();
         tx.execute(

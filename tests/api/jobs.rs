@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cloudlens::jobs::{self, Interrupted, Job, JobEnv, JobHandler};
-use cloudlens::projections::Progress;
+use cloudlens::projections::{Lane, Progress};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -225,7 +225,7 @@ async fn a_coalescing_job_is_one_row_and_runs_again_when_asked_while_running() {
         .unwrap();
     // Five requests in one batch: one row.
     append_counter_events(&store, uuid::Uuid::now_v7(), 0, 5).await;
-    cloudlens::projections::run_batch(&mut client, &projection, 1000, None)
+    cloudlens::projections::run_batch(&mut client, &projection, Lane::SOLE, 1000, None)
         .await
         .unwrap();
     assert_eq!(count(&conn, "SELECT count(*) FROM jobs").await, 1);
@@ -234,7 +234,7 @@ async fn a_coalescing_job_is_one_row_and_runs_again_when_asked_while_running() {
     until(&conn, COALESCED, "running").await;
     // Asked for again while it runs: it stays running, marked to run once more.
     append_counter_events(&store, uuid::Uuid::now_v7(), 0, 2).await;
-    cloudlens::projections::run_batch(&mut client, &projection, 1000, None)
+    cloudlens::projections::run_batch(&mut client, &projection, Lane::SOLE, 1000, None)
         .await
         .unwrap();
     let (state, rerun): (String, bool) = {
@@ -267,7 +267,7 @@ async fn a_coalescing_job_is_one_row_and_runs_again_when_asked_while_running() {
     );
     // Asked for after it finished: queued and run again, still one row.
     append_counter_events(&store, uuid::Uuid::now_v7(), 0, 1).await;
-    cloudlens::projections::run_batch(&mut client, &projection, 1000, None)
+    cloudlens::projections::run_batch(&mut client, &projection, Lane::SOLE, 1000, None)
         .await
         .unwrap();
     eventually(Duration::from_secs(30), || async {

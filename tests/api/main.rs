@@ -19,6 +19,7 @@ mod erasure;
 mod feed;
 mod http_api;
 mod jobs;
+mod lanes;
 mod projections;
 mod prometheus;
 mod protocol;

@@ -226,6 +226,7 @@ impl Projection for Hourly {
         projections::ProjectorOptions {
             durable_commit: true,
             batch_size: Some(7),
+            ..Default::default()
         }
     }
     async fn prepare_shadow(
@@ -244,6 +245,7 @@ impl Projection for Hourly {
         &self,
         tx: &tokio_postgres::Transaction<'_>,
         events: &[cloudlens::eventstore::RecordedEvent],
+        _lane: projections::Lane,
     ) -> anyhow::Result<()> {
         let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
         let times: Vec<chrono::DateTime<chrono::Utc>> =
