@@ -8,6 +8,8 @@
 //! reflected once every lane has passed it: status, read-your-writes, the replica check
 //! and archiving take the least advanced lane.
 
+use std::collections::BTreeSet;
+
 use tokio_postgres::{Client, GenericClient};
 
 use super::{cursor, ProjectionError, ENSURE_CHECKPOINT_SQL};
@@ -99,30 +101,26 @@ pub async fn ensure(
     client.execute(ENSURE_CHECKPOINT_SQL, &[&name]).await?;
     let wanted: Vec<String> = Lane::all(count).map(|l| l.checkpoint(name)).collect();
     let tx = client.transaction().await?;
-    let rows = tx.query(LANES_SQL, &[&name]).await?;
-    let mut names = Vec::with_capacity(rows.len());
-    let mut places = Vec::with_capacity(rows.len());
-    for r in &rows {
-        names.push(r.try_get::<_, String>(0)?);
-        places.push(Cursor {
+    let mut names = BTreeSet::new();
+    let mut places = BTreeSet::new();
+    for r in tx.query(LANES_SQL, &[&name]).await? {
+        names.insert(r.try_get::<_, String>(0)?);
+        places.insert(Cursor {
             epoch: r.try_get(1)?,
             transaction_id: r.try_get(2)?,
             position: r.try_get(3)?,
         });
     }
-    names.sort();
-    let mut sorted_wanted = wanted.clone();
-    sorted_wanted.sort();
-    if names == sorted_wanted {
+    if names == wanted.iter().cloned().collect() {
         return Ok(());
     }
-    if places.windows(2).any(|w| w[0] != w[1]) {
+    if places.len() > 1 {
         return Err(ProjectionError::Apply {
             name,
             source: anyhow::anyhow!(
                 "projector {name} now has {count} lane(s), but its {} existing lanes stand at \
                  different places and cannot be split anew: rebuild it \
-                 (`cloudlens rebuild {name}`)",
+                 (`cloudlens projections rebuild {name}`)",
                 names.len()
             ),
         });

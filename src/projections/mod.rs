@@ -360,7 +360,8 @@ impl Prefetch {
 }
 
 /// Applies one batch of `lane` within `tx`: lock the lane's checkpoint row `checkpoint`,
-/// read, apply, advance. The caller commits (so a rebuild's final catch-up can share the swap transaction).
+/// read, apply, advance. The caller commits (so a rebuild's final catch-up can share the
+/// swap transaction).
 pub async fn apply_batch(
     tx: &Transaction<'_>,
     projection: &dyn Projection,

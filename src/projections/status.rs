@@ -18,7 +18,8 @@ pub const HEARTBEAT_STALE: Duration = Duration::from_secs(10);
 pub struct ProjectorStatus {
     pub name: String,
     /// Global position of the last event applied, or the last one handed out once every
-    /// event up to it was read (events of other types included).
+    /// event up to it was read (events of other types included); for a projector with
+    /// lanes, that of its least advanced lane.
     pub position: i64,
     /// Events not yet applied, counted up to 100,000.
     pub lag_events: i64,
@@ -27,6 +28,8 @@ pub struct ProjectorStatus {
     pub state: String,
     pub owner: Option<String>,
     pub last_error: Option<String>,
+    /// Events read by the batches that applied them, summed over the lanes (each lane
+    /// reads every event).
     pub events_applied: i64,
     pub rebuild: Option<RebuildStatus>,
 }
