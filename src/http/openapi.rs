@@ -39,6 +39,7 @@ use crate::projections::status;
         CommandResult,
         error::Problem,
         status::ProjectorStatus,
+        status::LaneStatus,
         status::RebuildStatus,
         admin::Health,
         admin::ProjectionsList,

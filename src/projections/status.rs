@@ -31,7 +31,17 @@ pub struct ProjectorStatus {
     /// Events read by the batches that applied them, summed over the lanes (each lane
     /// reads every event).
     pub events_applied: i64,
+    /// Each lane's checkpoint (one for most projectors; ADR 0031): which lane lags.
+    pub lanes: Vec<LaneStatus>,
     pub rebuild: Option<RebuildStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LaneStatus {
+    /// The lane's checkpoint row: the projector's name for lane 0, `name#i` for lane i.
+    pub checkpoint: String,
+    /// As `position` above, for this lane.
+    pub position: i64,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -50,7 +60,7 @@ SELECT last_epoch, last_xid, last_position, events_applied, owner, last_error,
   FROM projection_checkpoints WHERE name = $1";
 /// Every lane (ADR 0031), the least advanced first.
 const LANES_SQL: &str = "\
-SELECT last_epoch, last_xid, last_position, position_seen, events_applied
+SELECT last_epoch, last_xid, last_position, position_seen, events_applied, name
   FROM projection_checkpoints WHERE projector = $1
  ORDER BY last_epoch, last_xid, last_position";
 
@@ -74,25 +84,28 @@ pub async fn of<C: GenericClient>(
             owner: None,
             last_error: None,
             events_applied: 0,
+            lanes: Vec::new(),
             rebuild: None,
         });
     };
-    // The runner's heartbeat, error and rebuild are on lane 0's row; where the projector
-    // stands is its least advanced lane.
-    let lanes = client.query(LANES_SQL, &[&p.name()]).await?;
-    let at = match lanes.first() {
+    // The runner's heartbeat, error and rebuild are on lane 0's row (`row`, which is
+    // one of the lanes); where the projector stands is its least advanced lane.
+    let rows = client.query(LANES_SQL, &[&p.name()]).await?;
+    let at = match rows.first() {
         Some(least) => super::cursor(least)?,
         None => super::cursor(&row)?,
     };
-    let mut position = i64::MAX;
+    let mut lanes = Vec::with_capacity(rows.len());
     let mut events_applied = 0;
-    for lane in &lanes {
-        position = position.min(lane.try_get(3)?);
-        events_applied += lane.try_get::<_, i64>(4)?;
+    for r in &rows {
+        events_applied += r.try_get::<_, i64>(4)?;
+        lanes.push(LaneStatus {
+            checkpoint: r.try_get(5)?,
+            position: r.try_get(3)?,
+        });
     }
-    if lanes.is_empty() {
-        (position, events_applied) = (row.try_get(11)?, row.try_get(3)?);
-    }
+    lanes.sort_by(|a, b| a.checkpoint.cmp(&b.checkpoint));
+    let position = lanes.iter().map(|l| l.position).min().unwrap_or(0);
     let (lag_events, oldest) = global::pending(client, at, p.stream_types(), LAG_CAP).await?;
     let lag_seconds = oldest.map_or(0.0, |t| {
         (chrono::Utc::now() - t)
@@ -113,6 +126,7 @@ pub async fn of<C: GenericClient>(
         name: p.name().to_owned(),
         position,
         events_applied,
+        lanes,
         owner: row.try_get(4)?,
         last_error,
         state: state.into(),

@@ -163,6 +163,9 @@ async fn two_lanes_apply_every_event_once_in_the_lane_of_its_key_and_rebuild_equ
     let st = status::of(&c, &Laned).await.unwrap();
     assert_eq!(st.lag_events, 0);
     assert_eq!(st.events_applied, 2 * total, "each lane reads every event");
+    let lanes: Vec<&str> = st.lanes.iter().map(|l| l.checkpoint.as_str()).collect();
+    assert_eq!(lanes, ["laned", "laned#1"]);
+    assert!(st.lanes.iter().all(|l| l.position == st.position));
 
     let live = rows(&conn).await;
     Rebuild::begin(&conn, Arc::new(Laned))
@@ -233,8 +236,13 @@ async fn a_position_is_read_only_once_every_lane_has_passed_it() {
     let behind = wait_for(&reads, &progress, &Laned, last, Duration::from_millis(300)).await;
     assert!(matches!(behind, Err(WaitError::Behind(_))), "{behind:?}");
     assert!(progress.reached(NAME) < last);
+    // The status shows the lagging lane: lane 0 is past `last`, lane 1 is not.
     let c = db::connect(&conn).await.unwrap();
-    assert!(status::of(&c, &Laned).await.unwrap().lag_events >= 1);
+    let st = status::of(&c, &Laned).await.unwrap();
+    assert!(st.lag_events >= 1);
+    assert_eq!(st.lanes[0].position, last, "{st:?}");
+    assert!(st.lanes[1].position < last, "{st:?}");
+    assert_eq!(st.position, st.lanes[1].position);
 
     hold.rollback().await.unwrap();
     wait_for(&reads, &progress, &Laned, last, Duration::from_secs(10))
