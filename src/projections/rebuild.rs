@@ -7,17 +7,17 @@
 //!    per lane: `<name>#rebuild#<i>`, ADR 0031).
 //! 3. Replay the whole log into the copies (`search_path` points at the shadow schema),
 //!    batch by batch, each lane on its own connection, while the live projector and
-//!    queries carry on. A server that stops
-//!    meanwhile ends the replay between batches and marks it `interrupted`; so does the
-//!    next start for a rebuild whose process died. It is not resumed: start it again.
-//! 4. Swap in one transaction: lock the live checkpoint row (this waits for a live batch
+//!    queries carry on. A server that stops meanwhile ends the replay between batches and
+//!    marks it `interrupted`; so does the next start for a rebuild whose process died. It
+//!    is not resumed: start it again.
+//! 4. Swap in one transaction: lock the live checkpoint rows (this waits for live batches
 //!    in flight and holds back the next), apply the last events to the copies, drop the
 //!    live tables, move the copies into `public` under the live index names, and move the
 //!    rebuild's checkpoints onto the live ones (leaving exactly the lanes the projector
-//!    has now). Queries see the old tables or the new ones,
-//!    never a mix or nothing. The swap waits for its locks at most `SWAP_LOCK_TIMEOUT`
-//!    per attempt (readers queue behind a waiting `DROP`, so it must not wait long) and
-//!    tries again after a pause, up to `SWAP_ATTEMPTS` times.
+//!    has now). Queries see the old tables or the new ones, never a mix or nothing. The
+//!    swap waits for its locks at most `SWAP_LOCK_TIMEOUT` per attempt (readers queue
+//!    behind a waiting `DROP`, so it must not wait long) and tries again after a pause,
+//!    up to `SWAP_ATTEMPTS` times.
 //! 5. If the live tables changed shape while the replay ran (a migration, manual DDL),
 //!    the swap would silently undo that change: it refuses, and the rebuild fails.
 
@@ -306,10 +306,12 @@ impl Rebuild {
                     &stop,
                 )
             });
+        // Every lane goes through every event: the events replayed are one lane's count.
         let mut events: u64 = futures::future::try_join_all(replays)
             .await?
             .into_iter()
-            .sum();
+            .max()
+            .unwrap_or(0);
         drop(others);
 
         let mut attempt = 0;
@@ -436,7 +438,9 @@ async fn swap(
         let checkpoint = lane.checkpoint(shadow_checkpoint);
         loop {
             let outcome = apply_batch(tx, p, &checkpoint, *lane, batch_size, None).await?;
-            events += outcome.applied as u64;
+            if lane.is_first() {
+                events += outcome.applied as u64;
+            }
             if (outcome.applied as i64) < batch_size {
                 break;
             }

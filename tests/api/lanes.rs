@@ -168,13 +168,14 @@ async fn two_lanes_apply_every_event_once_in_the_lane_of_its_key_and_rebuild_equ
     assert!(st.lanes.iter().all(|l| l.position == st.position));
 
     let live = rows(&conn).await;
-    Rebuild::begin(&conn, Arc::new(Laned))
+    let report = Rebuild::begin(&conn, Arc::new(Laned))
         .await
         .unwrap()
         .run(5, watch::channel(false).1)
         .await
         .unwrap();
     assert_eq!(rows(&conn).await, live);
+    assert_eq!(report.events, total as u64, "events replayed, counted once");
     let names = snapshot(
         &conn,
         "SELECT name FROM projection_checkpoints WHERE name LIKE 'laned%' ORDER BY name",
