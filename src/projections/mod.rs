@@ -583,7 +583,6 @@ async fn lead(
 ) -> Result<(), ProjectionError> {
     let name = projection.name();
     let mut client = crate::db::connect(&cfg.conn).await?;
-    client.execute(ENSURE_CHECKPOINT_SQL, &[&name]).await?;
     loop {
         let leader: bool = client.query_one(TRY_LEAD_SQL, &[&name]).await?.try_get(0)?;
         if leader {

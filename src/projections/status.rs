@@ -53,10 +53,10 @@ pub struct RebuildStatus {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Lane 0's row: the runner's heartbeat, its last error and the rebuild.
 const STATUS_SQL: &str = "\
-SELECT last_epoch, last_xid, last_position, events_applied, owner, last_error,
-       coalesce(heartbeat_at > now() - make_interval(secs => $2), false),
-       rebuild_state, rebuild_position, rebuild_started_at, rebuild_finished_at, position_seen
+SELECT owner, last_error, coalesce(heartbeat_at > now() - make_interval(secs => $2), false),
+       rebuild_state, rebuild_position, rebuild_started_at, rebuild_finished_at
   FROM projection_checkpoints WHERE name = $1";
 /// Every lane (ADR 0031), the least advanced first.
 const LANES_SQL: &str = "\
@@ -88,13 +88,13 @@ pub async fn of<C: GenericClient>(
             rebuild: None,
         });
     };
-    // The runner's heartbeat, error and rebuild are on lane 0's row (`row`, which is
-    // one of the lanes); where the projector stands is its least advanced lane.
+    // Where the projector stands is its least advanced lane (lane 0's row is one).
     let rows = client.query(LANES_SQL, &[&p.name()]).await?;
-    let at = match rows.first() {
-        Some(least) => super::cursor(least)?,
-        None => super::cursor(&row)?,
-    };
+    let at = rows
+        .first()
+        .map(super::cursor)
+        .transpose()?
+        .unwrap_or_default();
     let mut lanes = Vec::with_capacity(rows.len());
     let mut events_applied = 0;
     for r in &rows {
@@ -114,20 +114,20 @@ pub async fn of<C: GenericClient>(
             .max(0) as f64
             / 1e6
     });
-    let alive: bool = row.try_get(6)?;
-    let last_error: Option<String> = row.try_get(5)?;
+    let alive: bool = row.try_get(2)?;
+    let last_error: Option<String> = row.try_get(1)?;
     let state = match (alive, &last_error) {
         (true, None) => "running",
         (true, Some(_)) => "failing",
         (false, _) => "stopped",
     };
-    let rebuild_state: Option<String> = row.try_get(7)?;
+    let rebuild_state: Option<String> = row.try_get(3)?;
     let status = ProjectorStatus {
         name: p.name().to_owned(),
         position,
         events_applied,
         lanes,
-        owner: row.try_get(4)?,
+        owner: row.try_get(0)?,
         last_error,
         state: state.into(),
         lag_events,
@@ -135,9 +135,9 @@ pub async fn of<C: GenericClient>(
         rebuild: match rebuild_state {
             Some(state) => Some(RebuildStatus {
                 state,
-                position: row.try_get(8)?,
-                started_at: row.try_get(9)?,
-                finished_at: row.try_get(10)?,
+                position: row.try_get(4)?,
+                started_at: row.try_get(5)?,
+                finished_at: row.try_get(6)?,
             }),
             None => None,
         },
