@@ -46,6 +46,30 @@ impl Lane {
         hash % u64::from(self.count) == u64::from(self.index)
     }
 
+    /// For projectors that unpack their batches in PostgreSQL: the values to bind in
+    /// `cloudlens_lane(key, $count) = $index` (sql/V27), which picks a lane by a hash
+    /// PostgreSQL computes. A projector uses either this or `owns` for all its keys.
+    pub fn sql_params(&self) -> (i32, i32) {
+        (i32::from(self.count), i32::from(self.index))
+    }
+
+    /// `owns` for a projector that decides in SQL (`sql_params`), for the odd single key
+    /// it applies outside its set-wise statements.
+    pub async fn owns_in_sql<C: GenericClient>(
+        &self,
+        client: &C,
+        key: &str,
+    ) -> Result<bool, tokio_postgres::Error> {
+        if self.count <= 1 {
+            return Ok(true);
+        }
+        let (count, index) = self.sql_params();
+        let row = client
+            .query_one("SELECT cloudlens_lane($1, $2) = $3", &[&key, &count, &index])
+            .await?;
+        row.try_get(0)
+    }
+
     /// Rows shared by every key (one per event, say) are written by lane 0 alone.
     pub fn is_first(&self) -> bool {
         self.index == 0

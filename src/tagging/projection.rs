@@ -316,7 +316,7 @@ static ATTRIBUTES_MODEL: ReadModel = ReadModel {
 /// removed first (a null is an absent key), then its non-null values merged in; the
 /// source's `updated_time` is recorded. The batch's payload goes to PostgreSQL as it is
 /// stored and is unpacked there: the rows are never decoded into Rust values and encoded
-/// again.
+/// again. Each lane keeps the rows of the subjects it owns, by `cloudlens_lane` (sql/V27).
 const MERGE_ATTRIBUTES_SQL: &str = "\
 WITH ev AS (SELECT $2::jsonb AS p)
 INSERT INTO subject_attributes AS s
@@ -325,6 +325,7 @@ SELECT $1, ev.p ->> 'kind', r ->> 'id', (ev.p ->> 'primary')::boolean, r -> 'att
        jsonb_build_object(ev.p ->> 'source', r -> 'updated_time'),
        (r ->> 'updated_time')::timestamptz
   FROM ev, jsonb_array_elements(ev.p -> 'rows') r
+ WHERE cloudlens_lane(r ->> 'id', $3) = $4
 ON CONFLICT (tenant_id, kind, subject_id) DO UPDATE
    SET attrs = (s.attrs - (SELECT ARRAY(SELECT jsonb_array_elements_text(ev.p -> 'columns'))
                              FROM ev)) || EXCLUDED.attrs,
@@ -390,11 +391,12 @@ impl Projection for SubjectAttributesProjector {
     }
 
     fn options(&self) -> ProjectorOptions {
-        // Import events are large (1,000 rows each): fewer per batch.
+        // Import events are large (1,000 rows each): fewer per batch. Subjects are split
+        // by id over two lanes (ADR 0031), as `subject_tags` is.
         ProjectorOptions {
             durable_commit: false,
             batch_size: Some(50),
-            ..Default::default()
+            lanes: 2,
         }
     }
 
@@ -403,9 +405,10 @@ impl Projection for SubjectAttributesProjector {
         &self,
         tx: &Transaction<'_>,
         events: &[RecordedEvent],
-        _lane: Lane,
+        lane: Lane,
     ) -> anyhow::Result<()> {
         let merge = tx.prepare(MERGE_ATTRIBUTES_SQL).await?;
+        let (count, index) = lane.sql_params();
         for e in events {
             match e.event_type.as_str() {
                 ROWS_IMPORTED => {
@@ -417,10 +420,12 @@ impl Projection for SubjectAttributesProjector {
                     // A cheap test first: most batches hold nothing sealed.
                     if e.payload.get().contains("\"sealed\"") {
                         let opened = tokio_postgres::types::Json(self.open(tx, e).await?);
-                        tx.execute(&merge, &[&e.tenant_id, &opened]).await?;
+                        tx.execute(&merge, &[&e.tenant_id, &opened, &count, &index])
+                            .await?;
                     } else {
                         let payload = tokio_postgres::types::Json(&e.payload);
-                        tx.execute(&merge, &[&e.tenant_id, &payload]).await?;
+                        tx.execute(&merge, &[&e.tenant_id, &payload, &count, &index])
+                            .await?;
                     }
                 }
                 SUBJECT_FORGOTTEN => {
@@ -430,6 +435,9 @@ impl Projection for SubjectAttributesProjector {
                         attributes,
                         ..
                     } = SubjectErasure::decode(e)?;
+                    if !lane.owns_in_sql(tx, &subject_id).await? {
+                        continue;
+                    }
                     // The command destroyed them already; certain once applied, a no-op
                     // on replays.
                     let subject = (e.tenant_id.as_str(), kind.as_str());

@@ -306,3 +306,50 @@ async fn lanes_are_split_anew_only_where_they_stand_together() {
         1
     );
 }
+
+/// Projectors that unpack their batches in PostgreSQL pick lanes with `cloudlens_lane`
+/// (sql/V27): every key in exactly one lane, the keys shared evenly, and `owns_in_sql`
+/// (for single keys applied outside the set-wise statements) says the same.
+#[actix_web::test]
+async fn lanes_chosen_in_sql_split_the_keys_and_agree_with_owns_in_sql() {
+    let conn = fresh_database().await;
+    let c = db::connect(&conn).await.unwrap();
+    let per_lane = snapshot(
+        &conn,
+        "SELECT format('%s %s', lane, count(*))
+           FROM generate_series(1, 3000) i, cloudlens_lane('user-' || i, 3) lane
+          GROUP BY lane ORDER BY lane",
+    )
+    .await;
+    assert_eq!(per_lane.len(), 3, "{per_lane:?}");
+    for line in &per_lane {
+        let n: i64 = line.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!((800..1200).contains(&n), "{per_lane:?}");
+    }
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM generate_series(1, 100) i WHERE cloudlens_lane('k' || i, 1) <> 0"
+        )
+        .await,
+        0
+    );
+    for key in ["user-1", "user-2", "user-3", "用户-4", ""] {
+        let owners: Vec<u16> = {
+            let mut v = Vec::new();
+            for lane in Lane::all(3) {
+                if lane.owns_in_sql(&c, key).await.unwrap() {
+                    v.push(lane.index);
+                }
+            }
+            v
+        };
+        let (count, _) = Lane { index: 0, count: 3 }.sql_params();
+        let expected: i32 = c
+            .query_one("SELECT cloudlens_lane($1, $2)", &[&key, &count])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(owners, [expected as u16], "{key}");
+    }
+}
