@@ -65,7 +65,10 @@ impl Lane {
         }
         let (count, index) = self.sql_params();
         let row = client
-            .query_one("SELECT cloudlens_lane($1, $2) = $3", &[&key, &count, &index])
+            .query_one(
+                "SELECT cloudlens_lane($1, $2) = $3",
+                &[&key, &count, &index],
+            )
             .await?;
         row.try_get(0)
     }

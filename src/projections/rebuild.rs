@@ -262,6 +262,16 @@ impl Rebuild {
         }
         let tx = client.transaction().await?;
         tx.batch_execute(&ddl).await?;
+        for t in p.tables() {
+            let options: String = tx
+                .query_one(STORAGE_OPTIONS_SQL, &[&format!("public.{t}")])
+                .await?
+                .try_get(0)?;
+            if !options.is_empty() {
+                tx.batch_execute(&format!("ALTER TABLE {shadow_schema}.{t} SET ({options})"))
+                    .await?;
+            }
+        }
         p.prepare_shadow(&tx, &shadow_schema)
             .await
             .map_err(|source| ProjectionError::Apply { name, source })?;
@@ -411,6 +421,14 @@ async fn shape<C: GenericClient>(client: &C, table: &str) -> Result<String, Rebu
         None => String::new(),
     })
 }
+
+/// The live table's storage parameters (`fillfactor`, autovacuum settings) as the list of
+/// an `ALTER TABLE … SET (…)`, quoted from the catalog: `LIKE … INCLUDING ALL` copies the
+/// indexes with theirs, not the table's.
+const STORAGE_OPTIONS_SQL: &str = "\
+SELECT coalesce(string_agg(format('%I = %L', split_part(o, '=', 1), substr(o, strpos(o, '=') + 1)),
+                           ', '), '')
+  FROM pg_class c, unnest(c.reloptions) o WHERE c.oid = $1::text::regclass";
 
 /// Secures a read-model table as every read model is (`sql/V9`).
 const SECURE_SQL: &str = "SELECT cloudlens_secure_read_model($1::text::regclass)";

@@ -723,6 +723,22 @@ async fn rebuilt_tagging_read_models_equal_the_live_ones() {
     for ((_, sql), before) in tables.iter().zip(live) {
         assert_eq!(snapshot(&app.conn, sql).await, before, "{sql}");
     }
+    // The swapped-in copy keeps the live table's storage parameters (sql/V28), and the
+    // GIN index its own.
+    let options = snapshot(
+        &app.conn,
+        "SELECT c.relname || ' ' || coalesce(array_to_string(c.reloptions, ','), 'none') FROM pg_class c
+          WHERE c.oid IN ('public.subject_attributes'::regclass, 'public.subject_tags_ids'::regclass)
+          ORDER BY 1",
+    )
+    .await;
+    assert_eq!(
+        options,
+        [
+            "subject_attributes fillfactor=70",
+            "subject_tags_ids gin_pending_list_limit=32768"
+        ]
+    );
 }
 
 #[actix_web::test]
