@@ -335,15 +335,12 @@ async fn lanes_chosen_in_sql_split_the_keys_and_agree_with_owns_in_sql() {
         0
     );
     for key in ["user-1", "user-2", "user-3", "用户-4", ""] {
-        let owners: Vec<u16> = {
-            let mut v = Vec::new();
-            for lane in Lane::all(3) {
-                if lane.owns_in_sql(&c, key).await.unwrap() {
-                    v.push(lane.index);
-                }
+        let mut owners = Vec::new();
+        for lane in Lane::all(3) {
+            if lane.owns_in_sql(&c, key).await.unwrap() {
+                owners.push(lane.index);
             }
-            v
-        };
+        }
         let (count, _) = Lane { index: 0, count: 3 }.sql_params();
         let expected: i32 = c
             .query_one("SELECT cloudlens_lane($1, $2)", &[&key, &count])
