@@ -34,6 +34,8 @@
 //! Because a stream lies in one partition and a partition has one owner at a time, the
 //! events of one stream go to one member at a time, in order.
 
+use std::sync::Mutex;
+
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
@@ -805,8 +807,10 @@ pub async fn view(pool: &Pool, tenant: &str, group: &str) -> Result<GroupView, A
 }
 
 /// Measures every group's lag (the elected `consumer_group_lag` job) and exports the
-/// [`MAX_LAG_GROUPS`] largest.
-pub async fn refresh_lag(pool: &Pool) -> Result<(), ApiError> {
+/// [`MAX_LAG_GROUPS`] largest. `shown` holds the groups this job exported last time: it
+/// removes those it no longer shows, and only those (another server instance in the same
+/// process, as in the tests, keeps its own).
+pub async fn refresh_lag(pool: &Pool, shown: &Mutex<Vec<String>>) -> Result<(), ApiError> {
     let client = pool.get().await.map_err(db)?;
     let groups = client.query(ALL_GROUPS_SQL, &[]).await.map_err(db)?;
     let mut measured = Vec::with_capacity(groups.len());
@@ -844,10 +848,20 @@ pub async fn refresh_lag(pool: &Pool) -> Result<(), ApiError> {
         ));
     }
     measured.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    FEED.group_lag.reset();
-    for (label, n) in measured.iter().take(MAX_LAG_GROUPS) {
+    measured.truncate(MAX_LAG_GROUPS);
+    let mut shown = shown
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for gone in shown
+        .iter()
+        .filter(|l| !measured.iter().any(|(m, _)| m == *l))
+    {
+        let _ = FEED.group_lag.remove_label_values(&[gone]);
+    }
+    for (label, n) in &measured {
         FEED.group_lag.with_label_values(&[label]).set(*n);
     }
+    *shown = measured.into_iter().map(|(label, _)| label).collect();
     Ok(())
 }
 

@@ -120,10 +120,12 @@ const LAG_EVERY: Duration = Duration::from_secs(5);
 
 fn lag_job(env: &crate::scheduled::Env) -> Vec<Job> {
     let store = env.store.clone();
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     vec![Job::new("consumer_group_lag", LAG_EVERY, move || {
         let store = store.clone();
+        let shown = shown.clone();
         async move {
-            groups::refresh_lag(store.pool()).await?;
+            groups::refresh_lag(store.pool(), &shown).await?;
             Ok(())
         }
     })]

@@ -948,3 +948,51 @@ async fn members_polling_while_writers_append_and_one_is_killed_account_for_ever
         }
     }
 }
+
+/// The lag job removes only the groups it exported itself: a second server in the same
+/// process (a database without groups, as other tests run beside this one) leaves them,
+/// and a group that falls out of the job's view goes.
+#[actix_web::test]
+async fn the_lag_gauge_keeps_the_groups_of_other_servers_in_the_process() {
+    use cloudlens::feed::groups::refresh_lag;
+    use cloudlens::feed::metrics::FEED;
+    use std::sync::Mutex;
+
+    let app = spawn_app().await;
+    let group = format!("lag{}", uuid::Uuid::now_v7().simple());
+    let res = app
+        .client
+        .put(app.url(&format!("/api/v1/consumers/{group}")))
+        .send_json(&json!({"filters": {"stream_types": ["budget"]}}))
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    budget(&app, "default", "lagging", 0).await;
+    let label = format!("default/{group}");
+    let exported = || {
+        use prometheus::core::Collector;
+        FEED.group_lag.collect()[0]
+            .get_metric()
+            .iter()
+            .any(|m| m.get_label().iter().any(|l| l.get_value() == label))
+    };
+
+    let ours = Mutex::new(Vec::new());
+    let pool = cloudlens::db::pool(&app.conn, 2).unwrap();
+    refresh_lag(&pool, &ours).await.unwrap();
+    assert!(exported(), "the group's lag is exported");
+    assert!(FEED.group_lag.with_label_values(&[&label]).get() >= 1);
+
+    let other_db = fresh_database().await;
+    let other_pool = cloudlens::db::pool(&other_db, 2).unwrap();
+    refresh_lag(&other_pool, &Mutex::new(Vec::new()))
+        .await
+        .unwrap();
+    assert!(exported(), "another server's job left it");
+
+    // Seen by this job last time and gone from its database now: removed.
+    let stale = Mutex::new(vec![label.clone()]);
+    refresh_lag(&other_pool, &stale).await.unwrap();
+    assert!(!exported(), "the job removed the group it no longer sees");
+    assert!(stale.lock().unwrap().is_empty());
+}
