@@ -316,11 +316,12 @@ impl Rebuild {
                     &stop,
                 )
             });
-        // Every lane goes through every event: the events replayed are one lane's count.
+        // Every lane goes through every event: the events replayed are lane 0's count (as
+        // in the swap below).
         let mut events: u64 = futures::future::try_join_all(replays)
             .await?
-            .into_iter()
-            .max()
+            .first()
+            .copied()
             .unwrap_or(0);
         drop(others);
 

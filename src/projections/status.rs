@@ -58,11 +58,10 @@ const STATUS_SQL: &str = "\
 SELECT owner, last_error, coalesce(heartbeat_at > now() - make_interval(secs => $2), false),
        rebuild_state, rebuild_position, rebuild_started_at, rebuild_finished_at
   FROM projection_checkpoints WHERE name = $1";
-/// Every lane (ADR 0031), the least advanced first.
+/// Every lane (ADR 0031), in the order of their checkpoint names.
 const LANES_SQL: &str = "\
 SELECT last_epoch, last_xid, last_position, position_seen, events_applied, name
-  FROM projection_checkpoints WHERE projector = $1
- ORDER BY last_epoch, last_xid, last_position";
+  FROM projection_checkpoints WHERE projector = $1 ORDER BY name";
 
 /// Pending events are counted up to this many: the lag gauge stays cheap to compute
 /// however far behind a projector is (it then reads "at least this many").
@@ -90,21 +89,19 @@ pub async fn of<C: GenericClient>(
     };
     // Where the projector stands is its least advanced lane (lane 0's row is one).
     let rows = client.query(LANES_SQL, &[&p.name()]).await?;
-    let at = rows
-        .first()
-        .map(super::cursor)
-        .transpose()?
-        .unwrap_or_default();
+    let mut at: Option<global::Cursor> = None;
     let mut lanes = Vec::with_capacity(rows.len());
     let mut events_applied = 0;
     for r in &rows {
+        let cursor = super::cursor(r)?;
+        at = Some(at.map_or(cursor, |a| a.min(cursor)));
         events_applied += r.try_get::<_, i64>(4)?;
         lanes.push(LaneStatus {
             checkpoint: r.try_get(5)?,
             position: r.try_get(3)?,
         });
     }
-    lanes.sort_by(|a, b| a.checkpoint.cmp(&b.checkpoint));
+    let at = at.unwrap_or_default();
     let position = lanes.iter().map(|l| l.position).min().unwrap_or(0);
     let (lag_events, oldest) = global::pending(client, at, p.stream_types(), LAG_CAP).await?;
     let lag_seconds = oldest.map_or(0.0, |t| {
