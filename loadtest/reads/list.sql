@@ -5,4 +5,4 @@
 -- has no string variables to pick a tag at random, so reads.sh runs 16 copies of this
 -- script with equal weights, copy k with :tag = :tag<k> = {"team": "team-<k>"}.
 \set lim 21
-SELECT id, version, name, amount, currency, period, budget_type, start_date, end_date, tag_filter, service_filter, alert_thresholds, account, created_at, updated_at FROM budgets_view WHERE tenant_id = :tenant AND id > :after AND tag_filter @> :tag ORDER BY id LIMIT :lim;
+SELECT id, version, created_at, doc FROM budgets_view WHERE tenant_id = :tenant AND id > :after AND tag_filter @> :tag ORDER BY id LIMIT :lim;

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::aggregate::Budget;
 use super::events::{BudgetDetails, BudgetEvent, ThresholdCrossing};
+use super::queries::BudgetDoc;
 use crate::projections::readmodel::{col, ReadModel, Row};
 use crate::projections::{Envelope, Projector};
 
@@ -41,6 +42,7 @@ pub static BUDGETS_VIEW: ReadModel = ReadModel {
         col("created_at", Type::TIMESTAMPTZ),
         col("updated_at", Type::TIMESTAMPTZ),
         col("last_position", Type::INT8),
+        col("doc", Type::TEXT),
     ],
     keep_on_update: &["created_at"],
     newer: Some("version"),
@@ -119,6 +121,8 @@ struct BudgetRow {
     created_at: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
     position: i64,
+    /// The budget's JSON as reads serve it (`queries::BudgetDoc`).
+    doc: String,
 }
 
 impl Row for BudgetRow {
@@ -142,7 +146,55 @@ impl Row for BudgetRow {
             self.created_at.as_ref().unwrap_or(&self.updated_at),
             &self.updated_at,
             &self.position,
+            &self.doc,
         ]
+    }
+}
+
+impl BudgetRow {
+    /// The row after a `BudgetCreated` or `BudgetUpdated` with these details.
+    fn new(e: Envelope<BudgetDetails>, created_at: Option<DateTime<Utc>>) -> Self {
+        let details = e.event;
+        let tag_filter = Value::Object(details.tag_filter.clone());
+        let service_filter = Value::from(details.service_filter.clone());
+        let alert_thresholds = Value::from(
+            details
+                .alert_thresholds
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>(),
+        );
+        let doc = BudgetDoc {
+            id: e.stream_id,
+            name: &details.name,
+            amount: details.amount,
+            currency: &details.currency,
+            period: details.period.as_str(),
+            budget_type: details.budget_type.as_str(),
+            start_date: details.start_date,
+            end_date: details.end_date,
+            tag_filter: &tag_filter,
+            service_filter: &service_filter,
+            alert_thresholds: &alert_thresholds,
+            account: details.account.as_deref(),
+            updated_at: e.recorded_at,
+        }
+        .render();
+        BudgetRow {
+            id: e.stream_id,
+            tenant: e.tenant_id,
+            version: e.version,
+            period: details.period.as_str(),
+            budget_type: details.budget_type.as_str(),
+            tag_filter,
+            service_filter,
+            alert_thresholds,
+            details,
+            created_at,
+            updated_at: e.recorded_at,
+            position: e.position,
+            doc,
+        }
     }
 }
 
@@ -183,33 +235,23 @@ impl Projector for BudgetsProjector {
                 (_, Some(Some(earlier))) => earlier.created_at,
                 _ => None,
             };
+            let id = e.stream_id;
             let change = match e.event {
                 BudgetEvent::BudgetCreated(details) | BudgetEvent::BudgetUpdated(details) => {
-                    Some(BudgetRow {
-                        id: e.stream_id,
-                        tenant: e.tenant_id,
+                    let e = Envelope {
+                        event: details,
+                        tenant_id: e.tenant_id,
+                        stream_id: e.stream_id,
                         version: e.version,
-                        period: details.period.as_str(),
-                        budget_type: details.budget_type.as_str(),
-                        tag_filter: Value::Object(details.tag_filter.clone()),
-                        service_filter: Value::from(details.service_filter.clone()),
-                        alert_thresholds: Value::from(
-                            details
-                                .alert_thresholds
-                                .iter()
-                                .map(|t| t.to_string())
-                                .collect::<Vec<_>>(),
-                        ),
-                        details,
-                        created_at,
-                        updated_at: e.recorded_at,
                         position: e.position,
-                    })
+                        recorded_at: e.recorded_at,
+                    };
+                    Some(BudgetRow::new(e, created_at))
                 }
                 BudgetEvent::BudgetDeleted {} => None,
                 BudgetEvent::BudgetThresholdCrossed(_) => continue,
             };
-            last.insert(e.stream_id, change);
+            last.insert(id, change);
         }
         let mut deletes = Vec::new();
         let (mut insert, mut update) = (Vec::new(), Vec::new());

@@ -2,14 +2,18 @@
 //!
 //! Each query is a named constant, prepared once per read connection (`ReadConnection`):
 //! a point read is then one round trip, pipelined with the others on that connection
-//! (ARCHITECTURE.md, "How a query stays fast").
+//! (ARCHITECTURE.md, "How a query stays fast"). A budget's JSON is stored in its row
+//! (`doc`, written by the projector, ADR 0032): a read adds `version` and `created_at`
+//! and passes it on, with nothing decoded and nothing encoded per field.
+
+use std::fmt::Write as _;
 
 use base64::Engine;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio_postgres::types::Json;
+use serde_json::Value;
 use tokio_postgres::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -18,8 +22,7 @@ use crate::db::{QueryError, ReadConnection};
 
 macro_rules! columns {
     () => {
-        "id, version, name, amount, currency, period, budget_type, start_date, end_date, \
-         tag_filter, service_filter, alert_thresholds, account, created_at, updated_at"
+        "id, version, created_at, doc"
     };
 }
 
@@ -47,8 +50,38 @@ const LIST_ACCOUNT_SQL: &str = list_sql!(" AND account = $4");
 const LIST_TAG_SQL: &str = list_sql!(" AND tag_filter @> $4");
 const LIST_ACCOUNT_TAG_SQL: &str = list_sql!(" AND account = $4 AND tag_filter @> $5");
 
-/// A budget as clients read it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// What `budgets_view.doc` holds: a budget as clients read it (`BudgetView`) but for
+/// `version` and `created_at`, which a read adds from their columns (a threshold crossing
+/// moves the version and an update keeps the creation time, without rewriting the row).
+#[derive(Debug, Serialize)]
+pub struct BudgetDoc<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: &'a str,
+    pub period: &'a str,
+    #[serde(rename = "type")]
+    pub budget_type: &'a str,
+    pub start_date: NaiveDate,
+    pub end_date: Option<NaiveDate>,
+    pub tag_filter: &'a Value,
+    pub service_filter: &'a Value,
+    pub alert_thresholds: &'a Value,
+    pub account: Option<&'a str>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl BudgetDoc<'_> {
+    /// The text stored in `doc`.
+    pub fn render(&self) -> String {
+        serde_json::to_string(self).expect("a budget document serializes")
+    }
+}
+
+/// A budget as clients read it: the schema of the JSON the reads return (a stored `doc`
+/// with `version` and `created_at` added).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BudgetView {
     pub id: Uuid,
     pub version: i64,
@@ -64,7 +97,6 @@ pub struct BudgetView {
     pub start_date: NaiveDate,
     #[schema(value_type = Option<String>, format = Date)]
     pub end_date: Option<NaiveDate>,
-    /// JSONB columns are passed through as stored (no JSON tree is built per request).
     #[schema(value_type = Object)]
     pub tag_filter: Box<RawValue>,
     #[schema(value_type = Vec<String>)]
@@ -142,7 +174,8 @@ pub async fn alerts(
         .collect()
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+/// The schema of a page of budgets (the list returns it as JSON text, see `list`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BudgetPage {
     pub items: Vec<BudgetView>,
     /// Pass as `cursor` to get the next page; absent on the last page.
@@ -170,45 +203,50 @@ pub fn decode_cursor(cursor: &str) -> Option<Uuid> {
     Uuid::from_slice(&bytes).ok()
 }
 
-fn view(row: &Row) -> Result<BudgetView, tokio_postgres::Error> {
-    Ok(BudgetView {
-        id: row.try_get(0)?,
-        version: row.try_get(1)?,
-        name: row.try_get(2)?,
-        amount: row.try_get(3)?,
-        currency: row.try_get(4)?,
-        period: row.try_get(5)?,
-        budget_type: row.try_get(6)?,
-        start_date: row.try_get(7)?,
-        end_date: row.try_get(8)?,
-        tag_filter: row.try_get::<_, Json<Box<RawValue>>>(9)?.0,
-        service_filter: row.try_get::<_, Json<Box<RawValue>>>(10)?.0,
-        alert_thresholds: row.try_get::<_, Json<Box<RawValue>>>(11)?.0,
-        account: row.try_get(12)?,
-        created_at: row.try_get(13)?,
-        updated_at: row.try_get(14)?,
-    })
+/// A budget as JSON text (a `BudgetView`): the stored `doc` with `version` and
+/// `created_at` appended, written to `out`. Returns the budget's id and version.
+fn write_budget(row: &Row, out: &mut String) -> Result<(Uuid, i64), QueryError> {
+    let id: Uuid = row.try_get(0)?;
+    let version: i64 = row.try_get(1)?;
+    let created_at: DateTime<Utc> = row.try_get(2)?;
+    let doc: &str = row.try_get(3)?;
+    // A JSON object: the table's CHECK (sql/V29) holds that it ends with `}`.
+    out.push_str(doc.strip_suffix('}').unwrap_or(doc));
+    // Chrono's serde format, as every other time the API returns.
+    let _ = write!(
+        out,
+        ",\"version\":{version},\"created_at\":\"{}\"}}",
+        created_at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    );
+    Ok((id, version))
+}
+
+/// A budget read by id: its JSON text and its version (the ETag).
+pub struct BudgetJson {
+    pub json: String,
+    pub version: i64,
 }
 
 pub async fn get(
     conn: &ReadConnection,
     tenant: &str,
     id: Uuid,
-) -> Result<Option<BudgetView>, QueryError> {
-    Ok(conn
-        .query_opt(GET_SQL, &[&tenant, &id])
-        .await?
-        .as_ref()
-        .map(view)
-        .transpose()?)
+) -> Result<Option<BudgetJson>, QueryError> {
+    let Some(row) = conn.query_opt(GET_SQL, &[&tenant, &id]).await? else {
+        return Ok(None);
+    };
+    let mut json = String::with_capacity(512);
+    let (_, version) = write_budget(&row, &mut json)?;
+    Ok(Some(BudgetJson { json, version }))
 }
 
-/// Keyset pagination by id (UUIDv7, so roughly creation order).
+/// Keyset pagination by id (UUIDv7, so roughly creation order): a `BudgetPage` as JSON
+/// text.
 pub async fn list(
     conn: &ReadConnection,
     tenant: &str,
     f: &ListFilter,
-) -> Result<BudgetPage, QueryError> {
+) -> Result<String, QueryError> {
     let tag = f.tag.as_ref().map(|(k, v)| serde_json::json!({ k: v }));
     let after = f.after.unwrap_or(Uuid::nil());
     let limit = f.limit + 1;
@@ -230,12 +268,23 @@ pub async fn list(
         }
     };
     let rows = conn.query(sql, &params).await?;
-    let mut items = rows.iter().map(view).collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if items.len() as i64 > f.limit {
-        items.truncate(f.limit as usize);
-        items.last().map(|b| encode_cursor(b.id))
-    } else {
-        None
-    };
-    Ok(BudgetPage { items, next_cursor })
+    // A `BudgetPage` as JSON text.
+    let shown = rows.len().min(f.limit as usize);
+    let mut json = String::with_capacity(64 + 512 * shown);
+    json.push_str("{\"items\":[");
+    let mut last = None;
+    for (i, row) in rows.iter().take(shown).enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        last = Some(write_budget(row, &mut json)?.0);
+    }
+    json.push_str("],\"next_cursor\":");
+    match last.filter(|_| rows.len() > shown) {
+        Some(id) => {
+            let _ = write!(json, "\"{}\"}}", encode_cursor(id));
+        }
+        None => json.push_str("null}"),
+    }
+    Ok(json)
 }

@@ -1,6 +1,7 @@
 //! HTTP endpoints of the budgets context.
 
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header::{self, ContentType};
+use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -143,7 +144,8 @@ pub async fn get_one(
         .ok_or_else(|| ApiError::NotFound("budget".into()))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, format!("\"{}\"", budget.version)))
-        .json(budget))
+        .content_type(ContentType::json())
+        .body(budget.json))
 }
 
 /// The thresholds the budget has crossed, each once per period and basis, in the order
@@ -228,5 +230,7 @@ pub async fn list(
         },
     )
     .await?;
-    Ok(HttpResponse::Ok().json(page))
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(page))
 }

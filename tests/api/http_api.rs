@@ -122,6 +122,141 @@ async fn budget_lifecycle() {
     assert_eq!(first["metadata"]["tenant_id"], "default");
 }
 
+/// A budget's JSON is stored in its row (`doc`, ADR 0032): what the reads serve must be
+/// exactly the budget, fit the schema, and agree with the rendering of the migration that
+/// filled `doc` for rows written before it (`cloudlens_budget_doc`).
+#[actix_web::test]
+async fn the_stored_budget_json_is_the_budget_and_agrees_with_the_migration() {
+    let app = spawn_app().await;
+    let mut odd = budget_body("预算 \"q\" \\ a\tb\nc \u{1}");
+    odd["end_date"] = Value::Null;
+    odd["account"] = Value::Null;
+    odd["tag_filter"] = json!({"z": "1", "a": "é\"", "team": "x"});
+    odd["alert_thresholds"] = json!([80, "100.5"]);
+    let mut created = Vec::new();
+    for body in [budget_body("plain"), odd] {
+        let mut res = app.post_json("/api/v1/budgets", &body).await;
+        assert_eq!(res.status(), 201);
+        created.push((body, res.json::<Value>().await.unwrap()));
+    }
+    // An update keeps `created_at` and moves `version`, which the row's JSON leaves out.
+    let id = created[0].1["id"].as_str().unwrap().to_owned();
+    let mut changed = budget_body("plain, renamed");
+    changed["amount"] = json!("99.000");
+    let mut res = app
+        .client
+        .put(app.url(&format!("/api/v1/budgets/{id}")))
+        .insert_header(("If-Match", "\"1\""))
+        .send_json(&changed)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let updated: Value = res.json().await.unwrap();
+    created[0].0 = changed;
+
+    let client = cloudlens::db::connect(&app.conn).await.unwrap();
+    for (i, (sent, answer)) in created.iter().enumerate() {
+        let id = answer["id"].as_str().unwrap();
+        let answer = if i == 0 { &updated } else { answer };
+        let mut res = app
+            .get(&format!(
+                "/api/v1/budgets/{id}?min_position={}",
+                answer["position"]
+            ))
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers().get("content-type").unwrap(),
+            "application/json"
+        );
+        let text = res.body().await.unwrap();
+        // The schema's type reads it, and it is the budget that was sent.
+        let view: cloudlens::budgets::queries::BudgetView = serde_json::from_slice(&text).unwrap();
+        assert_eq!(view.id.to_string(), id);
+        assert_eq!(view.version, answer["version"].as_i64().unwrap());
+        let got: Value = serde_json::from_slice(&text).unwrap();
+        for field in [
+            "name",
+            "currency",
+            "period",
+            "type",
+            "start_date",
+            "end_date",
+            "tag_filter",
+            "service_filter",
+            "account",
+        ] {
+            assert_eq!(got[field], sent[field], "{field} of budget {i}");
+        }
+        assert_eq!(got["amount"], sent["amount"]);
+        let thresholds: Vec<String> = sent["alert_thresholds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().map_or_else(|| t.to_string(), str::to_owned))
+            .collect();
+        assert_eq!(got["alert_thresholds"], json!(thresholds));
+        let row = client
+            .query_one(
+                "SELECT doc::jsonb = cloudlens_budget_doc(id, name, amount, currency, period,
+                        budget_type, start_date, end_date, tag_filter, service_filter,
+                        alert_thresholds, account, updated_at)::jsonb,
+                        doc, created_at, updated_at, version
+                   FROM budgets_view WHERE id = $1::text::uuid",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        let doc: String = row.get(1);
+        assert!(
+            row.get::<_, bool>(0),
+            "the migration renders budget {i} otherwise: {doc}"
+        );
+        let created_at: chrono::DateTime<chrono::Utc> = row.get(2);
+        let updated_at: chrono::DateTime<chrono::Utc> = row.get(3);
+        assert_eq!(got["created_at"], json!(created_at));
+        assert_eq!(got["updated_at"], json!(updated_at));
+        assert_eq!(got["version"], row.get::<_, i64>(4));
+        if i == 0 {
+            assert!(updated_at > created_at, "the update kept created_at");
+        }
+    }
+    // The list serves the same JSON, its cursor included.
+    let mut res = app.get("/api/v1/budgets?limit=1").await;
+    assert_eq!(res.status(), 200);
+    let page: cloudlens::budgets::queries::BudgetPage = res.json().await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    let cursor = page.next_cursor.expect("a second page");
+    let mut res = app
+        .get(&format!("/api/v1/budgets?limit=5&cursor={cursor}"))
+        .await;
+    let second: cloudlens::budgets::queries::BudgetPage = res.json().await.unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert!(second.next_cursor.is_none());
+    assert_ne!(page.items[0].id, second.items[0].id);
+
+    // Times as chrono writes them (0, 3 or 6 fractional digits, `Z`), for any row the
+    // migration rendered.
+    for t in [
+        "2026-01-02T03:04:05Z",
+        "2026-01-02T03:04:05.100Z",
+        "2026-01-02T03:04:05.123Z",
+        "2026-01-02T03:04:05.000100Z",
+        "2026-01-02T03:04:05.123456Z",
+        "1999-12-31T23:59:59.999999Z",
+    ] {
+        let at: chrono::DateTime<chrono::Utc> = t.parse().unwrap();
+        let row = client
+            .query_one("SELECT cloudlens_json_time($1)", &[&at])
+            .await
+            .unwrap();
+        assert_eq!(
+            row.get::<_, String>(0),
+            at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        );
+    }
+}
+
 #[actix_web::test]
 async fn bad_input_gets_problem_json_and_writes_nothing() {
     let app = spawn_app().await;
