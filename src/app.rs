@@ -114,7 +114,8 @@ impl Background {
 pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow::Result<Running> {
     let port = listener.local_addr()?.port();
     let pool = db::pool(&conn, settings.pool_size)?;
-    let reads = db::Reader::new(&conn, settings.read_pool_size, settings.read_tenants);
+    let reads = db::Reader::new(&conn, settings.read_pool_size, settings.read_tenants)
+        .with_page_connections(settings.read_page_pool_size);
     let signal = EventSignal::default();
     let store = EventStore::new(pool.clone(), signal.clone());
     let vault = settings.vault();
@@ -218,7 +219,8 @@ pub fn start(settings: Settings, conn: String, listener: TcpListener) -> anyhow:
     let replica = match &settings.replica_url {
         Some(url) => {
             let replica = db::replica::Replica::new(
-                db::Reader::new(url, settings.read_pool_size, settings.read_tenants),
+                db::Reader::new(url, settings.read_pool_size, settings.read_tenants)
+                    .with_page_connections(settings.read_page_pool_size),
                 db::scan_pool(url, settings.read_pool_size.max(2), settings.scan_timeout)?,
             );
             tasks.push(tokio::spawn(db::replica::run_monitor(

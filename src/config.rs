@@ -21,6 +21,8 @@ pub struct Settings {
     pub pool_size: usize,
     /// Connections for queries (the read side), shared and pipelined (`db::Reader`).
     pub read_pool_size: usize,
+    /// Connections per tenant for pages of lists (`db::Reader::tenant_pages`).
+    pub read_page_pool_size: usize,
     /// Tenants with read connections of their own open at once (`db::Reader`): each has
     /// `read_pool_size` connections bound to it.
     pub read_tenants: usize,
@@ -121,6 +123,10 @@ impl Default for Settings {
             // One per core: more connections only add backends competing for the cores
             // (measured in loadtest/RESULTS.md).
             read_pool_size: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            // Two per core: a page costs PostgreSQL more than the server, and with one
+            // backend per core it gets too small a share of them (ADR 0032).
+            read_page_pool_size: std::thread::available_parallelism()
+                .map_or(4, |n| 2 * n.get().max(2)),
             read_tenants: 16,
             body_limit: 2 * 1024 * 1024,
             import_limit: 4 * 1024 * 1024 * 1024,
@@ -191,6 +197,9 @@ impl Settings {
         }
         if let Some(v) = var("CLOUDLENS_READ_POOL_SIZE") {
             s.read_pool_size = parse("CLOUDLENS_READ_POOL_SIZE", &v)?;
+        }
+        if let Some(v) = var("CLOUDLENS_READ_PAGE_POOL_SIZE") {
+            s.read_page_pool_size = parse("CLOUDLENS_READ_PAGE_POOL_SIZE", &v)?;
         }
         if let Some(v) = var("CLOUDLENS_READ_TENANTS") {
             s.read_tenants = parse("CLOUDLENS_READ_TENANTS", &v)?;

@@ -218,7 +218,9 @@ pub async fn list(
         ),
     };
     let min_position = min_position(p.min_position)?;
-    let client = state.read_model(&tenant, PROJECTION, min_position).await?;
+    let client = state
+        .page_read_model(&tenant, PROJECTION, min_position)
+        .await?;
     let page = queries::list(
         &client,
         &tenant,

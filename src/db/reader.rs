@@ -14,6 +14,11 @@
 //!
 //! A tenant's queries run on connections bound to it (ADR 0015): pipelining leaves no
 //! room for a per-query `SET LOCAL`, so the binding is per connection.
+//!
+//! Pages of lists (a query that reads tens of rows or more, ~0.2 ms of PostgreSQL each)
+//! take a group of their own, with more connections (`tenant_pages`): behind a point read
+//! on a shared connection they would hold it up, and with only one backend per core
+//! PostgreSQL gets too small a share of the cores to keep up (ADR 0032).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -91,6 +96,8 @@ pub const UNBIND_SQL: &str =
 pub struct Reader {
     conn: String,
     size: usize,
+    /// Connections of each group for pages (`tenant_pages`).
+    page_size: usize,
     max_tenants: usize,
     system: Arc<Group>,
     tenants: Arc<Mutex<Tenants>>,
@@ -98,7 +105,8 @@ pub struct Reader {
 
 #[derive(Default)]
 struct Tenants {
-    groups: HashMap<String, (Arc<Group>, u64)>,
+    /// Per tenant: the group for point reads, the group for pages, when last used.
+    groups: HashMap<String, (Arc<Group>, Arc<Group>, u64)>,
     clock: u64,
 }
 
@@ -147,6 +155,7 @@ impl Reader {
         Self {
             conn: conn.to_owned(),
             size,
+            page_size: size,
             max_tenants: max_tenants.max(1),
             system: Arc::new(Group::new(None, size)),
             tenants: Arc::default(),
@@ -159,31 +168,47 @@ impl Reader {
         self.system.get(&self.conn).await
     }
 
-    /// A live connection bound to `tenant` (a checked tenant name) as the query role.
+    /// `size` connections per tenant for pages of lists (`tenant_pages`); by default as
+    /// many as for point reads.
+    pub fn with_page_connections(mut self, size: usize) -> Self {
+        self.page_size = size.max(1);
+        self
+    }
+
+    /// A live connection bound to `tenant` (a checked tenant name) as the query role, for
+    /// point reads.
     pub async fn tenant(&self, tenant: &str) -> Result<Arc<ReadConnection>, QueryError> {
-        let group = {
-            let mut t = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-            t.clock += 1;
-            let now = t.clock;
-            if let Some((g, used)) = t.groups.get_mut(tenant) {
-                *used = now;
-                g.clone()
-            } else {
-                if t.groups.len() >= self.max_tenants {
-                    let oldest = t
-                        .groups
-                        .iter()
-                        .min_by_key(|(_, (_, used))| *used)
-                        .map(|(k, _)| k.clone());
-                    if let Some(k) = oldest {
-                        t.groups.remove(&k);
-                    }
-                }
-                let g = Arc::new(Group::new(Some(tenant.to_owned()), self.size));
-                t.groups.insert(tenant.to_owned(), (g.clone(), now));
-                g
+        self.groups(tenant).0.get(&self.conn).await
+    }
+
+    /// As `tenant`, from the tenant's group for pages of lists.
+    pub async fn tenant_pages(&self, tenant: &str) -> Result<Arc<ReadConnection>, QueryError> {
+        self.groups(tenant).1.get(&self.conn).await
+    }
+
+    /// The tenant's two groups, opened on its first query.
+    fn groups(&self, tenant: &str) -> (Arc<Group>, Arc<Group>) {
+        let mut t = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        t.clock += 1;
+        let now = t.clock;
+        if let Some((point, pages, used)) = t.groups.get_mut(tenant) {
+            *used = now;
+            return (point.clone(), pages.clone());
+        }
+        if t.groups.len() >= self.max_tenants {
+            let oldest = t
+                .groups
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                t.groups.remove(&k);
             }
-        };
-        group.get(&self.conn).await
+        }
+        let point = Arc::new(Group::new(Some(tenant.to_owned()), self.size));
+        let pages = Arc::new(Group::new(Some(tenant.to_owned()), self.page_size));
+        t.groups
+            .insert(tenant.to_owned(), (point.clone(), pages.clone(), now));
+        (point, pages)
     }
 }

@@ -76,13 +76,36 @@ impl AppState {
         projections: &[&str],
         min_position: Option<i64>,
     ) -> Result<Arc<ReadConnection>, ApiError> {
+        self.read_connection(tenant, projections, min_position, false)
+            .await
+    }
+
+    /// `read_model` for a page of a list (tens of rows): a connection of the tenant's
+    /// group for pages (`Reader::tenant_pages`).
+    pub async fn page_read_model(
+        &self,
+        tenant: &str,
+        projection: &str,
+        min_position: Option<i64>,
+    ) -> Result<Arc<ReadConnection>, ApiError> {
+        self.read_connection(tenant, &[projection], min_position, true)
+            .await
+    }
+
+    async fn read_connection(
+        &self,
+        tenant: &str,
+        projections: &[&str],
+        min_position: Option<i64>,
+        pages: bool,
+    ) -> Result<Arc<ReadConnection>, ApiError> {
         if let Some(r) = self.wait(projections, min_position).await? {
-            match r.reads.tenant(tenant).await {
+            match pick(&r.reads, tenant, pages).await {
                 Ok(c) => return Ok(self.served_by("replica", c)),
                 Err(e) => r.mark_down(&e),
             }
         }
-        let c = self.reads.tenant(tenant).await?;
+        let c = pick(&self.reads, tenant, pages).await?;
         Ok(self.served_by("primary", c))
     }
 
@@ -209,6 +232,19 @@ impl AppState {
             .await
             .map_err(crate::db::QueryError::from)?;
         Ok(client)
+    }
+}
+
+/// A connection of `reads` for `tenant`: of its group for pages, or for point reads.
+async fn pick(
+    reads: &crate::db::Reader,
+    tenant: &str,
+    pages: bool,
+) -> Result<Arc<ReadConnection>, crate::db::QueryError> {
+    if pages {
+        reads.tenant_pages(tenant).await
+    } else {
+        reads.tenant(tenant).await
     }
 }
 
