@@ -153,7 +153,10 @@ impl Row for BudgetRow {
 
 impl BudgetRow {
     /// The row after a `BudgetCreated` or `BudgetUpdated` with these details.
-    fn new(e: Envelope<BudgetDetails>, created_at: Option<DateTime<Utc>>) -> Self {
+    fn new(
+        e: Envelope<BudgetDetails>,
+        created_at: Option<DateTime<Utc>>,
+    ) -> serde_json::Result<Self> {
         let details = e.event;
         let tag_filter = Value::Object(details.tag_filter.clone());
         let service_filter = Value::from(details.service_filter.clone());
@@ -179,8 +182,8 @@ impl BudgetRow {
             account: details.account.as_deref(),
             updated_at: e.recorded_at,
         }
-        .render();
-        BudgetRow {
+        .render()?;
+        Ok(BudgetRow {
             id: e.stream_id,
             tenant: e.tenant_id,
             version: e.version,
@@ -194,7 +197,7 @@ impl BudgetRow {
             updated_at: e.recorded_at,
             position: e.position,
             doc,
-        }
+        })
     }
 }
 
@@ -246,7 +249,7 @@ impl Projector for BudgetsProjector {
                         position: e.position,
                         recorded_at: e.recorded_at,
                     };
-                    Some(BudgetRow::new(e, created_at))
+                    Some(BudgetRow::new(e, created_at)?)
                 }
                 BudgetEvent::BudgetDeleted {} => None,
                 BudgetEvent::BudgetThresholdCrossed(_) => continue,

@@ -74,8 +74,8 @@ pub struct BudgetDoc<'a> {
 
 impl BudgetDoc<'_> {
     /// The text stored in `doc`.
-    pub fn render(&self) -> String {
-        serde_json::to_string(self).expect("a budget document serializes")
+    pub fn render(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
     }
 }
 

@@ -149,6 +149,35 @@ async fn a_query_without_its_tenant_filter_still_sees_only_its_tenant() {
     assert_eq!(ids, mine);
     assert!(rows.iter().all(|r| r.get::<_, String>(1) == "acme"));
 
+    // The tenant's connections for pages of lists (a group of their own, three here) are
+    // bound to it just the same.
+    let reader = cloudlens::db::Reader::new(&app.conn, 1, 4).with_page_connections(3);
+    let point = reader.tenant("acme").await.unwrap();
+    let pid = |c: std::sync::Arc<cloudlens::db::ReadConnection>| async move {
+        c.client()
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0)
+    };
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let page = reader.tenant_pages("acme").await.unwrap();
+        let rows = page
+            .client()
+            .query("SELECT tenant_id FROM budgets_view", &[])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), mine.len());
+        assert!(rows.iter().all(|r| r.get::<_, String>(0) == "acme"));
+        pids.insert(pid(page).await);
+    }
+    assert_eq!(pids.len(), 3, "the pages' group has its three connections");
+    assert!(
+        !pids.contains(&pid(point).await),
+        "apart from the point reads'"
+    );
+
     // Every readable read model: no row of another tenant, whatever the table holds.
     let owner = reader.get().await.unwrap();
     let all: i64 = owner
