@@ -551,20 +551,28 @@ SELECT 'default', 'budget', ('0193c000-0000-7000-8000-' || lpad(to_hex(g), 12, '
 
 const COPY_COLUMNS: &str =
     "id, tenant_id, version, name, amount, currency, period, budget_type, start_date, end_date, \
-     tag_filter, service_filter, alert_thresholds, account, created_at, updated_at, last_position";
+     tag_filter, service_filter, alert_thresholds, account, created_at, updated_at, last_position, \
+     doc";
 
 /// `n` rows for the COPY baseline, built before the clock starts, in ~1 MiB chunks.
 fn copy_data(n: i64) -> Vec<Bytes> {
     let mut chunks = Vec::new();
     let mut buf = String::with_capacity(1 << 20);
     for g in 1..=n {
+        let id = uuid::Uuid::new_v4();
+        let (team, account) = (g % 16, g % 8);
+        // `doc` as the projector writes it (ADR 0032); nothing in it needs COPY escaping.
+        let doc = format!(
+            "{{\"id\":\"{id}\",\"name\":\"budget {g}\",\"amount\":\"1200.50\",\"currency\":\"CNY\",\
+             \"period\":\"monthly\",\"type\":\"cost\",\"start_date\":\"2026-01-01\",\
+             \"end_date\":\"2026-12-31\",\"tag_filter\":{{\"env\":\"prod\",\"team\":\"team-{team}\"}},\
+             \"service_filter\":[\"ecs\",\"oss\"],\"alert_thresholds\":[\"80\",\"100\",\"120\"],\
+             \"account\":\"account-{account}\",\"updated_at\":\"2026-11-22T00:00:00Z\"}}"
+        );
         buf.push_str(&format!(
-            "{}\tdefault\t1\tbudget {g}\t1200.50\tCNY\tmonthly\tcost\t2026-01-01\t2026-12-31\t\
-             {{\"env\": \"prod\", \"team\": \"team-{}\"}}\t[\"ecs\", \"oss\"]\t[\"80\", \"100\", \"120\"]\t\
-             account-{}\t2026-11-22 00:00:00+00\t2026-11-22 00:00:00+00\t{g}\n",
-            uuid::Uuid::new_v4(),
-            g % 16,
-            g % 8
+            "{id}\tdefault\t1\tbudget {g}\t1200.50\tCNY\tmonthly\tcost\t2026-01-01\t2026-12-31\t\
+             {{\"env\": \"prod\", \"team\": \"team-{team}\"}}\t[\"ecs\", \"oss\"]\t[\"80\", \"100\", \"120\"]\t\
+             account-{account}\t2026-11-22 00:00:00+00\t2026-11-22 00:00:00+00\t{g}\t{doc}\n"
         ));
         if buf.len() > (1 << 20) - 512 {
             chunks.push(Bytes::from(std::mem::take(&mut buf)));
