@@ -83,9 +83,23 @@ fn start_prometheus(dir: &Path, target_port: u16, port: u16) -> Prometheus {
 }
 
 async fn query(client: &awc::Client, port: u16, expr: &str) -> Value {
+    query_params(client, port, &[("query", expr)]).await
+}
+
+/// `query` evaluated at `time` (Unix seconds).
+async fn query_at(client: &awc::Client, port: u16, expr: &str, time: f64) -> Value {
+    query_params(
+        client,
+        port,
+        &[("query", expr), ("time", &time.to_string())],
+    )
+    .await
+}
+
+async fn query_params(client: &awc::Client, port: u16, params: &[(&str, &str)]) -> Value {
     let mut res = client
         .get(format!("http://127.0.0.1:{port}/api/v1/query"))
-        .query(&[("query", expr)])
+        .query(&params)
         .unwrap()
         .send()
         .await
@@ -544,13 +558,25 @@ async fn every_dashboard_expression_returns_data_from_a_real_prometheus() {
         assert!(seen.is_some(), "{expr} did not reach {least} in Prometheus");
     }
 
+    // Every expression is evaluated at the time of one successful scrape. A scrape that
+    // times out (1 s, the interval, on a machine busy with the other tests) marks every
+    // series of the target stale, and an instant query just after it sees no gauge.
+    let at = eventually(Duration::from_secs(30), || async {
+        let v = query(&client, prom_port, "timestamp(up{job=\"cloudlens\"} == 1)").await;
+        v["data"]["result"][0]["value"][1]
+            .as_str()?
+            .parse::<f64>()
+            .ok()
+    })
+    .await
+    .expect("a successful scrape of the server");
     let mut failures = Vec::new();
     for (file, expr) in &exprs {
         let promql = expr
             .replace("$__rate_interval", "1m")
             .replace("$__interval", "1m")
             .replace("$__range", "1m");
-        let v = query(&client, prom_port, &promql).await;
+        let v = query_at(&client, prom_port, &promql, at).await;
         if v["status"] != "success" {
             failures.push(format!("{file}: {expr}: {}", v["error"]));
         } else if v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
