@@ -178,22 +178,30 @@ impl Reader {
     /// A live connection bound to `tenant` (a checked tenant name) as the query role, for
     /// point reads.
     pub async fn tenant(&self, tenant: &str) -> Result<Arc<ReadConnection>, QueryError> {
-        self.groups(tenant).0.get(&self.conn).await
+        self.group(tenant, false).get(&self.conn).await
     }
 
     /// As `tenant`, from the tenant's group for pages of lists.
     pub async fn tenant_pages(&self, tenant: &str) -> Result<Arc<ReadConnection>, QueryError> {
-        self.groups(tenant).1.get(&self.conn).await
+        self.group(tenant, true).get(&self.conn).await
     }
 
-    /// The tenant's two groups, opened on its first query.
-    fn groups(&self, tenant: &str) -> (Arc<Group>, Arc<Group>) {
+    /// The tenant's group for pages or for point reads; both are opened on its first
+    /// query.
+    fn group(&self, tenant: &str, pages: bool) -> Arc<Group> {
         let mut t = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         t.clock += 1;
         let now = t.clock;
-        if let Some((point, pages, used)) = t.groups.get_mut(tenant) {
+        let pick = |(point, paged): (&Arc<Group>, &Arc<Group>)| {
+            if pages {
+                paged.clone()
+            } else {
+                point.clone()
+            }
+        };
+        if let Some((point, paged, used)) = t.groups.get_mut(tenant) {
             *used = now;
-            return (point.clone(), pages.clone());
+            return pick((point, paged));
         }
         if t.groups.len() >= self.max_tenants {
             let oldest = t
@@ -206,9 +214,9 @@ impl Reader {
             }
         }
         let point = Arc::new(Group::new(Some(tenant.to_owned()), self.size));
-        let pages = Arc::new(Group::new(Some(tenant.to_owned()), self.page_size));
-        t.groups
-            .insert(tenant.to_owned(), (point.clone(), pages.clone(), now));
-        (point, pages)
+        let paged = Arc::new(Group::new(Some(tenant.to_owned()), self.page_size));
+        let chosen = pick((&point, &paged));
+        t.groups.insert(tenant.to_owned(), (point, paged, now));
+        chosen
     }
 }
